@@ -1,0 +1,206 @@
+//! Types and constants shared by the kernel programs (`agent-ebpf`) and the agent.
+//!
+//! Everything here crosses the kernel/user boundary through BPF maps or the ring buffer, so
+//! every type is `#[repr(C)]`, `Copy`, built from fixed-width integers, with its padding
+//! written out and its size asserted at compile time.
+#![no_std]
+
+pub mod maps;
+pub mod reason;
+
+pub use maps::*;
+pub use reason::{Action, Reason};
+
+/// Rule mode: the rule drops what it matches.
+pub const MODE_ENFORCE: u32 = 0;
+/// Rule mode: the rule only counts and reports what it would have dropped.
+pub const MODE_SHADOW: u32 = 1;
+
+/// Traffic classes that rate-limit rules are scoped by. ICMP covers ICMPv4 and ICMPv6.
+pub const CLASS_TCP: u8 = 0;
+pub const CLASS_UDP: u8 = 1;
+pub const CLASS_ICMP: u8 = 2;
+/// Any other IP protocol (GRE, ESP, SCTP...).
+pub const CLASS_OTHER: u8 = 3;
+pub const CLASS_COUNT: u32 = 4;
+
+/// Key of `PORT_RULES`: a class and a destination port.
+#[inline(always)]
+pub const fn port_key(class: u8, port: u16) -> u32 {
+    ((class as u32) << 16) | port as u32
+}
+
+/// The rate-limit rules that apply to one (class, port) or to a whole class.
+/// Rule ids start at 1; 0 means "no rule of this kind".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRules {
+    /// Rule that counts every packet.
+    pub packet_rule: u32,
+    /// Rule that counts new TCP connections (SYN without ACK).
+    pub connection_rule: u32,
+}
+
+/// One rate-limit rule as the kernel sees it, indexed by rule id in `RULES`.
+///
+/// The token bucket is kept in nanoseconds of credit so the per-packet path only adds,
+/// compares and subtracts: a packet costs `interval_ns` (1 s / rate), and a full bucket holds
+/// `capacity_ns` (burst * interval_ns).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleConfig {
+    pub interval_ns: u64,
+    pub capacity_ns: u64,
+    /// Over-limit packets are counted in windows of this length for escalation.
+    pub ban_window_ns: u64,
+    /// Length of an escalation ban; 0 disables escalation.
+    pub ban_for_ns: u64,
+    /// Over-limit packets within one window that trigger a ban.
+    pub ban_after: u32,
+    /// `MODE_ENFORCE` or `MODE_SHADOW`.
+    pub mode: u32,
+    /// Changes whenever the rule's definition changes; buckets and bans made under an older
+    /// epoch are ignored, so a changed rule starts fresh while an unchanged one keeps state.
+    pub epoch: u32,
+    /// Sources are grouped by these prefixes: one bucket per group.
+    pub prefix_v4: u32,
+    pub prefix_v6: u32,
+    /// Network-order masks for the prefixes above, precomputed so the kernel only ANDs.
+    pub mask_v4: u32,
+    pub mask_v6: [u32; 4],
+}
+
+/// Value of `DENY_V4` / `DENY_V6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DenyEntry {
+    /// Rule id this entry is counted and reported under.
+    pub rule: u32,
+    /// `MODE_ENFORCE` or `MODE_SHADOW`.
+    pub mode: u32,
+}
+
+/// Value of `BANS_V4` / `BANS_V6`: a temporary ban of a source group.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BanEntry {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) time at which the ban ends.
+    pub expires_ns: u64,
+    /// The rule that escalated to this ban; its current mode applies.
+    pub rule: u32,
+    /// Epoch of that rule when the ban was made; a ban from an older epoch is void.
+    pub epoch: u32,
+}
+
+/// Key of `BUCKETS`: one token bucket per rule and source group.
+/// IPv4 groups are stored as IPv4-mapped IPv6 (`::ffff:a.b.c.d`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BucketKey {
+    pub rule: u32,
+    pub addr: [u32; 4],
+}
+
+/// Value of `BUCKETS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    /// Unused credit in nanoseconds, at most the rule's `capacity_ns`.
+    pub credit_ns: u64,
+    pub last_ns: u64,
+    /// Start of the current escalation window.
+    pub window_start_ns: u64,
+    /// Over-limit packets in the current window.
+    pub excess: u32,
+    /// `RuleConfig::epoch` this bucket was made under.
+    pub epoch: u32,
+}
+
+/// Per-rule packet counters, a per-CPU array indexed by rule id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleCounters {
+    /// Matched and passed (within the limit).
+    pub passed: u64,
+    /// Dropped by this rule (enforce mode).
+    pub dropped: u64,
+    /// Would have been dropped (shadow mode); these packets passed.
+    pub shadowed: u64,
+}
+
+/// Global settings, entry 0 of `SETTINGS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Ring-buffer events each CPU may write per second; the rest are counted as suppressed.
+    pub events_per_cpu_per_sec: u32,
+    pub _pad: u32,
+}
+
+/// Per-CPU state of the event budget, entry 0 of `EVENT_BUDGET`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBudget {
+    pub window_start_ns: u64,
+    pub used: u32,
+    pub _pad: u32,
+}
+
+/// What happened to the packet an event reports.
+pub const EVENT_DROPPED: u8 = 0;
+/// Shadow mode: the packet passed but would have been dropped.
+pub const EVENT_WOULD_DROP: u8 = 1;
+/// An escalation ban started (the packet itself was dropped as rate-limited).
+pub const EVENT_BANNED: u8 = 2;
+/// Shadow mode: an escalation ban would have started.
+pub const EVENT_WOULD_BAN: u8 = 3;
+
+/// One ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    pub ts_ns: u64,
+    /// Source address; IPv4 as IPv4-mapped IPv6.
+    pub src: [u8; 16],
+    pub ifindex: u32,
+    pub rule: u32,
+    /// A `Reason` code.
+    pub reason: u32,
+    /// Destination port, 0 when the packet carries none.
+    pub dport: u16,
+    /// 4 or 6.
+    pub family: u8,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// One of the `EVENT_*` codes.
+    pub action: u8,
+    pub _pad: [u8; 7],
+}
+
+const _: () = assert!(core::mem::size_of::<PortRules>() == 8);
+const _: () = assert!(core::mem::size_of::<RuleConfig>() == 72);
+const _: () = assert!(core::mem::size_of::<DenyEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<BanEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<BucketKey>() == 20);
+const _: () = assert!(core::mem::size_of::<Bucket>() == 32);
+const _: () = assert!(core::mem::size_of::<RuleCounters>() == 24);
+const _: () = assert!(core::mem::size_of::<Settings>() == 8);
+const _: () = assert!(core::mem::size_of::<EventBudget>() == 16);
+const _: () = assert!(core::mem::size_of::<Event>() == 48);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, made of integers, with no implicit padding
+    // (the size assertions above pin the layout).
+    unsafe impl aya::Pod for PortRules {}
+    unsafe impl aya::Pod for RuleConfig {}
+    unsafe impl aya::Pod for DenyEntry {}
+    unsafe impl aya::Pod for BanEntry {}
+    unsafe impl aya::Pod for BucketKey {}
+    unsafe impl aya::Pod for Bucket {}
+    unsafe impl aya::Pod for RuleCounters {}
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for EventBudget {}
+    unsafe impl aya::Pod for Event {}
+}

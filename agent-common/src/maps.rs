@@ -1,0 +1,54 @@
+//! Map names and fixed capacities. Names are at most 15 characters: the kernel keeps 16
+//! bytes including the NUL. Capacities that depend on the policy are set by the agent at
+//! load time from the policy's `capacity` section.
+
+/// LPM trie, key `[u8; 4]` (IPv4 prefix), value `u32` (unused, 1): sources that always pass.
+pub const ALLOW_V4: &str = "ALLOW_V4";
+/// LPM trie, key `[u8; 16]` (IPv6 prefix), value `u32` (unused, 1).
+pub const ALLOW_V6: &str = "ALLOW_V6";
+/// LPM trie, key IPv4 prefix, value `DenyEntry`.
+pub const DENY_V4: &str = "DENY_V4";
+/// LPM trie, key IPv6 prefix, value `DenyEntry`.
+pub const DENY_V6: &str = "DENY_V6";
+/// LPM trie, key IPv4 prefix of a source group, value `BanEntry`.
+pub const BANS_V4: &str = "BANS_V4";
+/// LPM trie, key IPv6 prefix of a source group, value `BanEntry`.
+pub const BANS_V6: &str = "BANS_V6";
+/// Hash, key `port_key(class, port)`, value `PortRules`: rules scoped to ports.
+pub const PORT_RULES: &str = "PORT_RULES";
+/// Array indexed by class, value `PortRules`: rules that cover a whole class.
+pub const CLASS_RULES: &str = "CLASS_RULES";
+/// Array indexed by rule id, value `RuleConfig`.
+pub const RULES: &str = "RULES";
+/// LRU hash, key `BucketKey`, value `Bucket`: per-source token buckets.
+pub const BUCKETS: &str = "BUCKETS";
+/// Per-CPU array of `u64`, laid out as described by the `COUNTER_*` constants.
+pub const COUNTERS: &str = "COUNTERS";
+/// Per-CPU array indexed by rule id, value `RuleCounters`.
+pub const RULE_COUNTERS: &str = "RULE_COUNTERS";
+/// Array with one `Settings`.
+pub const SETTINGS: &str = "SETTINGS";
+/// Per-CPU array with one `EventBudget`.
+pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
+/// Ring buffer of `Event` records.
+pub const EVENTS: &str = "EVENTS";
+
+/// Rule ids are indexes into `RULES` and `RULE_COUNTERS`; id 0 is never used.
+pub const MAX_RULES: u32 = 1024;
+/// Every (class, port) pair there is: rules with port ranges expand into it.
+pub const MAX_PORT_ENTRIES: u32 = 3 * 65536;
+/// Ring buffer size in bytes (a power of two and a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
+/// `COUNTERS` layout: `[0, REASON_SLOTS)` counts final verdicts by `Reason`;
+/// `[REASON_SLOTS, 2 * REASON_SLOTS)` counts shadow-mode hits (would have dropped) by `Reason`;
+/// the slots after that are the single counters below.
+pub const REASON_SLOTS: u32 = 16;
+pub const COUNTER_EVENTS_WRITTEN: u32 = 2 * REASON_SLOTS;
+/// Events not written because the per-second budget was spent.
+pub const COUNTER_EVENTS_SUPPRESSED: u32 = COUNTER_EVENTS_WRITTEN + 1;
+/// Events not written because the ring buffer was full (the agent is not keeping up).
+pub const COUNTER_EVENTS_LOST: u32 = COUNTER_EVENTS_WRITTEN + 2;
+/// Escalation bans that could not be stored because `BANS_*` was full.
+pub const COUNTER_BANS_FAILED: u32 = COUNTER_EVENTS_WRITTEN + 3;
+pub const COUNTER_SLOTS: u32 = COUNTER_EVENTS_WRITTEN + 4;

@@ -1,0 +1,71 @@
+//! Temporary bans of source groups, made by escalation. A ban expires by itself: the
+//! kernel ignores (and removes) a ban whose time is up, or whose rule has changed since.
+
+use agent_common::{BanEntry, RuleConfig};
+use aya_ebpf::maps::lpm_trie::Key;
+
+use crate::{
+    counters,
+    maps::{BANS_V4, BANS_V6, RULES},
+    parse::Packet,
+    ratelimit,
+};
+
+/// A ban in force: the rule that made it and that rule's current mode.
+pub struct ActiveBan {
+    pub rule: u32,
+    pub mode: u32,
+}
+
+#[inline(always)]
+pub fn active(pkt: &Packet, now: u64) -> Option<ActiveBan> {
+    let ban = if pkt.v4 {
+        *BANS_V4.get(Key::new(32, pkt.src[3]))?
+    } else {
+        *BANS_V6.get(Key::new(128, pkt.src))?
+    };
+    let current_rule = RULES.get(ban.rule).filter(|cfg| cfg.epoch == ban.epoch);
+    match current_rule {
+        Some(cfg) if now < ban.expires_ns => Some(ActiveBan {
+            rule: ban.rule,
+            mode: cfg.mode,
+        }),
+        _ => {
+            remove(pkt, ban.rule);
+            None
+        }
+    }
+}
+
+/// Removes the stale ban covering `pkt`. The ban's prefix is its rule's grouping prefix; if
+/// the rule is gone the removal fails harmlessly and the agent's sweep removes it later.
+#[inline(always)]
+fn remove(pkt: &Packet, rule: u32) {
+    if let Some(cfg) = RULES.get(rule) {
+        if pkt.v4 {
+            let _ = BANS_V4.remove(Key::new(cfg.prefix_v4, pkt.src[3] & cfg.mask_v4));
+        } else {
+            let group = ratelimit::group_v6(pkt, cfg);
+            let _ = BANS_V6.remove(Key::new(cfg.prefix_v6, group));
+        }
+    }
+}
+
+/// Bans the source group of `pkt` under `rule` for the rule's ban time.
+#[inline(always)]
+pub fn start(pkt: &Packet, rule: u32, cfg: &RuleConfig, now: u64) {
+    let ban = BanEntry {
+        expires_ns: now.wrapping_add(cfg.ban_for_ns),
+        rule,
+        epoch: cfg.epoch,
+    };
+    let stored = if pkt.v4 {
+        BANS_V4.insert(Key::new(cfg.prefix_v4, pkt.src[3] & cfg.mask_v4), ban, 0)
+    } else {
+        let group = ratelimit::group_v6(pkt, cfg);
+        BANS_V6.insert(Key::new(cfg.prefix_v6, group), ban, 0)
+    };
+    if stored.is_err() {
+        counters::bump(agent_common::maps::COUNTER_BANS_FAILED);
+    }
+}

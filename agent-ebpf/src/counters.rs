@@ -1,0 +1,44 @@
+//! Per-CPU counters: verdicts by reason, shadow hits by reason, and per-rule counts.
+
+use agent_common::{Reason, maps::REASON_SLOTS};
+
+use crate::maps::{COUNTERS, RULE_COUNTERS};
+
+#[inline(always)]
+pub fn bump(index: u32) {
+    if let Some(counter) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot; nothing else on this CPU runs while we do.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Counts the final verdict of a packet.
+#[inline(always)]
+pub fn verdict(reason: Reason) {
+    bump(reason as u32);
+}
+
+/// Counts a decision that would have dropped the packet if its rule were enforced.
+#[inline(always)]
+pub fn shadow(reason: Reason) {
+    bump(REASON_SLOTS + reason as u32);
+}
+
+pub enum RuleOutcome {
+    Passed,
+    Dropped,
+    Shadowed,
+}
+
+#[inline(always)]
+pub fn rule(rule: u32, outcome: RuleOutcome) {
+    if let Some(counters) = RULE_COUNTERS.get_ptr_mut(rule) {
+        // SAFETY: per-CPU slot, as above.
+        let counters = unsafe { &mut *counters };
+        match outcome {
+            RuleOutcome::Passed => counters.passed += 1,
+            RuleOutcome::Dropped => counters.dropped += 1,
+            RuleOutcome::Shadowed => counters.shadowed += 1,
+        }
+    }
+}

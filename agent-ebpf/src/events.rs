@@ -1,0 +1,68 @@
+//! Drop, shadow and ban events into the ring buffer, within a per-CPU budget per second.
+//! Events over the budget are counted, not written: a flood of millions of packets per
+//! second costs one counter increment per packet here, not a ring-buffer record.
+
+use agent_common::{
+    Event, Reason,
+    maps::{COUNTER_EVENTS_LOST, COUNTER_EVENTS_SUPPRESSED, COUNTER_EVENTS_WRITTEN},
+};
+
+use crate::{
+    counters::bump,
+    maps::{EVENT_BUDGET, EVENTS, SETTINGS},
+    parse::Packet,
+};
+
+const SECOND_NS: u64 = 1_000_000_000;
+
+/// Spends one unit of this CPU's budget; false when it is spent for this second.
+#[inline(always)]
+fn within_budget(now: u64) -> bool {
+    let limit = match SETTINGS.get(0) {
+        Some(settings) => settings.events_per_cpu_per_sec,
+        None => 0,
+    };
+    let Some(budget) = EVENT_BUDGET.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU slot; nothing else on this CPU runs while we do.
+    let budget = unsafe { &mut *budget };
+    if now.saturating_sub(budget.window_start_ns) >= SECOND_NS {
+        budget.window_start_ns = now;
+        budget.used = 0;
+    }
+    if budget.used >= limit {
+        return false;
+    }
+    budget.used += 1;
+    true
+}
+
+#[inline(always)]
+pub fn report(pkt: &Packet, reason: Reason, rule: u32, action: u8, ifindex: u32, now: u64) {
+    if !within_budget(now) {
+        bump(COUNTER_EVENTS_SUPPRESSED);
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        bump(COUNTER_EVENTS_LOST);
+        return;
+    };
+    let src = pkt.src;
+    // SAFETY: `[u32; 4]` and `[u8; 16]` have the same size, and any bytes are valid.
+    let src: [u8; 16] = unsafe { core::mem::transmute(src) };
+    entry.write(Event {
+        ts_ns: now,
+        src,
+        ifindex,
+        rule,
+        reason: reason as u32,
+        dport: pkt.dport,
+        family: if pkt.v4 { 4 } else { 6 },
+        protocol: pkt.protocol,
+        action,
+        _pad: [0; 7],
+    });
+    entry.submit(0);
+    bump(COUNTER_EVENTS_WRITTEN);
+}

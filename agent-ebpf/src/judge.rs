@@ -1,0 +1,139 @@
+//! The decision, in order: allow list, deny list, bans, malformed headers, rate-limit
+//! rules, pass. Shared by the XDP and TC programs, which only translate the `Action`.
+//!
+//! A deny entry, ban or rule in shadow mode counts and reports what it would have dropped,
+//! then the packet goes on to the next step as if the entry did not exist.
+
+use agent_common::{
+    Action, EVENT_BANNED, EVENT_DROPPED, EVENT_WOULD_BAN, EVENT_WOULD_DROP, MODE_ENFORCE,
+    PortRules, Reason, port_key,
+};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+
+use crate::{
+    acl, bans,
+    counters::{self, RuleOutcome},
+    events,
+    maps::{CLASS_RULES, PORT_RULES, RULES},
+    parse::{self, Packet, Parsed},
+    ratelimit::{self, Outcome},
+};
+
+#[inline(always)]
+pub fn judge(data: usize, data_end: usize, ifindex: u32) -> Action {
+    match parse::parse(data, data_end) {
+        Parsed::NotIp => finish(Reason::NotIp),
+        Parsed::Malformed => finish(Reason::Malformed),
+        Parsed::Ip(pkt) => judge_ip(&pkt, ifindex),
+    }
+}
+
+#[inline(always)]
+fn finish(reason: Reason) -> Action {
+    counters::verdict(reason);
+    reason.action()
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: a helper without arguments or side effects.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Applies a drop decision of `mode`: `Some(Drop)` when enforced, `None` (go on) in shadow
+/// mode, with the counters and the event either way.
+#[inline(always)]
+fn enforce(pkt: &Packet, reason: Reason, rule: u32, mode: u32, ifindex: u32, now: u64) -> bool {
+    if mode == MODE_ENFORCE {
+        counters::rule(rule, RuleOutcome::Dropped);
+        events::report(pkt, reason, rule, EVENT_DROPPED, ifindex, now);
+        true
+    } else {
+        counters::rule(rule, RuleOutcome::Shadowed);
+        counters::shadow(reason);
+        events::report(pkt, reason, rule, EVENT_WOULD_DROP, ifindex, now);
+        false
+    }
+}
+
+#[inline(always)]
+fn judge_ip(pkt: &Packet, ifindex: u32) -> Action {
+    if acl::allowed(pkt) {
+        return finish(Reason::Allowed);
+    }
+    let now = now();
+    if let Some(deny) = acl::denied(pkt)
+        && enforce(pkt, Reason::Denied, deny.rule, deny.mode, ifindex, now)
+    {
+        return finish(Reason::Denied);
+    }
+    if let Some(ban) = bans::active(pkt, now)
+        && enforce(pkt, Reason::Banned, ban.rule, ban.mode, ifindex, now)
+    {
+        return finish(Reason::Banned);
+    }
+    if pkt.malformed {
+        return finish(Reason::Malformed);
+    }
+    let rules = rules_for(pkt);
+    let mut matched = false;
+    if pkt.syn && rules.connection_rule != 0 {
+        if limit(pkt, rules.connection_rule, ifindex, now) {
+            return finish(Reason::RateLimited);
+        }
+        matched = true;
+    }
+    if rules.packet_rule != 0 {
+        if limit(pkt, rules.packet_rule, ifindex, now) {
+            return finish(Reason::RateLimited);
+        }
+        matched = true;
+    }
+    finish(if matched {
+        Reason::WithinLimit
+    } else {
+        Reason::NoMatch
+    })
+}
+
+/// Rules scoped to the packet's port take precedence over rules for its whole class; the
+/// agent merges the two kinds (packets, connections) so one lookup gives both.
+#[inline(always)]
+fn rules_for(pkt: &Packet) -> PortRules {
+    if pkt.has_port
+        && let Some(rules) = PORT_RULES.get_ptr(port_key(pkt.class, pkt.dport))
+    {
+        // SAFETY: pointer from a successful lookup; the agent only replaces whole values.
+        return unsafe { *rules };
+    }
+    CLASS_RULES.get(pkt.class as u32).copied().unwrap_or_default()
+}
+
+/// Runs the packet through one rule's bucket; true when it must be dropped.
+#[inline(always)]
+fn limit(pkt: &Packet, rule: u32, ifindex: u32, now: u64) -> bool {
+    let Some(cfg) = RULES.get(rule) else {
+        return false;
+    };
+    if cfg.interval_ns == 0 {
+        return false;
+    }
+    match ratelimit::take(rule, cfg, pkt, now) {
+        Outcome::Within => {
+            counters::rule(rule, RuleOutcome::Passed);
+            false
+        }
+        Outcome::Over { escalate } => {
+            if escalate {
+                bans::start(pkt, rule, cfg, now);
+                let action = if cfg.mode == MODE_ENFORCE {
+                    EVENT_BANNED
+                } else {
+                    EVENT_WOULD_BAN
+                };
+                events::report(pkt, Reason::Banned, rule, action, ifindex, now);
+            }
+            enforce(pkt, Reason::RateLimited, rule, cfg.mode, ifindex, now)
+        }
+    }
+}

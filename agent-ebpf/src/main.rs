@@ -1,0 +1,62 @@
+//! Portcullis kernel programs. Both entry points run the same decision (`judge`) and only
+//! translate its verdict for their hook.
+#![no_std]
+#![no_main]
+
+mod acl;
+mod bans;
+mod counters;
+mod events;
+mod judge;
+mod maps;
+mod parse;
+mod ratelimit;
+
+use agent_common::Action;
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+
+/// XDP entry point: `XDP_DROP` for dropped packets, `XDP_PASS` for everything else.
+#[xdp]
+pub fn portcullis_xdp(ctx: XdpContext) -> u32 {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    match judge::judge(ctx.data(), ctx.data_end(), ifindex) {
+        Action::Pass => xdp_action::XDP_PASS,
+        Action::Drop => xdp_action::XDP_DROP,
+    }
+}
+
+/// Linear bytes the parser may need: Ethernet, two VLAN tags, IPv6 and its extension
+/// headers, TCP. Pulling more than the headers would copy payload for nothing.
+const TC_PULL_BYTES: u32 = 256;
+
+/// TC ingress entry point: `TC_ACT_SHOT` for dropped packets; for passed ones
+/// `TC_ACT_UNSPEC`, which lets later programs on the hook (tcx or cls_bpf) run.
+#[classifier]
+pub fn portcullis_tc(ctx: TcContext) -> i32 {
+    // Direct packet access only covers the linear part of the skb. Pull the headers in
+    // when they are not all there; most skbs already have them.
+    let wanted = ctx.len().min(TC_PULL_BYTES) as usize;
+    if ctx.data_end() - ctx.data() < wanted {
+        let _ = ctx.pull_data(wanted as u32);
+    }
+    // SAFETY: the context pointer is valid for the whole program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    match judge::judge(ctx.data(), ctx.data_end(), ifindex) {
+        Action::Pass => TC_ACT_UNSPEC,
+        Action::Drop => TC_ACT_SHOT as i32,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,169 @@
+//! IPv4 (with options and fragments) and IPv6 (with a bounded walk of extension headers).
+
+use agent_common::CLASS_OTHER;
+
+use super::{Cursor, Packet, Parsed, l4};
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+const IPPROTO_MH: u8 = 135;
+const IPPROTO_HIP: u8 = 139;
+const IPPROTO_SHIM6: u8 = 140;
+
+/// Extension headers walked before giving up. Real traffic carries one or two; a longer
+/// chain is treated as malformed so that stacking headers cannot hide the transport
+/// header from port-scoped rules.
+pub const MAX_IPV6_EXT_HEADERS: usize = 8;
+
+/// IPv4-mapped IPv6 prefix word `::ffff:0:0/96`, bytes 8..12, in network order.
+const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+#[repr(C)]
+struct Ipv4Hdr {
+    version_ihl: u8,
+    tos: u8,
+    tot_len: u16,
+    id: u16,
+    frag_off: u16,
+    ttl: u8,
+    protocol: u8,
+    check: u16,
+    saddr: u32,
+    daddr: u32,
+}
+
+#[repr(C)]
+struct Ipv6Hdr {
+    version_class_flow: u32,
+    payload_len: u16,
+    nexthdr: u8,
+    hop_limit: u8,
+    saddr: [u32; 4],
+    daddr: [u32; 4],
+}
+
+/// The first two bytes of every "generic" extension header (hop-by-hop, routing,
+/// destination options, mobility, HIP, shim6, and AH with a different length unit).
+#[repr(C)]
+struct ExtHdr {
+    nexthdr: u8,
+    hdrlen: u8,
+}
+
+#[repr(C)]
+struct FragHdr {
+    nexthdr: u8,
+    reserved: u8,
+    frag_off: u16,
+    id: u32,
+}
+
+fn packet(src: [u32; 4], v4: bool, protocol: u8) -> Packet {
+    Packet {
+        src,
+        v4,
+        protocol,
+        class: CLASS_OTHER,
+        has_port: false,
+        dport: 0,
+        syn: false,
+        malformed: false,
+    }
+}
+
+#[inline(always)]
+pub fn parse_v4(cursor: &mut Cursor) -> Parsed {
+    let Some(hdr) = cursor.take::<Ipv4Hdr>() else {
+        return Parsed::Malformed;
+    };
+    // SAFETY: `take` checked that the header lies inside the frame.
+    let hdr = unsafe { &*hdr };
+    let ihl = (hdr.version_ihl & 0x0f) as usize;
+    if hdr.version_ihl >> 4 != 4 || ihl < 5 {
+        return Parsed::Malformed;
+    }
+    // Options: ihl is at most 15, so this skips at most 40 bytes.
+    if cursor.skip((ihl - 5) * 4).is_none() {
+        return Parsed::Malformed;
+    }
+    let mut pkt = packet([0, 0, V4_MAPPED_WORD, hdr.saddr], true, hdr.protocol);
+    // Only the first fragment (offset 0) carries the transport header; later fragments are
+    // judged on their addresses and protocol.
+    let first_fragment = u16::from_be(hdr.frag_off) & 0x1fff == 0;
+    l4::parse(cursor, &mut pkt, first_fragment);
+    Parsed::Ip(pkt)
+}
+
+#[inline(always)]
+pub fn parse_v6(cursor: &mut Cursor) -> Parsed {
+    let Some(hdr) = cursor.take::<Ipv6Hdr>() else {
+        return Parsed::Malformed;
+    };
+    // SAFETY: `take` checked that the header lies inside the frame.
+    let hdr = unsafe { &*hdr };
+    if u32::from_be(hdr.version_class_flow) >> 28 != 6 {
+        return Parsed::Malformed;
+    }
+    let mut pkt = packet(hdr.saddr, false, hdr.nexthdr);
+    match walk_extension_headers(cursor, hdr.nexthdr) {
+        Some(Transport::Header(protocol)) => {
+            pkt.protocol = protocol;
+            l4::parse(cursor, &mut pkt, true);
+        }
+        Some(Transport::LaterFragment(protocol)) => {
+            pkt.protocol = protocol;
+            l4::parse(cursor, &mut pkt, false);
+        }
+        None => pkt.malformed = true,
+    }
+    Parsed::Ip(pkt)
+}
+
+enum Transport {
+    /// The cursor is at the transport header of this protocol.
+    Header(u8),
+    /// A non-first fragment of this protocol: no transport header here.
+    LaterFragment(u8),
+}
+
+/// Moves the cursor past the extension headers. `None` if one is truncated or there are
+/// more than `MAX_IPV6_EXT_HEADERS` (the last round can only find the transport header).
+#[inline(always)]
+fn walk_extension_headers(cursor: &mut Cursor, first: u8) -> Option<Transport> {
+    let mut next = first;
+    for _ in 0..=MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH | IPPROTO_HIP
+            | IPPROTO_SHIM6 => {
+                let ext = cursor.take::<ExtHdr>()?;
+                // SAFETY: `take` checked the bounds.
+                let ext = unsafe { &*ext };
+                next = ext.nexthdr;
+                // Length in 8-byte units, not counting the first 8; at most 2048 bytes.
+                cursor.skip((ext.hdrlen as usize + 1) * 8 - 2)?;
+            }
+            IPPROTO_AH => {
+                let ext = cursor.take::<ExtHdr>()?;
+                // SAFETY: `take` checked the bounds.
+                let ext = unsafe { &*ext };
+                next = ext.nexthdr;
+                // RFC 4302: length in 4-byte units, minus 2; at most 1028 bytes.
+                cursor.skip((ext.hdrlen as usize + 2) * 4 - 2)?;
+            }
+            IPPROTO_FRAGMENT => {
+                let frag = cursor.take::<FragHdr>()?;
+                // SAFETY: `take` checked the bounds.
+                let frag = unsafe { &*frag };
+                next = frag.nexthdr;
+                if u16::from_be(frag.frag_off) & 0xfff8 != 0 {
+                    return Some(Transport::LaterFragment(next));
+                }
+            }
+            _ => return Some(Transport::Header(next)),
+        }
+    }
+    None
+}

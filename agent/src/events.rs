@@ -1,0 +1,119 @@
+//! Ring-buffer events as JSON lines, and the periodic summary of counters.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::{Duration, SystemTime},
+};
+
+use agent_common::{EVENT_BANNED, EVENT_DROPPED, EVENT_WOULD_BAN, EVENT_WOULD_DROP, Event, Reason};
+use serde_json::json;
+
+use crate::{maps::Counters, tables::RuleKind};
+
+/// Converts `bpf_ktime_get_ns` times to wall-clock times.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    wall_at_zero: SystemTime,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        let mono = Duration::from_nanos(crate::maps::monotonic_now_ns());
+        Self {
+            wall_at_zero: SystemTime::now() - mono,
+        }
+    }
+
+    pub fn wall(&self, ktime_ns: u64) -> SystemTime {
+        self.wall_at_zero + Duration::from_nanos(ktime_ns)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub fn source(event: &Event) -> IpAddr {
+    if event.family == 4 {
+        let b = &event.src[12..16];
+        IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(event.src))
+    }
+}
+
+pub fn protocol_name(protocol: u8) -> String {
+    match protocol {
+        1 => "icmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        58 => "icmpv6".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Turns one event into its JSON line. `rules` names rule ids, `ifaces` interface indexes.
+pub fn format(
+    event: &Event,
+    clock: &Clock,
+    rules: &HashMap<u32, (String, RuleKind)>,
+    ifaces: &HashMap<u32, String>,
+) -> String {
+    let (action, mode, verdict) = match event.action {
+        EVENT_DROPPED => ("drop", "enforce", "drop"),
+        EVENT_WOULD_DROP => ("would_drop", "shadow", "pass"),
+        EVENT_BANNED => ("ban", "enforce", "drop"),
+        EVENT_WOULD_BAN => ("would_ban", "shadow", "pass"),
+        _ => ("unknown", "unknown", "unknown"),
+    };
+    let rule = rules
+        .get(&event.rule)
+        .map(|(name, _)| name.clone())
+        .unwrap_or_else(|| format!("#{}", event.rule));
+    let reason = Reason::from_code(event.reason).map_or("unknown", Reason::name);
+    let interface = ifaces
+        .get(&event.ifindex)
+        .cloned()
+        .unwrap_or_else(|| event.ifindex.to_string());
+    json!({
+        "time": humantime::format_rfc3339_nanos(clock.wall(event.ts_ns)).to_string(),
+        "type": "event",
+        "interface": interface,
+        "source": source(event).to_string(),
+        "dst_port": event.dport,
+        "protocol": protocol_name(event.protocol),
+        "reason": reason,
+        "rule": rule,
+        "mode": mode,
+        "action": action,
+        "verdict": verdict,
+    })
+    .to_string()
+}
+
+/// The summary line: counter totals, and what changed since the last summary.
+pub fn summary(now: &Counters, last: &Counters) -> String {
+    let mut verdicts = serde_json::Map::new();
+    let mut shadow = serde_json::Map::new();
+    for reason in Reason::ALL {
+        verdicts.insert(reason.name().into(), now.verdict(reason).into());
+        if now.shadowed(reason) > 0 {
+            shadow.insert(reason.name().into(), now.shadowed(reason).into());
+        }
+    }
+    json!({
+        "time": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        "type": "summary",
+        "verdicts": verdicts,
+        "shadow": shadow,
+        "events_written": now.events_written,
+        "events_suppressed": now.events_suppressed,
+        "events_suppressed_since_last": now.events_suppressed.saturating_sub(last.events_suppressed),
+        "events_lost": now.events_lost,
+        "bans_failed": now.bans_failed,
+    })
+    .to_string()
+}

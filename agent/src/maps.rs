@@ -1,0 +1,259 @@
+//! Typed handles on the kernel maps: writing policy tables (only what changed) and reading
+//! counters. Works on maps from a freshly loaded object or from their pins.
+
+use std::path::Path;
+
+use agent_common::{
+    BanEntry, DenyEntry, MAX_RULES, PortRules, REASON_SLOTS, Reason, RuleConfig, RuleCounters,
+    Settings, maps as names,
+};
+use aya::maps::{
+    Array, HashMap, Map, MapData, MapError, PerCpuArray,
+    lpm_trie::{Key, LpmTrie},
+};
+
+use crate::tables::Tables;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("map {name} is missing from the eBPF object")]
+    Missing { name: &'static str },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+fn ctx(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
+    move |source| MapsError::Map { name, source }
+}
+
+pub struct KernelMaps {
+    allow_v4: LpmTrie<MapData, [u8; 4], u32>,
+    allow_v6: LpmTrie<MapData, [u8; 16], u32>,
+    deny_v4: LpmTrie<MapData, [u8; 4], DenyEntry>,
+    deny_v6: LpmTrie<MapData, [u8; 16], DenyEntry>,
+    bans_v4: LpmTrie<MapData, [u8; 4], BanEntry>,
+    bans_v6: LpmTrie<MapData, [u8; 16], BanEntry>,
+    port_rules: HashMap<MapData, u32, PortRules>,
+    class_rules: Array<MapData, PortRules>,
+    rules: Array<MapData, RuleConfig>,
+    settings: Array<MapData, Settings>,
+    counters: PerCpuArray<MapData, u64>,
+    rule_counters: PerCpuArray<MapData, RuleCounters>,
+}
+
+/// Totals over all CPUs of the `COUNTERS` map.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Final verdicts by reason code.
+    pub verdicts: [u64; REASON_SLOTS as usize],
+    /// Shadow-mode hits (would have dropped) by reason code.
+    pub shadow: [u64; REASON_SLOTS as usize],
+    pub events_written: u64,
+    pub events_suppressed: u64,
+    pub events_lost: u64,
+    pub bans_failed: u64,
+}
+
+impl Counters {
+    pub fn verdict(&self, reason: Reason) -> u64 {
+        self.verdicts[reason as usize]
+    }
+
+    pub fn shadowed(&self, reason: Reason) -> u64 {
+        self.shadow[reason as usize]
+    }
+}
+
+impl KernelMaps {
+    /// Takes the maps out of a loaded object.
+    pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
+        Self::open(|name| ebpf.take_map(name).ok_or(MapsError::Missing { name }))
+    }
+
+    /// Opens the maps pinned under `dir` by a running agent.
+    pub fn from_pins(dir: &Path) -> Result<Self, MapsError> {
+        Self::open(|name| {
+            let data = MapData::from_pin(dir.join(name)).map_err(ctx(name))?;
+            Map::from_map_data(data).map_err(ctx(name))
+        })
+    }
+
+    fn open(mut get: impl FnMut(&'static str) -> Result<Map, MapsError>) -> Result<Self, MapsError> {
+        macro_rules! typed {
+            ($name:expr) => {{
+                let name: &'static str = $name;
+                get(name)?.try_into().map_err(ctx(name))?
+            }};
+        }
+        Ok(Self {
+            allow_v4: typed!(names::ALLOW_V4),
+            allow_v6: typed!(names::ALLOW_V6),
+            deny_v4: typed!(names::DENY_V4),
+            deny_v6: typed!(names::DENY_V6),
+            bans_v4: typed!(names::BANS_V4),
+            bans_v6: typed!(names::BANS_V6),
+            port_rules: typed!(names::PORT_RULES),
+            class_rules: typed!(names::CLASS_RULES),
+            rules: typed!(names::RULES),
+            settings: typed!(names::SETTINGS),
+            counters: typed!(names::COUNTERS),
+            rule_counters: typed!(names::RULE_COUNTERS),
+        })
+    }
+
+    /// Moves the maps from `old` to `new`. Rule configurations go first so nothing points at
+    /// a rule the kernel does not know; removals go last.
+    pub fn apply(&mut self, old: &Tables, new: &Tables) -> Result<(), MapsError> {
+        for (id, config) in &new.rules {
+            if old.rules.get(id) != Some(config) {
+                self.rules.set(*id, config, 0).map_err(ctx(names::RULES))?;
+            }
+        }
+        self.settings
+            .set(0, new.settings, 0)
+            .map_err(ctx(names::SETTINGS))?;
+        for prefix in new.allow_v4.difference(&old.allow_v4) {
+            let key = Key::new(prefix.0, prefix.1);
+            self.allow_v4.insert(&key, 1, 0).map_err(ctx(names::ALLOW_V4))?;
+        }
+        for prefix in new.allow_v6.difference(&old.allow_v6) {
+            let key = Key::new(prefix.0, prefix.1);
+            self.allow_v6.insert(&key, 1, 0).map_err(ctx(names::ALLOW_V6))?;
+        }
+        for (prefix, entry) in &new.deny_v4 {
+            if old.deny_v4.get(prefix) != Some(entry) {
+                let key = Key::new(prefix.0, prefix.1);
+                self.deny_v4.insert(&key, entry, 0).map_err(ctx(names::DENY_V4))?;
+            }
+        }
+        for (prefix, entry) in &new.deny_v6 {
+            if old.deny_v6.get(prefix) != Some(entry) {
+                let key = Key::new(prefix.0, prefix.1);
+                self.deny_v6.insert(&key, entry, 0).map_err(ctx(names::DENY_V6))?;
+            }
+        }
+        for (port, rules) in &new.port_rules {
+            if old.port_rules.get(port) != Some(rules) {
+                self.port_rules.insert(port, rules, 0).map_err(ctx(names::PORT_RULES))?;
+            }
+        }
+        for (class, rules) in new.class_rules.iter().enumerate() {
+            if old.class_rules[class] != *rules {
+                self.class_rules
+                    .set(class as u32, rules, 0)
+                    .map_err(ctx(names::CLASS_RULES))?;
+            }
+        }
+        // Removals. A missing key is not an error: the state we want is reached.
+        for port in old.port_rules.keys().filter(|k| !new.port_rules.contains_key(k)) {
+            ignore_missing(self.port_rules.remove(port)).map_err(ctx(names::PORT_RULES))?;
+        }
+        for prefix in old.deny_v4.keys().filter(|k| !new.deny_v4.contains_key(k)) {
+            let key = Key::new(prefix.0, prefix.1);
+            ignore_missing(self.deny_v4.remove(&key)).map_err(ctx(names::DENY_V4))?;
+        }
+        for prefix in old.deny_v6.keys().filter(|k| !new.deny_v6.contains_key(k)) {
+            let key = Key::new(prefix.0, prefix.1);
+            ignore_missing(self.deny_v6.remove(&key)).map_err(ctx(names::DENY_V6))?;
+        }
+        for prefix in old.allow_v4.difference(&new.allow_v4) {
+            let key = Key::new(prefix.0, prefix.1);
+            ignore_missing(self.allow_v4.remove(&key)).map_err(ctx(names::ALLOW_V4))?;
+        }
+        for prefix in old.allow_v6.difference(&new.allow_v6) {
+            let key = Key::new(prefix.0, prefix.1);
+            ignore_missing(self.allow_v6.remove(&key)).map_err(ctx(names::ALLOW_V6))?;
+        }
+        // A removed rule becomes inert (interval 0) and its bans void (epoch 0).
+        for id in old.rules.keys().filter(|id| !new.rules.contains_key(id)) {
+            self.rules
+                .set(*id, RuleConfig::default(), 0)
+                .map_err(ctx(names::RULES))?;
+        }
+        Ok(())
+    }
+
+    pub fn counters(&self) -> Result<Counters, MapsError> {
+        let total = |index: u32| -> Result<u64, MapsError> {
+            let values = self.counters.get(&index, 0).map_err(ctx(names::COUNTERS))?;
+            Ok(values.iter().sum())
+        };
+        let mut counters = Counters::default();
+        for slot in 0..REASON_SLOTS {
+            counters.verdicts[slot as usize] = total(slot)?;
+            counters.shadow[slot as usize] = total(REASON_SLOTS + slot)?;
+        }
+        counters.events_written = total(names::COUNTER_EVENTS_WRITTEN)?;
+        counters.events_suppressed = total(names::COUNTER_EVENTS_SUPPRESSED)?;
+        counters.events_lost = total(names::COUNTER_EVENTS_LOST)?;
+        counters.bans_failed = total(names::COUNTER_BANS_FAILED)?;
+        Ok(counters)
+    }
+
+    /// Per-rule counters summed over CPUs, for the ids in `1..MAX_RULES` that counted anything.
+    pub fn rule_counters(&self) -> Result<Vec<(u32, RuleCounters)>, MapsError> {
+        let mut out = Vec::new();
+        for id in 1..MAX_RULES {
+            let values = self.rule_counters.get(&id, 0).map_err(ctx(names::RULE_COUNTERS))?;
+            let sum = values.iter().fold(RuleCounters::default(), |acc, v| RuleCounters {
+                passed: acc.passed + v.passed,
+                dropped: acc.dropped + v.dropped,
+                shadowed: acc.shadowed + v.shadowed,
+            });
+            if sum != RuleCounters::default() {
+                out.push((id, sum));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes bans whose time is up, so the map does not fill with dead entries (the
+    /// kernel already ignores them). Returns how many were removed.
+    pub fn sweep_expired_bans(&mut self, now_ns: u64) -> Result<usize, MapsError> {
+        let expired_v4: Vec<Key<[u8; 4]>> = self
+            .bans_v4
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, ban)| ban.expires_ns <= now_ns)
+            .map(|(key, _)| key)
+            .collect();
+        let expired_v6: Vec<Key<[u8; 16]>> = self
+            .bans_v6
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, ban)| ban.expires_ns <= now_ns)
+            .map(|(key, _)| key)
+            .collect();
+        let removed = expired_v4.len() + expired_v6.len();
+        for key in expired_v4 {
+            ignore_missing(self.bans_v4.remove(&key)).map_err(ctx(names::BANS_V4))?;
+        }
+        for key in expired_v6 {
+            ignore_missing(self.bans_v6.remove(&key)).map_err(ctx(names::BANS_V6))?;
+        }
+        Ok(removed)
+    }
+}
+
+fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we pass and nothing else.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -1,0 +1,182 @@
+//! The policy file as written: serde structures with `deny_unknown_fields`. Every list
+//! element keeps its source location so validation errors can name the line.
+
+use serde::{
+    Deserialize, Deserializer,
+    de::{self, MapAccess, Visitor, value::MapAccessDeserializer},
+};
+use serde_saphyr::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub deny: Vec<Spanned<DenyItem>>,
+    #[serde(default)]
+    pub rate_limits: Vec<Spanned<RateLimitItem>>,
+    #[serde(default)]
+    pub events: Option<Spanned<EventsSection>>,
+    #[serde(default)]
+    pub capacity: Option<Spanned<CapacitySection>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Drop what matches (the default).
+    #[default]
+    Enforce,
+    /// Only count and report what would have been dropped.
+    Shadow,
+}
+
+/// A deny entry: either a bare CIDR string (enforced, unnamed) or a map.
+#[derive(Debug)]
+pub struct DenyItem {
+    pub cidr: String,
+    pub mode: Mode,
+    pub name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DenyItemMap {
+    cidr: String,
+    #[serde(default)]
+    mode: Mode,
+    name: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for DenyItem {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DenyVisitor;
+        impl<'de> Visitor<'de> for DenyVisitor {
+            type Value = DenyItem;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a CIDR, or a map with cidr and optional mode and name")
+            }
+
+            fn visit_str<E: de::Error>(self, cidr: &str) -> Result<DenyItem, E> {
+                Ok(DenyItem {
+                    cidr: cidr.to_string(),
+                    mode: Mode::Enforce,
+                    name: None,
+                })
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<DenyItem, A::Error> {
+                let item = DenyItemMap::deserialize(MapAccessDeserializer::new(map))?;
+                Ok(DenyItem {
+                    cidr: item.cidr,
+                    mode: item.mode,
+                    name: item.name,
+                })
+            }
+        }
+        deserializer.deserialize_any(DenyVisitor)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    /// ICMP and ICMPv6.
+    Icmp,
+    /// Every IP packet, whatever its protocol.
+    Any,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Count {
+    /// Every packet takes a token (the default).
+    #[default]
+    Packets,
+    /// Only new TCP connections (SYN without ACK) take a token.
+    Connections,
+}
+
+/// A port or a port range; YAML gives `443` as a number and `8000-8080` as a string.
+#[derive(Debug, Clone)]
+pub struct PortSpec(pub String);
+
+impl<'de> Deserialize<'de> for PortSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PortVisitor;
+        impl Visitor<'_> for PortVisitor {
+            type Value = PortSpec;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a port number or a range like \"8000-8080\"")
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PortSpec, E> {
+                Ok(PortSpec(v.to_string()))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortSpec, E> {
+                Ok(PortSpec(v.to_string()))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PortSpec, E> {
+                Ok(PortSpec(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(PortVisitor)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitItem {
+    pub name: String,
+    pub protocol: Protocol,
+    /// Destination ports; empty means every port of the protocol.
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    #[serde(default)]
+    pub count: Count,
+    pub rate: String,
+    /// Tokens a source may spend at once; defaults to the rate's count (one period's worth).
+    pub burst: Option<u64>,
+    /// Sources are grouped by this IPv4 prefix; defaults to 32 (one bucket per address).
+    pub prefix_v4: Option<u8>,
+    /// Sources are grouped by this IPv6 prefix; defaults to 64, so one host cannot dodge its
+    /// limit by rotating through the addresses of its /64.
+    pub prefix_v6: Option<u8>,
+    pub ban: Option<BanSection>,
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BanSection {
+    /// Over-limit packets that trigger the ban.
+    pub after: u32,
+    /// Window in which they must happen; defaults to 60s.
+    pub within: Option<String>,
+    /// How long the ban lasts.
+    #[serde(rename = "for")]
+    pub duration: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsSection {
+    /// Ring-buffer events the kernel may write per second, over all CPUs.
+    pub per_second: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacitySection {
+    pub sources: Option<u32>,
+    pub cidrs: Option<u32>,
+    pub bans: Option<u32>,
+}

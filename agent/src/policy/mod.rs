@@ -1,0 +1,123 @@
+//! Policy files: parsing (`file`), value syntaxes (`units`) and validation into a `Policy`
+//! that is known to fit the kernel's maps. Nothing here touches the kernel.
+
+mod file;
+pub mod units;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+
+pub use file::{Count, Mode, Protocol};
+pub use validate::Problem;
+
+/// Default for `events.per_second`: enough to see what an attack looks like, far too few
+/// to cost the drop path anything.
+pub const DEFAULT_EVENTS_PER_SECOND: u32 = 1000;
+/// Default for `capacity.sources`: token buckets kept (an LRU map evicts the oldest).
+pub const DEFAULT_SOURCES: u32 = 131_072;
+/// Default for `capacity.cidrs`: entries per address family in each of allow and deny.
+pub const DEFAULT_CIDRS: u32 = 1_048_576;
+/// Default for `capacity.bans`: escalation bans per address family.
+pub const DEFAULT_BANS: u32 = 65_536;
+/// Default for `ban.within`.
+pub const DEFAULT_BAN_WINDOW_NS: u64 = 60_000_000_000;
+/// Name under which deny entries without a name are counted and reported.
+pub const UNNAMED_DENY: &str = "deny";
+
+/// A validated policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<DenyRule>,
+    pub rate_limits: Vec<RateLimit>,
+    pub events_per_second: u32,
+    pub capacity: Capacity,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DenyRule {
+    pub net: IpNet,
+    pub mode: Mode,
+    /// The group it is counted under: its `name`, or `UNNAMED_DENY`.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    pub name: String,
+    pub protocol: Protocol,
+    /// Inclusive destination port ranges; empty means the whole protocol.
+    pub ports: Vec<(u16, u16)>,
+    pub count: Count,
+    /// One token every `interval_ns`.
+    pub interval_ns: u64,
+    pub burst: u64,
+    pub prefix_v4: u8,
+    pub prefix_v6: u8,
+    pub ban: Option<Ban>,
+    pub mode: Mode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ban {
+    pub after: u32,
+    pub within_ns: u64,
+    pub for_ns: u64,
+}
+
+/// Map sizes. They are fixed when the programs load, so a change needs a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub sources: u32,
+    pub cidrs: u32,
+    pub bans: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{path}: cannot read the policy file: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: u32,
+        column: u32,
+        message: String,
+    },
+    #[error("{path}:{line}: {problem}")]
+    Invalid {
+        path: PathBuf,
+        line: u32,
+        problem: Problem,
+    },
+}
+
+impl PolicyError {
+    /// The problem found by validation, if that is what this error is.
+    pub fn problem(&self) -> Option<&Problem> {
+        match self {
+            PolicyError::Invalid { problem, .. } => Some(problem),
+            _ => None,
+        }
+    }
+}
+
+/// Reads and validates a policy file.
+pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Validates policy text; `path` is only used in error messages.
+pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
+    validate::parse(path, text)
+}

@@ -1,0 +1,224 @@
+//! `portcullis run`: load, apply the policy, attach, then serve events, reloads and
+//! summaries until SIGTERM or SIGINT, and detach what we attached.
+
+use std::{
+    collections::HashMap,
+    io::Write as _,
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::{MapData, RingBuf};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, time::MissedTickBehavior};
+
+use crate::{
+    enforcer::Enforcer,
+    events::{self, Clock},
+    loader::{self, Attachment, Hook, XdpModeOption},
+    maps::{Counters, KernelMaps, monotonic_now_ns},
+    policy::Policy,
+    watch,
+};
+
+pub struct RunOptions {
+    pub ifaces: Vec<String>,
+    pub policy: PathBuf,
+    pub hook: Hook,
+    pub xdp_mode: XdpModeOption,
+    pub pin_dir: PathBuf,
+    pub summary_interval: Duration,
+}
+
+/// How long shutdown may take to flush events before detaching anyway.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+/// Expired bans are removed from the maps this often.
+const BAN_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// File watchers report a burst of events for one save; wait for it to settle.
+const RELOAD_SETTLE: Duration = Duration::from_millis(150);
+
+/// Runs the agent with an already validated policy.
+pub async fn run(options: RunOptions, policy: Policy) -> Result<()> {
+    loader::ensure_bpffs()?;
+    if loader::pins_present(&options.pin_dir) {
+        bail!(
+            "{} already holds pins: another agent is running there, or one exited without cleaning up; \
+             run `portcullis detach --pin-dir {}` first",
+            options.pin_dir.display(),
+            options.pin_dir.display()
+        );
+    }
+    let mut ifindexes = HashMap::new();
+    for iface in &options.ifaces {
+        ifindexes.insert(ifindex(iface)?, iface.clone());
+    }
+
+    let mut ebpf = loader::load(&policy.capacity)?;
+    let result = serve(&options, policy, &mut ebpf, ifindexes).await;
+    // Whatever happened, leave nothing pinned behind: that is the agent's only state.
+    let cleanup = loader::remove_pins(&options.pin_dir);
+    result.and(cleanup)
+}
+
+async fn serve(
+    options: &RunOptions,
+    policy: Policy,
+    ebpf: &mut aya::Ebpf,
+    ifaces: HashMap<u32, String>,
+) -> Result<()> {
+    loader::pin_maps(ebpf, &options.pin_dir)?;
+    let ring: RingBuf<MapData> = ebpf
+        .take_map(agent_common::maps::EVENTS)
+        .context("EVENTS map missing")?
+        .try_into()?;
+    let maps = KernelMaps::take(ebpf)?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)? as u32;
+    // The policy is in the maps before any program runs: there is no moment where traffic
+    // meets an empty policy.
+    let mut enforcer = Enforcer::new(maps, policy, cpus)?;
+
+    let mut attachments: Vec<Attachment> = Vec::new();
+    for iface in &options.ifaces {
+        match loader::attach(ebpf, iface, options.hook, options.xdp_mode, &options.pin_dir) {
+            Ok(a) => {
+                tracing::info!(iface = a.iface, hook = a.hook, "attached");
+                attachments.push(a);
+            }
+            Err(e) => {
+                detach_all(attachments);
+                return Err(e);
+            }
+        }
+    }
+    tracing::info!(
+        policy = %options.policy.display(),
+        interfaces = attachments.len(),
+        "ready"
+    );
+
+    let result = event_loop(options, &mut enforcer, ring, &ifaces).await;
+    detach_all(attachments);
+    result
+}
+
+fn detach_all(attachments: Vec<Attachment>) {
+    for attachment in attachments {
+        let iface = attachment.iface.clone();
+        match attachment.detach() {
+            Ok(()) => tracing::info!(iface, "detached"),
+            Err(e) => tracing::error!(iface, error = format!("{e:#}"), "detaching failed"),
+        }
+    }
+}
+
+async fn event_loop(
+    options: &RunOptions,
+    enforcer: &mut Enforcer,
+    ring: RingBuf<MapData>,
+    ifaces: &HashMap<u32, String>,
+) -> Result<()> {
+    let clock = Clock::new();
+    // SAFETY: the ring buffer owns its fd and outlives the registration, which is dropped
+    // with `ring` at the end of this function.
+    let mut ring = unsafe { AsyncFd::register(ring) }.context("polling the event ring buffer")?;
+    let (_watcher, mut changes) = watch::watch(&options.policy)?;
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut summary = tokio::time::interval(options.summary_interval);
+    summary.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    summary.tick().await;
+    let mut sweep = tokio::time::interval(BAN_SWEEP_INTERVAL);
+    sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_counters = Counters::default();
+    let mut rule_names = enforcer.rule_names();
+    let stdout = std::io::stdout();
+
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let ring = guard.get_inner_mut();
+                let mut out = stdout.lock();
+                while let Some(record) = ring.next() {
+                    if let Some(event) = parse_event(&record) {
+                        writeln!(out, "{}", events::format(&event, &clock, &rule_names, ifaces))?;
+                    }
+                }
+                out.flush()?;
+                guard.clear_ready();
+            }
+            Some(()) = changes.recv() => {
+                tokio::time::sleep(RELOAD_SETTLE).await;
+                while changes.try_recv().is_ok() {}
+                match enforcer.reload(&options.policy) {
+                    Ok(true) => {
+                        rule_names = enforcer.rule_names();
+                        tracing::info!(policy = %options.policy.display(), "policy reloaded");
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(
+                        error = format!("{e:#}"),
+                        "policy not reloaded; the previous policy stays in force"
+                    ),
+                }
+            }
+            _ = summary.tick() => {
+                let counters = enforcer.maps.counters()?;
+                if counters != last_counters {
+                    let mut out = stdout.lock();
+                    writeln!(out, "{}", events::summary(&counters, &last_counters))?;
+                    out.flush()?;
+                    last_counters = counters;
+                }
+            }
+            _ = sweep.tick() => {
+                let removed = enforcer.maps.sweep_expired_bans(monotonic_now_ns())?;
+                if removed > 0 {
+                    tracing::debug!(removed, "expired bans removed");
+                }
+            }
+        }
+    }
+
+    tracing::info!("shutting down");
+    // Drain what the kernel already wrote, within the deadline.
+    let drain = async {
+        let ring = ring.get_mut();
+        let mut out = stdout.lock();
+        while let Some(record) = ring.next() {
+            if let Some(event) = parse_event(&record) {
+                let _ = writeln!(out, "{}", events::format(&event, &clock, &rule_names, ifaces));
+            }
+        }
+        let _ = out.flush();
+    };
+    if tokio::time::timeout(DRAIN_DEADLINE, drain).await.is_err() {
+        tracing::warn!("event drain deadline passed");
+    }
+    let counters = enforcer.maps.counters()?;
+    let mut out = stdout.lock();
+    writeln!(out, "{}", events::summary(&counters, &last_counters))?;
+    out.flush()?;
+    Ok(())
+}
+
+fn parse_event(record: &[u8]) -> Option<agent_common::Event> {
+    if record.len() < std::mem::size_of::<agent_common::Event>() {
+        return None;
+    }
+    // SAFETY: the length is checked and Event is plain old data; the ring buffer gives no
+    // alignment guarantee beyond 8 bytes, so read unaligned to be safe.
+    Some(unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) })
+}
+
+fn ifindex(iface: &str) -> Result<u32> {
+    let name = std::ffi::CString::new(iface).context("interface name contains NUL")?;
+    // SAFETY: a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        bail!("no interface named {iface} in this network namespace");
+    }
+    Ok(index)
+}

@@ -1,0 +1,232 @@
+//! The policy as the kernel's map contents: LPM entries, port and class rule tables, rule
+//! configurations. Rule ids and epochs persist across applies (`RuleIds`), so an unchanged
+//! rule keeps its per-source buckets and bans while a changed one starts fresh.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use agent_common::{
+    CLASS_COUNT, CLASS_ICMP, CLASS_OTHER, CLASS_TCP, CLASS_UDP, DenyEntry, MAX_RULES, MODE_ENFORCE,
+    MODE_SHADOW, PortRules, RuleConfig, Settings, port_key,
+};
+use ipnet::IpNet;
+
+use crate::policy::{Count, Mode, Policy, Protocol, RateLimit};
+
+/// An LPM key: prefix length and address bytes in network order.
+pub type Prefix4 = (u32, [u8; 4]);
+pub type Prefix6 = (u32, [u8; 16]);
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tables {
+    pub allow_v4: BTreeSet<Prefix4>,
+    pub allow_v6: BTreeSet<Prefix6>,
+    pub deny_v4: BTreeMap<Prefix4, DenyEntry>,
+    pub deny_v6: BTreeMap<Prefix6, DenyEntry>,
+    pub port_rules: BTreeMap<u32, PortRules>,
+    pub class_rules: [PortRules; CLASS_COUNT as usize],
+    /// Rule configurations by id; deny groups have an id (for counters) but no entry here.
+    pub rules: BTreeMap<u32, RuleConfig>,
+    pub settings: Settings,
+}
+
+/// What an id stands for, so the agent can label counters and events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleKind {
+    Deny,
+    RateLimit,
+}
+
+/// Stable rule ids by name, and epochs that change with a rule's definition.
+#[derive(Debug, Clone, Default)]
+pub struct RuleIds {
+    by_name: HashMap<String, Assigned>,
+    next_epoch: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Assigned {
+    id: u32,
+    epoch: u32,
+    /// The rule's configuration without mode and epoch: a mode switch keeps state.
+    fingerprint: Option<RuleConfig>,
+    kind: RuleKind,
+}
+
+impl RuleIds {
+    /// Name and kind of every id in use.
+    pub fn names(&self) -> HashMap<u32, (String, RuleKind)> {
+        self.by_name
+            .iter()
+            .map(|(name, a)| (a.id, (name.clone(), a.kind.clone())))
+            .collect()
+    }
+
+    /// Assigns ids for exactly the names in `wanted`, keeping the ids of names seen before
+    /// and freeing the rest.
+    fn assign(&mut self, wanted: &[(String, RuleKind)]) {
+        self.by_name
+            .retain(|name, _| wanted.iter().any(|(wanted_name, _)| wanted_name == name));
+        let mut used: BTreeSet<u32> = self.by_name.values().map(|a| a.id).collect();
+        for (name, kind) in wanted {
+            if self.by_name.contains_key(name) {
+                continue;
+            }
+            let id = (1..MAX_RULES)
+                .find(|id| !used.contains(id))
+                .expect("validation caps the number of names below MAX_RULES");
+            used.insert(id);
+            self.by_name.insert(
+                name.clone(),
+                Assigned {
+                    id,
+                    epoch: 0,
+                    fingerprint: None,
+                    kind: kind.clone(),
+                },
+            );
+        }
+    }
+
+    fn id(&self, name: &str) -> u32 {
+        self.by_name[name].id
+    }
+
+    /// The epoch for a rule with this configuration: the old one if the definition is
+    /// unchanged, a new one otherwise.
+    fn epoch(&mut self, name: &str, config: &RuleConfig) -> u32 {
+        let fingerprint = RuleConfig {
+            mode: 0,
+            epoch: 0,
+            ..*config
+        };
+        let assigned = self.by_name.get_mut(name).expect("assigned before");
+        if assigned.fingerprint != Some(fingerprint) {
+            self.next_epoch += 1;
+            assigned.epoch = self.next_epoch;
+            assigned.fingerprint = Some(fingerprint);
+        }
+        assigned.epoch
+    }
+}
+
+fn mode_code(mode: Mode) -> u32 {
+    match mode {
+        Mode::Enforce => MODE_ENFORCE,
+        Mode::Shadow => MODE_SHADOW,
+    }
+}
+
+fn mask_v4(prefix: u8) -> u32 {
+    let host_order = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
+    u32::from_ne_bytes(host_order.to_be_bytes())
+}
+
+fn mask_v6(prefix: u8) -> [u32; 4] {
+    let host_order = if prefix == 0 { 0 } else { u128::MAX << (128 - prefix) };
+    let bytes = host_order.to_be_bytes();
+    std::array::from_fn(|i| u32::from_ne_bytes(bytes[i * 4..i * 4 + 4].try_into().unwrap()))
+}
+
+fn rule_config(rule: &RateLimit) -> RuleConfig {
+    RuleConfig {
+        interval_ns: rule.interval_ns,
+        capacity_ns: rule.burst * rule.interval_ns,
+        ban_window_ns: rule.ban.map_or(0, |b| b.within_ns),
+        ban_for_ns: rule.ban.map_or(0, |b| b.for_ns),
+        ban_after: rule.ban.map_or(0, |b| b.after),
+        mode: mode_code(rule.mode),
+        epoch: 0,
+        prefix_v4: rule.prefix_v4 as u32,
+        prefix_v6: rule.prefix_v6 as u32,
+        mask_v4: mask_v4(rule.prefix_v4),
+        mask_v6: mask_v6(rule.prefix_v6),
+    }
+}
+
+fn classes(protocol: Protocol) -> &'static [u8] {
+    match protocol {
+        Protocol::Tcp => &[CLASS_TCP],
+        Protocol::Udp => &[CLASS_UDP],
+        Protocol::Icmp => &[CLASS_ICMP],
+        Protocol::Any => &[CLASS_TCP, CLASS_UDP, CLASS_ICMP, CLASS_OTHER],
+    }
+}
+
+fn slot(rules: &mut PortRules, count: Count) -> &mut u32 {
+    match count {
+        Count::Packets => &mut rules.packet_rule,
+        Count::Connections => &mut rules.connection_rule,
+    }
+}
+
+/// Builds the map contents for `policy`, updating `ids`.
+pub fn build(policy: &Policy, ids: &mut RuleIds, cpus: u32) -> Tables {
+    let mut wanted: Vec<(String, RuleKind)> = Vec::new();
+    for deny in &policy.deny {
+        if !wanted.iter().any(|(name, _)| *name == deny.name) {
+            wanted.push((deny.name.clone(), RuleKind::Deny));
+        }
+    }
+    for rule in &policy.rate_limits {
+        wanted.push((rule.name.clone(), RuleKind::RateLimit));
+    }
+    ids.assign(&wanted);
+
+    let mut tables = Tables::default();
+    for net in &policy.allow {
+        match net {
+            IpNet::V4(n) => tables.allow_v4.insert((n.prefix_len().into(), n.addr().octets())),
+            IpNet::V6(n) => tables.allow_v6.insert((n.prefix_len().into(), n.addr().octets())),
+        };
+    }
+    for deny in &policy.deny {
+        let entry = DenyEntry {
+            rule: ids.id(&deny.name),
+            mode: mode_code(deny.mode),
+        };
+        match deny.net {
+            IpNet::V4(n) => tables.deny_v4.insert((n.prefix_len().into(), n.addr().octets()), entry),
+            IpNet::V6(n) => tables.deny_v6.insert((n.prefix_len().into(), n.addr().octets()), entry),
+        };
+    }
+
+    // Least specific first, so more specific rules overwrite: every protocol, then one
+    // protocol, then ports. Validation guarantees no two rules of a kind share a level.
+    let mut ordered: Vec<&RateLimit> = policy.rate_limits.iter().collect();
+    ordered.sort_by_key(|r| match (r.protocol, r.ports.is_empty()) {
+        (Protocol::Any, _) => 0,
+        (_, true) => 1,
+        (_, false) => 2,
+    });
+    for rule in ordered {
+        let id = ids.id(&rule.name);
+        let mut config = rule_config(rule);
+        config.epoch = ids.epoch(&rule.name, &config);
+        tables.rules.insert(id, config);
+        if rule.ports.is_empty() {
+            for &class in classes(rule.protocol) {
+                *slot(&mut tables.class_rules[class as usize], rule.count) = id;
+            }
+            continue;
+        }
+        for &class in classes(rule.protocol) {
+            for &(first, last) in &rule.ports {
+                for port in first..=last {
+                    // A port entry hides its class entry, so it starts from the class's
+                    // rules (all in place by now, thanks to the ordering above).
+                    let inherited = tables.class_rules[class as usize];
+                    let entry = tables
+                        .port_rules
+                        .entry(port_key(class, port))
+                        .or_insert(inherited);
+                    *slot(entry, rule.count) = id;
+                }
+            }
+        }
+    }
+    tables.settings = Settings {
+        events_per_cpu_per_sec: policy.events_per_second.div_ceil(cpus.max(1)),
+        _pad: 0,
+    };
+    tables
+}

@@ -1,0 +1,121 @@
+//! `cargo xtask setup`: everything the build and the tests need, installed only if missing.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+use crate::cmd;
+
+/// Debian packages: iproute2 and util-linux (ip, nsenter) for the namespace tests and the
+/// demo, python3 for the HTTP server in the tests, bpftool for inspecting programs.
+const DEBIAN_PACKAGES: &[&str] = &["iproute2", "util-linux", "python3", "bpftool"];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+#[derive(clap::Args)]
+pub struct Options {}
+
+pub fn run(_options: &Options) -> Result<()> {
+    debian_packages()?;
+    rust_src()?;
+    bpf_linker()?;
+    eprintln!("setup: all build and test dependencies are in place");
+    Ok(())
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|pkg| {
+            let status = cmd::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]));
+            !status.is_some_and(|s| s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !cmd::is_root() {
+        bail!(
+            "missing Debian packages {}; run `cargo xtask setup` as root (or apt-get install them)",
+            missing.join(" ")
+        );
+    }
+    cmd::run(Command::new("apt-get").arg("update").arg("-q"))?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn rust_src() -> Result<()> {
+    let installed = cmd::output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]));
+    if installed.is_none() {
+        cmd::run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+    }
+    if installed.is_some_and(|list| list.lines().any(|l| l.starts_with("rust-src"))) {
+        return Ok(());
+    }
+    cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// The nightly's sysroot and the name of its LLVM shared library, e.g.
+/// (`/root/.rustup/toolchains/nightly-...`, 22, `LLVM-22-rust-1.97.0-nightly`).
+fn nightly_llvm() -> Result<(PathBuf, u32, String)> {
+    let sysroot = cmd::output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))
+        .ok_or_else(|| anyhow!("cannot run the nightly rustc"))?;
+    let sysroot = PathBuf::from(sysroot.trim());
+    let version = cmd::output(Command::new("rustup").args(["run", "nightly", "rustc", "-vV"]))
+        .ok_or_else(|| anyhow!("cannot run the nightly rustc"))?;
+    let major: u32 = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no LLVM version in `rustc -vV`"))?;
+    let prefix = format!("libLLVM-{major}-rust-");
+    let lib_dir = sysroot.join("lib");
+    let library = std::fs::read_dir(&lib_dir)
+        .with_context(|| format!("listing {}", lib_dir.display()))?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .find(|name| name.starts_with(&prefix) && name.ends_with(".so"))
+        .ok_or_else(|| anyhow!("no {prefix}*.so in {}", lib_dir.display()))?;
+    let name = library
+        .trim_start_matches("lib")
+        .trim_end_matches(".so")
+        .to_string();
+    Ok((sysroot, major, name))
+}
+
+/// bpf-linker, built against the nightly toolchain's own libLLVM (no system LLVM needed).
+/// Rebuilt when missing, of another version, or when its libLLVM is gone (a new nightly).
+fn bpf_linker() -> Result<()> {
+    let version = cmd::output(Command::new("bpf-linker").arg("--version"));
+    if version.is_some_and(|v| v.contains(BPF_LINKER_VERSION)) {
+        return Ok(());
+    }
+    let (sysroot, major, library) = nightly_llvm()?;
+    let lib = sysroot.join("lib");
+    let rustflags = format!(
+        "-L {lib} -l dylib={library} -C link-arg=-Wl,-rpath,{lib}",
+        lib = lib.display()
+    );
+    cmd::run(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force"])
+            .args(["--no-default-features", "--features"])
+            .arg(format!("llvm-{major},no-llvm-linking"))
+            .env("RUSTFLAGS", rustflags),
+    )?;
+    if cmd::output(Command::new("bpf-linker").arg("--version")).is_none() {
+        bail!("bpf-linker was installed but does not run; is ~/.cargo/bin on PATH?");
+    }
+    Ok(())
+}

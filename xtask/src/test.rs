@@ -1,0 +1,37 @@
+//! `cargo xtask test`: formatting, lints, and every test. Kernel tests need root; here
+//! they are required, so a machine that cannot run them fails instead of skipping.
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::{cmd, setup};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Extra arguments for the test harness, e.g. a test name filter.
+    #[arg(last = true)]
+    pub harness_args: Vec<String>,
+}
+
+pub fn run(options: &Options) -> Result<()> {
+    if !cmd::is_root() {
+        bail!("the kernel tests need root (BPF, XDP, network namespaces); run `cargo xtask test` as root");
+    }
+    setup::run(&setup::Options {})?;
+    cmd::run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
+    cmd::run(Command::new("cargo").args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "--deny",
+        "warnings",
+    ]))?;
+    cmd::run(
+        Command::new("cargo")
+            .args(["test", "--workspace", "--"])
+            .args(&options.harness_args)
+            .env("PORTCULLIS_REQUIRE_KERNEL_TESTS", "1"),
+    )
+}
