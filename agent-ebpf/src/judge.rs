@@ -106,7 +106,10 @@ fn rules_for(pkt: &Packet) -> PortRules {
         // SAFETY: pointer from a successful lookup; the agent only replaces whole values.
         return unsafe { *rules };
     }
-    CLASS_RULES.get(pkt.class as u32).copied().unwrap_or_default()
+    CLASS_RULES
+        .get(pkt.class as u32)
+        .copied()
+        .unwrap_or_default()
 }
 
 /// Runs the packet through one rule's bucket; true when it must be dropped.

@@ -4,8 +4,8 @@
 //! policy's `capacity` section before loading.
 
 use agent_common::{
-    BanEntry, Bucket, BucketKey, DenyEntry, EVENTS_BYTES, EventBudget, MAX_PORT_ENTRIES,
-    MAX_RULES, PortRules, RuleConfig, RuleCounters, Settings, maps::COUNTER_SLOTS,
+    BanEntry, Bucket, BucketKey, DenyEntry, EVENTS_BYTES, EventBudget, MAX_PORT_ENTRIES, MAX_RULES,
+    PortRules, RuleConfig, RuleCounters, Settings, maps::COUNTER_SLOTS,
 };
 use aya_ebpf::{
     macros::map,
@@ -32,8 +32,7 @@ pub static BANS_V6: LpmTrie<[u32; 4], BanEntry> = LpmTrie::with_max_entries(1024
 pub static PORT_RULES: HashMap<u32, PortRules> =
     HashMap::with_max_entries(MAX_PORT_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 #[map]
-pub static CLASS_RULES: Array<PortRules> =
-    Array::with_max_entries(agent_common::CLASS_COUNT, 0);
+pub static CLASS_RULES: Array<PortRules> = Array::with_max_entries(agent_common::CLASS_COUNT, 0);
 #[map]
 pub static RULES: Array<RuleConfig> = Array::with_max_entries(MAX_RULES, 0);
 

@@ -61,7 +61,10 @@ pub fn take(rule: u32, cfg: &RuleConfig, pkt: &Packet, now: u64) -> Outcome {
         return Outcome::Within;
     }
     let elapsed = now.saturating_sub(bucket.last_ns);
-    let credit = bucket.credit_ns.saturating_add(elapsed).min(cfg.capacity_ns);
+    let credit = bucket
+        .credit_ns
+        .saturating_add(elapsed)
+        .min(cfg.capacity_ns);
     bucket.last_ns = now;
     if credit >= cfg.interval_ns {
         bucket.credit_ns = credit - cfg.interval_ns;

@@ -19,7 +19,8 @@ use aya::{
 use crate::policy::Capacity;
 
 /// The kernel programs, built by `build.rs` from `agent-ebpf` in release mode.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portcullis"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portcullis"));
 
 pub const XDP_PROGRAM: &str = "portcullis_xdp";
 pub const TC_PROGRAM: &str = "portcullis_tc";
@@ -46,7 +47,12 @@ pub enum XdpModeOption {
 /// Loads the object with the policy-dependent maps sized from `capacity`.
 pub fn load(capacity: &Capacity) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
-    for name in [names::ALLOW_V4, names::ALLOW_V6, names::DENY_V4, names::DENY_V6] {
+    for name in [
+        names::ALLOW_V4,
+        names::ALLOW_V6,
+        names::DENY_V4,
+        names::DENY_V6,
+    ] {
         loader.map_max_entries(name, capacity.cidrs);
     }
     for name in [names::BANS_V4, names::BANS_V6] {
@@ -61,7 +67,10 @@ pub fn load(capacity: &Capacity) -> Result<Ebpf> {
 /// Mounts bpffs on /sys/fs/bpf if nothing is mounted there yet.
 pub fn ensure_bpffs() -> Result<()> {
     let mounts = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
-    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf")) {
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
+    {
         return Ok(());
     }
     let status = std::process::Command::new("mount")

@@ -15,7 +15,11 @@ use portcullis::{
 const EXIT_BAD_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "Kernel-level API enforcement with XDP and TC")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Kernel-level API enforcement with XDP and TC"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -82,7 +82,9 @@ impl KernelMaps {
         })
     }
 
-    fn open(mut get: impl FnMut(&'static str) -> Result<Map, MapsError>) -> Result<Self, MapsError> {
+    fn open(
+        mut get: impl FnMut(&'static str) -> Result<Map, MapsError>,
+    ) -> Result<Self, MapsError> {
         macro_rules! typed {
             ($name:expr) => {{
                 let name: &'static str = $name;
@@ -118,27 +120,37 @@ impl KernelMaps {
             .map_err(ctx(names::SETTINGS))?;
         for prefix in new.allow_v4.difference(&old.allow_v4) {
             let key = Key::new(prefix.0, prefix.1);
-            self.allow_v4.insert(&key, 1, 0).map_err(ctx(names::ALLOW_V4))?;
+            self.allow_v4
+                .insert(&key, 1, 0)
+                .map_err(ctx(names::ALLOW_V4))?;
         }
         for prefix in new.allow_v6.difference(&old.allow_v6) {
             let key = Key::new(prefix.0, prefix.1);
-            self.allow_v6.insert(&key, 1, 0).map_err(ctx(names::ALLOW_V6))?;
+            self.allow_v6
+                .insert(&key, 1, 0)
+                .map_err(ctx(names::ALLOW_V6))?;
         }
         for (prefix, entry) in &new.deny_v4 {
             if old.deny_v4.get(prefix) != Some(entry) {
                 let key = Key::new(prefix.0, prefix.1);
-                self.deny_v4.insert(&key, entry, 0).map_err(ctx(names::DENY_V4))?;
+                self.deny_v4
+                    .insert(&key, entry, 0)
+                    .map_err(ctx(names::DENY_V4))?;
             }
         }
         for (prefix, entry) in &new.deny_v6 {
             if old.deny_v6.get(prefix) != Some(entry) {
                 let key = Key::new(prefix.0, prefix.1);
-                self.deny_v6.insert(&key, entry, 0).map_err(ctx(names::DENY_V6))?;
+                self.deny_v6
+                    .insert(&key, entry, 0)
+                    .map_err(ctx(names::DENY_V6))?;
             }
         }
         for (port, rules) in &new.port_rules {
             if old.port_rules.get(port) != Some(rules) {
-                self.port_rules.insert(port, rules, 0).map_err(ctx(names::PORT_RULES))?;
+                self.port_rules
+                    .insert(port, rules, 0)
+                    .map_err(ctx(names::PORT_RULES))?;
             }
         }
         for (class, rules) in new.class_rules.iter().enumerate() {
@@ -149,7 +161,11 @@ impl KernelMaps {
             }
         }
         // Removals. A missing key is not an error: the state we want is reached.
-        for port in old.port_rules.keys().filter(|k| !new.port_rules.contains_key(k)) {
+        for port in old
+            .port_rules
+            .keys()
+            .filter(|k| !new.port_rules.contains_key(k))
+        {
             ignore_missing(self.port_rules.remove(port)).map_err(ctx(names::PORT_RULES))?;
         }
         for prefix in old.deny_v4.keys().filter(|k| !new.deny_v4.contains_key(k)) {
@@ -198,12 +214,17 @@ impl KernelMaps {
     pub fn rule_counters(&self) -> Result<Vec<(u32, RuleCounters)>, MapsError> {
         let mut out = Vec::new();
         for id in 1..MAX_RULES {
-            let values = self.rule_counters.get(&id, 0).map_err(ctx(names::RULE_COUNTERS))?;
-            let sum = values.iter().fold(RuleCounters::default(), |acc, v| RuleCounters {
-                passed: acc.passed + v.passed,
-                dropped: acc.dropped + v.dropped,
-                shadowed: acc.shadowed + v.shadowed,
-            });
+            let values = self
+                .rule_counters
+                .get(&id, 0)
+                .map_err(ctx(names::RULE_COUNTERS))?;
+            let sum = values
+                .iter()
+                .fold(RuleCounters::default(), |acc, v| RuleCounters {
+                    passed: acc.passed + v.passed,
+                    dropped: acc.dropped + v.dropped,
+                    shadowed: acc.shadowed + v.shadowed,
+                });
             if sum != RuleCounters::default() {
                 out.push((id, sum));
             }

@@ -1,12 +1,7 @@
 //! `portcullis run`: load, apply the policy, attach, then serve events, reloads and
 //! summaries until SIGTERM or SIGINT, and detach what we attached.
 
-use std::{
-    collections::HashMap,
-    io::Write as _,
-    path::PathBuf,
-    time::Duration,
-};
+use std::{collections::HashMap, io::Write as _, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
@@ -79,7 +74,13 @@ async fn serve(
 
     let mut attachments: Vec<Attachment> = Vec::new();
     for iface in &options.ifaces {
-        match loader::attach(ebpf, iface, options.hook, options.xdp_mode, &options.pin_dir) {
+        match loader::attach(
+            ebpf,
+            iface,
+            options.hook,
+            options.xdp_mode,
+            &options.pin_dir,
+        ) {
             Ok(a) => {
                 tracing::info!(iface = a.iface, hook = a.hook, "attached");
                 attachments.push(a);
@@ -189,7 +190,11 @@ async fn event_loop(
         let mut out = stdout.lock();
         while let Some(record) = ring.next() {
             if let Some(event) = parse_event(&record) {
-                let _ = writeln!(out, "{}", events::format(&event, &clock, &rule_names, ifaces));
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    events::format(&event, &clock, &rule_names, ifaces)
+                );
             }
         }
         let _ = out.flush();

@@ -10,8 +10,12 @@ use crate::maps::KernelMaps;
 
 pub fn print(pin_dir: &Path, as_json: bool) -> Result<()> {
     let maps_dir = crate::loader::maps_dir(pin_dir);
-    let maps = KernelMaps::from_pins(&maps_dir)
-        .with_context(|| format!("reading the maps pinned in {} (is the agent running?)", maps_dir.display()))?;
+    let maps = KernelMaps::from_pins(&maps_dir).with_context(|| {
+        format!(
+            "reading the maps pinned in {} (is the agent running?)",
+            maps_dir.display()
+        )
+    })?;
     let counters = maps.counters()?;
     let rules = maps.rule_counters()?;
     if as_json {

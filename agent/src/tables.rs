@@ -117,12 +117,20 @@ fn mode_code(mode: Mode) -> u32 {
 }
 
 fn mask_v4(prefix: u8) -> u32 {
-    let host_order = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
+    let host_order = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix)
+    };
     u32::from_ne_bytes(host_order.to_be_bytes())
 }
 
 fn mask_v6(prefix: u8) -> [u32; 4] {
-    let host_order = if prefix == 0 { 0 } else { u128::MAX << (128 - prefix) };
+    let host_order = if prefix == 0 {
+        0
+    } else {
+        u128::MAX << (128 - prefix)
+    };
     let bytes = host_order.to_be_bytes();
     std::array::from_fn(|i| u32::from_ne_bytes(bytes[i * 4..i * 4 + 4].try_into().unwrap()))
 }
@@ -175,8 +183,12 @@ pub fn build(policy: &Policy, ids: &mut RuleIds, cpus: u32) -> Tables {
     let mut tables = Tables::default();
     for net in &policy.allow {
         match net {
-            IpNet::V4(n) => tables.allow_v4.insert((n.prefix_len().into(), n.addr().octets())),
-            IpNet::V6(n) => tables.allow_v6.insert((n.prefix_len().into(), n.addr().octets())),
+            IpNet::V4(n) => tables
+                .allow_v4
+                .insert((n.prefix_len().into(), n.addr().octets())),
+            IpNet::V6(n) => tables
+                .allow_v6
+                .insert((n.prefix_len().into(), n.addr().octets())),
         };
     }
     for deny in &policy.deny {
@@ -185,8 +197,12 @@ pub fn build(policy: &Policy, ids: &mut RuleIds, cpus: u32) -> Tables {
             mode: mode_code(deny.mode),
         };
         match deny.net {
-            IpNet::V4(n) => tables.deny_v4.insert((n.prefix_len().into(), n.addr().octets()), entry),
-            IpNet::V6(n) => tables.deny_v6.insert((n.prefix_len().into(), n.addr().octets()), entry),
+            IpNet::V4(n) => tables
+                .deny_v4
+                .insert((n.prefix_len().into(), n.addr().octets()), entry),
+            IpNet::V6(n) => tables
+                .deny_v6
+                .insert((n.prefix_len().into(), n.addr().octets()), entry),
         };
     }
 

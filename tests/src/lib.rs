@@ -1,1 +1,11 @@
+//! Test support for Portcullis: loading the real programs for BPF_PROG_TEST_RUN, building
+//! frames, a userspace reference model of the decision, and network-namespace fixtures that
+//! clean up after themselves.
 
+pub mod agent;
+pub mod frames;
+pub mod harness;
+pub mod kernel;
+pub mod model;
+pub mod netns;
+pub mod traffic;

@@ -17,7 +17,9 @@ pub fn describe(command: &Command) -> String {
 pub fn run(command: &mut Command) -> Result<()> {
     let text = describe(command);
     eprintln!("+ {text}");
-    let status = command.status().with_context(|| format!("starting `{text}`"))?;
+    let status = command
+        .status()
+        .with_context(|| format!("starting `{text}`"))?;
     if !status.success() {
         bail!("`{text}` failed: {status}");
     }

@@ -17,5 +17,12 @@ pub fn run(_options: &Options) -> Result<()> {
     }
     setup::run(&setup::Options {})?;
     cmd::run(Command::new("cargo").args(["build", "--package", "portcullis"]))?;
-    cmd::run(Command::new("cargo").args(["run", "--quiet", "--package", "portcullis-tests", "--bin", "demo"]))
+    cmd::run(Command::new("cargo").args([
+        "run",
+        "--quiet",
+        "--package",
+        "portcullis-tests",
+        "--bin",
+        "demo",
+    ]))
 }

@@ -58,19 +58,32 @@ fn rust_src() -> Result<()> {
         "--installed",
     ]));
     if installed.is_none() {
-        cmd::run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        cmd::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
     if installed.is_some_and(|list| list.lines().any(|l| l.starts_with("rust-src"))) {
         return Ok(());
     }
-    cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    cmd::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
 }
 
 /// The nightly's sysroot and the name of its LLVM shared library, e.g.
 /// (`/root/.rustup/toolchains/nightly-...`, 22, `LLVM-22-rust-1.97.0-nightly`).
 fn nightly_llvm() -> Result<(PathBuf, u32, String)> {
-    let sysroot = cmd::output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))
-        .ok_or_else(|| anyhow!("cannot run the nightly rustc"))?;
+    let sysroot =
+        cmd::output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))
+            .ok_or_else(|| anyhow!("cannot run the nightly rustc"))?;
     let sysroot = PathBuf::from(sysroot.trim());
     let version = cmd::output(Command::new("rustup").args(["run", "nightly", "rustc", "-vV"]))
         .ok_or_else(|| anyhow!("cannot run the nightly rustc"))?;
@@ -109,7 +122,14 @@ fn bpf_linker() -> Result<()> {
     );
     cmd::run(
         Command::new("cargo")
-            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--force",
+            ])
             .args(["--no-default-features", "--features"])
             .arg(format!("llvm-{major},no-llvm-linking"))
             .env("RUSTFLAGS", rustflags),

@@ -16,7 +16,9 @@ pub struct Options {
 
 pub fn run(options: &Options) -> Result<()> {
     if !cmd::is_root() {
-        bail!("the kernel tests need root (BPF, XDP, network namespaces); run `cargo xtask test` as root");
+        bail!(
+            "the kernel tests need root (BPF, XDP, network namespaces); run `cargo xtask test` as root"
+        );
     }
     setup::run(&setup::Options {})?;
     cmd::run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;

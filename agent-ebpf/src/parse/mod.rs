@@ -36,7 +36,10 @@ pub enum Parsed {
 /// Parses a frame that starts with an Ethernet header.
 #[inline(always)]
 pub fn parse(data: usize, data_end: usize) -> Parsed {
-    let mut cursor = Cursor { pos: data, end: data_end };
+    let mut cursor = Cursor {
+        pos: data,
+        end: data_end,
+    };
     match eth::ethertype(&mut cursor) {
         None => Parsed::Malformed,
         Some(eth::ETH_P_IP) => ip::parse_v4(&mut cursor),

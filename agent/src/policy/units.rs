@@ -7,13 +7,17 @@ use ipnet::IpNet;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UnitError {
-    #[error("invalid rate '{0}': expected a positive whole number, '/' and s, m or h (e.g. 100/s or 6000/m)")]
+    #[error(
+        "invalid rate '{0}': expected a positive whole number, '/' and s, m or h (e.g. 100/s or 6000/m)"
+    )]
     RateSyntax(String),
     #[error("invalid rate '{0}': a rate must be above zero")]
     RateZero(String),
     #[error("invalid rate '{0}': at most 1000000000/s")]
     RateTooHigh(String),
-    #[error("invalid duration '{0}': expected a positive whole number and ms, s, m, h or d (e.g. 30s or 10m)")]
+    #[error(
+        "invalid duration '{0}': expected a positive whole number and ms, s, m, h or d (e.g. 30s or 10m)"
+    )]
     DurationSyntax(String),
     #[error("invalid duration '{0}': must be above zero")]
     DurationZero(String),
@@ -142,7 +146,10 @@ mod tests {
             (" 10 / sec ", Ok(100_000_000)),
             ("1000000000/s", Ok(1)),
             ("0/s", Err(UnitError::RateZero("0/s".into()))),
-            ("2000000000/s", Err(UnitError::RateTooHigh("2000000000/s".into()))),
+            (
+                "2000000000/s",
+                Err(UnitError::RateTooHigh("2000000000/s".into())),
+            ),
             ("100", Err(UnitError::RateSyntax("100".into()))),
             ("100/d", Err(UnitError::RateSyntax("100/d".into()))),
             ("-1/s", Err(UnitError::RateSyntax("-1/s".into()))),
@@ -216,7 +223,13 @@ mod tests {
                 network: "10.0.0.0/8".parse().unwrap()
             })
         );
-        for bad in ["10.0.0.0/33", "300.1.1.1", "2001:db8::/129", "example.com", ""] {
+        for bad in [
+            "10.0.0.0/33",
+            "300.1.1.1",
+            "2001:db8::/129",
+            "example.com",
+            "",
+        ] {
             assert!(
                 matches!(parse_cidr(bad), Err(UnitError::CidrSyntax(_))),
                 "{bad}"

@@ -9,8 +9,8 @@ use serde_saphyr::Spanned;
 
 use super::{
     Ban, Capacity, Count, DEFAULT_BAN_WINDOW_NS, DEFAULT_BANS, DEFAULT_CIDRS,
-    DEFAULT_EVENTS_PER_SECOND, DEFAULT_SOURCES, DenyRule, Policy, PolicyError, Protocol,
-    RateLimit, UNNAMED_DENY,
+    DEFAULT_EVENTS_PER_SECOND, DEFAULT_SOURCES, DenyRule, Policy, PolicyError, Protocol, RateLimit,
+    UNNAMED_DENY,
     file::{PolicyFile, RateLimitItem},
     units::{self, UnitError},
 };
@@ -115,7 +115,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
 
 /// serde-saphyr renders errors with a source snippet; the first line is the message.
 fn first_line(rendered: &str) -> String {
-    rendered.lines().next().unwrap_or_default().trim().to_string()
+    rendered
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 fn line_of<T>(spanned: &Spanned<T>) -> u32 {
@@ -146,12 +151,22 @@ impl Validator<'_> {
         let deny_nets: Vec<IpNet> = deny.iter().map(|d| d.net).collect();
         for (what, nets) in [("allow", &allow), ("deny", &deny_nets)] {
             for (family, count) in [
-                ("IPv4", nets.iter().filter(|n| matches!(n, IpNet::V4(_))).count()),
-                ("IPv6", nets.iter().filter(|n| matches!(n, IpNet::V6(_))).count()),
+                (
+                    "IPv4",
+                    nets.iter().filter(|n| matches!(n, IpNet::V4(_))).count(),
+                ),
+                (
+                    "IPv6",
+                    nets.iter().filter(|n| matches!(n, IpNet::V6(_))).count(),
+                ),
             ] {
                 if count > capacity.cidrs as usize {
                     let what = if what == "allow" {
-                        if family == "IPv4" { "allow (IPv4)" } else { "allow (IPv6)" }
+                        if family == "IPv4" {
+                            "allow (IPv4)"
+                        } else {
+                            "allow (IPv6)"
+                        }
                     } else if family == "IPv4" {
                         "deny (IPv4)"
                     } else {
@@ -207,7 +222,12 @@ impl Validator<'_> {
             Ok(value)
         };
         Ok(Capacity {
-            sources: field("sources", section.value.sources, DEFAULT_SOURCES, MAX_SOURCES)?,
+            sources: field(
+                "sources",
+                section.value.sources,
+                DEFAULT_SOURCES,
+                MAX_SOURCES,
+            )?,
             cidrs: field("cidrs", section.value.cidrs, DEFAULT_CIDRS, MAX_CIDRS)?,
             bans: field("bans", section.value.bans, DEFAULT_BANS, MAX_BANS)?,
         })
@@ -235,7 +255,11 @@ impl Validator<'_> {
         Ok(allow)
     }
 
-    fn deny(&self, file: &PolicyFile, allow: &[(IpNet, u32)]) -> Result<Vec<DenyRule>, PolicyError> {
+    fn deny(
+        &self,
+        file: &PolicyFile,
+        allow: &[(IpNet, u32)],
+    ) -> Result<Vec<DenyRule>, PolicyError> {
         let mut seen: HashMap<IpNet, u32> = HashMap::new();
         let mut deny = Vec::with_capacity(file.deny.len());
         // Allow entries by prefix length, so "is this deny entry inside an allow entry" is
@@ -295,7 +319,10 @@ impl Validator<'_> {
     fn rate_limits(&self, file: &PolicyFile) -> Result<Vec<RateLimit>, PolicyError> {
         file.rate_limits
             .iter()
-            .map(|item| self.rate_limit(&item.value).map_err(|p| self.invalid(line_of(item), p)))
+            .map(|item| {
+                self.rate_limit(&item.value)
+                    .map_err(|p| self.invalid(line_of(item), p))
+            })
             .collect()
     }
 
@@ -322,15 +349,24 @@ impl Validator<'_> {
             return Err(Problem::BurstZero { rule: rule() });
         }
         if burst.checked_mul(rate.interval_ns).is_none() {
-            return Err(Problem::BurstTooLarge { rule: rule(), burst });
+            return Err(Problem::BurstTooLarge {
+                rule: rule(),
+                burst,
+            });
         }
         let prefix_v4 = item.prefix_v4.unwrap_or(32);
         if prefix_v4 > 32 {
-            return Err(Problem::PrefixV4 { rule: rule(), value: prefix_v4 });
+            return Err(Problem::PrefixV4 {
+                rule: rule(),
+                value: prefix_v4,
+            });
         }
         let prefix_v6 = item.prefix_v6.unwrap_or(64);
         if prefix_v6 > 128 {
-            return Err(Problem::PrefixV6 { rule: rule(), value: prefix_v6 });
+            return Err(Problem::PrefixV6 {
+                rule: rule(),
+                value: prefix_v6,
+            });
         }
         let ban = match &item.ban {
             None => None,

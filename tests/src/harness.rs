@@ -1,0 +1,101 @@
+//! The real programs, loaded with a policy through the agent's own code path, run on
+//! crafted frames with BPF_PROG_TEST_RUN.
+
+use std::path::Path;
+
+use agent_common::Action;
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf,
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
+use portcullis::{
+    enforcer::Enforcer,
+    loader::{self, TC_PROGRAM, XDP_PROGRAM},
+    maps::{Counters, KernelMaps},
+    policy,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const TC_ACT_SHOT: u32 = 2;
+/// TC_ACT_UNSPEC (-1) as the kernel reports it.
+const TC_ACT_UNSPEC: u32 = u32::MAX;
+
+pub struct Harness {
+    ebpf: Ebpf,
+    pub enforcer: Enforcer,
+}
+
+impl Harness {
+    /// Loads the programs with `policy_yaml` applied.
+    pub fn new(policy_yaml: &str) -> Result<Self> {
+        let policy = policy::parse(Path::new("test-policy.yaml"), policy_yaml)?;
+        let mut ebpf = loader::load(&policy.capacity)?;
+        let maps = KernelMaps::take(&mut ebpf)?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)? as u32;
+        let enforcer = Enforcer::new(maps, policy, cpus)?;
+        let xdp: &mut Xdp = ebpf
+            .program_mut(XDP_PROGRAM)
+            .context("no XDP program")?
+            .try_into()?;
+        xdp.load()
+            .context("the verifier rejected the XDP program")?;
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(TC_PROGRAM)
+            .context("no TC program")?
+            .try_into()?;
+        tc.load().context("the verifier rejected the TC program")?;
+        Ok(Self { ebpf, enforcer })
+    }
+
+    /// Replaces the policy, as a file reload would.
+    pub fn apply(&mut self, policy_yaml: &str) -> Result<()> {
+        let policy = policy::parse(Path::new("test-policy.yaml"), policy_yaml)?;
+        self.enforcer.apply(policy)
+    }
+
+    /// Runs the XDP program once on `frame`.
+    pub fn xdp(&self, frame: &[u8]) -> Result<Action> {
+        let program: &Xdp = self
+            .ebpf
+            .program(XDP_PROGRAM)
+            .context("no XDP program")?
+            .try_into()?;
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ..Default::default()
+            })
+            .map_err(|e| anyhow!("BPF_PROG_TEST_RUN (XDP) on {} bytes: {e}", frame.len()))?;
+        match result.return_value {
+            XDP_PASS => Ok(Action::Pass),
+            XDP_DROP => Ok(Action::Drop),
+            other => bail!("XDP program returned {other}"),
+        }
+    }
+
+    /// Runs the TC program once on `frame` (at least 14 bytes: the kernel refuses less).
+    pub fn tc(&self, frame: &[u8]) -> Result<Action> {
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(TC_PROGRAM)
+            .context("no TC program")?
+            .try_into()?;
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ..Default::default()
+            })
+            .map_err(|e| anyhow!("BPF_PROG_TEST_RUN (TC) on {} bytes: {e}", frame.len()))?;
+        match result.return_value {
+            TC_ACT_UNSPEC => Ok(Action::Pass),
+            TC_ACT_SHOT => Ok(Action::Drop),
+            other => bail!("TC program returned {other}"),
+        }
+    }
+
+    pub fn counters(&self) -> Result<Counters> {
+        Ok(self.enforcer.maps.counters()?)
+    }
+}

@@ -1,0 +1,145 @@
+//! Two network namespaces joined by a veth pair: a client side and a server side where the
+//! agent runs. Everything is removed when the guard drops, also when a test fails.
+
+use std::{
+    fs::File,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context as _, Result, bail};
+use nix::sched::{CloneFlags, setns};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub const CLIENT_V4: &str = "10.77.0.1";
+pub const SERVER_V4: &str = "10.77.0.2";
+pub const CLIENT_V6: &str = "fd77::1";
+pub const SERVER_V6: &str = "fd77::2";
+
+pub struct NetnsPair {
+    pub client_ns: String,
+    pub server_ns: String,
+    pub client_if: String,
+    pub server_if: String,
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl NetnsPair {
+    /// Creates the pair with `CLIENT_V4`/`CLIENT_V6` on the client and `SERVER_V4`/
+    /// `SERVER_V6` on the server. Names carry the process id so parallel tests and runs do
+    /// not collide.
+    pub fn new() -> Result<Self> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}x{n}", std::process::id() % 100_000);
+        let pair = Self {
+            client_ns: format!("pc-c{tag}"),
+            server_ns: format!("pc-s{tag}"),
+            // Interface names are limited to 15 characters.
+            client_if: format!("pcc{tag}"),
+            server_if: format!("pcs{tag}"),
+        };
+        // From here on, Drop cleans up whatever was created.
+        ip(&["netns", "add", &pair.client_ns])?;
+        ip(&["netns", "add", &pair.server_ns])?;
+        ip(&[
+            "link",
+            "add",
+            &pair.client_if,
+            "netns",
+            &pair.client_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &pair.server_if,
+            "netns",
+            &pair.server_ns,
+        ])?;
+        for (ns, dev, v4, v6) in [
+            (&pair.client_ns, &pair.client_if, CLIENT_V4, CLIENT_V6),
+            (&pair.server_ns, &pair.server_if, SERVER_V4, SERVER_V6),
+        ] {
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev])?;
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        Ok(pair)
+    }
+
+    /// Adds another source address on the client side (IPv4 /24 or IPv6 /64 assumed).
+    pub fn add_client_addr(&self, addr: &str) -> Result<()> {
+        let cidr = if addr.contains(':') {
+            format!("{addr}/64")
+        } else {
+            format!("{addr}/24")
+        };
+        ip(&[
+            "-n",
+            &self.client_ns,
+            "addr",
+            "add",
+            &cidr,
+            "dev",
+            &self.client_if,
+            "nodad",
+        ])
+    }
+
+    /// Runs `f` on a thread that has entered namespace `ns`; sockets it opens live there.
+    pub fn run_in<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{ns}");
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+                    setns(&file, CloneFlags::CLONE_NEWNET)
+                        .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+                    f()
+                })
+                .join()
+                .expect("namespace thread panicked")
+        })
+    }
+
+    pub fn client<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        Self::run_in(&self.client_ns, f)
+    }
+
+    pub fn server<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        Self::run_in(&self.server_ns, f)
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the veth end in it, and with it the peer.
+        for ns in [&self.client_ns, &self.server_ns] {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}

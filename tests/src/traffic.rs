@@ -1,0 +1,189 @@
+//! Real traffic between the namespaces: UDP bursts and counters, TCP connects from chosen
+//! source addresses, and HTTP requests to a real server. Every generator is bounded in
+//! packet count and time.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::netns::NetnsPair;
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse::<IpAddr>().expect("test address"), port)
+}
+
+/// A UDP socket bound in the server namespace that counts what arrives.
+pub struct UdpCounter {
+    socket: UdpSocket,
+}
+
+impl UdpCounter {
+    pub fn bind(pair: &NetnsPair, ip: &str, port: u16) -> Result<Self> {
+        let socket = pair.server(|| UdpSocket::bind(addr(ip, port)))?;
+        socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+        Ok(Self { socket })
+    }
+
+    /// Counts datagrams until none has arrived for `quiet`, or `max` has passed.
+    pub fn count(&self, quiet: Duration, max: Duration) -> u64 {
+        let start = Instant::now();
+        let mut last = Instant::now();
+        let mut received = 0;
+        let mut buf = [0u8; 2048];
+        while start.elapsed() < max && last.elapsed() < quiet {
+            if self.socket.recv_from(&mut buf).is_ok() {
+                received += 1;
+                last = Instant::now();
+            }
+        }
+        received
+    }
+}
+
+/// Sends `count` UDP datagrams from `src` to `dst:port` in the client namespace, at most
+/// one every `gap` (zero: as fast as the socket allows). Returns how many were sent.
+pub fn udp_send(
+    pair: &NetnsPair,
+    src: &str,
+    dst: &str,
+    port: u16,
+    count: u64,
+    gap: Duration,
+) -> Result<u64> {
+    let socket = pair.client(|| UdpSocket::bind(addr(src, 0)))?;
+    let target = addr(dst, port);
+    let payload = [0x5au8; 32];
+    let mut sent = 0;
+    for _ in 0..count {
+        // A full socket buffer under a flood is expected; count only what left.
+        if socket.send_to(&payload, target).is_ok() {
+            sent += 1;
+        }
+        if !gap.is_zero() {
+            std::thread::sleep(gap);
+        }
+    }
+    Ok(sent)
+}
+
+/// A TCP listener in the server namespace that accepts and answers "ok" in the background.
+pub fn tcp_server(pair: &NetnsPair, ip: &str, port: u16) -> Result<()> {
+    let listener = pair.server(|| TcpListener::bind(addr(ip, port)))?;
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.write_all(b"ok");
+        }
+    });
+    Ok(())
+}
+
+/// Connects from `src` to `dst:port` and reads the greeting; true if the server answered
+/// within `timeout`.
+pub fn tcp_connects(pair: &NetnsPair, src: &str, dst: &str, port: u16, timeout: Duration) -> bool {
+    let src = addr(src, 0);
+    let target = addr(dst, port);
+    let socket = pair.client(|| {
+        let domain = if src.is_ipv4() {
+            Domain::IPV4
+        } else {
+            Domain::IPV6
+        };
+        let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+        socket.bind(&src.into())?;
+        Ok::<_, std::io::Error>(socket)
+    });
+    let Ok(socket) = socket else { return false };
+    if socket.connect_timeout(&target.into(), timeout).is_err() {
+        return false;
+    }
+    let mut stream: std::net::TcpStream = socket.into();
+    let _ = stream.set_read_timeout(Some(timeout));
+    let mut buf = [0u8; 2];
+    stream.read_exact(&mut buf).is_ok() && &buf == b"ok"
+}
+
+/// A real HTTP server (Python's http.server) in the server namespace; killed on drop.
+pub struct HttpServer {
+    child: Child,
+}
+
+impl HttpServer {
+    pub fn start(pair: &NetnsPair, ip: &str, port: u16) -> Result<Self> {
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", pair.server_ns))
+            .args([
+                "python3",
+                "-m",
+                "http.server",
+                "--bind",
+                ip,
+                &port.to_string(),
+            ])
+            .current_dir(std::env::temp_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting python3 -m http.server")?;
+        let server = Self { child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let target = addr(ip, port);
+        while Instant::now() < deadline {
+            let up = NetnsPair::run_in(&pair.server_ns, || {
+                std::net::TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok()
+            });
+            if up {
+                return Ok(server);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("http.server did not start listening on {target}")
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET / from `src`; the HTTP status code, or `None` if no answer came within `timeout`.
+pub fn http_get(
+    pair: &NetnsPair,
+    src: &str,
+    dst: &str,
+    port: u16,
+    timeout: Duration,
+) -> Option<u16> {
+    let src = addr(src, 0);
+    let target = addr(dst, port);
+    let socket = pair
+        .client(|| {
+            let domain = if src.is_ipv4() {
+                Domain::IPV4
+            } else {
+                Domain::IPV6
+            };
+            let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+            socket.bind(&src.into())?;
+            Ok::<_, std::io::Error>(socket)
+        })
+        .ok()?;
+    socket.connect_timeout(&target.into(), timeout).ok()?;
+    let mut stream: std::net::TcpStream = socket.into();
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream
+        .write_all(format!("GET / HTTP/1.0\r\nHost: {dst}\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response);
+    text.split_whitespace().nth(1)?.parse().ok()
+}

@@ -1,0 +1,672 @@
+//! Every reason code on crafted frames, through the real programs (BPF_PROG_TEST_RUN),
+//! with the agent's own policy loading. Stateless cases run through XDP and TC and must
+//! agree; stateful ones (buckets, bans) use XDP.
+
+use std::time::Duration;
+
+use agent_common::{Action, Reason};
+use portcullis::maps::Counters;
+use portcullis_tests::{
+    frames::{ETH_P_8021AD, ETH_P_8021Q, Ext, FrameSpec, non_ip},
+    harness::Harness,
+    require_kernel,
+};
+
+const POLICY: &str = r#"
+allow:
+  - 10.1.0.0/16
+  - 2001:db8:a::/48
+deny:
+  - 10.0.0.0/8
+  - cidr: 192.0.2.0/24
+    mode: shadow
+    name: watchlist
+  - 198.51.100.0/24
+  - cidr: 198.51.100.128/25
+    mode: shadow
+    name: carveout
+  - 2001:db8:bad::/48
+rate_limits:
+  - name: dns
+    protocol: udp
+    ports: [53]
+    rate: 1/h
+    burst: 3
+  - name: login
+    protocol: tcp
+    ports: [443, "8000-8010"]
+    count: connections
+    rate: 1/h
+    burst: 2
+    ban: { after: 3, within: 1h, for: 1h }
+  - name: web-shadow
+    protocol: tcp
+    ports: [8080]
+    rate: 1/h
+    burst: 1
+    mode: shadow
+  - name: mdns-by-64
+    protocol: udp
+    ports: [5353]
+    rate: 1/h
+    burst: 2
+  - name: syslog-by-24
+    protocol: udp
+    ports: [514]
+    rate: 1/h
+    burst: 2
+    prefix_v4: 24
+"#;
+
+fn delta(before: &Counters, after: &Counters) -> (Vec<(Reason, u64)>, Vec<(Reason, u64)>) {
+    let changed = |f: &dyn Fn(&Counters, Reason) -> u64| {
+        Reason::ALL
+            .iter()
+            .filter_map(|&r| {
+                let d = f(after, r) - f(before, r);
+                (d > 0).then_some((r, d))
+            })
+            .collect::<Vec<_>>()
+    };
+    (
+        changed(&|c, r| c.verdict(r)),
+        changed(&|c, r| c.shadowed(r)),
+    )
+}
+
+/// Runs `frame` through XDP and checks the verdict, the reason counted and the shadow hits.
+fn check_xdp(h: &Harness, what: &str, frame: &[u8], want: Reason, shadow: &[Reason]) {
+    let before = h.counters().unwrap();
+    let action = h.xdp(frame).unwrap();
+    let after = h.counters().unwrap();
+    let (verdicts, shadows) = delta(&before, &after);
+    assert_eq!(
+        action,
+        want.action(),
+        "{what}: XDP verdict (counted {verdicts:?})"
+    );
+    assert_eq!(verdicts, vec![(want, 1)], "{what}: reason counted by XDP");
+    let want_shadow: Vec<(Reason, u64)> = shadow.iter().map(|&r| (r, 1)).collect();
+    assert_eq!(shadows, want_shadow, "{what}: shadow hits");
+}
+
+/// As `check_xdp`, then the same frame through TC: same verdict, same reason.
+fn check_both(h: &Harness, what: &str, frame: &[u8], want: Reason, shadow: &[Reason]) {
+    check_xdp(h, what, frame, want, shadow);
+    let before = h.counters().unwrap();
+    let action = h.tc(frame).unwrap();
+    let (verdicts, _) = delta(&before, &h.counters().unwrap());
+    assert_eq!(
+        action,
+        want.action(),
+        "{what}: TC verdict (counted {verdicts:?})"
+    );
+    assert_eq!(verdicts, vec![(want, 1)], "{what}: reason counted by TC");
+}
+
+/// As `check_both`, but for cut frames: BPF_PROG_TEST_RUN for TC refuses frames whose IP
+/// header is incomplete (net/bpf/test_run.c pulls it before running), so those only run
+/// through XDP. Returns whether TC ran.
+fn check_cut(h: &Harness, what: &str, frame: &[u8], want: Reason) -> bool {
+    check_xdp(h, what, frame, want, &[]);
+    let before = h.counters().unwrap();
+    let Ok(action) = h.tc(frame) else {
+        return false;
+    };
+    let (verdicts, _) = delta(&before, &h.counters().unwrap());
+    assert_eq!(
+        action,
+        want.action(),
+        "{what}: TC verdict (counted {verdicts:?})"
+    );
+    assert_eq!(verdicts, vec![(want, 1)], "{what}: reason counted by TC");
+    true
+}
+
+#[test]
+fn stateless_verdicts_agree_between_xdp_and_tc() {
+    require_kernel!();
+    let h = Harness::new(POLICY).unwrap();
+    let cases: Vec<(&str, Vec<u8>, Reason, Vec<Reason>)> = vec![
+        ("ARP", non_ip(0x0806, 28), Reason::NotIp, vec![]),
+        ("LLDP", non_ip(0x88cc, 40), Reason::NotIp, vec![]),
+        (
+            "plain IPv4 UDP",
+            FrameSpec::udp("203.0.113.9", 9999).build(),
+            Reason::NoMatch,
+            vec![],
+        ),
+        (
+            "allow beats a wider deny",
+            FrameSpec::udp("10.1.2.3", 9999).build(),
+            Reason::Allowed,
+            vec![],
+        ),
+        (
+            "deny list",
+            FrameSpec::udp("10.2.3.4", 9999).build(),
+            Reason::Denied,
+            vec![],
+        ),
+        (
+            "shadow deny passes",
+            FrameSpec::udp("192.0.2.7", 9999).build(),
+            Reason::NoMatch,
+            vec![Reason::Denied],
+        ),
+        (
+            "longest prefix: /24 enforce",
+            FrameSpec::udp("198.51.100.5", 1).build(),
+            Reason::Denied,
+            vec![],
+        ),
+        (
+            "longest prefix: /25 shadow",
+            FrameSpec::udp("198.51.100.200", 1).build(),
+            Reason::NoMatch,
+            vec![Reason::Denied],
+        ),
+        (
+            "IPv6 deny",
+            FrameSpec::udp("2001:db8:bad::1", 9999).build(),
+            Reason::Denied,
+            vec![],
+        ),
+        (
+            "IPv6 allow",
+            FrameSpec::udp("2001:db8:a::1", 9999).build(),
+            Reason::Allowed,
+            vec![],
+        ),
+        (
+            "IPv6 no match",
+            FrameSpec::udp("2001:db8:c::1", 9999).build(),
+            Reason::NoMatch,
+            vec![],
+        ),
+        (
+            "ICMP deny",
+            FrameSpec::icmp("10.9.9.9").build(),
+            Reason::Denied,
+            vec![],
+        ),
+        (
+            "ICMPv6 no match",
+            FrameSpec::icmp("2001:db8:c::1").build(),
+            Reason::NoMatch,
+            vec![],
+        ),
+        (
+            "802.1Q deny",
+            FrameSpec::udp("10.2.3.4", 1).vlans(&[ETH_P_8021Q]).build(),
+            Reason::Denied,
+            vec![],
+        ),
+        (
+            "802.1ad + 802.1Q deny",
+            FrameSpec::udp("10.2.3.4", 1)
+                .vlans(&[ETH_P_8021AD, ETH_P_8021Q])
+                .build(),
+            Reason::Denied,
+            vec![],
+        ),
+        (
+            "802.1ad + 802.1Q IPv6 allow",
+            FrameSpec::udp("2001:db8:a::9", 1)
+                .vlans(&[ETH_P_8021AD, ETH_P_8021Q])
+                .build(),
+            Reason::Allowed,
+            vec![],
+        ),
+        (
+            "three VLAN tags are not parsed",
+            FrameSpec::udp("10.2.3.4", 1)
+                .vlans(&[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q])
+                .build(),
+            Reason::NotIp,
+            vec![],
+        ),
+        (
+            "IPv4 options honoured",
+            FrameSpec {
+                ipv4_options: 40,
+                ..FrameSpec::udp("10.2.3.4", 1)
+            }
+            .build(),
+            Reason::Denied,
+            vec![],
+        ),
+        (
+            "IPv4 non-first fragment of a denied source",
+            FrameSpec {
+                ipv4_fragment: (100, false),
+                ..FrameSpec::udp("10.2.3.4", 53)
+            }
+            .build(),
+            Reason::Denied,
+            vec![],
+        ),
+        (
+            "IPv4 non-first fragment has no port: port rule does not apply",
+            FrameSpec {
+                ipv4_fragment: (100, true),
+                ..FrameSpec::udp("203.0.113.50", 53)
+            }
+            .build(),
+            Reason::NoMatch,
+            vec![],
+        ),
+        (
+            "IPv6 later fragment has no port",
+            FrameSpec {
+                ipv6_exts: vec![Ext::Fragment {
+                    offset: 10,
+                    more: false,
+                }],
+                ..FrameSpec::udp("2001:db8:c::50", 53)
+            }
+            .build(),
+            Reason::NoMatch,
+            vec![],
+        ),
+        (
+            "IPv6 with nine extension headers is malformed",
+            FrameSpec {
+                ipv6_exts: vec![Ext::DestOpts; 9],
+                ..FrameSpec::udp("2001:db8:c::51", 1)
+            }
+            .build(),
+            Reason::Malformed,
+            vec![],
+        ),
+        (
+            "malformed but allowed passes",
+            FrameSpec {
+                ipv6_exts: vec![Ext::DestOpts; 9],
+                ..FrameSpec::udp("2001:db8:a::51", 1)
+            }
+            .build(),
+            Reason::Allowed,
+            vec![],
+        ),
+    ];
+    for (what, frame, want, shadow) in &cases {
+        check_both(&h, what, frame, *want, shadow);
+    }
+}
+
+#[test]
+fn truncated_frames_at_every_header_boundary() {
+    require_kernel!();
+    let h = Harness::new(POLICY).unwrap();
+    // Ethernet (14) + 802.1Q (4) + IPv4 with 8 option bytes (28) + TCP (20) + payload.
+    let v4 = FrameSpec {
+        ipv4_options: 8,
+        ..FrameSpec::tcp("203.0.113.7", 80, false, true)
+    }
+    .vlans(&[ETH_P_8021Q])
+    .build();
+    let mut tc_ran = 0;
+    for len in 14..v4.len() {
+        let want = if len < 14 + 4 + 28 {
+            Reason::Malformed // VLAN tag or IPv4 header cut: no source to judge
+        } else if len < 14 + 4 + 28 + 20 {
+            Reason::Malformed // TCP header cut
+        } else {
+            Reason::NoMatch
+        };
+        tc_ran += usize::from(check_cut(
+            &h,
+            &format!("IPv4/TCP cut to {len} bytes"),
+            &v4[..len],
+            want,
+        ));
+    }
+    // An allowed source is never dropped, even when its transport header is cut.
+    let allowed = FrameSpec::tcp("10.1.0.1", 80, true, false).build();
+    check_both(
+        &h,
+        "allowed source, TCP cut",
+        &allowed[..14 + 20 + 10],
+        Reason::Allowed,
+        &[],
+    );
+    // A denied source whose transport header is cut is dropped as denied.
+    let denied = FrameSpec::udp("10.5.0.1", 53).build();
+    check_both(
+        &h,
+        "denied source, UDP cut",
+        &denied[..14 + 20 + 4],
+        Reason::Denied,
+        &[],
+    );
+
+    // Ethernet + IPv6 (40) + hop-by-hop (16) + fragment (8) + UDP (8) + payload.
+    let v6 = FrameSpec {
+        ipv6_exts: vec![
+            Ext::HopByHop,
+            Ext::Fragment {
+                offset: 0,
+                more: true,
+            },
+        ],
+        ..FrameSpec::udp("2001:db8:c::7", 9)
+    }
+    .build();
+    for len in 14..v6.len() {
+        let want = if len < 14 + 40 + 16 + 8 + 8 {
+            Reason::Malformed
+        } else {
+            Reason::NoMatch
+        };
+        tc_ran += usize::from(check_cut(
+            &h,
+            &format!("IPv6/UDP cut to {len} bytes"),
+            &v6[..len],
+            want,
+        ));
+    }
+    // TC must have judged every cut that leaves the IP header whole: 20 TCP + 32 IPv6 cuts.
+    assert!(tc_ran >= 52, "TC ran on only {tc_ran} cut frames");
+    // Invalid headers: wrong IP version, IPv4 IHL below 5, TCP data offset below 5.
+    let mut bad_version = FrameSpec::udp("203.0.113.7", 9).build();
+    bad_version[14] = 0x55;
+    check_both(
+        &h,
+        "IPv4 ethertype with version 5",
+        &bad_version,
+        Reason::Malformed,
+        &[],
+    );
+    let mut bad_ihl = FrameSpec::udp("203.0.113.7", 9).build();
+    bad_ihl[14] = 0x44;
+    check_both(&h, "IPv4 IHL 4", &bad_ihl, Reason::Malformed, &[]);
+    let mut bad_doff = FrameSpec::tcp("203.0.113.7", 80, true, false).build();
+    bad_doff[14 + 20 + 12] = 0x40;
+    check_both(&h, "TCP data offset 4", &bad_doff, Reason::Malformed, &[]);
+}
+
+#[test]
+fn extension_headers_and_options_reach_the_transport_header() {
+    require_kernel!();
+    let h = Harness::new(POLICY).unwrap();
+    // The dns rule (udp/53, burst 3) only applies if the port is found behind the headers.
+    let chains: Vec<Vec<Ext>> = vec![
+        vec![Ext::HopByHop],
+        vec![Ext::HopByHop, Ext::DestOpts, Ext::Routing],
+        vec![
+            Ext::Auth,
+            Ext::Fragment {
+                offset: 0,
+                more: true,
+            },
+        ],
+        vec![Ext::DestOpts; 8],
+    ];
+    for (i, exts) in chains.into_iter().enumerate() {
+        let src = format!("2001:db8:1:{i}::1");
+        let frame = FrameSpec {
+            ipv6_exts: exts.clone(),
+            ..FrameSpec::udp(&src, 53)
+        }
+        .build();
+        check_xdp(
+            &h,
+            &format!("{exts:?} #1"),
+            &frame,
+            Reason::WithinLimit,
+            &[],
+        );
+        check_xdp(
+            &h,
+            &format!("{exts:?} #2"),
+            &frame,
+            Reason::WithinLimit,
+            &[],
+        );
+        check_xdp(
+            &h,
+            &format!("{exts:?} #3"),
+            &frame,
+            Reason::WithinLimit,
+            &[],
+        );
+        check_xdp(
+            &h,
+            &format!("{exts:?} #4"),
+            &frame,
+            Reason::RateLimited,
+            &[],
+        );
+    }
+    let frame = FrameSpec {
+        ipv4_options: 40,
+        ..FrameSpec::udp("203.0.113.60", 53)
+    }
+    .build();
+    for _ in 0..3 {
+        check_xdp(
+            &h,
+            "IPv4 options, within burst",
+            &frame,
+            Reason::WithinLimit,
+            &[],
+        );
+    }
+    check_xdp(
+        &h,
+        "IPv4 options, over burst",
+        &frame,
+        Reason::RateLimited,
+        &[],
+    );
+}
+
+#[test]
+fn token_bucket_connections_shadow_and_grouping() {
+    require_kernel!();
+    let h = Harness::new(POLICY).unwrap();
+    let dns = FrameSpec::udp("203.0.113.1", 53).build();
+    for i in 0..3 {
+        check_xdp(&h, &format!("dns #{i}"), &dns, Reason::WithinLimit, &[]);
+    }
+    check_xdp(&h, "dns over burst", &dns, Reason::RateLimited, &[]);
+    // Another source has its own bucket.
+    check_xdp(
+        &h,
+        "dns, other source",
+        &FrameSpec::udp("203.0.113.2", 53).build(),
+        Reason::WithinLimit,
+        &[],
+    );
+
+    // Connections: only SYN without ACK takes a token; the range 8000-8010 shares the rule.
+    let syn = FrameSpec::tcp("203.0.113.3", 443, true, false).build();
+    let syn_range = FrameSpec::tcp("203.0.113.3", 8005, true, false).build();
+    let ack = FrameSpec::tcp("203.0.113.3", 443, false, true).build();
+    let syn_ack = FrameSpec::tcp("203.0.113.3", 443, true, true).build();
+    check_xdp(&h, "SYN #1", &syn, Reason::WithinLimit, &[]);
+    check_xdp(
+        &h,
+        "SYN #2 (port range)",
+        &syn_range,
+        Reason::WithinLimit,
+        &[],
+    );
+    check_xdp(&h, "ACK does not count", &ack, Reason::NoMatch, &[]);
+    check_xdp(&h, "SYN-ACK does not count", &syn_ack, Reason::NoMatch, &[]);
+    check_xdp(&h, "SYN #3 over the limit", &syn, Reason::RateLimited, &[]);
+
+    // Shadow rule: over the limit passes and is counted as a shadow hit.
+    let web = FrameSpec::tcp("203.0.113.4", 8080, false, true).build();
+    check_xdp(&h, "shadow rule, within", &web, Reason::WithinLimit, &[]);
+    check_xdp(
+        &h,
+        "shadow rule, over",
+        &web,
+        Reason::WithinLimit,
+        &[Reason::RateLimited],
+    );
+
+    // IPv6 sources are grouped by /64 by default: two addresses share one bucket.
+    let a = FrameSpec::udp("2001:db8:5:5::1", 5353).build();
+    let b = FrameSpec::udp("2001:db8:5:5::2", 5353).build();
+    let c = FrameSpec::udp("2001:db8:5:6::1", 5353).build();
+    check_xdp(&h, "/64 group, first address", &a, Reason::WithinLimit, &[]);
+    check_xdp(
+        &h,
+        "/64 group, second address",
+        &b,
+        Reason::WithinLimit,
+        &[],
+    );
+    check_xdp(
+        &h,
+        "/64 group exhausted by rotation",
+        &b,
+        Reason::RateLimited,
+        &[],
+    );
+    check_xdp(&h, "another /64", &c, Reason::WithinLimit, &[]);
+
+    // prefix_v4: 24 groups a whole /24.
+    let x = FrameSpec::udp("203.0.113.10", 514).build();
+    let y = FrameSpec::udp("203.0.113.11", 514).build();
+    check_xdp(&h, "/24 group #1", &x, Reason::WithinLimit, &[]);
+    check_xdp(&h, "/24 group #2", &y, Reason::WithinLimit, &[]);
+    check_xdp(&h, "/24 group exhausted", &x, Reason::RateLimited, &[]);
+}
+
+#[test]
+fn escalation_bans_the_source_for_everything() {
+    require_kernel!();
+    let h = Harness::new(POLICY).unwrap();
+    let syn = FrameSpec::tcp("203.0.113.20", 443, true, false).build();
+    check_xdp(&h, "SYN #1", &syn, Reason::WithinLimit, &[]);
+    check_xdp(&h, "SYN #2", &syn, Reason::WithinLimit, &[]);
+    for i in 0..3 {
+        check_xdp(
+            &h,
+            &format!("over the limit #{i}"),
+            &syn,
+            Reason::RateLimited,
+            &[],
+        );
+    }
+    // Banned now: any traffic from the source, not only the rule's.
+    check_xdp(
+        &h,
+        "banned: UDP",
+        &FrameSpec::udp("203.0.113.20", 9999).build(),
+        Reason::Banned,
+        &[],
+    );
+    check_xdp(&h, "banned: SYN", &syn, Reason::Banned, &[]);
+    check_xdp(
+        &h,
+        "neighbour not banned",
+        &FrameSpec::udp("203.0.113.21", 9999).build(),
+        Reason::NoMatch,
+        &[],
+    );
+}
+
+#[test]
+fn bucket_refills_and_ban_expires_over_time() {
+    require_kernel!();
+    let h = Harness::new(
+        r#"
+rate_limits:
+  - name: fast
+    protocol: udp
+    ports: [7000]
+    rate: 10/s
+    burst: 1
+    ban: { after: 2, within: 10s, for: 1s }
+"#,
+    )
+    .unwrap();
+    let frame = FrameSpec::udp("203.0.113.30", 7000).build();
+    check_xdp(&h, "first packet", &frame, Reason::WithinLimit, &[]);
+    check_xdp(
+        &h,
+        "second packet at once",
+        &frame,
+        Reason::RateLimited,
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(250));
+    check_xdp(&h, "after a refill", &frame, Reason::WithinLimit, &[]);
+    // The second over-limit packet within the 10 s window starts the ban.
+    check_xdp(&h, "over again: ban", &frame, Reason::RateLimited, &[]);
+    check_xdp(&h, "banned", &frame, Reason::Banned, &[]);
+    std::thread::sleep(Duration::from_millis(1300));
+    check_xdp(&h, "ban expired", &frame, Reason::WithinLimit, &[]);
+}
+
+#[test]
+fn reapply_keeps_unchanged_rules_and_resets_changed_ones() {
+    require_kernel!();
+    let policy = |burst: u32, mode: &str| {
+        format!(
+            "rate_limits:\n  - {{name: dns, protocol: udp, ports: [53], rate: 1/h, burst: {burst}, mode: {mode}}}\n"
+        )
+    };
+    let mut h = Harness::new(&policy(1, "enforce")).unwrap();
+    let frame = FrameSpec::udp("203.0.113.40", 53).build();
+    check_xdp(&h, "first", &frame, Reason::WithinLimit, &[]);
+    check_xdp(&h, "limited", &frame, Reason::RateLimited, &[]);
+    h.apply(&policy(1, "shadow")).unwrap();
+    check_xdp(
+        &h,
+        "mode switch keeps the bucket",
+        &frame,
+        Reason::WithinLimit,
+        &[Reason::RateLimited],
+    );
+    h.apply(&policy(1, "enforce")).unwrap();
+    check_xdp(
+        &h,
+        "unchanged rule keeps the bucket",
+        &frame,
+        Reason::RateLimited,
+        &[],
+    );
+    h.apply(&policy(2, "enforce")).unwrap();
+    check_xdp(
+        &h,
+        "changed rule starts fresh",
+        &frame,
+        Reason::WithinLimit,
+        &[],
+    );
+    h.apply("deny: [203.0.113.40]\n").unwrap();
+    check_xdp(&h, "rule removed, deny added", &frame, Reason::Denied, &[]);
+    h.apply("{}\n").unwrap();
+    check_xdp(&h, "empty policy", &frame, Reason::NoMatch, &[]);
+}
+
+#[test]
+fn events_are_budgeted_and_the_rest_counted() {
+    require_kernel!();
+    let h = Harness::new("deny: [10.0.0.0/8]\nevents: {per_second: 4}\n").unwrap();
+    let frame = FrameSpec::udp("10.0.0.1", 1).build();
+    let sent = 1000;
+    for _ in 0..sent {
+        assert_eq!(h.xdp(&frame).unwrap(), Action::Drop);
+    }
+    let c = h.counters().unwrap();
+    let cpus = aya::util::nr_cpus().unwrap() as u64;
+    let per_cpu = 4u64.div_ceil(cpus);
+    assert_eq!(c.verdict(Reason::Denied), sent);
+    assert_eq!(
+        c.events_written + c.events_suppressed + c.events_lost,
+        sent,
+        "{c:?}"
+    );
+    assert!(
+        c.events_written >= 1 && c.events_written <= per_cpu * cpus,
+        "{c:?}"
+    );
+    assert!(c.events_suppressed >= sent - per_cpu * cpus, "{c:?}");
+}
