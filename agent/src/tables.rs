@@ -246,3 +246,118 @@ pub fn build(policy: &Policy, ids: &mut RuleIds, cpus: u32) -> Tables {
     };
     tables
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::policy;
+
+    fn tables(yaml: &str, ids: &mut RuleIds) -> Tables {
+        build(&policy::parse(Path::new("t.yaml"), yaml).unwrap(), ids, 2)
+    }
+
+    #[test]
+    fn prefix_masks_are_network_order() {
+        let cases: &[(u8, [u8; 4])] = &[
+            (0, [0, 0, 0, 0]),
+            (8, [255, 0, 0, 0]),
+            (20, [255, 255, 240, 0]),
+            (24, [255, 255, 255, 0]),
+            (32, [255, 255, 255, 255]),
+        ];
+        for &(prefix, bytes) in cases {
+            assert_eq!(mask_v4(prefix).to_ne_bytes(), bytes, "/{prefix}");
+        }
+        let bytes = |m: [u32; 4]| m.iter().flat_map(|w| w.to_ne_bytes()).collect::<Vec<u8>>();
+        assert_eq!(bytes(mask_v6(0)), vec![0; 16]);
+        assert_eq!(bytes(mask_v6(64)), [vec![255; 8], vec![0; 8]].concat());
+        assert_eq!(bytes(mask_v6(56)), [vec![255; 7], vec![0; 9]].concat());
+        assert_eq!(bytes(mask_v6(128)), vec![255; 16]);
+    }
+
+    #[test]
+    fn token_bucket_arithmetic() {
+        let mut ids = RuleIds::default();
+        let t = tables(
+            "rate_limits:\n  - {name: a, protocol: udp, rate: 6000/m, burst: 50}\n  - {name: b, protocol: tcp, rate: 3/s}\n",
+            &mut ids,
+        );
+        let a = t.rules[&ids.id("a")];
+        assert_eq!(a.interval_ns, 10_000_000);
+        assert_eq!(a.capacity_ns, 500_000_000);
+        let b = t.rules[&ids.id("b")];
+        assert_eq!(b.interval_ns, 333_333_333);
+        assert_eq!(
+            b.capacity_ns,
+            3 * 333_333_333,
+            "default burst is the rate's count"
+        );
+        assert_eq!(t.settings.events_per_cpu_per_sec, 500, "1000/s over 2 CPUs");
+    }
+
+    #[test]
+    fn port_entries_take_the_most_specific_rule_of_each_kind() {
+        let mut ids = RuleIds::default();
+        let t = tables(
+            "rate_limits:\n  - {name: web, protocol: tcp, ports: [80], rate: 1/s}\n  - {name: all, protocol: any, rate: 1/s}\n  - {name: conns, protocol: tcp, count: connections, rate: 1/s}\n",
+            &mut ids,
+        );
+        let (web, all, conns) = (ids.id("web"), ids.id("all"), ids.id("conns"));
+        assert_eq!(
+            t.port_rules[&port_key(CLASS_TCP, 80)],
+            PortRules {
+                packet_rule: web,
+                connection_rule: conns
+            }
+        );
+        assert_eq!(t.port_rules.len(), 1);
+        assert_eq!(
+            t.class_rules[CLASS_TCP as usize],
+            PortRules {
+                packet_rule: all,
+                connection_rule: conns
+            }
+        );
+        assert_eq!(
+            t.class_rules[CLASS_UDP as usize],
+            PortRules {
+                packet_rule: all,
+                connection_rule: 0
+            }
+        );
+        assert_eq!(
+            t.class_rules[CLASS_OTHER as usize],
+            PortRules {
+                packet_rule: all,
+                connection_rule: 0
+            }
+        );
+    }
+
+    #[test]
+    fn ids_and_epochs_survive_unchanged_rules_and_mode_switches() {
+        let mut ids = RuleIds::default();
+        let rule = |burst: u32, mode: &str| {
+            format!(
+                "rate_limits:\n  - {{name: a, protocol: udp, rate: 1/s, burst: {burst}, mode: {mode}}}\n  - {{name: b, protocol: tcp, rate: 1/s}}\n"
+            )
+        };
+        let first = tables(&rule(5, "enforce"), &mut ids);
+        let (a, b) = (ids.id("a"), ids.id("b"));
+        let same = tables(&rule(5, "shadow"), &mut ids);
+        assert_eq!((ids.id("a"), ids.id("b")), (a, b));
+        assert_eq!(
+            same.rules[&a].epoch, first.rules[&a].epoch,
+            "a mode switch keeps state"
+        );
+        assert_eq!(same.rules[&a].mode, agent_common::MODE_SHADOW);
+        let changed = tables(&rule(6, "enforce"), &mut ids);
+        assert_ne!(
+            changed.rules[&a].epoch, first.rules[&a].epoch,
+            "a changed rule starts fresh"
+        );
+        assert_eq!(changed.rules[&b].epoch, first.rules[&b].epoch);
+    }
+}

@@ -121,3 +121,6 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
 pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
     validate::parse(path, text)
 }
+
+#[cfg(test)]
+mod tests;

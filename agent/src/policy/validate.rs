@@ -60,9 +60,10 @@ pub enum Problem {
     BurstTooLarge { rule: String, burst: u64 },
     #[error("rule '{rule}': ban.after must be at least 1")]
     BanAfterZero { rule: String },
-    #[error("{what} has {count} entries, more than capacity.cidrs ({capacity}) allows")]
+    #[error("{list} has {count} {family} entries, more than capacity.cidrs ({capacity}) allows")]
     TooManyCidrs {
-        what: &'static str,
+        list: &'static str,
+        family: &'static str,
         count: usize,
         capacity: u32,
     },
@@ -113,14 +114,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
     Validator { path }.validate(file)
 }
 
-/// serde-saphyr renders errors with a source snippet; the first line is the message.
+/// serde-saphyr renders errors as "error: line L column C: message" followed by a source
+/// snippet; the location is reported separately, so keep only the message.
 fn first_line(rendered: &str) -> String {
-    rendered
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_string()
+    let line = rendered.lines().next().unwrap_or_default().trim();
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    match line.split_once(": ") {
+        Some((location, message)) if location.starts_with("line ") => message.to_string(),
+        _ => line.to_string(),
+    }
 }
 
 fn line_of<T>(spanned: &Spanned<T>) -> u32 {
@@ -149,7 +151,7 @@ impl Validator<'_> {
         self.check_overlaps(&file, &rate_limits)?;
         let allow: Vec<IpNet> = allow.into_iter().map(|(net, _)| net).collect();
         let deny_nets: Vec<IpNet> = deny.iter().map(|d| d.net).collect();
-        for (what, nets) in [("allow", &allow), ("deny", &deny_nets)] {
+        for (list, nets) in [("allow", &allow), ("deny", &deny_nets)] {
             for (family, count) in [
                 (
                     "IPv4",
@@ -161,21 +163,11 @@ impl Validator<'_> {
                 ),
             ] {
                 if count > capacity.cidrs as usize {
-                    let what = if what == "allow" {
-                        if family == "IPv4" {
-                            "allow (IPv4)"
-                        } else {
-                            "allow (IPv6)"
-                        }
-                    } else if family == "IPv4" {
-                        "deny (IPv4)"
-                    } else {
-                        "deny (IPv6)"
-                    };
                     return Err(self.invalid(
                         1,
                         Problem::TooManyCidrs {
-                            what,
+                            list,
+                            family,
                             count,
                             capacity: capacity.cidrs,
                         },

@@ -1,0 +1,346 @@
+//! Policy parsing and validation: every bad input gets the right problem on the right line.
+
+use std::path::Path;
+
+use super::{
+    Ban, Capacity, Count, DenyRule, Mode, Policy, PolicyError, Problem, Protocol, RateLimit, parse,
+    units::UnitError,
+};
+
+fn check(yaml: &str) -> Result<Policy, PolicyError> {
+    parse(Path::new("p.yaml"), yaml)
+}
+
+#[test]
+fn full_policy_parses_with_defaults_filled_in() {
+    let policy = check(
+        r#"
+allow:
+  - 10.0.0.0/8
+  - 2001:db8::1
+deny:
+  - 203.0.113.0/24
+  - cidr: 198.51.100.0/24
+    mode: shadow
+    name: watch
+rate_limits:
+  - name: login
+    protocol: tcp
+    ports: [443, "8000-8080"]
+    count: connections
+    rate: 6000/m
+    ban: {after: 10, for: 10m}
+  - name: udp
+    protocol: udp
+    rate: 5/s
+    burst: 20
+    prefix_v4: 24
+    prefix_v6: 48
+    mode: shadow
+events:
+  per_second: 50
+capacity:
+  sources: 1000
+"#,
+    )
+    .unwrap();
+    assert_eq!(policy.allow.len(), 2);
+    assert_eq!(policy.allow[1].to_string(), "2001:db8::1/128");
+    assert_eq!(
+        policy.deny,
+        vec![
+            DenyRule {
+                net: "203.0.113.0/24".parse().unwrap(),
+                mode: Mode::Enforce,
+                name: "deny".into()
+            },
+            DenyRule {
+                net: "198.51.100.0/24".parse().unwrap(),
+                mode: Mode::Shadow,
+                name: "watch".into()
+            },
+        ]
+    );
+    assert_eq!(
+        policy.rate_limits[0],
+        RateLimit {
+            name: "login".into(),
+            protocol: Protocol::Tcp,
+            ports: vec![(443, 443), (8000, 8080)],
+            count: Count::Connections,
+            interval_ns: 10_000_000,
+            burst: 6000,
+            prefix_v4: 32,
+            prefix_v6: 64,
+            ban: Some(Ban {
+                after: 10,
+                within_ns: 60_000_000_000,
+                for_ns: 600_000_000_000
+            }),
+            mode: Mode::Enforce,
+        }
+    );
+    assert_eq!(policy.rate_limits[1].burst, 20);
+    assert_eq!(policy.rate_limits[1].prefix_v4, 24);
+    assert_eq!(policy.rate_limits[1].mode, Mode::Shadow);
+    assert_eq!(policy.events_per_second, 50);
+    assert_eq!(
+        policy.capacity,
+        Capacity {
+            sources: 1000,
+            cidrs: super::DEFAULT_CIDRS,
+            bans: super::DEFAULT_BANS
+        }
+    );
+}
+
+#[test]
+fn empty_file_is_an_empty_policy() {
+    for text in ["", "\n", "# nothing yet\n", "{}"] {
+        let policy = check(text).unwrap();
+        assert!(policy.allow.is_empty() && policy.deny.is_empty() && policy.rate_limits.is_empty());
+        assert_eq!(policy.events_per_second, super::DEFAULT_EVENTS_PER_SECOND);
+    }
+}
+
+/// (policy text, line of the error, what the problem must be)
+type Case = (&'static str, u32, fn(&Problem) -> bool);
+
+#[test]
+fn invalid_policies_name_the_line_and_the_problem() {
+    let cases: &[Case] = &[
+        ("allow: [10.0.0.0/33]", 1, |p| {
+            matches!(p, Problem::Unit(UnitError::CidrSyntax(_)))
+        }),
+        ("allow:\n  - 10.0.0.0/8\n  - nonsense", 3, |p| {
+            matches!(p, Problem::Unit(UnitError::CidrSyntax(_)))
+        }),
+        ("deny:\n  - 10.1.2.3/8", 2, |p| {
+            matches!(p, Problem::Unit(UnitError::CidrHostBits { .. }))
+        }),
+        ("allow: [10.0.0.0/8, 10.0.0.0/8]", 1, |p| {
+            matches!(p, Problem::Duplicate { list: "allow", .. })
+        }),
+        (
+            "deny:\n  - 10.0.0.0/8\n  - cidr: 10.0.0.0/8\n    mode: shadow",
+            3,
+            |p| {
+                matches!(
+                    p,
+                    Problem::Duplicate {
+                        list: "deny",
+                        first_line: 2,
+                        ..
+                    }
+                )
+            },
+        ),
+        ("allow: [10.0.0.0/8]\ndeny: [10.1.0.0/16]", 2, |p| {
+            matches!(p, Problem::DenyCoveredByAllow { allow_line: 1, .. })
+        }),
+        ("allow: [10.0.0.0/8]\ndeny: [10.0.0.0/8]", 2, |p| {
+            matches!(p, Problem::DenyCoveredByAllow { .. })
+        }),
+        ("allow: ['::/0']\ndeny: ['2001:db8::/32']", 2, |p| {
+            matches!(p, Problem::DenyCoveredByAllow { .. })
+        }),
+        (
+            "rate_limits:\n  - {name: a, protocol: udp, rate: 0/s}",
+            2,
+            |p| matches!(p, Problem::Unit(UnitError::RateZero(_))),
+        ),
+        (
+            "rate_limits:\n  - {name: a, protocol: udp, rate: 10}",
+            2,
+            |p| matches!(p, Problem::Unit(UnitError::RateSyntax(_))),
+        ),
+        (
+            "rate_limits:\n  - {name: a, protocol: udp, rate: 1/s, burst: 0}",
+            2,
+            |p| matches!(p, Problem::BurstZero { .. }),
+        ),
+        (
+            "rate_limits:\n  - {name: a, protocol: udp, rate: 1/h, burst: 1000000000000}",
+            2,
+            |p| matches!(p, Problem::BurstTooLarge { .. }),
+        ),
+        (
+            "rate_limits:\n  - {name: a, protocol: udp, ports: [0], rate: 1/s}",
+            2,
+            |p| matches!(p, Problem::Unit(UnitError::PortSyntax(_))),
+        ),
+        (
+            "rate_limits:\n  - {name: a, protocol: udp, ports: [\"90-80\"], rate: 1/s}",
+            2,
+            |p| matches!(p, Problem::Unit(UnitError::PortRangeReversed(_))),
+        ),
+        (
+            "rate_limits:\n  - {name: a, protocol: icmp, ports: [80], rate: 1/s}",
+            2,
+            |p| matches!(p, Problem::PortsNotApplicable { .. }),
+        ),
+        (
+            "rate_limits:\n  - {name: a, protocol: udp, count: connections, rate: 1/s}",
+            2,
+            |p| matches!(p, Problem::ConnectionsNeedTcp { .. }),
+        ),
+        (
+            "rate_limits:\n  - {name: a, protocol: udp, rate: 1/s, prefix_v4: 33}",
+            2,
+            |p| matches!(p, Problem::PrefixV4 { value: 33, .. }),
+        ),
+        (
+            "rate_limits:\n  - {name: a, protocol: udp, rate: 1/s, prefix_v6: 129}",
+            2,
+            |p| matches!(p, Problem::PrefixV6 { value: 129, .. }),
+        ),
+        (
+            "rate_limits:\n  - {name: a, protocol: udp, rate: 1/s, ban: {after: 0, for: 1m}}",
+            2,
+            |p| matches!(p, Problem::BanAfterZero { .. }),
+        ),
+        (
+            "rate_limits:\n  - {name: a, protocol: udp, rate: 1/s, ban: {after: 1, for: 0s}}",
+            2,
+            |p| matches!(p, Problem::Unit(UnitError::DurationZero(_))),
+        ),
+        (
+            "rate_limits:\n  - {name: Login, protocol: udp, rate: 1/s}",
+            2,
+            |p| matches!(p, Problem::BadName(_)),
+        ),
+        (
+            "rate_limits:\n  - {name: a, protocol: udp, rate: 1/s}\n  - {name: a, protocol: tcp, rate: 1/s}",
+            3,
+            |p| matches!(p, Problem::DuplicateName { first_line: 2, .. }),
+        ),
+        (
+            "deny:\n  - {cidr: 10.0.0.0/8, name: login}\nrate_limits:\n  - {name: login, protocol: udp, rate: 1/s}",
+            4,
+            |p| matches!(p, Problem::DuplicateName { first_line: 2, .. }),
+        ),
+        (
+            "rate_limits:\n  - {name: deny, protocol: udp, rate: 1/s}",
+            2,
+            |p| matches!(p, Problem::DuplicateName { .. }),
+        ),
+        (
+            "rate_limits:\n  - {name: a, protocol: tcp, ports: [80], rate: 1/s}\n  - {name: b, protocol: tcp, ports: [\"70-90\"], rate: 1/s}",
+            3,
+            |p| {
+                matches!(
+                    p,
+                    Problem::Overlap {
+                        count: "packets",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "rate_limits:\n  - {name: a, protocol: udp, rate: 1/s}\n  - {name: b, protocol: udp, rate: 2/s}",
+            3,
+            |p| matches!(p, Problem::Overlap { .. }),
+        ),
+        (
+            "rate_limits:\n  - {name: a, protocol: any, rate: 1/s}\n  - {name: b, protocol: any, rate: 2/s}",
+            3,
+            |p| matches!(p, Problem::Overlap { .. }),
+        ),
+        ("capacity: {cidrs: 1}\ndeny: [1.1.1.1, 2.2.2.2]", 1, |p| {
+            matches!(
+                p,
+                Problem::TooManyCidrs {
+                    list: "deny",
+                    count: 2,
+                    ..
+                }
+            )
+        }),
+        ("capacity: {sources: 0}", 1, |p| {
+            matches!(
+                p,
+                Problem::Capacity {
+                    field: "sources",
+                    ..
+                }
+            )
+        }),
+        ("capacity: {bans: 999999999}", 1, |p| {
+            matches!(p, Problem::Capacity { field: "bans", .. })
+        }),
+    ];
+    for (text, line, want) in cases {
+        match check(text) {
+            Err(PolicyError::Invalid {
+                line: got, problem, ..
+            }) => {
+                assert!(want(&problem), "{text:?}: unexpected problem {problem:?}");
+                assert_eq!(got, *line, "{text:?}: line of {problem}");
+            }
+            other => panic!("{text:?}: expected a validation error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn rules_may_overlap_across_levels_and_count_kinds() {
+    let policy = check(
+        "rate_limits:\n  - {name: all, protocol: any, rate: 1/s}\n  - {name: tcp, protocol: tcp, rate: 1/s}\n  - {name: web, protocol: tcp, ports: [80], rate: 1/s}\n  - {name: web-conn, protocol: tcp, ports: [80], count: connections, rate: 1/s}\n",
+    )
+    .unwrap();
+    assert_eq!(policy.rate_limits.len(), 4);
+}
+
+#[test]
+fn syntax_errors_name_line_column_and_what_was_wrong() {
+    let cases: &[(&str, u32, &str)] = &[
+        ("allow: [10.0.0.0/8\n", 1, "unclosed bracket"),
+        ("bogus: 1\n", 1, "unknown field `bogus`"),
+        (
+            "deny:\n  - {cidr: 10.0.0.0/8, mod: shadow}\n",
+            2,
+            "unknown field `mod`",
+        ),
+        (
+            "rate_limits:\n  - {name: a, protocol: sctp, rate: 1/s}\n",
+            2,
+            "sctp",
+        ),
+        (
+            "rate_limits:\n  - {name: a, protocol: udp}\n",
+            2,
+            "missing field `rate`",
+        ),
+        ("deny:\n  - {cidr: 10.0.0.0/8, mode: block}\n", 2, "block"),
+        ("rate_limits: 5\n", 1, "sequence"),
+        ("allow: [10.0.0.0/8]\n\t- x\n", 2, ""),
+    ];
+    for (text, line, needle) in cases {
+        match check(text) {
+            Err(PolicyError::Syntax {
+                line: got, message, ..
+            }) => {
+                assert_eq!(got, *line, "{text:?}: {message}");
+                assert!(
+                    message.contains(needle),
+                    "{text:?}: message {message:?} lacks {needle:?}"
+                );
+                assert!(
+                    !message.starts_with("error"),
+                    "{text:?}: {message:?} repeats the prefix"
+                );
+            }
+            other => panic!("{text:?}: expected a syntax error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn errors_display_file_and_line() {
+    let err = check("allow:\n  - 10.0.0.0/33\n").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "p.yaml:2: invalid CIDR '10.0.0.0/33': expected an IPv4 or IPv6 address with an optional /prefix"
+    );
+}
