@@ -88,7 +88,28 @@ impl NetnsPair {
             ])?;
             ip(&["-n", ns, "link", "set", dev, "up"])?;
         }
+        pair.wait_for_ipv6()?;
         Ok(pair)
+    }
+
+    /// IPv6 neighbour discovery only works once addrconf has seen the carrier come up,
+    /// which it marks by adding the link-local address; until then IPv6 traffic stalls.
+    fn wait_for_ipv6(&self) -> Result<()> {
+        let has_link_local = |ns: &str, dev: &str| {
+            Command::new("ip")
+                .args(["-n", ns, "-6", "addr", "show", "dev", dev, "scope", "link"])
+                .output()
+                .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("fe80"))
+        };
+        for _ in 0..100 {
+            if has_link_local(&self.client_ns, &self.client_if)
+                && has_link_local(&self.server_ns, &self.server_if)
+            {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        bail!("IPv6 did not come up on the veth pair within 5 s")
     }
 
     /// Adds another source address on the client side (IPv4 /24 or IPv6 /64 assumed).

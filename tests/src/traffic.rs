@@ -6,6 +6,10 @@ use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
     process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -18,31 +22,60 @@ fn addr(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse::<IpAddr>().expect("test address"), port)
 }
 
-/// A UDP socket bound in the server namespace that counts what arrives.
+/// A UDP socket bound in the server namespace, read on its own thread from the start so
+/// that a burst never overflows the socket buffer: what is counted is what the filter let
+/// through.
 pub struct UdpCounter {
-    socket: UdpSocket,
+    received: Arc<AtomicU64>,
+    last_arrival: Arc<Mutex<Instant>>,
+    stop: Arc<AtomicBool>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl UdpCounter {
     pub fn bind(pair: &NetnsPair, ip: &str, port: u16) -> Result<Self> {
         let socket = pair.server(|| UdpSocket::bind(addr(ip, port)))?;
-        socket.set_read_timeout(Some(Duration::from_millis(50)))?;
-        Ok(Self { socket })
+        socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+        let received = Arc::new(AtomicU64::new(0));
+        let last_arrival = Arc::new(Mutex::new(Instant::now()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (received, last_arrival, stop) =
+                (received.clone(), last_arrival.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    if socket.recv_from(&mut buf).is_ok() {
+                        received.fetch_add(1, Ordering::Relaxed);
+                        *last_arrival.lock().unwrap() = Instant::now();
+                    }
+                }
+            })
+        };
+        Ok(Self {
+            received,
+            last_arrival,
+            stop,
+            reader: Some(reader),
+        })
     }
 
-    /// Counts datagrams until none has arrived for `quiet`, or `max` has passed.
+    /// Waits until nothing has arrived for `quiet` (at most `max`), then returns the count.
     pub fn count(&self, quiet: Duration, max: Duration) -> u64 {
         let start = Instant::now();
-        let mut last = Instant::now();
-        let mut received = 0;
-        let mut buf = [0u8; 2048];
-        while start.elapsed() < max && last.elapsed() < quiet {
-            if self.socket.recv_from(&mut buf).is_ok() {
-                received += 1;
-                last = Instant::now();
-            }
+        while start.elapsed() < max && self.last_arrival.lock().unwrap().elapsed() < quiet {
+            std::thread::sleep(Duration::from_millis(10));
         }
-        received
+        self.received.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for UdpCounter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
     }
 }
 
