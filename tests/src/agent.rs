@@ -17,13 +17,14 @@ pub fn binary() -> PathBuf {
     if let Some(path) = std::env::var_os("PORTCULLIS_BIN") {
         return PathBuf::from(path);
     }
+    // Test binaries live in target/<profile>/deps, the demo in target/<profile>.
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test binary> -> target/<profile>/portcullis
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
-    profile_dir.join("portcullis")
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("portcullis"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| panic!("no portcullis binary near {}; build it first", exe.display()))
 }
 
 pub struct Agent {

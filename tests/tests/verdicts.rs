@@ -58,7 +58,10 @@ rate_limits:
     prefix_v4: 24
 "#;
 
-fn delta(before: &Counters, after: &Counters) -> (Vec<(Reason, u64)>, Vec<(Reason, u64)>) {
+/// Counters that moved, by reason: (verdicts, shadow hits).
+type Moved = Vec<(Reason, u64)>;
+
+fn delta(before: &Counters, after: &Counters) -> (Moved, Moved) {
     let changed = |f: &dyn Fn(&Counters, Reason) -> u64| {
         Reason::ALL
             .iter()
@@ -308,10 +311,10 @@ fn truncated_frames_at_every_header_boundary() {
     .build();
     let mut tc_ran = 0;
     for len in 14..v4.len() {
-        let want = if len < 14 + 4 + 28 {
-            Reason::Malformed // VLAN tag or IPv4 header cut: no source to judge
-        } else if len < 14 + 4 + 28 + 20 {
-            Reason::Malformed // TCP header cut
+        // A cut VLAN tag or IPv4 header leaves no source to judge; a cut TCP header
+        // leaves a source that is neither allowed nor denied. Both are malformed.
+        let want = if len < 14 + 4 + 28 + 20 {
+            Reason::Malformed
         } else {
             Reason::NoMatch
         };

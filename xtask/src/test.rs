@@ -25,6 +25,8 @@ pub fn run(options: &Options) -> Result<()> {
     cmd::run(Command::new("cargo").args([
         "clippy",
         "--workspace",
+        "--exclude",
+        "agent-ebpf",
         "--all-targets",
         "--",
         "--deny",
@@ -32,7 +34,7 @@ pub fn run(options: &Options) -> Result<()> {
     ]))?;
     cmd::run(
         Command::new("cargo")
-            .args(["test", "--workspace", "--"])
+            .args(["test", "--workspace", "--exclude", "agent-ebpf", "--"])
             .args(&options.harness_args)
             .env("PORTCULLIS_REQUIRE_KERNEL_TESTS", "1"),
     )

@@ -187,7 +187,8 @@ mod tests {
 
     #[test]
     fn port_ranges() {
-        let cases: &[(&str, Result<(u16, u16), UnitError>)] = &[
+        type Case = (&'static str, Result<(u16, u16), UnitError>);
+        let cases: &[Case] = &[
             ("443", Ok((443, 443))),
             ("8000-8080", Ok((8000, 8080))),
             ("1-65535", Ok((1, 65535))),

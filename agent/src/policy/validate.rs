@@ -430,9 +430,10 @@ impl Validator<'_> {
     /// detail (a port, a whole protocol, every protocol). Across levels the more specific
     /// rule wins, which is what people expect from "everything, and login more tightly".
     fn check_overlaps(&self, file: &PolicyFile, rules: &[RateLimit]) -> Result<(), PolicyError> {
-        // (count, scope) -> (rule index, port range) for port ranges; wildcards use range
-        // (0, 0) and protocol Any.
-        let mut claimed: HashMap<(Count, Protocol), Vec<(usize, (u16, u16))>> = HashMap::new();
+        // For each (count, protocol): the port ranges claimed so far and by which rule.
+        // A rule without ports claims the range (0, 0), which no real port range overlaps.
+        type Claims = Vec<(usize, (u16, u16))>;
+        let mut claimed: HashMap<(Count, Protocol), Claims> = HashMap::new();
         for (index, rule) in rules.iter().enumerate() {
             let ranges = if rule.ports.is_empty() {
                 vec![(0, 0)]
