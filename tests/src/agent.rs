@@ -24,7 +24,12 @@ pub fn binary() -> PathBuf {
         .take(2)
         .map(|dir| dir.join("portcullis"))
         .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| panic!("no portcullis binary near {}; build it first", exe.display()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no portcullis binary near {}; build it first",
+                exe.display()
+            )
+        })
 }
 
 pub struct Agent {

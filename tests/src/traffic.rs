@@ -60,10 +60,15 @@ impl UdpCounter {
         })
     }
 
-    /// Waits until nothing has arrived for `quiet` (at most `max`), then returns the count.
+    /// Waits until nothing has arrived for `quiet` since the later of this call and the
+    /// last arrival (at most `max`), then returns the total count.
     pub fn count(&self, quiet: Duration, max: Duration) -> u64 {
         let start = Instant::now();
-        while start.elapsed() < max && self.last_arrival.lock().unwrap().elapsed() < quiet {
+        while start.elapsed() < max {
+            let last = (*self.last_arrival.lock().unwrap()).max(start);
+            if last.elapsed() >= quiet {
+                break;
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
         self.received.load(Ordering::Relaxed)
@@ -89,7 +94,19 @@ pub fn udp_send(
     count: u64,
     gap: Duration,
 ) -> Result<u64> {
-    let socket = pair.client(|| UdpSocket::bind(addr(src, 0)))?;
+    udp_send_in(&pair.client_ns, src, dst, port, count, gap)
+}
+
+/// As `udp_send`, from namespace `ns`.
+pub fn udp_send_in(
+    ns: &str,
+    src: &str,
+    dst: &str,
+    port: u16,
+    count: u64,
+    gap: Duration,
+) -> Result<u64> {
+    let socket = NetnsPair::run_in(ns, || UdpSocket::bind(addr(src, 0)))?;
     let target = addr(dst, port);
     let payload = [0x5au8; 32];
     let mut sent = 0;

@@ -10,7 +10,7 @@ use portcullis_tests::{
     agent::Agent,
     netns::{CLIENT_V4, CLIENT_V6, NetnsPair, SERVER_V4, SERVER_V6},
     require_kernel,
-    traffic::{HttpServer, UdpCounter, http_get, tcp_connects, tcp_server, udp_send},
+    traffic::{HttpServer, UdpCounter, http_get, tcp_connects, tcp_server, udp_send, udp_send_in},
 };
 
 const DENIED_V4: &str = "10.77.0.66";
@@ -314,5 +314,53 @@ fn policy_edits_apply_without_restart_and_broken_edits_change_nothing() {
     assert!(
         tcp_connects(pair, CLIENT_V4, SERVER_V4, 7000, SHORT),
         "the fixed policy was not applied"
+    );
+}
+
+#[test]
+fn falls_back_to_tc_where_xdp_cannot_attach() {
+    require_kernel!();
+    // The loopback device has no native XDP support, so `--xdp-mode native` must fail there
+    // and the agent must fall back to TC ingress and still enforce.
+    let pair = NetnsPair::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, "deny: [127.0.0.2]\n").unwrap();
+    let agent = Agent::start(&pair.server_ns, "lo", &policy, &["--xdp-mode", "native"]).unwrap();
+    assert!(
+        agent.stderr_contains("falling back to TC"),
+        "{:?}",
+        agent.stderr()
+    );
+    assert!(agent.stderr_contains("hook=\"tc\""), "{:?}", agent.stderr());
+
+    let sink = UdpCounter::bind(&pair, "127.0.0.1", 9300).unwrap();
+    udp_send_in(
+        &pair.server_ns,
+        "127.0.0.2",
+        "127.0.0.1",
+        9300,
+        50,
+        Duration::ZERO,
+    )
+    .unwrap();
+    assert_eq!(
+        sink.count(Duration::from_millis(300), Duration::from_secs(2)),
+        0,
+        "denied loopback traffic arrived"
+    );
+    udp_send_in(
+        &pair.server_ns,
+        "127.0.0.1",
+        "127.0.0.1",
+        9300,
+        50,
+        Duration::ZERO,
+    )
+    .unwrap();
+    assert_eq!(
+        sink.count(Duration::from_millis(300), Duration::from_secs(2)),
+        50,
+        "ordinary loopback traffic lost"
     );
 }

@@ -32,6 +32,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Every command below works on the workspace, wherever `cargo xtask` was started.
+    if let Err(e) = std::env::set_current_dir(cmd::workspace_root()) {
+        eprintln!("error: entering the workspace: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match Cli::parse().command {
         Command::Setup(options) => setup::run(&options),
         Command::Build(options) => build::run(&options),

@@ -32,10 +32,15 @@ pub fn run(options: &Options) -> Result<()> {
         "--deny",
         "warnings",
     ]))?;
+    // The namespace and CLI tests run the real binary; `cargo test` alone does not build
+    // it, because the agent package has no integration tests of its own.
+    cmd::run(Command::new("cargo").args(["build", "--package", "portcullis"]))?;
+    let binary = cmd::workspace_root().join("target/debug/portcullis");
     cmd::run(
         Command::new("cargo")
             .args(["test", "--workspace", "--exclude", "agent-ebpf", "--"])
             .args(&options.harness_args)
+            .env("PORTCULLIS_BIN", binary)
             .env("PORTCULLIS_REQUIRE_KERNEL_TESTS", "1"),
     )
 }
