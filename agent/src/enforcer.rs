@@ -1,14 +1,16 @@
 //! The policy in force, and the one way to change it: validate, build tables, write the
 //! difference. File reloads go through `apply` (and so will control-socket updates).
 
-use std::{collections::HashMap, path::Path};
+use std::{collections::BTreeMap, path::Path};
+
+use agent_common::RuleCounters;
 
 use anyhow::{Result, bail};
 
 use crate::{
     maps::KernelMaps,
     policy::{self, Policy},
-    tables::{self, RuleIds, RuleKind, Tables},
+    tables::{self, RuleIds, Tables},
 };
 
 pub struct Enforcer {
@@ -40,8 +42,18 @@ impl Enforcer {
         &self.policy
     }
 
-    pub fn rule_names(&self) -> HashMap<u32, (String, RuleKind)> {
-        self.ids.names()
+    /// Names of the rule ids in use, for labelling events.
+    pub fn rule_names(&self) -> BTreeMap<u32, String> {
+        self.tables.names.clone()
+    }
+
+    /// Per-rule counters of the policy in force, by name.
+    pub fn rule_counters(&self) -> Result<Vec<(String, RuleCounters)>> {
+        let counters = self.maps.rule_counters(self.tables.names.keys().copied())?;
+        Ok(counters
+            .into_iter()
+            .map(|(id, c)| (self.tables.names[&id].clone(), c))
+            .collect())
     }
 
     /// Replaces the policy in force. Map sizes are fixed at load time, so a policy that

@@ -1,15 +1,17 @@
 //! Ring-buffer events as JSON lines, and the periodic summary of counters.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, SystemTime},
 };
 
-use agent_common::{EVENT_BANNED, EVENT_DROPPED, EVENT_WOULD_BAN, EVENT_WOULD_DROP, Event, Reason};
+use agent_common::{
+    EVENT_BANNED, EVENT_DROPPED, EVENT_WOULD_BAN, EVENT_WOULD_DROP, Event, Reason, RuleCounters,
+};
 use serde_json::json;
 
-use crate::{maps::Counters, tables::RuleKind};
+use crate::maps::Counters;
 
 /// Converts `bpf_ktime_get_ns` times to wall-clock times.
 #[derive(Debug, Clone, Copy)]
@@ -59,7 +61,7 @@ pub fn protocol_name(protocol: u8) -> String {
 pub fn format(
     event: &Event,
     clock: &Clock,
-    rules: &HashMap<u32, (String, RuleKind)>,
+    rules: &BTreeMap<u32, String>,
     ifaces: &HashMap<u32, String>,
 ) -> String {
     let (action, mode, verdict) = match event.action {
@@ -71,7 +73,7 @@ pub fn format(
     };
     let rule = rules
         .get(&event.rule)
-        .map(|(name, _)| name.clone())
+        .cloned()
         .unwrap_or_else(|| format!("#{}", event.rule));
     let reason = Reason::from_code(event.reason).map_or("unknown", Reason::name);
     let interface = ifaces
@@ -94,8 +96,8 @@ pub fn format(
     .to_string()
 }
 
-/// The summary line: counter totals, and what changed since the last summary.
-pub fn summary(now: &Counters, last: &Counters) -> String {
+/// The summary line: counter totals, per-rule totals, and what changed since the last one.
+pub fn summary(now: &Counters, last: &Counters, rules: &[(String, RuleCounters)]) -> String {
     let mut verdicts = serde_json::Map::new();
     let mut shadow = serde_json::Map::new();
     for reason in Reason::ALL {
@@ -104,11 +106,19 @@ pub fn summary(now: &Counters, last: &Counters) -> String {
             shadow.insert(reason.name().into(), now.shadowed(reason).into());
         }
     }
+    let rules: serde_json::Map<String, serde_json::Value> = rules
+        .iter()
+        .map(|(name, c)| {
+            let counts = json!({"passed": c.passed, "dropped": c.dropped, "shadowed": c.shadowed});
+            (name.clone(), counts)
+        })
+        .collect();
     json!({
         "time": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         "type": "summary",
         "verdicts": verdicts,
         "shadow": shadow,
+        "rules": rules,
         "events_written": now.events_written,
         "events_suppressed": now.events_suppressed,
         "events_suppressed_since_last": now.events_suppressed.saturating_sub(last.events_suppressed),

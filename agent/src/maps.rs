@@ -4,11 +4,11 @@
 use std::path::Path;
 
 use agent_common::{
-    BanEntry, DenyEntry, MAX_RULES, PortRules, REASON_SLOTS, Reason, RuleConfig, RuleCounters,
-    Settings, maps as names,
+    BanEntry, DenyEntry, PortRules, REASON_SLOTS, Reason, RuleConfig, RuleCounters, Settings,
+    maps as names,
 };
 use aya::maps::{
-    Array, HashMap, Map, MapData, MapError, PerCpuArray,
+    Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
     lpm_trie::{Key, LpmTrie},
 };
 
@@ -18,6 +18,11 @@ use crate::tables::Tables;
 pub enum MapsError {
     #[error("map {name} is missing from the eBPF object")]
     Missing { name: &'static str },
+    #[error("cannot count the possible CPUs: {source}")]
+    Cpus {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -43,6 +48,8 @@ pub struct KernelMaps {
     settings: Array<MapData, Settings>,
     counters: PerCpuArray<MapData, u64>,
     rule_counters: PerCpuArray<MapData, RuleCounters>,
+    /// Possible CPUs: the length of every per-CPU value.
+    cpus: usize,
 }
 
 /// Totals over all CPUs of the `COUNTERS` map.
@@ -104,6 +111,7 @@ impl KernelMaps {
             settings: typed!(names::SETTINGS),
             counters: typed!(names::COUNTERS),
             rule_counters: typed!(names::RULE_COUNTERS),
+            cpus: aya::util::nr_cpus().map_err(|(_, source)| MapsError::Cpus { source })?,
         })
     }
 
@@ -184,6 +192,16 @@ impl KernelMaps {
             let key = Key::new(prefix.0, prefix.1);
             ignore_missing(self.allow_v6.remove(&key)).map_err(ctx(names::ALLOW_V6))?;
         }
+        // An id that now names another rule starts counting from zero.
+        for (id, name) in &new.names {
+            if old.names.get(id) != Some(name) {
+                let zeros = PerCpuValues::try_from(vec![RuleCounters::default(); self.cpus])
+                    .expect("one value per CPU");
+                self.rule_counters
+                    .set(*id, zeros, 0)
+                    .map_err(ctx(names::RULE_COUNTERS))?;
+            }
+        }
         // A removed rule becomes inert (interval 0) and its bans void (epoch 0).
         for id in old.rules.keys().filter(|id| !new.rules.contains_key(id)) {
             self.rules
@@ -210,10 +228,14 @@ impl KernelMaps {
         Ok(counters)
     }
 
-    /// Per-rule counters summed over CPUs, for the ids in `1..MAX_RULES` that counted anything.
-    pub fn rule_counters(&self) -> Result<Vec<(u32, RuleCounters)>, MapsError> {
+    /// Per-rule counters summed over CPUs, for the given ids, leaving out those that
+    /// counted nothing.
+    pub fn rule_counters(
+        &self,
+        ids: impl IntoIterator<Item = u32>,
+    ) -> Result<Vec<(u32, RuleCounters)>, MapsError> {
         let mut out = Vec::new();
-        for id in 1..MAX_RULES {
+        for id in ids {
             let values = self
                 .rule_counters
                 .get(&id, 0)

@@ -169,7 +169,8 @@ async fn event_loop(
                 let counters = enforcer.maps.counters()?;
                 if counters != last_counters {
                     let mut out = stdout.lock();
-                    writeln!(out, "{}", events::summary(&counters, &last_counters))?;
+                    let rules = enforcer.rule_counters()?;
+                    writeln!(out, "{}", events::summary(&counters, &last_counters, &rules))?;
                     out.flush()?;
                     last_counters = counters;
                 }
@@ -204,7 +205,12 @@ async fn event_loop(
     }
     let counters = enforcer.maps.counters()?;
     let mut out = stdout.lock();
-    writeln!(out, "{}", events::summary(&counters, &last_counters))?;
+    let rules = enforcer.rule_counters()?;
+    writeln!(
+        out,
+        "{}",
+        events::summary(&counters, &last_counters, &rules)
+    )?;
     out.flush()?;
     Ok(())
 }

@@ -17,7 +17,7 @@ pub fn print(pin_dir: &Path, as_json: bool) -> Result<()> {
         )
     })?;
     let counters = maps.counters()?;
-    let rules = maps.rule_counters()?;
+    let rules = maps.rule_counters(1..agent_common::MAX_RULES)?;
     if as_json {
         let mut verdicts = serde_json::Map::new();
         let mut shadow = serde_json::Map::new();

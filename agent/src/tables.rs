@@ -26,14 +26,9 @@ pub struct Tables {
     pub class_rules: [PortRules; CLASS_COUNT as usize],
     /// Rule configurations by id; deny groups have an id (for counters) but no entry here.
     pub rules: BTreeMap<u32, RuleConfig>,
+    /// Name of every id in use (rate limits and deny groups), for counters and events.
+    pub names: BTreeMap<u32, String>,
     pub settings: Settings,
-}
-
-/// What an id stands for, so the agent can label counters and events.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RuleKind {
-    Deny,
-    RateLimit,
 }
 
 /// Stable rule ids by name, and epochs that change with a rule's definition.
@@ -49,25 +44,15 @@ struct Assigned {
     epoch: u32,
     /// The rule's configuration without mode and epoch: a mode switch keeps state.
     fingerprint: Option<RuleConfig>,
-    kind: RuleKind,
 }
 
 impl RuleIds {
-    /// Name and kind of every id in use.
-    pub fn names(&self) -> HashMap<u32, (String, RuleKind)> {
-        self.by_name
-            .iter()
-            .map(|(name, a)| (a.id, (name.clone(), a.kind.clone())))
-            .collect()
-    }
-
     /// Assigns ids for exactly the names in `wanted`, keeping the ids of names seen before
     /// and freeing the rest.
-    fn assign(&mut self, wanted: &[(String, RuleKind)]) {
-        self.by_name
-            .retain(|name, _| wanted.iter().any(|(wanted_name, _)| wanted_name == name));
+    fn assign(&mut self, wanted: &[String]) {
+        self.by_name.retain(|name, _| wanted.contains(name));
         let mut used: BTreeSet<u32> = self.by_name.values().map(|a| a.id).collect();
-        for (name, kind) in wanted {
+        for name in wanted {
             if self.by_name.contains_key(name) {
                 continue;
             }
@@ -81,7 +66,6 @@ impl RuleIds {
                     id,
                     epoch: 0,
                     fingerprint: None,
-                    kind: kind.clone(),
                 },
             );
         }
@@ -169,18 +153,21 @@ fn slot(rules: &mut PortRules, count: Count) -> &mut u32 {
 
 /// Builds the map contents for `policy`, updating `ids`.
 pub fn build(policy: &Policy, ids: &mut RuleIds, cpus: u32) -> Tables {
-    let mut wanted: Vec<(String, RuleKind)> = Vec::new();
+    let mut wanted: Vec<String> = Vec::new();
     for deny in &policy.deny {
-        if !wanted.iter().any(|(name, _)| *name == deny.name) {
-            wanted.push((deny.name.clone(), RuleKind::Deny));
+        if !wanted.contains(&deny.name) {
+            wanted.push(deny.name.clone());
         }
     }
     for rule in &policy.rate_limits {
-        wanted.push((rule.name.clone(), RuleKind::RateLimit));
+        wanted.push(rule.name.clone());
     }
     ids.assign(&wanted);
 
     let mut tables = Tables::default();
+    for name in &wanted {
+        tables.names.insert(ids.id(name), name.clone());
+    }
     for net in &policy.allow {
         match net {
             IpNet::V4(n) => tables

@@ -180,7 +180,8 @@ fn tc_hook_gives_the_same_results() {
 
 /// Sends at a steady pace above the limit and checks what arrives against the bucket:
 /// burst + rate * elapsed, within a tolerance for scheduling on a small machine.
-fn check_flood_cut(pair: &NetnsPair, src: &str, dst: &str) {
+/// Returns (sent, arrived).
+fn check_flood_cut(pair: &NetnsPair, src: &str, dst: &str) -> (u64, u64) {
     let sink =
         UdpCounter::bind(pair, if dst.contains(':') { "::" } else { "0.0.0.0" }, 9000).unwrap();
     let start = Instant::now();
@@ -198,24 +199,36 @@ fn check_flood_cut(pair: &NetnsPair, src: &str, dst: &str) {
         (got as f64) <= expected * 1.1 + 5.0 && (got as f64) >= expected * 0.8,
         "{src}: {got} arrived, expected about {expected:.0} (burst 20 + 100/s over {elapsed:.2} s)"
     );
+    (sent, got)
 }
 
 #[test]
 fn a_flood_is_cut_to_the_configured_rate() {
     require_kernel!();
     let s = setup(POLICY);
-    let agent = start(&s, &[]);
-    check_flood_cut(&s.pair, CLIENT_V4, SERVER_V4);
-    // The rest was dropped and counted as rate_limited.
+    let mut agent = start(&s, &[]);
+    let (sent, arrived) = check_flood_cut(&s.pair, CLIENT_V4, SERVER_V4);
+    // The kernel's counters account for every packet: what arrived passed the rule, the
+    // rest was dropped by it.
     let stats = std::process::Command::new(portcullis_tests::agent::binary())
         .args(["stats", "--json", "--pin-dir"])
         .arg(&agent.pin_dir)
         .output()
         .unwrap();
     let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
-    assert!(
-        stats["verdicts"]["rate_limited"].as_u64().unwrap() > 1000,
-        "{stats}"
+    let limited = stats["verdicts"]["rate_limited"].as_u64().unwrap();
+    let within = stats["verdicts"]["within_limit"].as_u64().unwrap();
+    assert_eq!((within, limited), (arrived, sent - arrived), "{stats}");
+    // So does the agent's summary, per rule and by name.
+    assert!(agent.stop().unwrap().success());
+    let summary = agent.json_lines("summary").pop().expect("a final summary");
+    let rule = &summary["rules"]["udp-api"];
+    assert_eq!(rule["passed"].as_u64(), Some(arrived), "{summary}");
+    assert_eq!(rule["dropped"].as_u64(), Some(sent - arrived), "{summary}");
+    assert_eq!(
+        summary["verdicts"]["rate_limited"].as_u64(),
+        Some(sent - arrived),
+        "{summary}"
     );
 }
 
