@@ -4,7 +4,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
@@ -134,27 +134,41 @@ pub fn tcp_server(pair: &NetnsPair, ip: &str, port: u16) -> Result<()> {
     Ok(())
 }
 
+/// A TCP connection from `src` (in the client namespace) to `dst:port`, or `None` if it
+/// was not established within `timeout`. Reads time out after `timeout` too.
+fn connect_from(
+    pair: &NetnsPair,
+    src: &str,
+    dst: &str,
+    port: u16,
+    timeout: Duration,
+) -> Option<TcpStream> {
+    let src = addr(src, 0);
+    let target = addr(dst, port);
+    let socket = pair
+        .client(|| {
+            let domain = if src.is_ipv4() {
+                Domain::IPV4
+            } else {
+                Domain::IPV6
+            };
+            let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+            socket.bind(&src.into())?;
+            Ok::<_, std::io::Error>(socket)
+        })
+        .ok()?;
+    socket.connect_timeout(&target.into(), timeout).ok()?;
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    Some(stream)
+}
+
 /// Connects from `src` to `dst:port` and reads the greeting; true if the server answered
 /// within `timeout`.
 pub fn tcp_connects(pair: &NetnsPair, src: &str, dst: &str, port: u16, timeout: Duration) -> bool {
-    let src = addr(src, 0);
-    let target = addr(dst, port);
-    let socket = pair.client(|| {
-        let domain = if src.is_ipv4() {
-            Domain::IPV4
-        } else {
-            Domain::IPV6
-        };
-        let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-        socket.bind(&src.into())?;
-        Ok::<_, std::io::Error>(socket)
-    });
-    let Ok(socket) = socket else { return false };
-    if socket.connect_timeout(&target.into(), timeout).is_err() {
+    let Some(mut stream) = connect_from(pair, src, dst, port, timeout) else {
         return false;
-    }
-    let mut stream: std::net::TcpStream = socket.into();
-    let _ = stream.set_read_timeout(Some(timeout));
+    };
     let mut buf = [0u8; 2];
     stream.read_exact(&mut buf).is_ok() && &buf == b"ok"
 }
@@ -212,23 +226,7 @@ pub fn http_get(
     port: u16,
     timeout: Duration,
 ) -> Option<u16> {
-    let src = addr(src, 0);
-    let target = addr(dst, port);
-    let socket = pair
-        .client(|| {
-            let domain = if src.is_ipv4() {
-                Domain::IPV4
-            } else {
-                Domain::IPV6
-            };
-            let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-            socket.bind(&src.into())?;
-            Ok::<_, std::io::Error>(socket)
-        })
-        .ok()?;
-    socket.connect_timeout(&target.into(), timeout).ok()?;
-    let mut stream: std::net::TcpStream = socket.into();
-    stream.set_read_timeout(Some(timeout)).ok()?;
+    let mut stream = connect_from(pair, src, dst, port, timeout)?;
     stream
         .write_all(format!("GET / HTTP/1.0\r\nHost: {dst}\r\n\r\n").as_bytes())
         .ok()?;
