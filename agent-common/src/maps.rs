@@ -2,24 +2,31 @@
 //! bytes including the NUL. Capacities that depend on the policy are set by the agent at
 //! load time from the policy's `capacity` section.
 
+// The policy maps come in two sets, 0 and 1. Packets are judged by the set `GENERATION`
+// names; the agent writes the other set and then switches, so every packet sees one whole
+// policy. Each constant below lists the names of a map in set 0 and set 1.
+
 /// LPM trie, key `[u8; 4]` (IPv4 prefix), value `u32` (unused, 1): sources that always pass.
-pub const ALLOW_V4: &str = "ALLOW_V4";
+pub const ALLOW_V4: [&str; 2] = ["ALLOW_V4_0", "ALLOW_V4_1"];
 /// LPM trie, key `[u8; 16]` (IPv6 prefix), value `u32` (unused, 1).
-pub const ALLOW_V6: &str = "ALLOW_V6";
+pub const ALLOW_V6: [&str; 2] = ["ALLOW_V6_0", "ALLOW_V6_1"];
 /// LPM trie, key IPv4 prefix, value `DenyEntry`.
-pub const DENY_V4: &str = "DENY_V4";
+pub const DENY_V4: [&str; 2] = ["DENY_V4_0", "DENY_V4_1"];
 /// LPM trie, key IPv6 prefix, value `DenyEntry`.
-pub const DENY_V6: &str = "DENY_V6";
+pub const DENY_V6: [&str; 2] = ["DENY_V6_0", "DENY_V6_1"];
+/// Hash, key `port_key(class, port)`, value `PortRules`: rules scoped to ports.
+pub const PORT_RULES: [&str; 2] = ["PORT_RULES_0", "PORT_RULES_1"];
+/// Array indexed by class, value `PortRules`: rules that cover a whole class.
+pub const CLASS_RULES: [&str; 2] = ["CLASS_RULES_0", "CLASS_RULES_1"];
+/// Array indexed by rule id, value `RuleConfig`.
+pub const RULES: [&str; 2] = ["RULES_0", "RULES_1"];
+/// Array with one `u32`: 0 or 1, the policy set in force.
+pub const GENERATION: &str = "GENERATION";
+
 /// LPM trie, key IPv4 prefix of a source group, value `BanEntry`.
 pub const BANS_V4: &str = "BANS_V4";
 /// LPM trie, key IPv6 prefix of a source group, value `BanEntry`.
 pub const BANS_V6: &str = "BANS_V6";
-/// Hash, key `port_key(class, port)`, value `PortRules`: rules scoped to ports.
-pub const PORT_RULES: &str = "PORT_RULES";
-/// Array indexed by class, value `PortRules`: rules that cover a whole class.
-pub const CLASS_RULES: &str = "CLASS_RULES";
-/// Array indexed by rule id, value `RuleConfig`.
-pub const RULES: &str = "RULES";
 /// LRU hash, key `BucketKey`, value `Bucket`: per-source token buckets.
 pub const BUCKETS: &str = "BUCKETS";
 /// Per-CPU array of `u64`, laid out as described by the `COUNTER_*` constants.

@@ -6,8 +6,9 @@ use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::{
     counters,
-    maps::{BANS_V4, BANS_V6, RULES},
+    maps::{BANS_V4, BANS_V6},
     parse::Packet,
+    policy_set::PolicySet,
     ratelimit,
 };
 
@@ -18,20 +19,20 @@ pub struct ActiveBan {
 }
 
 #[inline(always)]
-pub fn active(pkt: &Packet, now: u64) -> Option<ActiveBan> {
+pub fn active(policy: PolicySet, pkt: &Packet, now: u64) -> Option<ActiveBan> {
     let ban = if pkt.v4 {
         *BANS_V4.get(Key::new(32, pkt.src[3]))?
     } else {
         *BANS_V6.get(Key::new(128, pkt.src))?
     };
-    let current_rule = RULES.get(ban.rule).filter(|cfg| cfg.epoch == ban.epoch);
+    let current_rule = policy.rule(ban.rule).filter(|cfg| cfg.epoch == ban.epoch);
     match current_rule {
         Some(cfg) if now < ban.expires_ns => Some(ActiveBan {
             rule: ban.rule,
             mode: cfg.mode,
         }),
         _ => {
-            remove(pkt, ban.rule);
+            remove(policy, pkt, ban.rule);
             None
         }
     }
@@ -40,8 +41,8 @@ pub fn active(pkt: &Packet, now: u64) -> Option<ActiveBan> {
 /// Removes the stale ban covering `pkt`. The ban's prefix is its rule's grouping prefix; if
 /// the rule is gone the removal fails harmlessly and the agent's sweep removes it later.
 #[inline(always)]
-fn remove(pkt: &Packet, rule: u32) {
-    if let Some(cfg) = RULES.get(rule) {
+fn remove(policy: PolicySet, pkt: &Packet, rule: u32) {
+    if let Some(cfg) = policy.rule(rule) {
         if pkt.v4 {
             let _ = BANS_V4.remove(Key::new(cfg.prefix_v4, pkt.src[3] & cfg.mask_v4));
         } else {

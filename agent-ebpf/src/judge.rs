@@ -14,8 +14,8 @@ use crate::{
     acl, bans,
     counters::{self, RuleOutcome},
     events,
-    maps::{CLASS_RULES, PORT_RULES, RULES},
     parse::{self, Packet, Parsed},
+    policy_set::PolicySet,
     ratelimit::{self, Outcome},
 };
 
@@ -58,16 +58,17 @@ fn enforce(pkt: &Packet, reason: Reason, rule: u32, mode: u32, ifindex: u32, now
 
 #[inline(always)]
 fn judge_ip(pkt: &Packet, ifindex: u32) -> Action {
-    if acl::allowed(pkt) {
+    let policy = PolicySet::current();
+    if acl::allowed(policy, pkt) {
         return finish(Reason::Allowed);
     }
     let now = now();
-    if let Some(deny) = acl::denied(pkt)
+    if let Some(deny) = acl::denied(policy, pkt)
         && enforce(pkt, Reason::Denied, deny.rule, deny.mode, ifindex, now)
     {
         return finish(Reason::Denied);
     }
-    if let Some(ban) = bans::active(pkt, now)
+    if let Some(ban) = bans::active(policy, pkt, now)
         && enforce(pkt, Reason::Banned, ban.rule, ban.mode, ifindex, now)
     {
         return finish(Reason::Banned);
@@ -75,16 +76,16 @@ fn judge_ip(pkt: &Packet, ifindex: u32) -> Action {
     if pkt.malformed {
         return finish(Reason::Malformed);
     }
-    let rules = rules_for(pkt);
+    let rules = rules_for(policy, pkt);
     let mut matched = false;
     if pkt.syn && rules.connection_rule != 0 {
-        if limit(pkt, rules.connection_rule, ifindex, now) {
+        if limit(policy, pkt, rules.connection_rule, ifindex, now) {
             return finish(Reason::RateLimited);
         }
         matched = true;
     }
     if rules.packet_rule != 0 {
-        if limit(pkt, rules.packet_rule, ifindex, now) {
+        if limit(policy, pkt, rules.packet_rule, ifindex, now) {
             return finish(Reason::RateLimited);
         }
         matched = true;
@@ -99,14 +100,15 @@ fn judge_ip(pkt: &Packet, ifindex: u32) -> Action {
 /// Rules scoped to the packet's port take precedence over rules for its whole class; the
 /// agent merges the two kinds (packets, connections) so one lookup gives both.
 #[inline(always)]
-fn rules_for(pkt: &Packet) -> PortRules {
+fn rules_for(policy: PolicySet, pkt: &Packet) -> PortRules {
     if pkt.has_port
-        && let Some(rules) = PORT_RULES.get_ptr(port_key(pkt.class, pkt.dport))
+        && let Some(rules) = policy.port_rules().get_ptr(port_key(pkt.class, pkt.dport))
     {
         // SAFETY: pointer from a successful lookup; the agent only replaces whole values.
         return unsafe { *rules };
     }
-    CLASS_RULES
+    policy
+        .class_rules()
         .get(pkt.class as u32)
         .copied()
         .unwrap_or_default()
@@ -114,8 +116,8 @@ fn rules_for(pkt: &Packet) -> PortRules {
 
 /// Runs the packet through one rule's bucket; true when it must be dropped.
 #[inline(always)]
-fn limit(pkt: &Packet, rule: u32, ifindex: u32, now: u64) -> bool {
-    let Some(cfg) = RULES.get(rule) else {
+fn limit(policy: PolicySet, pkt: &Packet, rule: u32, ifindex: u32, now: u64) -> bool {
+    let Some(cfg) = policy.rule(rule) else {
         return false;
     };
     if cfg.interval_ns == 0 {

@@ -10,6 +10,7 @@ mod events;
 mod judge;
 mod maps;
 mod parse;
+mod policy_set;
 mod ratelimit;
 
 use agent_common::Action;

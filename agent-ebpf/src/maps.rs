@@ -4,8 +4,9 @@
 //! policy's `capacity` section before loading.
 
 use agent_common::{
-    BanEntry, Bucket, BucketKey, DenyEntry, EVENTS_BYTES, EventBudget, MAX_PORT_ENTRIES, MAX_RULES,
-    PortRules, RuleConfig, RuleCounters, Settings, maps::COUNTER_SLOTS,
+    BanEntry, Bucket, BucketKey, CLASS_COUNT, DenyEntry, EVENTS_BYTES, EventBudget,
+    MAX_PORT_ENTRIES, MAX_RULES, PortRules, RuleConfig, RuleCounters, Settings,
+    maps::COUNTER_SLOTS,
 };
 use aya_ebpf::{
     macros::map,
@@ -14,27 +15,48 @@ use aya_ebpf::{
 
 // LPM keys are the prefix bytes in network order: a `u32` or `[u32; 4]` read straight from
 // the packet has exactly that layout in memory.
+//
+// Policy maps come in two sets (suffix _0 and _1); `policy_set` picks the one GENERATION
+// names, once per packet.
 #[map]
-pub static ALLOW_V4: LpmTrie<u32, u32> = LpmTrie::with_max_entries(1024, 0);
+pub static ALLOW_V4_0: LpmTrie<u32, u32> = LpmTrie::with_max_entries(1024, 0);
 #[map]
-pub static ALLOW_V6: LpmTrie<[u32; 4], u32> = LpmTrie::with_max_entries(1024, 0);
+pub static ALLOW_V4_1: LpmTrie<u32, u32> = LpmTrie::with_max_entries(1024, 0);
 #[map]
-pub static DENY_V4: LpmTrie<u32, DenyEntry> = LpmTrie::with_max_entries(1024, 0);
+pub static ALLOW_V6_0: LpmTrie<[u32; 4], u32> = LpmTrie::with_max_entries(1024, 0);
 #[map]
-pub static DENY_V6: LpmTrie<[u32; 4], DenyEntry> = LpmTrie::with_max_entries(1024, 0);
+pub static ALLOW_V6_1: LpmTrie<[u32; 4], u32> = LpmTrie::with_max_entries(1024, 0);
+#[map]
+pub static DENY_V4_0: LpmTrie<u32, DenyEntry> = LpmTrie::with_max_entries(1024, 0);
+#[map]
+pub static DENY_V4_1: LpmTrie<u32, DenyEntry> = LpmTrie::with_max_entries(1024, 0);
+#[map]
+pub static DENY_V6_0: LpmTrie<[u32; 4], DenyEntry> = LpmTrie::with_max_entries(1024, 0);
+#[map]
+pub static DENY_V6_1: LpmTrie<[u32; 4], DenyEntry> = LpmTrie::with_max_entries(1024, 0);
+
+/// Not preallocated: a policy rarely uses more than a handful of the 196,608 possible keys.
+#[map]
+pub static PORT_RULES_0: HashMap<u32, PortRules> =
+    HashMap::with_max_entries(MAX_PORT_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+#[map]
+pub static PORT_RULES_1: HashMap<u32, PortRules> =
+    HashMap::with_max_entries(MAX_PORT_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+#[map]
+pub static CLASS_RULES_0: Array<PortRules> = Array::with_max_entries(CLASS_COUNT, 0);
+#[map]
+pub static CLASS_RULES_1: Array<PortRules> = Array::with_max_entries(CLASS_COUNT, 0);
+#[map]
+pub static RULES_0: Array<RuleConfig> = Array::with_max_entries(MAX_RULES, 0);
+#[map]
+pub static RULES_1: Array<RuleConfig> = Array::with_max_entries(MAX_RULES, 0);
+#[map]
+pub static GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+
 #[map]
 pub static BANS_V4: LpmTrie<u32, BanEntry> = LpmTrie::with_max_entries(1024, 0);
 #[map]
 pub static BANS_V6: LpmTrie<[u32; 4], BanEntry> = LpmTrie::with_max_entries(1024, 0);
-
-/// Not preallocated: a policy rarely uses more than a handful of the 196,608 possible keys.
-#[map]
-pub static PORT_RULES: HashMap<u32, PortRules> =
-    HashMap::with_max_entries(MAX_PORT_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
-#[map]
-pub static CLASS_RULES: Array<PortRules> = Array::with_max_entries(agent_common::CLASS_COUNT, 0);
-#[map]
-pub static RULES: Array<RuleConfig> = Array::with_max_entries(MAX_RULES, 0);
 
 #[map]
 pub static BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::with_max_entries(1024, 0);

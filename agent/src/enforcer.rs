@@ -1,11 +1,15 @@
-//! The policy in force, and the one way to change it: validate, build tables, write the
-//! difference. File reloads go through `apply` (and so will control-socket updates).
+//! The policy in force, and the one way to change it: validate, build tables, write them
+//! into the policy set not in force, then switch sets. File reloads go through `apply` (and
+//! so will control-socket updates).
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use agent_common::RuleCounters;
-
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
 use crate::{
     maps::KernelMaps,
@@ -13,51 +17,72 @@ use crate::{
     tables::{self, RuleIds, Tables},
 };
 
+/// After a switch, packets that read the old generation may still be using the old set for
+/// the length of one program run (well under a microsecond). The next apply writes into
+/// that set, so it waits this long after the last switch first.
+const SWITCH_GRACE: Duration = Duration::from_millis(10);
+
 pub struct Enforcer {
     pub maps: KernelMaps,
     policy: Policy,
-    tables: Tables,
     ids: RuleIds,
+    /// What each policy set holds; `None` if a write failed halfway and the set must be
+    /// cleared before it is used again.
+    written: [Option<Tables>; 2],
+    /// The set packets are judged by.
+    active: usize,
+    last_switch: Instant,
     cpus: u32,
 }
 
 impl Enforcer {
-    /// Writes `policy` into freshly loaded (empty) maps.
-    pub fn new(maps: KernelMaps, policy: Policy, cpus: u32) -> Result<Self> {
+    /// Writes `policy` into freshly loaded (empty) maps and puts it in force.
+    pub fn new(mut maps: KernelMaps, policy: Policy, cpus: u32) -> Result<Self> {
         let mut ids = RuleIds::default();
         let tables = tables::build(&policy, &mut ids, cpus);
-        let mut enforcer = Self {
+        let empty = Tables::default();
+        maps.write_set(0, &empty, &tables)?;
+        maps.update_shared(&empty, &tables)?;
+        maps.switch_to(0)?;
+        Ok(Self {
             maps,
             policy,
-            tables: Tables::default(),
             ids,
+            written: [Some(tables), Some(empty)],
+            active: 0,
+            last_switch: Instant::now(),
             cpus,
-        };
-        enforcer.maps.apply(&Tables::default(), &tables)?;
-        enforcer.tables = tables;
-        Ok(enforcer)
+        })
     }
 
     pub fn policy(&self) -> &Policy {
         &self.policy
     }
 
+    fn tables(&self) -> &Tables {
+        self.written[self.active]
+            .as_ref()
+            .expect("the set in force was written completely")
+    }
+
     /// Names of the rule ids in use, for labelling events.
     pub fn rule_names(&self) -> BTreeMap<u32, String> {
-        self.tables.names.clone()
+        self.tables().names.clone()
     }
 
     /// Per-rule counters of the policy in force, by name.
     pub fn rule_counters(&self) -> Result<Vec<(String, RuleCounters)>> {
-        let counters = self.maps.rule_counters(self.tables.names.keys().copied())?;
+        let names = &self.tables().names;
+        let counters = self.maps.rule_counters(names.keys().copied())?;
         Ok(counters
             .into_iter()
-            .map(|(id, c)| (self.tables.names[&id].clone(), c))
+            .map(|(id, c)| (names[&id].clone(), c))
             .collect())
     }
 
-    /// Replaces the policy in force. Map sizes are fixed at load time, so a policy that
-    /// changes `capacity` is refused and the current one stays.
+    /// Replaces the policy in force. Packets are judged by the old policy until one map
+    /// write switches them all to the new one. Map sizes are fixed at load time, so a
+    /// policy that changes `capacity` is refused and the current one stays.
     pub fn apply(&mut self, policy: Policy) -> Result<()> {
         if policy.capacity != self.policy.capacity {
             bail!(
@@ -68,8 +93,31 @@ impl Enforcer {
         }
         let mut ids = self.ids.clone();
         let tables = tables::build(&policy, &mut ids, self.cpus);
-        self.maps.apply(&self.tables, &tables)?;
-        self.tables = tables;
+        let next = 1 - self.active;
+        let since_switch = self.last_switch.elapsed();
+        if since_switch < SWITCH_GRACE {
+            std::thread::sleep(SWITCH_GRACE - since_switch);
+        }
+        let old = match self.written[next].take() {
+            Some(old) => old,
+            None => {
+                self.maps
+                    .clear_set(next)
+                    .context("clearing the policy set a failed apply left half-written")?;
+                Tables::default()
+            }
+        };
+        // If this fails, `written[next]` stays `None`: the set is not in force, so traffic
+        // is unaffected, and the next apply starts by clearing it.
+        self.maps.write_set(next, &old, &tables)?;
+        let in_force = self.written[self.active]
+            .as_ref()
+            .expect("the set in force was written completely");
+        self.maps.update_shared(in_force, &tables)?;
+        self.maps.switch_to(next)?;
+        self.last_switch = Instant::now();
+        self.written[next] = Some(tables);
+        self.active = next;
         self.ids = ids;
         self.policy = policy;
         Ok(())

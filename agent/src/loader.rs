@@ -52,7 +52,9 @@ pub fn load(capacity: &Capacity) -> Result<Ebpf> {
         names::ALLOW_V6,
         names::DENY_V4,
         names::DENY_V6,
-    ] {
+    ]
+    .concat()
+    {
         loader.map_max_entries(name, capacity.cidrs);
     }
     for name in [names::BANS_V4, names::BANS_V6] {

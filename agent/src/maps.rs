@@ -35,16 +35,23 @@ fn ctx(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
     move |source| MapsError::Map { name, source }
 }
 
-pub struct KernelMaps {
+/// One of the two sets of policy maps (see `agent_common::maps`).
+struct PolicyMaps {
+    set: usize,
     allow_v4: LpmTrie<MapData, [u8; 4], u32>,
     allow_v6: LpmTrie<MapData, [u8; 16], u32>,
     deny_v4: LpmTrie<MapData, [u8; 4], DenyEntry>,
     deny_v6: LpmTrie<MapData, [u8; 16], DenyEntry>,
-    bans_v4: LpmTrie<MapData, [u8; 4], BanEntry>,
-    bans_v6: LpmTrie<MapData, [u8; 16], BanEntry>,
     port_rules: HashMap<MapData, u32, PortRules>,
     class_rules: Array<MapData, PortRules>,
     rules: Array<MapData, RuleConfig>,
+}
+
+pub struct KernelMaps {
+    sets: [PolicyMaps; 2],
+    generation: Array<MapData, u32>,
+    bans_v4: LpmTrie<MapData, [u8; 4], BanEntry>,
+    bans_v6: LpmTrie<MapData, [u8; 16], BanEntry>,
     settings: Array<MapData, Settings>,
     counters: PerCpuArray<MapData, u64>,
     rule_counters: PerCpuArray<MapData, RuleCounters>,
@@ -75,6 +82,121 @@ impl Counters {
     }
 }
 
+impl PolicyMaps {
+    /// Moves this set from `old` to `new`, writing only what differs.
+    fn write(&mut self, old: &Tables, new: &Tables) -> Result<(), MapsError> {
+        let set = self.set;
+        for (id, config) in &new.rules {
+            if old.rules.get(id) != Some(config) {
+                self.rules
+                    .set(*id, config, 0)
+                    .map_err(ctx(names::RULES[set]))?;
+            }
+        }
+        for prefix in new.allow_v4.difference(&old.allow_v4) {
+            let key = Key::new(prefix.0, prefix.1);
+            self.allow_v4
+                .insert(&key, 1, 0)
+                .map_err(ctx(names::ALLOW_V4[set]))?;
+        }
+        for prefix in new.allow_v6.difference(&old.allow_v6) {
+            let key = Key::new(prefix.0, prefix.1);
+            self.allow_v6
+                .insert(&key, 1, 0)
+                .map_err(ctx(names::ALLOW_V6[set]))?;
+        }
+        for (prefix, entry) in &new.deny_v4 {
+            if old.deny_v4.get(prefix) != Some(entry) {
+                let key = Key::new(prefix.0, prefix.1);
+                self.deny_v4
+                    .insert(&key, entry, 0)
+                    .map_err(ctx(names::DENY_V4[set]))?;
+            }
+        }
+        for (prefix, entry) in &new.deny_v6 {
+            if old.deny_v6.get(prefix) != Some(entry) {
+                let key = Key::new(prefix.0, prefix.1);
+                self.deny_v6
+                    .insert(&key, entry, 0)
+                    .map_err(ctx(names::DENY_V6[set]))?;
+            }
+        }
+        for (port, rules) in &new.port_rules {
+            if old.port_rules.get(port) != Some(rules) {
+                self.port_rules
+                    .insert(port, rules, 0)
+                    .map_err(ctx(names::PORT_RULES[set]))?;
+            }
+        }
+        for (class, rules) in new.class_rules.iter().enumerate() {
+            if old.class_rules[class] != *rules {
+                self.class_rules
+                    .set(class as u32, rules, 0)
+                    .map_err(ctx(names::CLASS_RULES[set]))?;
+            }
+        }
+        // Removals. A missing key is not an error: the state we want is reached.
+        for port in old
+            .port_rules
+            .keys()
+            .filter(|k| !new.port_rules.contains_key(k))
+        {
+            ignore_missing(self.port_rules.remove(port)).map_err(ctx(names::PORT_RULES[set]))?;
+        }
+        for prefix in old.deny_v4.keys().filter(|k| !new.deny_v4.contains_key(k)) {
+            let key = Key::new(prefix.0, prefix.1);
+            ignore_missing(self.deny_v4.remove(&key)).map_err(ctx(names::DENY_V4[set]))?;
+        }
+        for prefix in old.deny_v6.keys().filter(|k| !new.deny_v6.contains_key(k)) {
+            let key = Key::new(prefix.0, prefix.1);
+            ignore_missing(self.deny_v6.remove(&key)).map_err(ctx(names::DENY_V6[set]))?;
+        }
+        for prefix in old.allow_v4.difference(&new.allow_v4) {
+            let key = Key::new(prefix.0, prefix.1);
+            ignore_missing(self.allow_v4.remove(&key)).map_err(ctx(names::ALLOW_V4[set]))?;
+        }
+        for prefix in old.allow_v6.difference(&new.allow_v6) {
+            let key = Key::new(prefix.0, prefix.1);
+            ignore_missing(self.allow_v6.remove(&key)).map_err(ctx(names::ALLOW_V6[set]))?;
+        }
+        // A removed rule becomes inert (interval 0) and its bans void (epoch 0).
+        for id in old.rules.keys().filter(|id| !new.rules.contains_key(id)) {
+            self.rules
+                .set(*id, RuleConfig::default(), 0)
+                .map_err(ctx(names::RULES[set]))?;
+        }
+        Ok(())
+    }
+
+    fn clear(&mut self) -> Result<(), MapsError> {
+        let set = self.set;
+        macro_rules! clear_keyed {
+            ($map:expr, $name:expr) => {{
+                let keys: Vec<_> = $map.keys().filter_map(Result::ok).collect();
+                for key in keys {
+                    ignore_missing($map.remove(&key)).map_err(ctx($name))?;
+                }
+            }};
+        }
+        clear_keyed!(self.allow_v4, names::ALLOW_V4[set]);
+        clear_keyed!(self.allow_v6, names::ALLOW_V6[set]);
+        clear_keyed!(self.deny_v4, names::DENY_V4[set]);
+        clear_keyed!(self.deny_v6, names::DENY_V6[set]);
+        clear_keyed!(self.port_rules, names::PORT_RULES[set]);
+        for class in 0..agent_common::CLASS_COUNT {
+            self.class_rules
+                .set(class, PortRules::default(), 0)
+                .map_err(ctx(names::CLASS_RULES[set]))?;
+        }
+        for id in 1..agent_common::MAX_RULES {
+            self.rules
+                .set(id, RuleConfig::default(), 0)
+                .map_err(ctx(names::RULES[set]))?;
+        }
+        Ok(())
+    }
+}
+
 impl KernelMaps {
     /// Takes the maps out of a loaded object.
     pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
@@ -98,16 +220,24 @@ impl KernelMaps {
                 get(name)?.try_into().map_err(ctx(name))?
             }};
         }
+        let mut set = |set: usize| -> Result<PolicyMaps, MapsError> {
+            Ok(PolicyMaps {
+                set,
+                allow_v4: typed!(names::ALLOW_V4[set]),
+                allow_v6: typed!(names::ALLOW_V6[set]),
+                deny_v4: typed!(names::DENY_V4[set]),
+                deny_v6: typed!(names::DENY_V6[set]),
+                port_rules: typed!(names::PORT_RULES[set]),
+                class_rules: typed!(names::CLASS_RULES[set]),
+                rules: typed!(names::RULES[set]),
+            })
+        };
+        let sets = [set(0)?, set(1)?];
         Ok(Self {
-            allow_v4: typed!(names::ALLOW_V4),
-            allow_v6: typed!(names::ALLOW_V6),
-            deny_v4: typed!(names::DENY_V4),
-            deny_v6: typed!(names::DENY_V6),
+            sets,
+            generation: typed!(names::GENERATION),
             bans_v4: typed!(names::BANS_V4),
             bans_v6: typed!(names::BANS_V6),
-            port_rules: typed!(names::PORT_RULES),
-            class_rules: typed!(names::CLASS_RULES),
-            rules: typed!(names::RULES),
             settings: typed!(names::SETTINGS),
             counters: typed!(names::COUNTERS),
             rule_counters: typed!(names::RULE_COUNTERS),
@@ -115,84 +245,37 @@ impl KernelMaps {
         })
     }
 
-    /// Moves the maps from `old` to `new`. Rule configurations go first so nothing points at
-    /// a rule the kernel does not know; removals go last.
-    pub fn apply(&mut self, old: &Tables, new: &Tables) -> Result<(), MapsError> {
-        for (id, config) in &new.rules {
-            if old.rules.get(id) != Some(config) {
-                self.rules.set(*id, config, 0).map_err(ctx(names::RULES))?;
-            }
-        }
+    /// The policy set packets are judged by.
+    pub fn generation(&self) -> Result<usize, MapsError> {
+        let generation = self.generation.get(&0, 0).map_err(ctx(names::GENERATION))?;
+        Ok(usize::from(generation != 0))
+    }
+
+    /// Makes `set` the one packets are judged by: a single map write, so every packet sees
+    /// either the old set or the new one.
+    pub fn switch_to(&mut self, set: usize) -> Result<(), MapsError> {
+        self.generation
+            .set(0, set as u32, 0)
+            .map_err(ctx(names::GENERATION))
+    }
+
+    /// Writes the difference from `old` to `new` into policy set `set`, which must not be
+    /// in force.
+    pub fn write_set(&mut self, set: usize, old: &Tables, new: &Tables) -> Result<(), MapsError> {
+        self.sets[set].write(old, new)
+    }
+
+    /// Empties policy set `set` (not in force), whatever it holds.
+    pub fn clear_set(&mut self, set: usize) -> Result<(), MapsError> {
+        self.sets[set].clear()
+    }
+
+    /// The maps both sets share: settings, and per-rule counters, which start from zero
+    /// for an id that now names another rule.
+    pub fn update_shared(&mut self, old: &Tables, new: &Tables) -> Result<(), MapsError> {
         self.settings
             .set(0, new.settings, 0)
             .map_err(ctx(names::SETTINGS))?;
-        for prefix in new.allow_v4.difference(&old.allow_v4) {
-            let key = Key::new(prefix.0, prefix.1);
-            self.allow_v4
-                .insert(&key, 1, 0)
-                .map_err(ctx(names::ALLOW_V4))?;
-        }
-        for prefix in new.allow_v6.difference(&old.allow_v6) {
-            let key = Key::new(prefix.0, prefix.1);
-            self.allow_v6
-                .insert(&key, 1, 0)
-                .map_err(ctx(names::ALLOW_V6))?;
-        }
-        for (prefix, entry) in &new.deny_v4 {
-            if old.deny_v4.get(prefix) != Some(entry) {
-                let key = Key::new(prefix.0, prefix.1);
-                self.deny_v4
-                    .insert(&key, entry, 0)
-                    .map_err(ctx(names::DENY_V4))?;
-            }
-        }
-        for (prefix, entry) in &new.deny_v6 {
-            if old.deny_v6.get(prefix) != Some(entry) {
-                let key = Key::new(prefix.0, prefix.1);
-                self.deny_v6
-                    .insert(&key, entry, 0)
-                    .map_err(ctx(names::DENY_V6))?;
-            }
-        }
-        for (port, rules) in &new.port_rules {
-            if old.port_rules.get(port) != Some(rules) {
-                self.port_rules
-                    .insert(port, rules, 0)
-                    .map_err(ctx(names::PORT_RULES))?;
-            }
-        }
-        for (class, rules) in new.class_rules.iter().enumerate() {
-            if old.class_rules[class] != *rules {
-                self.class_rules
-                    .set(class as u32, rules, 0)
-                    .map_err(ctx(names::CLASS_RULES))?;
-            }
-        }
-        // Removals. A missing key is not an error: the state we want is reached.
-        for port in old
-            .port_rules
-            .keys()
-            .filter(|k| !new.port_rules.contains_key(k))
-        {
-            ignore_missing(self.port_rules.remove(port)).map_err(ctx(names::PORT_RULES))?;
-        }
-        for prefix in old.deny_v4.keys().filter(|k| !new.deny_v4.contains_key(k)) {
-            let key = Key::new(prefix.0, prefix.1);
-            ignore_missing(self.deny_v4.remove(&key)).map_err(ctx(names::DENY_V4))?;
-        }
-        for prefix in old.deny_v6.keys().filter(|k| !new.deny_v6.contains_key(k)) {
-            let key = Key::new(prefix.0, prefix.1);
-            ignore_missing(self.deny_v6.remove(&key)).map_err(ctx(names::DENY_V6))?;
-        }
-        for prefix in old.allow_v4.difference(&new.allow_v4) {
-            let key = Key::new(prefix.0, prefix.1);
-            ignore_missing(self.allow_v4.remove(&key)).map_err(ctx(names::ALLOW_V4))?;
-        }
-        for prefix in old.allow_v6.difference(&new.allow_v6) {
-            let key = Key::new(prefix.0, prefix.1);
-            ignore_missing(self.allow_v6.remove(&key)).map_err(ctx(names::ALLOW_V6))?;
-        }
-        // An id that now names another rule starts counting from zero.
         for (id, name) in &new.names {
             if old.names.get(id) != Some(name) {
                 let zeros = PerCpuValues::try_from(vec![RuleCounters::default(); self.cpus])
@@ -202,15 +285,8 @@ impl KernelMaps {
                     .map_err(ctx(names::RULE_COUNTERS))?;
             }
         }
-        // A removed rule becomes inert (interval 0) and its bans void (epoch 0).
-        for id in old.rules.keys().filter(|id| !new.rules.contains_key(id)) {
-            self.rules
-                .set(*id, RuleConfig::default(), 0)
-                .map_err(ctx(names::RULES))?;
-        }
         Ok(())
     }
-
     pub fn counters(&self) -> Result<Counters, MapsError> {
         let total = |index: u32| -> Result<u64, MapsError> {
             let values = self.counters.get(&index, 0).map_err(ctx(names::COUNTERS))?;

@@ -22,8 +22,15 @@ const TC_ACT_SHOT: u32 = 2;
 /// TC_ACT_UNSPEC (-1) as the kernel reports it.
 const TC_ACT_UNSPEC: u32 = u32::MAX;
 
-pub struct Harness {
+/// The loaded programs, to run frames through.
+pub struct Programs {
     ebpf: Ebpf,
+}
+
+/// The programs and the enforcer that writes their maps. The two parts can be used from
+/// different threads (`programs` by reference, `enforcer` by `&mut`).
+pub struct Harness {
+    pub programs: Programs,
     pub enforcer: Enforcer,
 }
 
@@ -46,7 +53,10 @@ impl Harness {
             .context("no TC program")?
             .try_into()?;
         tc.load().context("the verifier rejected the TC program")?;
-        Ok(Self { ebpf, enforcer })
+        Ok(Self {
+            programs: Programs { ebpf },
+            enforcer,
+        })
     }
 
     /// Replaces the policy, as a file reload would.
@@ -55,6 +65,20 @@ impl Harness {
         self.enforcer.apply(policy)
     }
 
+    pub fn xdp(&self, frame: &[u8]) -> Result<Action> {
+        self.programs.xdp(frame)
+    }
+
+    pub fn tc(&self, frame: &[u8]) -> Result<Action> {
+        self.programs.tc(frame)
+    }
+
+    pub fn counters(&self) -> Result<Counters> {
+        Ok(self.enforcer.maps.counters()?)
+    }
+}
+
+impl Programs {
     /// Runs the XDP program once on `frame`.
     pub fn xdp(&self, frame: &[u8]) -> Result<Action> {
         let program: &Xdp = self
@@ -93,9 +117,5 @@ impl Harness {
             TC_ACT_SHOT => Ok(Action::Drop),
             other => bail!("TC program returned {other}"),
         }
-    }
-
-    pub fn counters(&self) -> Result<Counters> {
-        Ok(self.enforcer.maps.counters()?)
     }
 }

@@ -673,3 +673,58 @@ fn events_are_budgeted_and_the_rest_counted() {
     );
     assert!(c.events_suppressed >= sent - per_cpu * cpus, "{c:?}");
 }
+
+/// Applies two policies back and forth while frames flow, and checks every verdict against
+/// both. The policies are built so that a packet judged partly by one and partly by the
+/// other is dropped, while each alone passes it: the allow entry of A hides A's deny, and the
+/// rule `r` moves from port 53 (huge burst) to port 54 (burst 1) between A and B.
+#[test]
+fn applies_are_atomic_per_packet() {
+    require_kernel!();
+    const A: &str = "allow: [10.1.0.0/16]\ndeny: [10.0.0.0/8]\nrate_limits:\n  - {name: r, protocol: udp, ports: [53], rate: 1/h, burst: 1000000}\n";
+    const B: &str =
+        "rate_limits:\n  - {name: r, protocol: udp, ports: [54], rate: 1/h, burst: 1}\n";
+    let Harness {
+        programs,
+        mut enforcer,
+    } = Harness::new(A).unwrap();
+    let frames = [
+        FrameSpec::udp("10.1.2.3", 9999).build(),
+        FrameSpec::udp("203.0.113.5", 53).build(),
+    ];
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (applies, judged) = std::thread::scope(|scope| {
+        let applier = scope.spawn(|| {
+            let mut applies = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let next = if applies.is_multiple_of(2) { B } else { A };
+                let policy =
+                    portcullis::policy::parse(std::path::Path::new("p.yaml"), next).unwrap();
+                enforcer.apply(policy).unwrap();
+                applies += 1;
+            }
+            applies
+        });
+        let mut judged = 0u64;
+        let mut mixed = Vec::new();
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(4) && mixed.is_empty() {
+            for (which, frame) in frames.iter().enumerate() {
+                if programs.xdp(frame).unwrap() != Action::Pass {
+                    mixed.push((judged, which));
+                }
+                judged += 1;
+            }
+        }
+        // Stop the applier before asserting, or a failure would leave it spinning.
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let applies = applier.join().unwrap();
+        assert!(
+            mixed.is_empty(),
+            "dropped by a mix of two policies (frame number, which frame): {mixed:?}, {applies} applies"
+        );
+        (applies, judged)
+    });
+    println!("{judged} frames judged during {applies} applies, none by a mix");
+    assert!(applies > 100, "only {applies} applies in 4 s");
+}

@@ -1,0 +1,66 @@
+//! Which of the two policy map sets judges a packet. The agent writes the set not in force,
+//! then flips `GENERATION`; reading it once per packet and taking every policy lookup from
+//! the same set means a packet is judged by one whole policy, never a mix of two.
+
+use agent_common::{DenyEntry, PortRules, RuleConfig};
+use aya_ebpf::maps::{Array, HashMap, LpmTrie};
+
+use crate::maps::{
+    ALLOW_V4_0, ALLOW_V4_1, ALLOW_V6_0, ALLOW_V6_1, CLASS_RULES_0, CLASS_RULES_1, DENY_V4_0,
+    DENY_V4_1, DENY_V6_0, DENY_V6_1, GENERATION, PORT_RULES_0, PORT_RULES_1, RULES_0, RULES_1,
+};
+
+#[derive(Clone, Copy)]
+pub struct PolicySet {
+    second: bool,
+}
+
+impl PolicySet {
+    #[inline(always)]
+    pub fn current() -> Self {
+        Self {
+            second: GENERATION.get(0).is_some_and(|generation| *generation != 0),
+        }
+    }
+
+    #[inline(always)]
+    fn pick<T>(&self, first: &'static T, second: &'static T) -> &'static T {
+        if self.second { second } else { first }
+    }
+
+    #[inline(always)]
+    pub fn allow_v4(&self) -> &'static LpmTrie<u32, u32> {
+        self.pick(&ALLOW_V4_0, &ALLOW_V4_1)
+    }
+
+    #[inline(always)]
+    pub fn allow_v6(&self) -> &'static LpmTrie<[u32; 4], u32> {
+        self.pick(&ALLOW_V6_0, &ALLOW_V6_1)
+    }
+
+    #[inline(always)]
+    pub fn deny_v4(&self) -> &'static LpmTrie<u32, DenyEntry> {
+        self.pick(&DENY_V4_0, &DENY_V4_1)
+    }
+
+    #[inline(always)]
+    pub fn deny_v6(&self) -> &'static LpmTrie<[u32; 4], DenyEntry> {
+        self.pick(&DENY_V6_0, &DENY_V6_1)
+    }
+
+    #[inline(always)]
+    pub fn port_rules(&self) -> &'static HashMap<u32, PortRules> {
+        self.pick(&PORT_RULES_0, &PORT_RULES_1)
+    }
+
+    #[inline(always)]
+    pub fn class_rules(&self) -> &'static Array<PortRules> {
+        self.pick(&CLASS_RULES_0, &CLASS_RULES_1)
+    }
+
+    /// The configuration of rule `id`, if the id is in use.
+    #[inline(always)]
+    pub fn rule(&self, id: u32) -> Option<&'static RuleConfig> {
+        self.pick(&RULES_0, &RULES_1).get(id)
+    }
+}
