@@ -42,6 +42,11 @@ pub const EVENTS: &str = "EVENTS";
 
 /// Rule ids are indexes into `RULES` and `RULE_COUNTERS`; id 0 is never used.
 pub const MAX_RULES: u32 = 1024;
+/// The rule id of bans made with `portcullis block`: an inert rule (no rate) that is in
+/// every policy set, so the kernel treats those bans like escalation bans.
+pub const BLOCK_RULE: u32 = MAX_RULES - 1;
+/// The epoch of `BLOCK_RULE`, which never changes; rule epochs count up from 1.
+pub const BLOCK_EPOCH: u32 = u32::MAX;
 /// Every (class, port) pair there is: rules with port ranges expand into it.
 pub const MAX_PORT_ENTRIES: u32 = 3 * 65536;
 /// Ring buffer size in bytes (a power of two and a multiple of the page size).

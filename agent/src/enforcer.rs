@@ -70,6 +70,15 @@ impl Enforcer {
         self.tables().names.clone()
     }
 
+    /// Whether a ban made by rule `rule` under `epoch` still stands: its rule exists and has
+    /// not changed since. `portcullis block` bans always stand.
+    pub fn ban_is_current(&self, rule: u32, epoch: u32) -> bool {
+        self.tables()
+            .rules
+            .get(&rule)
+            .is_some_and(|cfg| cfg.epoch == epoch)
+    }
+
     /// Per-rule counters of the policy in force, by name.
     pub fn rule_counters(&self) -> Result<Vec<(String, RuleCounters)>> {
         let names = &self.tables().names;

@@ -1,11 +1,15 @@
-//! The Portcullis agent: policy files, kernel maps, loading and attaching, events.
+//! The Portcullis agent: policy files, kernel maps, loading and attaching, the control
+//! socket, events.
 
+pub mod cli;
+pub mod control;
+pub mod daemon;
 pub mod enforcer;
 pub mod events;
+pub mod history;
 pub mod loader;
 pub mod maps;
 pub mod policy;
 pub mod run;
-pub mod stats;
 pub mod tables;
 pub mod watch;

@@ -111,6 +111,7 @@ pub struct Attachment {
     pub iface: String,
     /// "xdp-native", "xdp-skb" or "tc".
     pub hook: &'static str,
+    pub program_id: u32,
     link: PinnedLink,
 }
 
@@ -156,6 +157,7 @@ fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpModeOption, dir: &Path) -> 
     if program.fd().is_err() {
         program.load().context("loading the XDP program")?;
     }
+    let program_id = program.info()?.id();
     let modes: &[(XdpMode, &'static str)] = match mode {
         XdpModeOption::Auto => &[(XdpMode::Driver, "xdp-native"), (XdpMode::Skb, "xdp-skb")],
         XdpModeOption::Native => &[(XdpMode::Driver, "xdp-native")],
@@ -174,6 +176,7 @@ fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpModeOption, dir: &Path) -> 
                 return Ok(Attachment {
                     iface: iface.to_string(),
                     hook,
+                    program_id,
                     link,
                 });
             }
@@ -192,6 +195,7 @@ fn attach_tc(ebpf: &mut Ebpf, iface: &str, dir: &Path) -> Result<Attachment> {
     if program.fd().is_err() {
         program.load().context("loading the TC program")?;
     }
+    let program_id = program.info()?.id();
     let id = program
         .attach(iface, TcAttachType::Ingress)
         .with_context(|| format!("attaching TC ingress to {iface}"))?;
@@ -204,6 +208,7 @@ fn attach_tc(ebpf: &mut Ebpf, iface: &str, dir: &Path) -> Result<Attachment> {
     Ok(Attachment {
         iface: iface.to_string(),
         hook: "tc",
+        program_id,
         link,
     })
 }

@@ -5,11 +5,15 @@ use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode, time::Duration}
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use portcullis::{
+    cli::{self, CliError},
+    control::DEFAULT_SOCKET,
     loader::{self, DEFAULT_PIN_DIR, Hook, XdpModeOption},
-    policy::{self, PolicyError},
+    policy::{self, Mode, PolicyError},
     run::{self, RunOptions},
-    stats,
 };
+
+/// Default `--state-dir`.
+const DEFAULT_STATE_DIR: &str = "/var/lib/portcullis";
 
 /// Exit code for a bad policy or bad arguments (sysexits.h EX_USAGE).
 const EXIT_BAD_CONFIG: u8 = 64;
@@ -21,6 +25,9 @@ const EXIT_BAD_CONFIG: u8 = 64;
     about = "Kernel-level API enforcement with XDP and TC"
 )]
 struct Cli {
+    /// The running agent's control socket.
+    #[arg(long, global = true, env = "PORTCULLIS_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,6 +49,9 @@ enum Command {
         /// Where maps and links are pinned (on bpffs).
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        /// Where the applied policy versions are kept for rollback.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
         /// Format of the agent's own log lines on stderr (events are always JSON on stdout).
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -49,16 +59,43 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         summary_interval: u64,
     },
-    /// Policy file tools.
+    /// Policy files and the policy in force.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// Print the counters of a running agent.
+    /// Switch one rate limit, deny name or deny CIDR to enforce or shadow at run time.
+    Mode { rule: String, mode: ModeArg },
+    /// Ban a CIDR (all its traffic), for a while or until unblocked.
+    Block {
+        cidr: String,
+        /// How long, e.g. 10m or 2h; without it the block lasts until `unblock`.
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Why, shown by `bans`.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Lift a block or ban on exactly this CIDR.
+    Unblock { cidr: String },
+    /// Temporary and escalation bans, with the time they have left.
+    Bans {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Packets by verdict and rule, events, map occupancy.
     Stats {
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
-        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream the agent's events as JSON lines.
+    Events {
+        /// Keep streaming until interrupted (the only mode there is, but say it).
+        #[arg(long, required = true)]
+        follow: bool,
+    },
+    /// Interfaces, hooks, program ids, policy version, uptime.
+    Status {
         #[arg(long)]
         json: bool,
     },
@@ -74,6 +111,23 @@ enum Command {
 enum PolicyCommand {
     /// Check a policy file without touching the kernel; exit 64 if it is invalid.
     Validate { file: PathBuf },
+    /// Validate a file, then apply it to the running agent as a new version.
+    Apply { file: PathBuf },
+    /// What applying a file would change, without applying it.
+    Diff { file: PathBuf },
+    /// The policy in force, its version, and the versions kept.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply a kept version again (default: the one before the current one).
+    Rollback { version: Option<u64> },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Enforce,
+    Shadow,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -101,7 +155,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<PolicyError>().is_some() {
+            let bad_input = e.downcast_ref::<PolicyError>().is_some()
+                || e.downcast_ref::<CliError>()
+                    .is_some_and(CliError::is_bad_input);
+            if bad_input {
                 ExitCode::from(EXIT_BAD_CONFIG)
             } else {
                 ExitCode::FAILURE
@@ -111,6 +168,7 @@ fn main() -> ExitCode {
 }
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let socket = cli.socket.as_path();
     match cli.command {
         Command::Run {
             ifaces,
@@ -118,47 +176,62 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             hook,
             xdp_mode,
             pin_dir,
+            state_dir,
             log_format,
             summary_interval,
         } => {
             init_logging(log_format);
             // Everything is validated before the kernel is touched.
             let loaded = policy::load(&policy)?;
+            let text = std::fs::read_to_string(&policy)?;
             let options = RunOptions {
                 ifaces,
                 policy,
                 hook,
                 xdp_mode,
                 pin_dir,
+                control_socket: cli.socket.clone(),
+                state_dir,
                 summary_interval: Duration::from_secs(summary_interval.max(1)),
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(run::run(options, loaded))?;
-            Ok(ExitCode::SUCCESS)
+            runtime.block_on(run::run(options, loaded, text))?;
         }
-        Command::Policy {
-            command: PolicyCommand::Validate { file },
-        } => {
-            let loaded = policy::load(&file)?;
-            println!(
-                "{}: valid ({} allow, {} deny, {} rate limits)",
-                file.display(),
-                loaded.allow.len(),
-                loaded.deny.len(),
-                loaded.rate_limits.len()
-            );
-            Ok(ExitCode::SUCCESS)
+        Command::Policy { command } => match command {
+            PolicyCommand::Validate { file } => {
+                let loaded = policy::load(&file)?;
+                println!(
+                    "{}: valid ({} allow, {} deny, {} rate limits)",
+                    file.display(),
+                    loaded.allow.len(),
+                    loaded.deny.len(),
+                    loaded.rate_limits.len()
+                );
+            }
+            PolicyCommand::Apply { file } => cli::policy_apply(socket, &file)?,
+            PolicyCommand::Diff { file } => cli::policy_diff(socket, &file)?,
+            PolicyCommand::Show { json } => cli::policy_show(socket, json)?,
+            PolicyCommand::Rollback { version } => cli::policy_rollback(socket, version)?,
+        },
+        Command::Mode { rule, mode } => {
+            let mode = match mode {
+                ModeArg::Enforce => Mode::Enforce,
+                ModeArg::Shadow => Mode::Shadow,
+            };
+            cli::mode(socket, rule, mode)?
         }
-        Command::Stats { pin_dir, json } => {
-            stats::print(&pin_dir, json)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Block { cidr, ttl, reason } => cli::block(socket, cidr, ttl.as_deref(), reason)?,
+        Command::Unblock { cidr } => cli::unblock(socket, cidr)?,
+        Command::Bans { json } => cli::bans(socket, json)?,
+        Command::Stats { json } => cli::stats(socket, json)?,
+        Command::Events { follow: _ } => cli::follow_events(socket)?,
+        Command::Status { json } => cli::status(socket, json)?,
         Command::Detach { pin_dir } => {
             loader::remove_pins(&pin_dir)?;
             println!("removed {}", pin_dir.display());
-            Ok(ExitCode::SUCCESS)
         }
     }
+    Ok(ExitCode::SUCCESS)
 }

@@ -11,8 +11,19 @@ use aya::maps::{
     Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
     lpm_trie::{Key, LpmTrie},
 };
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::tables::Tables;
+
+/// One entry of `BANS_V4` / `BANS_V6`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ban {
+    pub net: IpNet,
+    pub rule: u32,
+    pub epoch: u32,
+    /// `CLOCK_MONOTONIC` nanoseconds; `u64::MAX` for a ban without an end.
+    pub expires_ns: u64,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -23,6 +34,8 @@ pub enum MapsError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{net} is already banned")]
+    AlreadyBanned { net: IpNet },
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -330,6 +343,97 @@ impl KernelMaps {
         Ok(out)
     }
 
+    /// Every ban in the maps, expired or not (the sweep removes expired ones).
+    pub fn bans(&self) -> Result<Vec<Ban>, MapsError> {
+        let mut bans = Vec::new();
+        for entry in self.bans_v4.iter() {
+            let (key, ban) = entry.map_err(ctx(names::BANS_V4))?;
+            let net = Ipv4Net::new(key.data().into(), key.prefix_len() as u8)
+                .expect("the kernel only stores valid prefixes");
+            bans.push(Ban {
+                net: net.into(),
+                rule: ban.rule,
+                epoch: ban.epoch,
+                expires_ns: ban.expires_ns,
+            });
+        }
+        for entry in self.bans_v6.iter() {
+            let (key, ban) = entry.map_err(ctx(names::BANS_V6))?;
+            let net = Ipv6Net::new(key.data().into(), key.prefix_len() as u8)
+                .expect("the kernel only stores valid prefixes");
+            bans.push(Ban {
+                net: net.into(),
+                rule: ban.rule,
+                epoch: ban.epoch,
+                expires_ns: ban.expires_ns,
+            });
+        }
+        Ok(bans)
+    }
+
+    /// Bans `net` under `BLOCK_RULE` until `expires_ns`. Fails if that exact prefix is
+    /// already banned.
+    pub fn block(&mut self, net: IpNet, expires_ns: u64) -> Result<(), MapsError> {
+        let ban = BanEntry {
+            expires_ns,
+            rule: agent_common::BLOCK_RULE,
+            epoch: agent_common::BLOCK_EPOCH,
+        };
+        let result = match net {
+            IpNet::V4(n) => self
+                .bans_v4
+                .insert(
+                    &Key::new(n.prefix_len().into(), n.addr().octets()),
+                    ban,
+                    BPF_NOEXIST,
+                )
+                .map_err(ctx(names::BANS_V4)),
+            IpNet::V6(n) => self
+                .bans_v6
+                .insert(
+                    &Key::new(n.prefix_len().into(), n.addr().octets()),
+                    ban,
+                    BPF_NOEXIST,
+                )
+                .map_err(ctx(names::BANS_V6)),
+        };
+        match result {
+            Err(MapsError::Map {
+                source: MapError::SyscallError(e),
+                ..
+            }) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                Err(MapsError::AlreadyBanned { net })
+            }
+            other => other,
+        }
+    }
+
+    /// Lifts the ban on exactly `net`; false if there was none.
+    pub fn unban(&mut self, net: IpNet) -> Result<bool, MapsError> {
+        let result = match net {
+            IpNet::V4(n) => self
+                .bans_v4
+                .remove(&Key::new(n.prefix_len().into(), n.addr().octets()))
+                .map_err(ctx(names::BANS_V4)),
+            IpNet::V6(n) => self
+                .bans_v6
+                .remove(&Key::new(n.prefix_len().into(), n.addr().octets()))
+                .map_err(ctx(names::BANS_V6)),
+        };
+        match result {
+            Ok(()) => Ok(true),
+            Err(MapsError::Map {
+                source: MapError::KeyNotFound,
+                ..
+            }) => Ok(false),
+            Err(MapsError::Map {
+                source: MapError::SyscallError(e),
+                ..
+            }) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Removes bans whose time is up, so the map does not fill with dead entries (the
     /// kernel already ignores them). Returns how many were removed.
     pub fn sweep_expired_bans(&mut self, now_ns: u64) -> Result<usize, MapsError> {
@@ -357,6 +461,9 @@ impl KernelMaps {
         Ok(removed)
     }
 }
+
+/// `BPF_NOEXIST` from the kernel's uapi: insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
 
 fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {

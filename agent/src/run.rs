@@ -1,15 +1,23 @@
-//! `portcullis run`: load, apply the policy, attach, then serve events, reloads and
-//! summaries until SIGTERM or SIGINT, and detach what we attached.
+//! `portcullis run`: load, apply the policy, attach, then serve events, control requests,
+//! reloads and summaries until SIGTERM or SIGINT, and detach what we attached.
 
 use std::{collections::HashMap, io::Write as _, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
-use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, time::MissedTickBehavior};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::SignalKind,
+    sync::{broadcast, mpsc},
+    time::MissedTickBehavior,
+};
 
 use crate::{
+    control::server::{Call, Server},
+    daemon::{Attached, Daemon},
     enforcer::Enforcer,
     events::{self, Clock},
+    history::History,
     loader::{self, Attachment, Hook, XdpModeOption},
     maps::{Counters, KernelMaps, monotonic_now_ns},
     policy::Policy,
@@ -22,6 +30,8 @@ pub struct RunOptions {
     pub hook: Hook,
     pub xdp_mode: XdpModeOption,
     pub pin_dir: PathBuf,
+    pub control_socket: PathBuf,
+    pub state_dir: PathBuf,
     pub summary_interval: Duration,
 }
 
@@ -31,9 +41,12 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 const BAN_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// File watchers report a burst of events for one save; wait for it to settle.
 const RELOAD_SETTLE: Duration = Duration::from_millis(150);
+/// Event lines buffered for `events --follow` clients; a slower client is told how many
+/// it missed.
+const EVENT_FOLLOWERS_BUFFER: usize = 4096;
 
-/// Runs the agent with an already validated policy.
-pub async fn run(options: RunOptions, policy: Policy) -> Result<()> {
+/// Runs the agent with an already validated policy and the text it came from.
+pub async fn run(options: RunOptions, policy: Policy, policy_text: String) -> Result<()> {
     loader::ensure_bpffs()?;
     if loader::pins_present(&options.pin_dir) {
         bail!(
@@ -47,9 +60,20 @@ pub async fn run(options: RunOptions, policy: Policy) -> Result<()> {
     for iface in &options.ifaces {
         ifindexes.insert(ifindex(iface)?, iface.clone());
     }
+    let history = History::load(&options.state_dir)?;
+    let server = Server::bind(&options.control_socket).await?;
 
     let mut ebpf = loader::load(&policy.capacity)?;
-    let result = serve(&options, policy, &mut ebpf, ifindexes).await;
+    let result = serve(
+        &options,
+        policy,
+        policy_text,
+        history,
+        server,
+        &mut ebpf,
+        ifindexes,
+    )
+    .await;
     // Whatever happened, leave nothing pinned behind: that is the agent's only state.
     let cleanup = loader::remove_pins(&options.pin_dir);
     result.and(cleanup)
@@ -58,6 +82,9 @@ pub async fn run(options: RunOptions, policy: Policy) -> Result<()> {
 async fn serve(
     options: &RunOptions,
     policy: Policy,
+    policy_text: String,
+    history: History,
+    server: Server,
     ebpf: &mut aya::Ebpf,
     ifaces: HashMap<u32, String>,
 ) -> Result<()> {
@@ -70,7 +97,14 @@ async fn serve(
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)? as u32;
     // The policy is in the maps before any program runs: there is no moment where traffic
     // meets an empty policy.
-    let mut enforcer = Enforcer::new(maps, policy, cpus)?;
+    let enforcer = Enforcer::new(maps, policy, cpus)?;
+    let mut daemon = Daemon::new(
+        enforcer,
+        history,
+        &options.policy,
+        policy_text,
+        &options.pin_dir,
+    )?;
 
     let mut attachments: Vec<Attachment> = Vec::new();
     for iface in &options.ifaces {
@@ -82,7 +116,17 @@ async fn serve(
             &options.pin_dir,
         ) {
             Ok(a) => {
-                tracing::info!(iface = a.iface, hook = a.hook, "attached");
+                tracing::info!(
+                    iface = a.iface,
+                    hook = a.hook,
+                    program_id = a.program_id,
+                    "attached"
+                );
+                daemon.attached.push(Attached {
+                    iface: a.iface.clone(),
+                    hook: a.hook,
+                    program_id: a.program_id,
+                });
                 attachments.push(a);
             }
             Err(e) => {
@@ -91,13 +135,20 @@ async fn serve(
             }
         }
     }
+
+    let (calls_tx, calls) = mpsc::channel(64);
+    let (followers, _) = broadcast::channel(EVENT_FOLLOWERS_BUFFER);
+    let control = tokio::spawn(server.serve(calls_tx, followers.clone()));
     tracing::info!(
         policy = %options.policy.display(),
+        version = daemon.version(),
         interfaces = attachments.len(),
+        control_socket = %options.control_socket.display(),
         "ready"
     );
 
-    let result = event_loop(options, &mut enforcer, ring, &ifaces).await;
+    let result = event_loop(options, &mut daemon, ring, &ifaces, calls, followers).await;
+    control.abort();
     detach_all(attachments);
     result
 }
@@ -114,9 +165,11 @@ fn detach_all(attachments: Vec<Attachment>) {
 
 async fn event_loop(
     options: &RunOptions,
-    enforcer: &mut Enforcer,
+    daemon: &mut Daemon,
     ring: RingBuf<MapData>,
     ifaces: &HashMap<u32, String>,
+    mut calls: mpsc::Receiver<Call>,
+    followers: broadcast::Sender<String>,
 ) -> Result<()> {
     let clock = Clock::new();
     // SAFETY: the ring buffer owns its fd and outlives the registration, which is dropped
@@ -131,7 +184,7 @@ async fn event_loop(
     let mut sweep = tokio::time::interval(BAN_SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_counters = Counters::default();
-    let mut rule_names = enforcer.rule_names();
+    let mut rule_names = daemon.enforcer.rule_names();
     let stdout = std::io::stdout();
 
     loop {
@@ -144,21 +197,29 @@ async fn event_loop(
                 let mut out = stdout.lock();
                 while let Some(record) = ring.next() {
                     if let Some(event) = parse_event(&record) {
-                        writeln!(out, "{}", events::format(&event, &clock, &rule_names, ifaces))?;
+                        let line = events::format(&event, &clock, &rule_names, ifaces);
+                        writeln!(out, "{line}")?;
+                        // Nobody following is the common case, not an error.
+                        let _ = followers.send(line);
                     }
                 }
                 out.flush()?;
                 guard.clear_ready();
             }
+            Some(call) = calls.recv() => {
+                let response = daemon.handle(call.request, call.uid);
+                rule_names = daemon.enforcer.rule_names();
+                let _ = call.reply.send(response);
+            }
             Some(()) = changes.recv() => {
                 tokio::time::sleep(RELOAD_SETTLE).await;
                 while changes.try_recv().is_ok() {}
-                match enforcer.reload(&options.policy) {
-                    Ok(true) => {
-                        rule_names = enforcer.rule_names();
-                        tracing::info!(policy = %options.policy.display(), "policy reloaded");
+                match daemon.reload_file() {
+                    Ok(Some(version)) => {
+                        rule_names = daemon.enforcer.rule_names();
+                        tracing::info!(policy = %options.policy.display(), version, "policy reloaded");
                     }
-                    Ok(false) => {}
+                    Ok(None) => {}
                     Err(e) => tracing::error!(
                         error = format!("{e:#}"),
                         "policy not reloaded; the previous policy stays in force"
@@ -166,17 +227,17 @@ async fn event_loop(
                 }
             }
             _ = summary.tick() => {
-                let counters = enforcer.maps.counters()?;
+                let counters = daemon.enforcer.maps.counters()?;
                 if counters != last_counters {
+                    let rules = daemon.enforcer.rule_counters()?;
                     let mut out = stdout.lock();
-                    let rules = enforcer.rule_counters()?;
                     writeln!(out, "{}", events::summary(&counters, &last_counters, &rules))?;
                     out.flush()?;
                     last_counters = counters;
                 }
             }
             _ = sweep.tick() => {
-                let removed = enforcer.maps.sweep_expired_bans(monotonic_now_ns())?;
+                let removed = daemon.enforcer.maps.sweep_expired_bans(monotonic_now_ns())?;
                 if removed > 0 {
                     tracing::debug!(removed, "expired bans removed");
                 }
@@ -203,9 +264,9 @@ async fn event_loop(
     if tokio::time::timeout(DRAIN_DEADLINE, drain).await.is_err() {
         tracing::warn!("event drain deadline passed");
     }
-    let counters = enforcer.maps.counters()?;
+    let counters = daemon.enforcer.maps.counters()?;
+    let rules = daemon.enforcer.rule_counters()?;
     let mut out = stdout.lock();
-    let rules = enforcer.rule_counters()?;
     writeln!(
         out,
         "{}",

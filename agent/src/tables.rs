@@ -5,12 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use agent_common::{
-    CLASS_COUNT, CLASS_ICMP, CLASS_OTHER, CLASS_TCP, CLASS_UDP, DenyEntry, MAX_RULES, MODE_ENFORCE,
-    MODE_SHADOW, PortRules, RuleConfig, Settings, port_key,
+    BLOCK_EPOCH, BLOCK_RULE, CLASS_COUNT, CLASS_ICMP, CLASS_OTHER, CLASS_TCP, CLASS_UDP, DenyEntry,
+    MODE_ENFORCE, MODE_SHADOW, PortRules, RuleConfig, Settings, port_key,
 };
 use ipnet::IpNet;
 
-use crate::policy::{Count, Mode, Policy, Protocol, RateLimit};
+use crate::policy::{CLI_BLOCK, Count, Mode, Policy, Protocol, RateLimit};
 
 /// An LPM key: prefix length and address bytes in network order.
 pub type Prefix4 = (u32, [u8; 4]);
@@ -56,9 +56,9 @@ impl RuleIds {
             if self.by_name.contains_key(name) {
                 continue;
             }
-            let id = (1..MAX_RULES)
+            let id = (1..BLOCK_RULE)
                 .find(|id| !used.contains(id))
-                .expect("validation caps the number of names below MAX_RULES");
+                .expect("validation caps the number of names below BLOCK_RULE");
             used.insert(id);
             self.by_name.insert(
                 name.clone(),
@@ -119,6 +119,19 @@ fn mask_v6(prefix: u8) -> [u32; 4] {
     std::array::from_fn(|i| u32::from_ne_bytes(bytes[i * 4..i * 4 + 4].try_into().unwrap()))
 }
 
+/// The inert rule `portcullis block` bans point at: enforced, never changing, no rate.
+fn block_rule() -> RuleConfig {
+    RuleConfig {
+        mode: MODE_ENFORCE,
+        epoch: BLOCK_EPOCH,
+        prefix_v4: 32,
+        prefix_v6: 128,
+        mask_v4: mask_v4(32),
+        mask_v6: mask_v6(128),
+        ..RuleConfig::default()
+    }
+}
+
 fn rule_config(rule: &RateLimit) -> RuleConfig {
     RuleConfig {
         interval_ns: rule.interval_ns,
@@ -168,6 +181,8 @@ pub fn build(policy: &Policy, ids: &mut RuleIds, cpus: u32) -> Tables {
     for name in &wanted {
         tables.names.insert(ids.id(name), name.clone());
     }
+    tables.names.insert(BLOCK_RULE, CLI_BLOCK.to_string());
+    tables.rules.insert(BLOCK_RULE, block_rule());
     for net in &policy.allow {
         match net {
             IpNet::V4(n) => tables

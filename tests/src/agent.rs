@@ -35,6 +35,11 @@ pub fn binary() -> PathBuf {
 pub struct Agent {
     child: Option<Child>,
     pub pin_dir: PathBuf,
+    /// Control socket and policy history, private to this test's namespace.
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    /// Set by `keep_state`: the next agent in this namespace takes the history over.
+    keep_state: bool,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
 }
@@ -51,6 +56,8 @@ impl Agent {
     /// Starts the agent in namespace `ns` on `iface` and waits until it is attached.
     pub fn start(ns: &str, iface: &str, policy: &Path, extra: &[&str]) -> Result<Self> {
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/pc-test-{ns}"));
+        let socket = std::env::temp_dir().join(format!("pc-test-{ns}.sock"));
+        let state_dir = std::env::temp_dir().join(format!("pc-test-{ns}-state"));
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{ns}"))
             .arg(binary())
@@ -58,6 +65,10 @@ impl Agent {
             .arg(policy)
             .arg("--pin-dir")
             .arg(&pin_dir)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(&state_dir)
             .args(["--summary-interval", "1"])
             .args(extra)
             .stdout(Stdio::piped())
@@ -71,6 +82,9 @@ impl Agent {
         let mut agent = Self {
             child: Some(child),
             pin_dir,
+            socket,
+            state_dir,
+            keep_state: false,
             stdout,
             stderr,
         };
@@ -89,6 +103,21 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(50));
         }
         bail!("agent not ready after 30 s:\n{}", agent.stderr().join("\n"))
+    }
+
+    /// Runs `portcullis --socket <this agent's socket> ARGS` and returns its output.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(binary())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run the portcullis CLI")
+    }
+
+    /// Keeps the policy history when this agent goes, for the next one to take over.
+    pub fn keep_state(&mut self) {
+        self.keep_state = true;
     }
 
     pub fn stdout(&self) -> Vec<String> {
@@ -166,5 +195,9 @@ impl Drop for Agent {
             let _ = child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_file(&self.socket);
+        if !self.keep_state {
+            let _ = std::fs::remove_dir_all(&self.state_dir);
+        }
     }
 }

@@ -210,11 +210,7 @@ fn a_flood_is_cut_to_the_configured_rate() {
     let (sent, arrived) = check_flood_cut(&s.pair, CLIENT_V4, SERVER_V4);
     // The kernel's counters account for every packet: what arrived passed the rule, the
     // rest was dropped by it.
-    let stats = std::process::Command::new(portcullis_tests::agent::binary())
-        .args(["stats", "--json", "--pin-dir"])
-        .arg(&agent.pin_dir)
-        .output()
-        .unwrap();
+    let stats = agent.cli(&["stats", "--json"]);
     let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
     let limited = stats["verdicts"]["rate_limited"].as_u64().unwrap();
     let within = stats["verdicts"]["within_limit"].as_u64().unwrap();

@@ -22,7 +22,7 @@ pub struct PolicyFile {
     pub capacity: Option<Spanned<CapacitySection>>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Drop what matches (the default).

@@ -1,6 +1,7 @@
 //! Policy files: parsing (`file`), value syntaxes (`units`) and validation into a `Policy`
 //! that is known to fit the kernel's maps. Nothing here touches the kernel.
 
+pub mod diff;
 mod file;
 pub mod units;
 mod validate;
@@ -25,6 +26,8 @@ pub const DEFAULT_BANS: u32 = 65_536;
 pub const DEFAULT_BAN_WINDOW_NS: u64 = 60_000_000_000;
 /// Name under which deny entries without a name are counted and reported.
 pub const UNNAMED_DENY: &str = "deny";
+/// Name under which `portcullis block` bans are counted and reported.
+pub const CLI_BLOCK: &str = "block";
 
 /// A validated policy.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,6 +110,39 @@ impl PolicyError {
         }
     }
 }
+
+impl Policy {
+    /// This policy with run-time mode switches applied. A name is a rate limit, a deny
+    /// group (`name` of deny entries, or "deny" for the unnamed ones) or the CIDR of one
+    /// deny entry.
+    pub fn with_modes<'a>(
+        mut self,
+        modes: impl IntoIterator<Item = (&'a String, &'a Mode)>,
+    ) -> Result<Policy, UnknownRule> {
+        for (name, mode) in modes {
+            if let Some(rule) = self.rate_limits.iter_mut().find(|r| &r.name == name) {
+                rule.mode = *mode;
+                continue;
+            }
+            let cidr = units::parse_cidr(name).ok();
+            let mut found = false;
+            for deny in &mut self.deny {
+                if &deny.name == name || Some(deny.net) == cidr {
+                    deny.mode = *mode;
+                    found = true;
+                }
+            }
+            if !found {
+                return Err(UnknownRule(name.clone()));
+            }
+        }
+        Ok(self)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no rate limit, deny name or deny CIDR called '{0}' in the policy in force")]
+pub struct UnknownRule(pub String);
 
 /// Reads and validates a policy file.
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {

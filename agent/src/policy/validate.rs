@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use serde_saphyr::Spanned;
 
 use super::{
-    Ban, Capacity, Count, DEFAULT_BAN_WINDOW_NS, DEFAULT_BANS, DEFAULT_CIDRS,
+    Ban, CLI_BLOCK, Capacity, Count, DEFAULT_BAN_WINDOW_NS, DEFAULT_BANS, DEFAULT_CIDRS,
     DEFAULT_EVENTS_PER_SECOND, DEFAULT_SOURCES, DenyRule, Policy, PolicyError, Protocol, RateLimit,
     UNNAMED_DENY,
     file::{PolicyFile, RateLimitItem},
@@ -395,6 +395,7 @@ impl Validator<'_> {
     fn check_names(&self, file: &PolicyFile) -> Result<(), PolicyError> {
         let mut names: HashMap<&str, u32> = HashMap::new();
         names.insert(UNNAMED_DENY, 0);
+        names.insert(CLI_BLOCK, 0);
         for item in &file.deny {
             if let Some(name) = &item.value.name {
                 names.entry(name).or_insert(line_of(item));
@@ -413,13 +414,13 @@ impl Validator<'_> {
             }
             names.insert(&item.value.name, line);
         }
-        // Id 0 is never used.
-        if names.len() >= MAX_RULES as usize {
+        // Id 0 is never used, and the last id is `portcullis block`'s.
+        if names.len() > MAX_RULES as usize - 1 {
             return Err(self.invalid(
                 1,
                 Problem::TooManyRules {
-                    count: names.len(),
-                    max: MAX_RULES - 1,
+                    count: names.len() - 1,
+                    max: MAX_RULES - 2,
                 },
             ));
         }

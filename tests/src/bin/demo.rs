@@ -5,13 +5,12 @@
 
 use std::{
     path::PathBuf,
-    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 use portcullis_tests::{
-    agent::{Agent, binary},
+    agent::Agent,
     netns::{CLIENT_V4, NetnsPair, SERVER_V4},
     traffic::{HttpServer, UdpCounter, http_get, udp_send},
 };
@@ -135,11 +134,7 @@ fn run() -> Result<()> {
         &format!("limit: burst 20 + 100/s = {:.0}", 20.0 + 100.0 * elapsed),
     );
 
-    let stats = Command::new(binary())
-        .args(["stats", "--pin-dir"])
-        .arg(&agent.pin_dir)
-        .output()
-        .context("portcullis stats")?;
+    let stats = agent.cli(&["stats"]);
     println!("\nKernel counters (portcullis stats):");
     print!("{}", String::from_utf8_lossy(&stats.stdout));
 

@@ -1,0 +1,152 @@
+//! What changes between two policies, as lines a person reads: `+` added, `-` removed,
+//! `~` changed.
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+
+use super::{DenyRule, Mode, Policy, RateLimit};
+
+fn mode(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Enforce => "enforce",
+        Mode::Shadow => "shadow",
+    }
+}
+
+fn rule_fields(rule: &RateLimit) -> Vec<(&'static str, String)> {
+    vec![
+        ("protocol", format!("{:?}", rule.protocol).to_lowercase()),
+        ("ports", format!("{:?}", rule.ports)),
+        ("count", format!("{:?}", rule.count).to_lowercase()),
+        ("interval_ns", rule.interval_ns.to_string()),
+        ("burst", rule.burst.to_string()),
+        ("prefix_v4", rule.prefix_v4.to_string()),
+        ("prefix_v6", rule.prefix_v6.to_string()),
+        ("ban", format!("{:?}", rule.ban)),
+        ("mode", mode(rule.mode).to_string()),
+    ]
+}
+
+pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
+    let mut lines = Vec::new();
+    for net in new.allow.iter().filter(|n| !old.allow.contains(n)) {
+        lines.push(format!("+ allow {net}"));
+    }
+    for net in old.allow.iter().filter(|n| !new.allow.contains(n)) {
+        lines.push(format!("- allow {net}"));
+    }
+    let by_net = |p: &Policy| -> BTreeMap<IpNet, DenyRule> {
+        p.deny.iter().map(|d| (d.net, d.clone())).collect()
+    };
+    let (old_deny, new_deny) = (by_net(old), by_net(new));
+    for (net, d) in &new_deny {
+        match old_deny.get(net) {
+            None => lines.push(format!("+ deny {net} ({}, {})", d.name, mode(d.mode))),
+            Some(o) if o != d => lines.push(format!(
+                "~ deny {net}: {} {} -> {} {}",
+                o.name,
+                mode(o.mode),
+                d.name,
+                mode(d.mode)
+            )),
+            Some(_) => {}
+        }
+    }
+    for net in old_deny.keys().filter(|n| !new_deny.contains_key(n)) {
+        lines.push(format!("- deny {net}"));
+    }
+    for rule in &new.rate_limits {
+        match old.rate_limits.iter().find(|o| o.name == rule.name) {
+            None => lines.push(format!("+ rate_limit {}", rule.name)),
+            Some(o) => {
+                for ((field, before), (_, after)) in
+                    rule_fields(o).into_iter().zip(rule_fields(rule))
+                {
+                    if before != after {
+                        lines.push(format!(
+                            "~ rate_limit {}: {field} {before} -> {after}",
+                            rule.name
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for rule in old
+        .rate_limits
+        .iter()
+        .filter(|o| !new.rate_limits.iter().any(|r| r.name == o.name))
+    {
+        lines.push(format!("- rate_limit {}", rule.name));
+    }
+    if old.events_per_second != new.events_per_second {
+        lines.push(format!(
+            "~ events.per_second: {} -> {}",
+            old.events_per_second, new.events_per_second
+        ));
+    }
+    if old.capacity != new.capacity {
+        lines.push(format!(
+            "~ capacity: {:?} -> {:?}",
+            old.capacity, new.capacity
+        ));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::policy::parse;
+
+    fn policy(text: &str) -> Policy {
+        parse(Path::new("p.yaml"), text).unwrap()
+    }
+
+    #[test]
+    fn lists_additions_removals_and_changes() {
+        let old = policy(
+            "allow: [10.0.0.0/8]\ndeny: [192.0.2.0/24, 198.51.100.0/24]\nrate_limits:\n  - {name: a, protocol: udp, rate: 1/s}\n  - {name: b, protocol: tcp, rate: 1/s}\n",
+        );
+        let new = policy(
+            "allow: [10.0.0.0/8, 172.16.0.0/12]\ndeny: [{cidr: 192.0.2.0/24, mode: shadow}]\nrate_limits:\n  - {name: a, protocol: udp, rate: 2/s, burst: 1}\n  - {name: c, protocol: icmp, rate: 1/s}\nevents: {per_second: 5}\n",
+        );
+        assert_eq!(
+            diff(&old, &new),
+            vec![
+                "+ allow 172.16.0.0/12",
+                "~ deny 192.0.2.0/24: deny enforce -> deny shadow",
+                "- deny 198.51.100.0/24",
+                "~ rate_limit a: interval_ns 1000000000 -> 500000000",
+                "+ rate_limit c",
+                "- rate_limit b",
+                "~ events.per_second: 1000 -> 5",
+            ]
+        );
+        assert!(diff(&new, &new).is_empty());
+    }
+
+    #[test]
+    fn modes_switch_rules_deny_groups_and_single_entries() {
+        let p = policy(
+            "deny: [192.0.2.0/24, {cidr: 198.51.100.0/24, name: feed}, {cidr: 203.0.113.0/24, name: feed}]\nrate_limits:\n  - {name: a, protocol: udp, rate: 1/s}\n",
+        );
+        let modes: BTreeMap<String, Mode> = [
+            ("a".to_string(), Mode::Shadow),
+            ("feed".to_string(), Mode::Shadow),
+            ("192.0.2.0/24".to_string(), Mode::Shadow),
+        ]
+        .into();
+        let switched = p.clone().with_modes(&modes).unwrap();
+        assert_eq!(switched.rate_limits[0].mode, Mode::Shadow);
+        assert!(switched.deny.iter().all(|d| d.mode == Mode::Shadow));
+        let unknown: BTreeMap<String, Mode> = [("nope".to_string(), Mode::Shadow)].into();
+        assert_eq!(
+            p.with_modes(&unknown).unwrap_err().to_string(),
+            "no rate limit, deny name or deny CIDR called 'nope' in the policy in force"
+        );
+    }
+}

@@ -1,0 +1,364 @@
+//! The CLI against a running agent over its control socket, with real traffic showing that
+//! each command took effect: apply, diff, show, rollback (also after a restart), mode,
+//! block, unblock, bans, stats, status, events, and the errors a user can run into.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use portcullis_tests::{
+    agent::{Agent, binary},
+    netns::{CLIENT_V4, NetnsPair, SERVER_V4},
+    require_kernel,
+    traffic::{tcp_connects, tcp_server},
+};
+
+const SHORT: Duration = Duration::from_millis(700);
+
+struct Setup {
+    pair: NetnsPair,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let pair = NetnsPair::new().unwrap();
+        tcp_server(&pair, "0.0.0.0", 7000).unwrap();
+        Self {
+            pair,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn file(&self, name: &str, text: &str) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+
+    fn start(&self, policy: &str) -> Agent {
+        let path = self.file("policy.yaml", policy);
+        Agent::start(
+            &self.pair.server_ns,
+            &self.pair.server_if,
+            path.as_ref(),
+            &[],
+        )
+        .unwrap()
+    }
+
+    fn client_gets_through(&self) -> bool {
+        tcp_connects(&self.pair, CLIENT_V4, SERVER_V4, 7000, SHORT)
+    }
+}
+
+/// Runs the CLI, requires exit code `code`, returns stdout.
+fn run(agent: &Agent, args: &[&str], code: i32) -> String {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = agent.cli(args);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&stdout),
+        String::from_utf8_lossy(&stderr),
+    );
+    assert_eq!(
+        status.code(),
+        Some(code),
+        "portcullis {args:?}\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    if code == 0 {
+        stdout.into_owned()
+    } else {
+        stderr.into_owned()
+    }
+}
+
+fn json(agent: &Agent, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&run(agent, args, 0)).unwrap()
+}
+
+#[test]
+fn apply_diff_show_mode_and_rollback_change_what_is_enforced() {
+    require_kernel!();
+    let s = Setup::new();
+    let agent = s.start("deny: [192.0.2.0/24]\n");
+    assert!(s.client_gets_through());
+
+    let deny_client = s.file(
+        "deny-client.yaml",
+        &format!("deny:\n  - cidr: {CLIENT_V4}\n    name: client\n"),
+    );
+    let diff = run(&agent, &["policy", "diff", &deny_client], 0);
+    assert!(
+        diff.contains("+ deny 10.77.0.1/32 (client, enforce)")
+            && diff.contains("- deny 192.0.2.0/24"),
+        "{diff}"
+    );
+    assert!(s.client_gets_through(), "diff must not apply anything");
+
+    let applied = run(&agent, &["policy", "apply", &deny_client], 0);
+    assert!(applied.contains("version 2 in force"), "{applied}");
+    assert!(!s.client_gets_through(), "applied deny not enforced");
+
+    let shadow = run(&agent, &["mode", "client", "shadow"], 0);
+    assert!(
+        shadow.contains("version 3 in force")
+            && shadow.contains("~ deny 10.77.0.1/32: client enforce -> client shadow"),
+        "{shadow}"
+    );
+    assert!(s.client_gets_through(), "a shadow deny must not drop");
+
+    let shown = json(&agent, &["policy", "show", "--json"]);
+    assert_eq!(shown["version"], 3);
+    assert_eq!(shown["modes"]["client"], "shadow");
+    assert!(
+        shown["origin"]
+            .as_str()
+            .unwrap()
+            .contains("mode client shadow"),
+        "{shown}"
+    );
+    let versions: Vec<u64> = shown["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, vec![1, 2, 3]);
+
+    // Back to version 2: the deny is enforced again.
+    let rolled = run(&agent, &["policy", "rollback", "2"], 0);
+    assert!(
+        rolled.contains("rolled back to version 2: version 4 in force"),
+        "{rolled}"
+    );
+    assert!(
+        !s.client_gets_through(),
+        "rollback did not restore the enforced deny"
+    );
+    // Rollback without a version goes to the one before the current one (3: shadow).
+    run(&agent, &["policy", "rollback"], 0);
+    assert!(s.client_gets_through());
+
+    // The status names the interface, hook, program and version.
+    let status = json(&agent, &["status", "--json"]);
+    assert_eq!(status["policy_version"], 5);
+    assert_eq!(status["interfaces"][0]["interface"], s.pair.server_if);
+    assert_eq!(status["interfaces"][0]["hook"], "xdp-native");
+    assert!(status["interfaces"][0]["program_id"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn block_unblock_and_bans() {
+    require_kernel!();
+    let s = Setup::new();
+    let agent = s.start("{}\n");
+    assert!(s.client_gets_through());
+    let out = run(
+        &agent,
+        &[
+            "block",
+            "10.77.0.0/24",
+            "--ttl",
+            "10m",
+            "--reason",
+            "scanner",
+        ],
+        0,
+    );
+    assert!(out.contains("blocked 10.77.0.0/24 for 600 s"), "{out}");
+    assert!(!s.client_gets_through(), "block not enforced");
+
+    let bans = json(&agent, &["bans", "--json"]);
+    let ban = &bans["bans"][0];
+    assert_eq!(ban["cidr"], "10.77.0.0/24");
+    assert_eq!(ban["kind"], "block");
+    assert_eq!(ban["reason"], "scanner");
+    let left = ban["seconds_left"].as_u64().unwrap();
+    assert!((590..=600).contains(&left), "{bans}");
+
+    let again = run(&agent, &["block", "10.77.0.0/24"], 1);
+    assert!(again.contains("10.77.0.0/24 is already blocked"), "{again}");
+    run(&agent, &["unblock", "10.77.0.0/24"], 0);
+    assert!(s.client_gets_through(), "unblock not enforced");
+    let missing = run(&agent, &["unblock", "10.77.0.0/24"], 1);
+    assert!(missing.contains("is not blocked"), "{missing}");
+
+    // A short block expires by itself.
+    run(&agent, &["block", CLIENT_V4, "--ttl", "1s"], 0);
+    assert!(!s.client_gets_through());
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(s.client_gets_through(), "the block did not expire");
+    assert_eq!(
+        json(&agent, &["bans", "--json"])["bans"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+
+    // Stats count what the block dropped, by reason and under the rule "block".
+    let stats = json(&agent, &["stats", "--json"]);
+    assert!(stats["verdicts"]["banned"].as_u64().unwrap() > 0, "{stats}");
+    assert!(
+        stats["rules"]["block"]["dropped"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+}
+
+#[test]
+fn cli_errors_are_clear_and_exit_non_zero() {
+    require_kernel!();
+    let s = Setup::new();
+    let agent = s.start("rate_limits:\n  - {name: api, protocol: tcp, ports: [80], rate: 10/s}\n");
+    let bad = s.file("bad.yaml", "deny:\n  - 10.0.0.0/33\n");
+    let err = run(&agent, &["policy", "apply", &bad], 64);
+    assert!(
+        err.contains("bad.yaml:2: invalid CIDR '10.0.0.0/33'"),
+        "{err}"
+    );
+    let err = run(&agent, &["mode", "nope", "shadow"], 1);
+    assert!(
+        err.contains("no rate limit, deny name or deny CIDR called 'nope'"),
+        "{err}"
+    );
+    let err = run(&agent, &["policy", "rollback", "99"], 1);
+    assert!(err.contains("version 99 is not kept"), "{err}");
+    let err = run(&agent, &["block", "10.0.0.1/8"], 64);
+    assert!(err.contains("host bits are set"), "{err}");
+    let err = run(&agent, &["block", "192.0.2.1", "--ttl", "soon"], 64);
+    assert!(err.contains("invalid duration 'soon'"), "{err}");
+
+    let nobody = Command::new(binary())
+        .args(["--socket", "/nonexistent/control.sock", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(nobody.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&nobody.stderr).contains("no agent is running"));
+}
+
+/// Runs the CLI as the unprivileged user `nobody`.
+fn as_nobody(socket: &std::path::Path) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(binary())
+        .arg("--socket")
+        .arg(socket)
+        .arg("status")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn only_root_may_use_the_control_socket() {
+    require_kernel!();
+    let s = Setup::new();
+    let agent = s.start("{}\n");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&agent.socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "socket mode {mode:o}");
+
+    // The file mode stops other users at connect().
+    // The binary must be reachable for nobody; the target directory is under /work or /tmp.
+    let out = as_nobody(&agent.socket);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("permission denied") || stderr.contains("Permission denied"),
+        "{stderr}"
+    );
+
+    // If the file mode is loosened, the agent still refuses by the peer's credentials.
+    std::fs::set_permissions(&agent.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = as_nobody(&agent.socket);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("refused: uid 65534 is not root"),
+        "{stderr}"
+    );
+    assert!(
+        agent.wait_for_stderr("refused a control connection", Duration::from_secs(2)),
+        "{:?}",
+        agent.stderr()
+    );
+}
+
+#[test]
+fn versions_survive_a_restart_and_rollback_still_works() {
+    require_kernel!();
+    let s = Setup::new();
+    let mut agent = s.start(&format!("deny: [{CLIENT_V4}]\n"));
+    let open = s.file("open.yaml", "{}\n");
+    run(&agent, &["policy", "apply", &open], 0);
+    assert!(s.client_gets_through());
+    agent.keep_state();
+    assert!(agent.stop().unwrap().success());
+    drop(agent);
+
+    // The restarted agent starts from its policy file (which still denies the client) and
+    // keeps the versions applied before.
+    let agent = s.start(&format!("deny: [{CLIENT_V4}]\n"));
+    let shown = json(&agent, &["policy", "show", "--json"]);
+    let versions: Vec<u64> = shown["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, vec![1, 2, 3], "{shown}");
+    assert!(!s.client_gets_through());
+    run(&agent, &["policy", "rollback", "2"], 0);
+    assert!(
+        s.client_gets_through(),
+        "rollback to a version from before the restart failed"
+    );
+}
+
+#[test]
+fn events_follow_streams_json_lines() {
+    require_kernel!();
+    let s = Setup::new();
+    let agent = s.start(&format!("deny: [{CLIENT_V4}]\n"));
+    let mut follower = Command::new(binary())
+        .arg("--socket")
+        .arg(&agent.socket)
+        .args(["events", "--follow"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Give the follower time to subscribe, then make denied traffic.
+    std::thread::sleep(Duration::from_millis(300));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut event = None;
+    while Instant::now() < deadline && event.is_none() {
+        s.client_gets_through();
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            event = Some(line);
+        }
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let event: serde_json::Value =
+        serde_json::from_str(&event.expect("no event streamed")).unwrap();
+    assert_eq!(event["reason"], "denied");
+    assert_eq!(event["source"], CLIENT_V4);
+    assert_eq!(event["verdict"], "drop");
+}
