@@ -128,6 +128,14 @@ pub struct RuleCounters {
     pub shadowed: u64,
 }
 
+/// Packets seen on one interface, a per-CPU array slot of `IFACE_COUNTERS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceCounters {
+    pub passed: u64,
+    pub dropped: u64,
+}
+
 /// Global settings, entry 0 of `SETTINGS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -184,6 +192,7 @@ const _: () = assert!(core::mem::size_of::<BanEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<BucketKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Bucket>() == 32);
 const _: () = assert!(core::mem::size_of::<RuleCounters>() == 24);
+const _: () = assert!(core::mem::size_of::<IfaceCounters>() == 16);
 const _: () = assert!(core::mem::size_of::<Settings>() == 8);
 const _: () = assert!(core::mem::size_of::<EventBudget>() == 16);
 const _: () = assert!(core::mem::size_of::<Event>() == 48);
@@ -200,6 +209,7 @@ mod pod {
     unsafe impl aya::Pod for BucketKey {}
     unsafe impl aya::Pod for Bucket {}
     unsafe impl aya::Pod for RuleCounters {}
+    unsafe impl aya::Pod for IfaceCounters {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for EventBudget {}
     unsafe impl aya::Pod for Event {}

@@ -33,6 +33,11 @@ pub const BUCKETS: &str = "BUCKETS";
 pub const COUNTERS: &str = "COUNTERS";
 /// Per-CPU array indexed by rule id, value `RuleCounters`.
 pub const RULE_COUNTERS: &str = "RULE_COUNTERS";
+/// Per-CPU array of `IfaceCounters`, indexed by `ifindex % IFACE_SLOTS`.
+pub const IFACE_COUNTERS: &str = "IFACE_COUNTERS";
+/// Interfaces are counted in this many slots; the agent warns if two attached interfaces
+/// share one.
+pub const IFACE_SLOTS: u32 = 256;
 /// Array with one `Settings`.
 pub const SETTINGS: &str = "SETTINGS";
 /// Per-CPU array with one `EventBudget`.
@@ -63,4 +68,6 @@ pub const COUNTER_EVENTS_SUPPRESSED: u32 = COUNTER_EVENTS_WRITTEN + 1;
 pub const COUNTER_EVENTS_LOST: u32 = COUNTER_EVENTS_WRITTEN + 2;
 /// Escalation bans that could not be stored because `BANS_*` was full.
 pub const COUNTER_BANS_FAILED: u32 = COUNTER_EVENTS_WRITTEN + 3;
-pub const COUNTER_SLOTS: u32 = COUNTER_EVENTS_WRITTEN + 4;
+/// Token buckets created; minus the buckets in the LRU map, the number it evicted.
+pub const COUNTER_BUCKETS_CREATED: u32 = COUNTER_EVENTS_WRITTEN + 4;
+pub const COUNTER_SLOTS: u32 = COUNTER_EVENTS_WRITTEN + 5;

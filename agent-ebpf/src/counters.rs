@@ -1,8 +1,11 @@
 //! Per-CPU counters: verdicts by reason, shadow hits by reason, and per-rule counts.
 
-use agent_common::{Reason, maps::REASON_SLOTS};
+use agent_common::{
+    Action, Reason,
+    maps::{IFACE_SLOTS, REASON_SLOTS},
+};
 
-use crate::maps::{COUNTERS, RULE_COUNTERS};
+use crate::maps::{COUNTERS, IFACE_COUNTERS, RULE_COUNTERS};
 
 #[inline(always)]
 pub fn bump(index: u32) {
@@ -39,6 +42,19 @@ pub fn rule(rule: u32, outcome: RuleOutcome) {
             RuleOutcome::Passed => counters.passed += 1,
             RuleOutcome::Dropped => counters.dropped += 1,
             RuleOutcome::Shadowed => counters.shadowed += 1,
+        }
+    }
+}
+
+/// Counts a packet's verdict on the interface it arrived on.
+#[inline(always)]
+pub fn interface(ifindex: u32, action: Action) {
+    if let Some(counters) = IFACE_COUNTERS.get_ptr_mut(ifindex % IFACE_SLOTS) {
+        // SAFETY: per-CPU slot, as above.
+        let counters = unsafe { &mut *counters };
+        match action {
+            Action::Pass => counters.passed += 1,
+            Action::Drop => counters.dropped += 1,
         }
     }
 }

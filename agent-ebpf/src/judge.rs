@@ -21,11 +21,13 @@ use crate::{
 
 #[inline(always)]
 pub fn judge(data: usize, data_end: usize, ifindex: u32) -> Action {
-    match parse::parse(data, data_end) {
+    let action = match parse::parse(data, data_end) {
         Parsed::NotIp => finish(Reason::NotIp),
         Parsed::Malformed => finish(Reason::Malformed),
         Parsed::Ip(pkt) => judge_ip(&pkt, ifindex),
-    }
+    };
+    counters::interface(ifindex, action);
+    action
 }
 
 #[inline(always)]

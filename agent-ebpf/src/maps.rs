@@ -4,7 +4,7 @@
 //! policy's `capacity` section before loading.
 
 use agent_common::{
-    BanEntry, Bucket, BucketKey, CLASS_COUNT, DenyEntry, EVENTS_BYTES, EventBudget,
+    BanEntry, Bucket, BucketKey, CLASS_COUNT, DenyEntry, EVENTS_BYTES, EventBudget, IfaceCounters,
     MAX_PORT_ENTRIES, MAX_RULES, PortRules, RuleConfig, RuleCounters, Settings,
     maps::COUNTER_SLOTS,
 };
@@ -66,6 +66,9 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SL
 #[map]
 pub static RULE_COUNTERS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(MAX_RULES, 0);
 
+#[map]
+pub static IFACE_COUNTERS: PerCpuArray<IfaceCounters> =
+    PerCpuArray::with_max_entries(agent_common::maps::IFACE_SLOTS, 0);
 #[map]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 #[map]

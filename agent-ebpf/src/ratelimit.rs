@@ -5,9 +5,9 @@
 //! legacy map definitions carry no BTF, so `bpf_spin_lock` is not available; Cilium's
 //! `bpf/lib/ratelimit.h` accepts the same approximation.
 
-use agent_common::{Bucket, BucketKey, RuleConfig};
+use agent_common::{Bucket, BucketKey, RuleConfig, maps::COUNTER_BUCKETS_CREATED};
 
-use crate::{maps::BUCKETS, parse::Packet};
+use crate::{counters, maps::BUCKETS, parse::Packet};
 
 pub enum Outcome {
     /// The packet took a token.
@@ -51,7 +51,9 @@ pub fn take(rule: u32, cfg: &RuleConfig, pkt: &Packet, now: u64) -> Outcome {
     let Some(bucket) = BUCKETS.get_ptr_mut(&key) else {
         // If the insert fails (another CPU raced us), this packet still passes: the next
         // one finds the bucket.
-        let _ = BUCKETS.insert(&key, &fresh_bucket(cfg, now), 0);
+        if BUCKETS.insert(&key, &fresh_bucket(cfg, now), 0).is_ok() {
+            counters::bump(COUNTER_BUCKETS_CREATED);
+        }
         return Outcome::Within;
     };
     // SAFETY: the pointer comes from a successful lookup; see the race note above.

@@ -17,7 +17,9 @@ use crate::{
     control::protocol::{ErrorKind, Request, Response},
     enforcer::Enforcer,
     history::History,
+    loader,
     maps::{MapsError, monotonic_now_ns},
+    metrics,
     policy::{self, Mode, PolicyError, units},
 };
 
@@ -25,8 +27,10 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct Attached {
     pub iface: String,
+    pub ifindex: u32,
     pub hook: &'static str,
     pub program_id: u32,
+    pub pin_path: PathBuf,
 }
 
 pub struct Daemon {
@@ -42,6 +46,8 @@ pub struct Daemon {
     pub attached: Vec<Attached>,
     pin_dir: PathBuf,
     started: Instant,
+    /// Applies refused or failed since the start (file reloads and CLI).
+    apply_failures: u64,
 }
 
 /// An apply that did not happen, and why.
@@ -93,6 +99,7 @@ impl Daemon {
             attached: Vec::new(),
             pin_dir: pin_dir.to_path_buf(),
             started: Instant::now(),
+            apply_failures: 0,
         })
     }
 
@@ -103,6 +110,20 @@ impl Daemon {
     /// Validates `text` (+ `modes`), applies it, and records it as a new version. Returns
     /// the version number and the changes; an apply that changes nothing records nothing.
     fn apply_version(
+        &mut self,
+        text: &str,
+        modes: BTreeMap<String, Mode>,
+        origin: String,
+        source_name: &Path,
+    ) -> Result<(u64, Vec<String>), ApplyError> {
+        let result = self.try_apply_version(text, modes, origin, source_name);
+        if result.is_err() {
+            self.apply_failures += 1;
+        }
+        result
+    }
+
+    fn try_apply_version(
         &mut self,
         text: &str,
         modes: BTreeMap<String, Mode>,
@@ -140,11 +161,11 @@ impl Daemon {
         }
         let origin = format!("file {}", self.policy_path.display());
         let path = self.policy_path.clone();
+        // Remembered whether or not it applies: a broken edit is reported once, not again
+        // on every unrelated event in the directory, and retried when the file changes.
+        self.file_text = text.clone();
         match self.apply_version(&text, BTreeMap::new(), origin, &path) {
-            Ok((version, _)) => {
-                self.file_text = text;
-                Ok(Some(version))
-            }
+            Ok((version, _)) => Ok(Some(version)),
             Err(ApplyError::Invalid(e)) => Err(e.into()),
             Err(ApplyError::UnknownRule(m)) => Err(anyhow::anyhow!(m)),
             Err(ApplyError::Failed(e)) => Err(e),
@@ -200,7 +221,82 @@ impl Daemon {
                 ErrorKind::BadRequest,
                 "events are streamed by the connection",
             ),
+            Request::Metrics => match self.snapshot() {
+                Ok(snapshot) => Response::ok(json!({"text": metrics::render(&snapshot)})),
+                Err(e) => Response::error(ErrorKind::Failed, format!("{e:#}")),
+            },
+            Request::Ready => {
+                let problems = self.readiness_problems();
+                Response::ok(json!({"ready": problems.is_empty(), "problems": problems}))
+            }
         }
+    }
+
+    /// What keeps the agent from being ready: programs not attached as the kernel reports
+    /// it, or no policy in force. Empty when ready.
+    pub fn readiness_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.attached.is_empty() {
+            problems.push("no interface attached".to_string());
+        }
+        for a in &self.attached {
+            match loader::attached_program(&a.pin_path) {
+                Ok(id) if id == a.program_id => {}
+                Ok(id) => problems.push(format!(
+                    "{}: program {id} is attached, not ours ({})",
+                    a.iface, a.program_id
+                )),
+                Err(e) => problems.push(format!("{}: {e:#}", a.iface)),
+            }
+        }
+        if self.history.current().is_none() {
+            problems.push("no policy in force".to_string());
+        }
+        problems
+    }
+
+    fn snapshot(&self) -> anyhow::Result<metrics::Snapshot> {
+        let maps = &self.enforcer.maps;
+        let now = monotonic_now_ns();
+        let bans_active = maps
+            .bans()?
+            .iter()
+            .filter(|b| b.expires_ns > now && self.enforcer.ban_is_current(b.rule, b.epoch))
+            .count();
+        let mut interfaces = Vec::new();
+        for a in &self.attached {
+            interfaces.push((a.iface.clone(), maps.iface_counters(a.ifindex)?));
+        }
+        let bpf_stats_enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+            .is_ok_and(|v| v.trim() == "1");
+        let mut programs = Vec::new();
+        if bpf_stats_enabled {
+            for info in aya::programs::loaded_programs().filter_map(Result::ok) {
+                if let Some(a) = self.attached.iter().find(|a| a.program_id == info.id()) {
+                    programs.push(metrics::ProgramStats {
+                        interface: a.iface.clone(),
+                        hook: a.hook.to_string(),
+                        run_time_ns: info.run_time().as_nanos() as u64,
+                        run_count: info.run_count(),
+                    });
+                }
+            }
+        }
+        let policy = self.enforcer.policy();
+        Ok(metrics::Snapshot {
+            counters: maps.counters()?,
+            rules: self.enforcer.rule_counters()?,
+            interfaces,
+            bans_active,
+            allow_entries: policy.allow.len(),
+            deny_entries: policy.deny.len(),
+            buckets: maps.bucket_count(),
+            capacity: policy.capacity,
+            policy_version: self.version(),
+            apply_failures: self.apply_failures,
+            programs,
+            bpf_stats_enabled,
+        })
     }
 
     fn show(&self) -> Response {

@@ -112,6 +112,8 @@ pub struct Attachment {
     /// "xdp-native", "xdp-skb" or "tc".
     pub hook: &'static str,
     pub program_id: u32,
+    /// Where the link is pinned; reading it back tells what is attached.
+    pub pin_path: PathBuf,
     link: PinnedLink,
 }
 
@@ -177,6 +179,7 @@ fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpModeOption, dir: &Path) -> 
                     iface: iface.to_string(),
                     hook,
                     program_id,
+                    pin_path: path,
                     link,
                 });
             }
@@ -209,6 +212,7 @@ fn attach_tc(ebpf: &mut Ebpf, iface: &str, dir: &Path) -> Result<Attachment> {
         iface: iface.to_string(),
         hook: "tc",
         program_id,
+        pin_path: path,
         link,
     })
 }
@@ -225,4 +229,12 @@ pub fn remove_pins(pin_dir: &Path) -> Result<()> {
 /// True if the pin directory holds pins from another agent or an unclean exit.
 pub fn pins_present(pin_dir: &Path) -> bool {
     fs::read_dir(pin_dir).is_ok_and(|mut entries| entries.next().is_some())
+}
+
+/// The id of the program attached through the link pinned at `path`.
+pub fn attached_program(path: &Path) -> Result<u32> {
+    let link: FdLink = PinnedLink::from_pin(path)
+        .with_context(|| format!("opening the link pinned at {}", path.display()))?
+        .into();
+    Ok(link.info().context("reading the link's info")?.program_id())
 }

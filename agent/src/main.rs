@@ -52,6 +52,9 @@ enum Command {
         /// Where the applied policy versions are kept for rollback.
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+        /// Serve Prometheus metrics, /healthz and /readyz on this address (e.g. 0.0.0.0:9477).
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
         /// Format of the agent's own log lines on stderr (events are always JSON on stdout).
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -177,6 +180,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             xdp_mode,
             pin_dir,
             state_dir,
+            metrics,
             log_format,
             summary_interval,
         } => {
@@ -192,6 +196,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 pin_dir,
                 control_socket: cli.socket.clone(),
                 state_dir,
+                metrics,
                 summary_interval: Duration::from_secs(summary_interval.max(1)),
             };
             let runtime = tokio::runtime::Builder::new_current_thread()

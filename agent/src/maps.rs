@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use agent_common::{
-    BanEntry, DenyEntry, PortRules, REASON_SLOTS, Reason, RuleConfig, RuleCounters, Settings,
-    maps as names,
+    BanEntry, Bucket, BucketKey, DenyEntry, IfaceCounters, PortRules, REASON_SLOTS, Reason,
+    RuleConfig, RuleCounters, Settings, maps as names,
 };
 use aya::maps::{
     Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
@@ -68,6 +68,8 @@ pub struct KernelMaps {
     settings: Array<MapData, Settings>,
     counters: PerCpuArray<MapData, u64>,
     rule_counters: PerCpuArray<MapData, RuleCounters>,
+    iface_counters: PerCpuArray<MapData, IfaceCounters>,
+    buckets: HashMap<MapData, BucketKey, Bucket>,
     /// Possible CPUs: the length of every per-CPU value.
     cpus: usize,
 }
@@ -83,6 +85,7 @@ pub struct Counters {
     pub events_suppressed: u64,
     pub events_lost: u64,
     pub bans_failed: u64,
+    pub buckets_created: u64,
 }
 
 impl Counters {
@@ -254,6 +257,8 @@ impl KernelMaps {
             settings: typed!(names::SETTINGS),
             counters: typed!(names::COUNTERS),
             rule_counters: typed!(names::RULE_COUNTERS),
+            iface_counters: typed!(names::IFACE_COUNTERS),
+            buckets: typed!(names::BUCKETS),
             cpus: aya::util::nr_cpus().map_err(|(_, source)| MapsError::Cpus { source })?,
         })
     }
@@ -314,6 +319,7 @@ impl KernelMaps {
         counters.events_suppressed = total(names::COUNTER_EVENTS_SUPPRESSED)?;
         counters.events_lost = total(names::COUNTER_EVENTS_LOST)?;
         counters.bans_failed = total(names::COUNTER_BANS_FAILED)?;
+        counters.buckets_created = total(names::COUNTER_BUCKETS_CREATED)?;
         Ok(counters)
     }
 
@@ -341,6 +347,26 @@ impl KernelMaps {
             }
         }
         Ok(out)
+    }
+
+    /// Packets counted for the interface `ifindex` (its slot, shared with any interface
+    /// whose index is equal modulo `IFACE_SLOTS`).
+    pub fn iface_counters(&self, ifindex: u32) -> Result<IfaceCounters, MapsError> {
+        let values = self
+            .iface_counters
+            .get(&(ifindex % names::IFACE_SLOTS), 0)
+            .map_err(ctx(names::IFACE_COUNTERS))?;
+        Ok(values
+            .iter()
+            .fold(IfaceCounters::default(), |acc, v| IfaceCounters {
+                passed: acc.passed + v.passed,
+                dropped: acc.dropped + v.dropped,
+            }))
+    }
+
+    /// Token buckets in the LRU map now (one key walk: fine for a scrape, not a hot path).
+    pub fn bucket_count(&self) -> usize {
+        self.buckets.keys().filter(Result::is_ok).count()
     }
 
     /// Every ban in the maps, expired or not (the sweep removes expired ones).

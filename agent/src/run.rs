@@ -18,6 +18,7 @@ use crate::{
     enforcer::Enforcer,
     events::{self, Clock},
     history::History,
+    http,
     loader::{self, Attachment, Hook, XdpModeOption},
     maps::{Counters, KernelMaps, monotonic_now_ns},
     policy::Policy,
@@ -32,6 +33,8 @@ pub struct RunOptions {
     pub pin_dir: PathBuf,
     pub control_socket: PathBuf,
     pub state_dir: PathBuf,
+    /// Where to serve /metrics, /healthz and /readyz, if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
     pub summary_interval: Duration,
 }
 
@@ -62,14 +65,22 @@ pub async fn run(options: RunOptions, policy: Policy, policy_text: String) -> Re
     }
     let history = History::load(&options.state_dir)?;
     let server = Server::bind(&options.control_socket).await?;
+    let metrics = match options.metrics {
+        Some(addr) => Some(http::bind(addr).await?),
+        None => None,
+    };
 
+    let listeners = Listeners {
+        control: server,
+        metrics,
+    };
     let mut ebpf = loader::load(&policy.capacity)?;
     let result = serve(
         &options,
         policy,
         policy_text,
         history,
-        server,
+        listeners,
         &mut ebpf,
         ifindexes,
     )
@@ -79,12 +90,19 @@ pub async fn run(options: RunOptions, policy: Policy, policy_text: String) -> Re
     result.and(cleanup)
 }
 
+/// The sockets the agent serves, bound before anything is loaded so a port in use fails
+/// the start early.
+struct Listeners {
+    control: Server,
+    metrics: Option<tokio::net::TcpListener>,
+}
+
 async fn serve(
     options: &RunOptions,
     policy: Policy,
     policy_text: String,
     history: History,
-    server: Server,
+    listeners: Listeners,
     ebpf: &mut aya::Ebpf,
     ifaces: HashMap<u32, String>,
 ) -> Result<()> {
@@ -122,10 +140,16 @@ async fn serve(
                     program_id = a.program_id,
                     "attached"
                 );
+                let ifindex = ifaces
+                    .iter()
+                    .find_map(|(index, name)| (name == &a.iface).then_some(*index))
+                    .unwrap_or(0);
                 daemon.attached.push(Attached {
                     iface: a.iface.clone(),
+                    ifindex,
                     hook: a.hook,
                     program_id: a.program_id,
+                    pin_path: a.pin_path.clone(),
                 });
                 attachments.push(a);
             }
@@ -138,7 +162,10 @@ async fn serve(
 
     let (calls_tx, calls) = mpsc::channel(64);
     let (followers, _) = broadcast::channel(EVENT_FOLLOWERS_BUFFER);
-    let control = tokio::spawn(server.serve(calls_tx, followers.clone()));
+    let metrics = listeners
+        .metrics
+        .map(|listener| tokio::spawn(http::serve(listener, calls_tx.clone())));
+    let control = tokio::spawn(listeners.control.serve(calls_tx, followers.clone()));
     tracing::info!(
         policy = %options.policy.display(),
         version = daemon.version(),
@@ -149,6 +176,9 @@ async fn serve(
 
     let result = event_loop(options, &mut daemon, ring, &ifaces, calls, followers).await;
     control.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     detach_all(attachments);
     result
 }

@@ -235,3 +235,25 @@ pub fn http_get(
     let text = String::from_utf8_lossy(&response);
     text.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// GET `path` from `addr` inside namespace `ns`: the status code and the body.
+pub fn http_fetch(ns: &str, addr: &str, path: &str) -> Option<(u16, String)> {
+    let target: SocketAddr = addr.parse().expect("test address");
+    let mut stream = NetnsPair::run_in(ns, || {
+        TcpStream::connect_timeout(&target, Duration::from_secs(2))
+    })
+    .ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}

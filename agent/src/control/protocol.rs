@@ -42,6 +42,11 @@ pub enum Request {
     Status,
     /// Stream events as JSON lines until the client hangs up.
     Events,
+    /// Prometheus metrics in the text format, as `{"text": ...}`.
+    Metrics,
+    /// Whether the programs are attached (as read back from the kernel) and a policy is in
+    /// force: `{"ready": bool, "problems": [...]}`.
+    Ready,
 }
 
 /// Why a request failed; the CLI turns these into exit codes.

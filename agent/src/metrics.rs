@@ -1,0 +1,274 @@
+//! Prometheus metrics, in the text format, rendered with prometheus-client from a snapshot
+//! of the kernel's counters taken at scrape time. The kernel's counters are the truth; a
+//! fresh registry per scrape just encodes them, so nothing here can drift from the maps.
+
+use agent_common::{IfaceCounters, Reason, RuleCounters};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::{maps::Counters, policy::Capacity};
+
+/// One program's own cost, from the kernel's BPF statistics (`kernel.bpf_stats_enabled`).
+#[derive(Debug, Clone)]
+pub struct ProgramStats {
+    pub interface: String,
+    pub hook: String,
+    pub run_time_ns: u64,
+    pub run_count: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub counters: Counters,
+    pub rules: Vec<(String, RuleCounters)>,
+    pub interfaces: Vec<(String, IfaceCounters)>,
+    pub bans_active: usize,
+    pub allow_entries: usize,
+    pub deny_entries: usize,
+    pub buckets: usize,
+    pub capacity: Capacity,
+    pub policy_version: u64,
+    pub apply_failures: u64,
+    pub programs: Vec<ProgramStats>,
+    pub bpf_stats_enabled: bool,
+}
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn counter_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+    let family = Family::<Labels, Counter>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+    let family = Family::<Labels, Gauge>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let gauge = Gauge::<i64>::default();
+    gauge.set(value as i64);
+    registry.register(name, help, gauge);
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let counter = Counter::<u64>::default();
+    counter.inc_by(value);
+    registry.register(name, help, counter);
+}
+
+pub fn render(s: &Snapshot) -> String {
+    let mut registry = Registry::with_prefix("portcullis");
+
+    let packets = counter_family(
+        &mut registry,
+        "packets",
+        "Packets by final verdict and the reason for it",
+    );
+    for reason in Reason::ALL {
+        let verdict = match reason.action() {
+            agent_common::Action::Pass => "pass",
+            agent_common::Action::Drop => "drop",
+        };
+        packets
+            .get_or_create(&labels(&[("reason", reason.name()), ("verdict", verdict)]))
+            .inc_by(s.counters.verdict(reason));
+    }
+    let shadow = counter_family(
+        &mut registry,
+        "shadow_hits",
+        "Packets a shadow-mode entry or rule would have dropped (they passed)",
+    );
+    for reason in [Reason::Denied, Reason::Banned, Reason::RateLimited] {
+        shadow
+            .get_or_create(&labels(&[("reason", reason.name())]))
+            .inc_by(s.counters.shadowed(reason));
+    }
+    let rules = counter_family(
+        &mut registry,
+        "rule_packets",
+        "Packets per rule or deny name, by outcome",
+    );
+    for (name, c) in &s.rules {
+        for (outcome, value) in [
+            ("passed", c.passed),
+            ("dropped", c.dropped),
+            ("shadowed", c.shadowed),
+        ] {
+            rules
+                .get_or_create(&labels(&[("rule", name), ("outcome", outcome)]))
+                .inc_by(value);
+        }
+    }
+    let interfaces = counter_family(
+        &mut registry,
+        "interface_packets",
+        "Packets per interface, by verdict",
+    );
+    for (name, c) in &s.interfaces {
+        for (verdict, value) in [("pass", c.passed), ("drop", c.dropped)] {
+            interfaces
+                .get_or_create(&labels(&[("interface", name), ("verdict", verdict)]))
+                .inc_by(value);
+        }
+    }
+    let events = counter_family(
+        &mut registry,
+        "events",
+        "Drop and shadow events, by what became of them",
+    );
+    for (outcome, value) in [
+        ("written", s.counters.events_written),
+        ("suppressed", s.counters.events_suppressed),
+        ("lost", s.counters.events_lost),
+    ] {
+        events
+            .get_or_create(&labels(&[("outcome", outcome)]))
+            .inc_by(value);
+    }
+    gauge(
+        &mut registry,
+        "bans_active",
+        "Bans in force (escalation and blocks)",
+        s.bans_active as u64,
+    );
+    counter(
+        &mut registry,
+        "bans_failed",
+        "Escalation bans not stored because the bans map was full",
+        s.counters.bans_failed,
+    );
+    let entries = gauge_family(
+        &mut registry,
+        "map_entries",
+        "Entries in the policy and state maps",
+    );
+    let capacity = gauge_family(&mut registry, "map_capacity", "Entries the maps can hold");
+    for (map, used, cap) in [
+        ("allow", s.allow_entries, s.capacity.cidrs),
+        ("deny", s.deny_entries, s.capacity.cidrs),
+        ("bans", s.bans_active, s.capacity.bans),
+        ("buckets", s.buckets, s.capacity.sources),
+    ] {
+        entries
+            .get_or_create(&labels(&[("map", map)]))
+            .set(used as i64);
+        capacity
+            .get_or_create(&labels(&[("map", map)]))
+            .set(cap as i64);
+    }
+    counter(
+        &mut registry,
+        "bucket_evictions",
+        "Token buckets the LRU map evicted to make room (created minus present)",
+        s.counters.buckets_created.saturating_sub(s.buckets as u64),
+    );
+    gauge(
+        &mut registry,
+        "policy_version",
+        "Version of the policy in force",
+        s.policy_version,
+    );
+    counter(
+        &mut registry,
+        "policy_apply_failures",
+        "Policy applies refused or failed (the previous policy stayed)",
+        s.apply_failures,
+    );
+    if s.bpf_stats_enabled {
+        let run_time = counter_family(
+            &mut registry,
+            "program_run_time_ns",
+            "Time the kernel spent in the program (needs kernel.bpf_stats_enabled=1)",
+        );
+        let runs = counter_family(
+            &mut registry,
+            "program_runs",
+            "Program runs (needs kernel.bpf_stats_enabled=1)",
+        );
+        for p in &s.programs {
+            let l = labels(&[("interface", &p.interface), ("hook", &p.hook)]);
+            run_time.get_or_create(&l).inc_by(p.run_time_ns);
+            runs.get_or_create(&l).inc_by(p.run_count);
+        }
+    }
+    let mut text = String::new();
+    encode(&mut text, &registry).expect("writing to a String cannot fail");
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_with_labels_and_totals() {
+        let mut counters = Counters::default();
+        counters.verdicts[Reason::Denied as usize] = 7;
+        counters.shadow[Reason::RateLimited as usize] = 2;
+        counters.events_suppressed = 5;
+        counters.buckets_created = 10;
+        let text = render(&Snapshot {
+            counters,
+            rules: vec![(
+                "login".into(),
+                RuleCounters {
+                    passed: 1,
+                    dropped: 2,
+                    shadowed: 0,
+                },
+            )],
+            interfaces: vec![(
+                "eth0".into(),
+                IfaceCounters {
+                    passed: 3,
+                    dropped: 7,
+                },
+            )],
+            bans_active: 1,
+            allow_entries: 0,
+            deny_entries: 4,
+            buckets: 6,
+            capacity: Capacity {
+                sources: 100,
+                cidrs: 1000,
+                bans: 10,
+            },
+            policy_version: 3,
+            apply_failures: 1,
+            programs: vec![],
+            bpf_stats_enabled: false,
+        });
+        for line in [
+            "portcullis_packets_total{reason=\"denied\",verdict=\"drop\"} 7",
+            "portcullis_packets_total{reason=\"allowed\",verdict=\"pass\"} 0",
+            "portcullis_shadow_hits_total{reason=\"rate_limited\"} 2",
+            "portcullis_rule_packets_total{rule=\"login\",outcome=\"dropped\"} 2",
+            "portcullis_interface_packets_total{interface=\"eth0\",verdict=\"drop\"} 7",
+            "portcullis_events_total{outcome=\"suppressed\"} 5",
+            "portcullis_map_entries{map=\"deny\"} 4",
+            "portcullis_map_capacity{map=\"buckets\"} 100",
+            "portcullis_bucket_evictions_total 4",
+            "portcullis_policy_version 3",
+            "portcullis_policy_apply_failures_total 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        assert!(!text.contains("program_run"), "BPF stats are off");
+    }
+}

@@ -1,0 +1,138 @@
+//! The metrics endpoint, scraped after known traffic: the numbers must be the ones the
+//! traffic produced. Health and readiness probes, including readiness going away.
+
+use std::time::Duration;
+
+use portcullis_tests::{
+    agent::Agent,
+    netns::{CLIENT_V4, NetnsPair, SERVER_V4},
+    require_kernel,
+    traffic::{UdpCounter, http_fetch, udp_send},
+};
+
+const DENIED: &str = "10.77.0.66";
+const METRICS: &str = "127.0.0.1:9477";
+
+fn metric(body: &str, line_start: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {line_start} in\n{body}"))
+}
+
+#[test]
+fn metrics_report_what_the_traffic_produced() {
+    require_kernel!();
+    let pair = NetnsPair::new().unwrap();
+    pair.add_client_addr(DENIED).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!("deny:\n  - {{cidr: {DENIED}, name: bad}}\nrate_limits:\n  - {{name: api, protocol: udp, ports: [9000], rate: 1/h, burst: 10}}\n"),
+    )
+    .unwrap();
+    let agent = Agent::start(
+        &pair.server_ns,
+        &pair.server_if,
+        &policy,
+        &["--metrics", METRICS],
+    )
+    .unwrap();
+
+    let (status, body) = http_fetch(&pair.server_ns, METRICS, "/healthz").unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (status, body) = http_fetch(&pair.server_ns, METRICS, "/readyz").unwrap();
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+
+    let sink = UdpCounter::bind(&pair, "0.0.0.0", 9000).unwrap();
+    udp_send(&pair, DENIED, SERVER_V4, 9100, 50, Duration::ZERO).unwrap();
+    udp_send(
+        &pair,
+        CLIENT_V4,
+        SERVER_V4,
+        9000,
+        300,
+        Duration::from_micros(100),
+    )
+    .unwrap();
+    assert_eq!(
+        sink.count(Duration::from_millis(300), Duration::from_secs(3)),
+        10
+    );
+
+    let (status, body) = http_fetch(&pair.server_ns, METRICS, "/metrics").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        metric(
+            &body,
+            "portcullis_packets_total{reason=\"denied\",verdict=\"drop\"}"
+        ),
+        50
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "portcullis_packets_total{reason=\"rate_limited\",verdict=\"drop\"}"
+        ),
+        290
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "portcullis_packets_total{reason=\"within_limit\",verdict=\"pass\"}"
+        ),
+        10
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "portcullis_rule_packets_total{rule=\"api\",outcome=\"passed\"}"
+        ),
+        10
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "portcullis_rule_packets_total{rule=\"api\",outcome=\"dropped\"}"
+        ),
+        290
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "portcullis_rule_packets_total{rule=\"bad\",outcome=\"dropped\"}"
+        ),
+        50
+    );
+    let iface = format!(
+        "portcullis_interface_packets_total{{interface=\"{}\",verdict=\"drop\"}}",
+        pair.server_if
+    );
+    assert_eq!(metric(&body, &iface), 340);
+    let written = metric(&body, "portcullis_events_total{outcome=\"written\"}");
+    let suppressed = metric(&body, "portcullis_events_total{outcome=\"suppressed\"}");
+    let lost = metric(&body, "portcullis_events_total{outcome=\"lost\"}");
+    assert_eq!(
+        written + suppressed + lost,
+        340,
+        "every drop is an event, written or counted"
+    );
+    assert_eq!(metric(&body, "portcullis_map_entries{map=\"deny\"}"), 1);
+    assert_eq!(metric(&body, "portcullis_map_entries{map=\"buckets\"}"), 1);
+    assert_eq!(metric(&body, "portcullis_policy_version"), 1);
+    assert_eq!(metric(&body, "portcullis_policy_apply_failures_total"), 0);
+
+    // A broken edit counts as a failed apply.
+    std::fs::write(&policy, "deny: [\n").unwrap();
+    assert!(agent.wait_for_stderr("policy not reloaded", Duration::from_secs(5)));
+    let (_, body) = http_fetch(&pair.server_ns, METRICS, "/metrics").unwrap();
+    assert_eq!(metric(&body, "portcullis_policy_apply_failures_total"), 1);
+
+    // Readiness is read back from the kernel: without the link pin it is not ready.
+    for entry in std::fs::read_dir(agent.pin_dir.join("links")).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    let (status, body) = http_fetch(&pair.server_ns, METRICS, "/readyz").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("not ready:"), "{body}");
+}
