@@ -86,7 +86,12 @@ impl Daemon {
                     format!("file {}", policy_path.display()),
                     file_text.clone(),
                     BTreeMap::new(),
+                    enforcer.rule_ids(),
                 )
+                .context("saving the policy history")?;
+        } else {
+            history
+                .set_rule_ids(enforcer.rule_ids())
                 .context("saving the policy history")?;
         }
         Ok(Self {
@@ -143,7 +148,7 @@ impl Daemon {
         self.modes = modes.clone();
         let version = self
             .history
-            .record(origin, text.to_string(), modes)
+            .record(origin, text.to_string(), modes, self.enforcer.rule_ids())
             .map_err(|e| ApplyError::Failed(e.into()))?;
         Ok((version, changes))
     }

@@ -31,6 +31,9 @@ pub struct Enforcer {
     written: [Option<Tables>; 2],
     /// The set packets are judged by.
     active: usize,
+    /// Names of the rule ids in the set in force: an id that changes name starts counting
+    /// from zero.
+    names_in_force: BTreeMap<u32, String>,
     last_switch: Instant,
     cpus: u32,
 }
@@ -42,17 +45,45 @@ impl Enforcer {
         let tables = tables::build(&policy, &mut ids, cpus);
         let empty = Tables::default();
         maps.write_set(0, &empty, &tables)?;
-        maps.update_shared(&empty, &tables)?;
+        maps.update_shared(&BTreeMap::new(), &tables)?;
         maps.switch_to(0)?;
         Ok(Self {
             maps,
             policy,
             ids,
+            names_in_force: tables.names.clone(),
             written: [Some(tables), Some(empty)],
             active: 0,
             last_switch: Instant::now(),
             cpus,
         })
+    }
+
+    /// Takes over maps a previous agent pinned, with the rule ids it saved, and puts
+    /// `policy` in force through the usual switch. Packets go on being judged by the
+    /// previous agent's policy until then; unchanged rules keep their buckets and bans.
+    pub fn adopt(maps: KernelMaps, policy: Policy, ids: RuleIds, cpus: u32) -> Result<Self> {
+        let active = maps.generation()?;
+        let mut enforcer = Self {
+            maps,
+            policy: policy.clone(),
+            names_in_force: ids.names(),
+            ids,
+            // What the sets hold is not known: both are cleared before they are written.
+            written: [None, None],
+            active,
+            // The previous agent is gone; no packet can still be using its last switch.
+            last_switch: Instant::now()
+                .checked_sub(SWITCH_GRACE)
+                .unwrap_or_else(Instant::now),
+            cpus,
+        };
+        enforcer.put_in_force(policy)?;
+        Ok(enforcer)
+    }
+
+    pub fn rule_ids(&self) -> &RuleIds {
+        &self.ids
     }
 
     pub fn policy(&self) -> &Policy {
@@ -100,6 +131,11 @@ impl Enforcer {
                 policy.capacity
             );
         }
+        self.put_in_force(policy)
+    }
+
+    /// Writes `policy` into the set not in force and switches to it.
+    fn put_in_force(&mut self, policy: Policy) -> Result<()> {
         let mut ids = self.ids.clone();
         let tables = tables::build(&policy, &mut ids, self.cpus);
         let next = 1 - self.active;
@@ -119,12 +155,10 @@ impl Enforcer {
         // If this fails, `written[next]` stays `None`: the set is not in force, so traffic
         // is unaffected, and the next apply starts by clearing it.
         self.maps.write_set(next, &old, &tables)?;
-        let in_force = self.written[self.active]
-            .as_ref()
-            .expect("the set in force was written completely");
-        self.maps.update_shared(in_force, &tables)?;
+        self.maps.update_shared(&self.names_in_force, &tables)?;
         self.maps.switch_to(next)?;
         self.last_switch = Instant::now();
+        self.names_in_force = tables.names.clone();
         self.written[next] = Some(tables);
         self.active = next;
         self.ids = ids;

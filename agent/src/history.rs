@@ -9,7 +9,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::Mode;
+use crate::{policy::Mode, tables::RuleIds};
 
 /// Versions kept for rollback.
 pub const KEPT_VERSIONS: usize = 10;
@@ -33,6 +33,10 @@ pub struct Version {
 pub struct History {
     /// Oldest first; the last one is in force.
     versions: Vec<Version>,
+    /// Rule ids and epochs of the version in force, so a restarted agent that takes over
+    /// the pinned maps keeps the buckets and bans of unchanged rules.
+    #[serde(default)]
+    rule_ids: RuleIds,
     #[serde(skip)]
     path: Option<PathBuf>,
 }
@@ -100,13 +104,19 @@ impl History {
         self.versions.iter().find(|v| v.number == number)
     }
 
+    pub fn rule_ids(&self) -> &RuleIds {
+        &self.rule_ids
+    }
+
     /// Records a newly applied version and saves the history. Returns its number.
     pub fn record(
         &mut self,
         origin: String,
         text: String,
         modes: BTreeMap<String, Mode>,
+        rule_ids: &RuleIds,
     ) -> Result<u64, HistoryError> {
+        self.rule_ids = rule_ids.clone();
         let number = self.current().map_or(1, |v| v.number + 1);
         self.versions.push(Version {
             number,
@@ -120,6 +130,13 @@ impl History {
         }
         self.save()?;
         Ok(number)
+    }
+
+    /// Records the rule ids now in the maps, without a new version (an agent that started
+    /// with the policy already in force).
+    pub fn set_rule_ids(&mut self, rule_ids: &RuleIds) -> Result<(), HistoryError> {
+        self.rule_ids = rule_ids.clone();
+        self.save()
     }
 
     /// Writes a new file and renames it over the old one, so a crash never leaves half a
@@ -154,7 +171,12 @@ mod tests {
         assert!(history.current().is_none());
         for i in 0..(KEPT_VERSIONS + 3) {
             let n = history
-                .record(format!("test {i}"), format!("# {i}\n"), BTreeMap::new())
+                .record(
+                    format!("test {i}"),
+                    format!("# {i}\n"),
+                    BTreeMap::new(),
+                    &RuleIds::default(),
+                )
                 .unwrap();
             assert_eq!(n, i as u64 + 1);
         }

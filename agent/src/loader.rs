@@ -1,18 +1,26 @@
-//! Loading the embedded eBPF object with maps sized from the policy, pinning its maps, and
-//! attaching it to interfaces with pinned links.
+//! Loading the embedded eBPF object with its maps pinned (reusing maps a previous agent
+//! pinned), and attaching it to interfaces through pinned links: a fresh link, or the
+//! program replaced atomically inside a link a previous agent left.
 
 use std::{
     fs,
+    mem::size_of,
     path::{Path, PathBuf},
 };
 
-use agent_common::maps as names;
+use agent_common::{
+    BanEntry, Bucket, BucketKey, CLASS_COUNT, DenyEntry, EVENTS_BYTES, EventBudget, IfaceCounters,
+    MAX_PORT_ENTRIES, MAX_RULES, PortRules, RuleConfig, RuleCounters, Settings, maps as names,
+};
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
+    maps::MapData,
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
     },
 };
 
@@ -44,23 +52,123 @@ pub enum XdpModeOption {
     Skb,
 }
 
-/// Loads the object with the policy-dependent maps sized from `capacity`.
-pub fn load(capacity: &Capacity) -> Result<Ebpf> {
+/// Every map of the object with the key size, value size and capacity this agent gives it.
+/// Pinned maps are reused only if they match, since the programs read them with these
+/// layouts.
+fn layout(capacity: &Capacity) -> Vec<(&'static str, usize, usize, u32)> {
+    const LPM4: usize = 4 + 4;
+    const LPM6: usize = 4 + 16;
+    let mut maps = Vec::new();
+    for set in 0..2 {
+        maps.extend([
+            (names::ALLOW_V4[set], LPM4, 4, capacity.cidrs),
+            (names::ALLOW_V6[set], LPM6, 4, capacity.cidrs),
+            (
+                names::DENY_V4[set],
+                LPM4,
+                size_of::<DenyEntry>(),
+                capacity.cidrs,
+            ),
+            (
+                names::DENY_V6[set],
+                LPM6,
+                size_of::<DenyEntry>(),
+                capacity.cidrs,
+            ),
+            (
+                names::PORT_RULES[set],
+                4,
+                size_of::<PortRules>(),
+                MAX_PORT_ENTRIES,
+            ),
+            (
+                names::CLASS_RULES[set],
+                4,
+                size_of::<PortRules>(),
+                CLASS_COUNT,
+            ),
+            (names::RULES[set], 4, size_of::<RuleConfig>(), MAX_RULES),
+        ]);
+    }
+    maps.extend([
+        (names::GENERATION, 4, 4, 1),
+        (names::BANS_V4, LPM4, size_of::<BanEntry>(), capacity.bans),
+        (names::BANS_V6, LPM6, size_of::<BanEntry>(), capacity.bans),
+        (
+            names::BUCKETS,
+            size_of::<BucketKey>(),
+            size_of::<Bucket>(),
+            capacity.sources,
+        ),
+        (names::COUNTERS, 4, 8, names::COUNTER_SLOTS),
+        (
+            names::RULE_COUNTERS,
+            4,
+            size_of::<RuleCounters>(),
+            MAX_RULES,
+        ),
+        (
+            names::IFACE_COUNTERS,
+            4,
+            size_of::<IfaceCounters>(),
+            names::IFACE_SLOTS,
+        ),
+        (names::SETTINGS, 4, size_of::<Settings>(), 1),
+        (names::EVENT_BUDGET, 4, size_of::<EventBudget>(), 1),
+        (names::EVENTS, 0, 0, EVENTS_BYTES),
+    ]);
+    maps
+}
+
+/// Checks that the maps pinned in `maps_dir` are the ones this agent would create, so they
+/// can be taken over. The error says what differs and how to start afresh.
+pub fn check_pinned_maps(maps_dir: &Path, capacity: &Capacity) -> Result<()> {
+    for (name, key, value, max_entries) in layout(capacity) {
+        let path = maps_dir.join(name);
+        let info = MapData::from_pin(&path)
+            .and_then(|map| map.info())
+            .with_context(|| format!("{} is missing or unreadable", path.display()))?;
+        let pinned = (
+            info.key_size() as usize,
+            info.value_size() as usize,
+            info.max_entries(),
+        );
+        if pinned != (key, value, max_entries) {
+            bail!(
+                "pinned map {name} has key/value sizes and capacity {pinned:?}, this agent needs {:?} \
+                 (another version, or a changed `capacity`); run `portcullis detach` to start afresh",
+                (key, value, max_entries)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Loads the object with every map pinned in `maps_dir`: maps already pinned there are
+/// reused (with their contents), the others are created and pinned.
+pub fn load(capacity: &Capacity, maps_dir: &Path) -> Result<Ebpf> {
+    fs::create_dir_all(maps_dir).with_context(|| format!("creating {}", maps_dir.display()))?;
+    let layout = layout(capacity);
     let mut loader = EbpfLoader::new();
-    for name in [
-        names::ALLOW_V4,
-        names::ALLOW_V6,
-        names::DENY_V4,
-        names::DENY_V6,
-    ]
-    .concat()
-    {
-        loader.map_max_entries(name, capacity.cidrs);
+    for &(name, _, _, max_entries) in &layout {
+        loader.map_pin_path(name, maps_dir.join(name));
+        if name != names::EVENTS {
+            loader.map_max_entries(name, max_entries);
+        }
     }
-    for name in [names::BANS_V4, names::BANS_V6] {
-        loader.map_max_entries(name, capacity.bans);
+    loader
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object (is this root, with BPF enabled in the kernel?)")
+}
+
+/// Loads the object without pinning anything (tests).
+pub fn load_unpinned(capacity: &Capacity) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    for (name, _, _, max_entries) in layout(capacity) {
+        if name != names::EVENTS {
+            loader.map_max_entries(name, max_entries);
+        }
     }
-    loader.map_max_entries(names::BUCKETS, capacity.sources);
     loader
         .load(EBPF_OBJECT)
         .context("loading the eBPF object (is this root, with BPF enabled in the kernel?)")
@@ -94,41 +202,43 @@ pub fn links_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join("links")
 }
 
-/// Pins every map under `<pin_dir>/maps`, so `portcullis stats` and later tools can read
-/// them while the agent runs.
-pub fn pin_maps(ebpf: &Ebpf, pin_dir: &Path) -> Result<()> {
-    let dir = maps_dir(pin_dir);
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    for (name, map) in ebpf.maps() {
-        map.pin(dir.join(name))
-            .with_context(|| format!("pinning map {name} in {}", dir.display()))?;
-    }
-    Ok(())
-}
-
 /// One program attached to one interface through a pinned link.
 pub struct Attachment {
     pub iface: String,
-    /// "xdp-native", "xdp-skb" or "tc".
+    /// "xdp-native", "xdp-skb" or "tc" for a new link; "xdp" or "tc" for a link taken over
+    /// from a previous agent.
     pub hook: &'static str,
+    /// True if the link was a previous agent's and only the program in it was replaced.
+    pub adopted: bool,
     pub program_id: u32,
     /// Where the link is pinned; reading it back tells what is attached.
     pub pin_path: PathBuf,
-    link: PinnedLink,
+    link: FdLink,
 }
 
 impl Attachment {
-    /// Unpins and closes the link, which detaches the program from the interface.
+    /// Removes the pin and closes the link, which detaches the program.
     pub fn detach(self) -> Result<()> {
-        let link = self
-            .link
-            .unpin()
+        fs::remove_file(&self.pin_path)
             .with_context(|| format!("unpinning the link on {}", self.iface))?;
-        drop(link);
+        drop(self.link);
         Ok(())
+    }
+
+    /// Closes our handle but leaves the link pinned: the program keeps enforcing until the
+    /// next agent takes it over or `portcullis detach` removes it.
+    pub fn keep(self) {
+        drop(self.link);
     }
 }
 
+fn pin_path(dir: &Path, kind: &str, iface: &str) -> PathBuf {
+    dir.join(format!("{kind}-{iface}"))
+}
+
+/// Attaches to `iface`. A link a previous agent pinned for it is taken over: the new
+/// program replaces the old one inside it in one step (`bpf_link_update`), so the
+/// interface is never without a program.
 pub fn attach(
     ebpf: &mut Ebpf,
     iface: &str,
@@ -138,10 +248,17 @@ pub fn attach(
 ) -> Result<Attachment> {
     let dir = links_dir(pin_dir);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for kind in ["xdp", "tc"] {
+        let path = pin_path(&dir, kind, iface);
+        if path.exists() {
+            return replace_in_link(ebpf, iface, kind, path);
+        }
+    }
     if hook == Hook::Xdp {
         match attach_xdp(ebpf, iface, xdp_mode, &dir) {
             Ok(attachment) => return Ok(attachment),
-            Err(e) => tracing::warn!(
+            Err(AttachError::Foreign(e)) => return Err(e),
+            Err(AttachError::Other(e)) => tracing::warn!(
                 iface,
                 error = format!("{e:#}"),
                 "XDP cannot attach; falling back to TC ingress"
@@ -151,7 +268,7 @@ pub fn attach(
     attach_tc(ebpf, iface, &dir)
 }
 
-fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpModeOption, dir: &Path) -> Result<Attachment> {
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     let program: &mut Xdp = ebpf
         .program_mut(XDP_PROGRAM)
         .ok_or_else(|| anyhow!("program {XDP_PROGRAM} missing from the object"))?
@@ -159,7 +276,66 @@ fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpModeOption, dir: &Path) -> 
     if program.fd().is_err() {
         program.load().context("loading the XDP program")?;
     }
-    let program_id = program.info()?.id();
+    Ok(program)
+}
+
+fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(TC_PROGRAM)
+        .ok_or_else(|| anyhow!("program {TC_PROGRAM} missing from the object"))?
+        .try_into()?;
+    if program.fd().is_err() {
+        program.load().context("loading the TC program")?;
+    }
+    Ok(program)
+}
+
+fn replace_in_link(ebpf: &mut Ebpf, iface: &str, kind: &str, path: PathBuf) -> Result<Attachment> {
+    let old: FdLink = PinnedLink::from_pin(&path)
+        .with_context(|| format!("opening the link pinned at {}", path.display()))?
+        .into();
+    let (hook, program_id, link) = if kind == "xdp" {
+        let program = xdp_program(ebpf)?;
+        let id = program
+            .attach_to_link(XdpLink::try_from(old)?)
+            .with_context(|| format!("replacing the program in the XDP link on {iface}"))?;
+        let program_id = program.info()?.id();
+        ("xdp", program_id, FdLink::try_from(program.take_link(id)?)?)
+    } else {
+        let program = tc_program(ebpf)?;
+        let id = program
+            .attach_to_link(SchedClassifierLink::try_from(old)?)
+            .with_context(|| format!("replacing the program in the TC link on {iface}"))?;
+        let program_id = program.info()?.id();
+        ("tc", program_id, FdLink::try_from(program.take_link(id)?)?)
+    };
+    Ok(Attachment {
+        iface: iface.to_string(),
+        hook,
+        adopted: true,
+        program_id,
+        pin_path: path,
+        link,
+    })
+}
+
+enum AttachError {
+    /// Another XDP program, not ours, holds the interface: never replaced silently.
+    Foreign(anyhow::Error),
+    Other(anyhow::Error),
+}
+
+fn attach_xdp(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    mode: XdpModeOption,
+    dir: &Path,
+) -> Result<Attachment, AttachError> {
+    let program = xdp_program(ebpf).map_err(AttachError::Other)?;
+    let program_id = program
+        .info()
+        .map_err(|e| AttachError::Other(e.into()))?
+        .id();
     let modes: &[(XdpMode, &'static str)] = match mode {
         XdpModeOption::Auto => &[(XdpMode::Driver, "xdp-native"), (XdpMode::Skb, "xdp-skb")],
         XdpModeOption::Native => &[(XdpMode::Driver, "xdp-native")],
@@ -169,52 +345,85 @@ fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpModeOption, dir: &Path) -> 
     for &(xdp_mode, hook) in modes {
         match program.attach(iface, xdp_mode) {
             Ok(id) => {
-                let link = FdLink::try_from(program.take_link(id)?)
-                    .context("XDP attached without a bpf_link (kernel older than 5.9?)")?;
-                let path = dir.join(format!("xdp-{iface}"));
-                let link = link
-                    .pin(&path)
-                    .with_context(|| format!("pinning {}", path.display()))?;
-                return Ok(Attachment {
-                    iface: iface.to_string(),
-                    hook,
-                    program_id,
-                    pin_path: path,
-                    link,
-                });
+                let pinned = (|| -> Result<Attachment> {
+                    let link = FdLink::try_from(program.take_link(id)?)
+                        .context("XDP attached without a bpf_link (kernel older than 5.9?)")?;
+                    let path = pin_path(dir, "xdp", iface);
+                    let link = link
+                        .pin(&path)
+                        .with_context(|| format!("pinning {}", path.display()))?;
+                    Ok(Attachment {
+                        iface: iface.to_string(),
+                        hook,
+                        adopted: false,
+                        program_id,
+                        pin_path: path,
+                        link: link.into(),
+                    })
+                })();
+                return pinned.map_err(AttachError::Other);
+            }
+            Err(ProgramError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EBUSY) =>
+            {
+                return Err(AttachError::Foreign(anyhow!(
+                    "{iface} already has an XDP program that this agent does not own (no link of \
+                     ours is pinned for it); refusing to replace it. Remove it first (for example \
+                     `ip link set dev {iface} xdp off`), or run with --hook tc"
+                )));
             }
             Err(e) => last_error = Some(e),
         }
     }
-    Err(anyhow!(last_error.expect("at least one mode tried")))
-        .with_context(|| format!("attaching XDP to {iface}"))
+    Err(AttachError::Other(
+        anyhow!(last_error.expect("at least one mode tried"))
+            .context(format!("attaching XDP to {iface}")),
+    ))
 }
 
 fn attach_tc(ebpf: &mut Ebpf, iface: &str, dir: &Path) -> Result<Attachment> {
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(TC_PROGRAM)
-        .ok_or_else(|| anyhow!("program {TC_PROGRAM} missing from the object"))?
-        .try_into()?;
-    if program.fd().is_err() {
-        program.load().context("loading the TC program")?;
-    }
+    let program = tc_program(ebpf)?;
     let program_id = program.info()?.id();
     let id = program
         .attach(iface, TcAttachType::Ingress)
         .with_context(|| format!("attaching TC ingress to {iface}"))?;
     let link = FdLink::try_from(program.take_link(id)?)
         .context("TC attached through netlink, which cannot be pinned (kernel older than 6.6?)")?;
-    let path = dir.join(format!("tc-{iface}"));
+    let path = pin_path(dir, "tc", iface);
     let link = link
         .pin(&path)
         .with_context(|| format!("pinning {}", path.display()))?;
     Ok(Attachment {
         iface: iface.to_string(),
         hook: "tc",
+        adopted: false,
         program_id,
         pin_path: path,
-        link,
+        link: link.into(),
     })
+}
+
+/// Detaches links pinned under `pin_dir` for interfaces not in `keep`: a previous agent
+/// protected them, this one was not asked to. Returns the interfaces detached.
+pub fn detach_others(pin_dir: &Path, keep: &[Attachment]) -> Result<Vec<String>> {
+    let mut detached = Vec::new();
+    let Ok(entries) = fs::read_dir(links_dir(pin_dir)) else {
+        return Ok(detached);
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if keep.iter().any(|a| a.pin_path == path) {
+            continue;
+        }
+        fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+        detached.push(
+            path.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    Ok(detached)
 }
 
 /// Removes everything under a pin directory: pinned links (which detaches their programs)
@@ -226,9 +435,9 @@ pub fn remove_pins(pin_dir: &Path) -> Result<()> {
     fs::remove_dir_all(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))
 }
 
-/// True if the pin directory holds pins from another agent or an unclean exit.
-pub fn pins_present(pin_dir: &Path) -> bool {
-    fs::read_dir(pin_dir).is_ok_and(|mut entries| entries.next().is_some())
+/// True if a previous agent left maps pinned under `pin_dir`.
+pub fn maps_pinned(pin_dir: &Path) -> bool {
+    fs::read_dir(maps_dir(pin_dir)).is_ok_and(|mut entries| entries.next().is_some())
 }
 
 /// The id of the program attached through the link pinned at `path`.

@@ -9,7 +9,7 @@ use portcullis::{
     control::DEFAULT_SOCKET,
     loader::{self, DEFAULT_PIN_DIR, Hook, XdpModeOption},
     policy::{self, Mode, PolicyError},
-    run::{self, RunOptions},
+    run::{self, OnExit, RunOptions},
 };
 
 /// Default `--state-dir`.
@@ -55,6 +55,10 @@ enum Command {
         /// Serve Prometheus metrics, /healthz and /readyz on this address (e.g. 0.0.0.0:9477).
         #[arg(long)]
         metrics: Option<std::net::SocketAddr>,
+        /// On SIGTERM/SIGINT: detach and remove the pins, or keep the programs enforcing
+        /// the last policy for the next agent to take over (upgrades).
+        #[arg(long, value_enum, default_value_t = OnExit::Detach)]
+        on_exit: OnExit,
         /// Format of the agent's own log lines on stderr (events are always JSON on stdout).
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -181,6 +185,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             pin_dir,
             state_dir,
             metrics,
+            on_exit,
             log_format,
             summary_interval,
         } => {
@@ -197,6 +202,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 control_socket: cli.socket.clone(),
                 state_dir,
                 metrics,
+                on_exit,
                 summary_interval: Duration::from_secs(summary_interval.max(1)),
             };
             let runtime = tokio::runtime::Builder::new_current_thread()

@@ -290,12 +290,16 @@ impl KernelMaps {
 
     /// The maps both sets share: settings, and per-rule counters, which start from zero
     /// for an id that now names another rule.
-    pub fn update_shared(&mut self, old: &Tables, new: &Tables) -> Result<(), MapsError> {
+    pub fn update_shared(
+        &mut self,
+        old_names: &std::collections::BTreeMap<u32, String>,
+        new: &Tables,
+    ) -> Result<(), MapsError> {
         self.settings
             .set(0, new.settings, 0)
             .map_err(ctx(names::SETTINGS))?;
         for (id, name) in &new.names {
-            if old.names.get(id) != Some(name) {
+            if old_names.get(id) != Some(name) {
                 let zeros = PerCpuValues::try_from(vec![RuleCounters::default(); self.cpus])
                     .expect("one value per CPU");
                 self.rule_counters

@@ -35,6 +35,7 @@ pub struct RunOptions {
     pub state_dir: PathBuf,
     /// Where to serve /metrics, /healthz and /readyz, if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
+    pub on_exit: OnExit,
     pub summary_interval: Duration,
 }
 
@@ -48,20 +49,82 @@ const RELOAD_SETTLE: Duration = Duration::from_millis(150);
 /// it missed.
 const EVENT_FOLLOWERS_BUFFER: usize = 4096;
 
+/// What happens to the programs when the agent exits cleanly (SIGTERM or SIGINT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnExit {
+    /// Detach the programs and remove the pins: nothing is left behind.
+    Detach,
+    /// Leave the programs attached and the maps pinned, enforcing the last policy until the
+    /// next agent takes them over (an upgrade) or `portcullis detach` removes them.
+    Keep,
+}
+
+/// Holds an exclusive lock on the pin directory for the agent's lifetime, so two agents
+/// never share (and fight over) one set of pins. The lock goes with the file descriptor.
+struct PinDirLock {
+    _dir: std::fs::File,
+}
+
+impl PinDirLock {
+    fn take(pin_dir: &std::path::Path) -> Result<Self> {
+        std::fs::create_dir_all(pin_dir)
+            .with_context(|| format!("creating {}", pin_dir.display()))?;
+        let dir = std::fs::File::open(pin_dir)
+            .with_context(|| format!("opening {}", pin_dir.display()))?;
+        // SAFETY: flock on a file descriptor we own.
+        let locked = unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&dir),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        };
+        if locked != 0 {
+            bail!(
+                "another agent is running with the pins in {}; stop it first (or use another --pin-dir)",
+                pin_dir.display()
+            );
+        }
+        Ok(Self { _dir: dir })
+    }
+}
+
 /// Runs the agent with an already validated policy and the text it came from.
 pub async fn run(options: RunOptions, policy: Policy, policy_text: String) -> Result<()> {
     loader::ensure_bpffs()?;
-    if loader::pins_present(&options.pin_dir) {
-        bail!(
-            "{} already holds pins: another agent is running there, or one exited without cleaning up; \
-             run `portcullis detach --pin-dir {}` first",
-            options.pin_dir.display(),
-            options.pin_dir.display()
-        );
-    }
     let mut ifindexes = HashMap::new();
     for iface in &options.ifaces {
         ifindexes.insert(ifindex(iface)?, iface.clone());
+    }
+    let _lock = PinDirLock::take(&options.pin_dir)?;
+    // Maps a previous agent left (it crashed, or exited with --on-exit keep) are taken over
+    // with their contents: bans, buckets, and the policy it had in force, which keeps
+    // enforcing until ours replaces it.
+    let adopting = loader::maps_pinned(&options.pin_dir);
+    let start = Start {
+        policy,
+        policy_text,
+        adopting,
+    };
+    match start_and_serve(&options, start, ifindexes).await {
+        Ok(Exit::Detached) => loader::remove_pins(&options.pin_dir),
+        Ok(Exit::Kept) => Ok(()),
+        // A start that fails must not take away the protection a previous agent left.
+        Err(e) if adopting => Err(e),
+        Err(e) => {
+            let _ = loader::remove_pins(&options.pin_dir);
+            Err(e)
+        }
+    }
+}
+
+async fn start_and_serve(
+    options: &RunOptions,
+    start: Start,
+    ifindexes: HashMap<u32, String>,
+) -> Result<Exit> {
+    let maps_dir = loader::maps_dir(&options.pin_dir);
+    if start.adopting {
+        loader::check_pinned_maps(&maps_dir, &start.policy.capacity)?;
     }
     let history = History::load(&options.state_dir)?;
     let server = Server::bind(&options.control_socket).await?;
@@ -69,25 +132,12 @@ pub async fn run(options: RunOptions, policy: Policy, policy_text: String) -> Re
         Some(addr) => Some(http::bind(addr).await?),
         None => None,
     };
-
     let listeners = Listeners {
         control: server,
         metrics,
     };
-    let mut ebpf = loader::load(&policy.capacity)?;
-    let result = serve(
-        &options,
-        policy,
-        policy_text,
-        history,
-        listeners,
-        &mut ebpf,
-        ifindexes,
-    )
-    .await;
-    // Whatever happened, leave nothing pinned behind: that is the agent's only state.
-    let cleanup = loader::remove_pins(&options.pin_dir);
-    result.and(cleanup)
+    let mut ebpf = loader::load(&start.policy.capacity, &maps_dir)?;
+    serve(options, start, history, listeners, &mut ebpf, ifindexes).await
 }
 
 /// The sockets the agent serves, bound before anything is loaded so a port in use fails
@@ -97,25 +147,44 @@ struct Listeners {
     metrics: Option<tokio::net::TcpListener>,
 }
 
-async fn serve(
-    options: &RunOptions,
+struct Start {
     policy: Policy,
     policy_text: String,
+    adopting: bool,
+}
+
+enum Exit {
+    Detached,
+    Kept,
+}
+
+async fn serve(
+    options: &RunOptions,
+    start: Start,
     history: History,
     listeners: Listeners,
     ebpf: &mut aya::Ebpf,
     ifaces: HashMap<u32, String>,
-) -> Result<()> {
-    loader::pin_maps(ebpf, &options.pin_dir)?;
+) -> Result<Exit> {
+    let Start {
+        policy,
+        policy_text,
+        adopting,
+    } = start;
     let ring: RingBuf<MapData> = ebpf
         .take_map(agent_common::maps::EVENTS)
         .context("EVENTS map missing")?
         .try_into()?;
     let maps = KernelMaps::take(ebpf)?;
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)? as u32;
-    // The policy is in the maps before any program runs: there is no moment where traffic
-    // meets an empty policy.
-    let enforcer = Enforcer::new(maps, policy, cpus)?;
+    // The policy is in the maps before any program runs (or, when taking over, before the
+    // new programs replace the old): there is no moment where traffic meets no policy.
+    let enforcer = if adopting {
+        tracing::info!(pin_dir = %options.pin_dir.display(), "taking over the pinned maps of a previous agent");
+        Enforcer::adopt(maps, policy, history.rule_ids().clone(), cpus)?
+    } else {
+        Enforcer::new(maps, policy, cpus)?
+    };
     let mut daemon = Daemon::new(
         enforcer,
         history,
@@ -138,6 +207,7 @@ async fn serve(
                     iface = a.iface,
                     hook = a.hook,
                     program_id = a.program_id,
+                    adopted = a.adopted,
                     "attached"
                 );
                 let ifindex = ifaces
@@ -154,10 +224,24 @@ async fn serve(
                 attachments.push(a);
             }
             Err(e) => {
-                detach_all(attachments);
+                // Links taken over stay: the previous agent's protection must not lapse
+                // because this start failed.
+                for a in attachments {
+                    if a.adopted {
+                        a.keep();
+                    } else {
+                        let _ = a.detach();
+                    }
+                }
                 return Err(e);
             }
         }
+    }
+    for iface in loader::detach_others(&options.pin_dir, &attachments)? {
+        tracing::info!(
+            link = iface,
+            "detached a previous agent's link this agent was not asked to keep"
+        );
     }
 
     let (calls_tx, calls) = mpsc::channel(64);
@@ -166,6 +250,11 @@ async fn serve(
         .metrics
         .map(|listener| tokio::spawn(http::serve(listener, calls_tx.clone())));
     let control = tokio::spawn(listeners.control.serve(calls_tx, followers.clone()));
+    // Installed before "ready" is logged, so a SIGTERM right after start is a clean stop.
+    let signals = Signals {
+        term: tokio::signal::unix::signal(SignalKind::terminate())?,
+        int: tokio::signal::unix::signal(SignalKind::interrupt())?,
+    };
     tracing::info!(
         policy = %options.policy.display(),
         version = daemon.version(),
@@ -174,13 +263,34 @@ async fn serve(
         "ready"
     );
 
-    let result = event_loop(options, &mut daemon, ring, &ifaces, calls, followers).await;
+    let result = event_loop(
+        options,
+        &mut daemon,
+        ring,
+        &ifaces,
+        calls,
+        followers,
+        signals,
+    )
+    .await;
     control.abort();
     if let Some(metrics) = metrics {
         metrics.abort();
     }
-    detach_all(attachments);
-    result
+    result?;
+    match options.on_exit {
+        OnExit::Detach => {
+            detach_all(attachments);
+            Ok(Exit::Detached)
+        }
+        OnExit::Keep => {
+            for a in attachments {
+                tracing::info!(iface = a.iface, "left attached (--on-exit keep)");
+                a.keep();
+            }
+            Ok(Exit::Kept)
+        }
+    }
 }
 
 fn detach_all(attachments: Vec<Attachment>) {
@@ -193,6 +303,11 @@ fn detach_all(attachments: Vec<Attachment>) {
     }
 }
 
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
 async fn event_loop(
     options: &RunOptions,
     daemon: &mut Daemon,
@@ -200,14 +315,13 @@ async fn event_loop(
     ifaces: &HashMap<u32, String>,
     mut calls: mpsc::Receiver<Call>,
     followers: broadcast::Sender<String>,
+    mut signals: Signals,
 ) -> Result<()> {
     let clock = Clock::new();
     // SAFETY: the ring buffer owns its fd and outlives the registration, which is dropped
     // with `ring` at the end of this function.
     let mut ring = unsafe { AsyncFd::register(ring) }.context("polling the event ring buffer")?;
     let (_watcher, mut changes) = watch::watch(&options.policy)?;
-    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut summary = tokio::time::interval(options.summary_interval);
     summary.set_missed_tick_behavior(MissedTickBehavior::Delay);
     summary.tick().await;
@@ -219,8 +333,8 @@ async fn event_loop(
 
     loop {
         tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            _ = signals.term.recv() => break,
+            _ = signals.int.recv() => break,
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 let ring = guard.get_inner_mut();

@@ -31,19 +31,21 @@ pub struct Tables {
     pub settings: Settings,
 }
 
-/// Stable rule ids by name, and epochs that change with a rule's definition.
-#[derive(Debug, Clone, Default)]
+/// Stable rule ids by name, and epochs that change with a rule's definition. Saved with
+/// the policy history, so a restarted agent keeps the buckets and bans of unchanged rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RuleIds {
     by_name: HashMap<String, Assigned>,
     next_epoch: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Assigned {
     id: u32,
     epoch: u32,
-    /// The rule's configuration without mode and epoch: a mode switch keeps state.
-    fingerprint: Option<RuleConfig>,
+    /// The rule's kernel configuration without mode and epoch, as text: a mode switch keeps
+    /// state, any other change (or a new layout in a new version) starts fresh.
+    fingerprint: Option<String>,
 }
 
 impl RuleIds {
@@ -75,16 +77,30 @@ impl RuleIds {
         self.by_name[name].id
     }
 
+    /// The name of every id assigned, including `portcullis block`'s.
+    pub fn names(&self) -> BTreeMap<u32, String> {
+        let mut names: BTreeMap<u32, String> = self
+            .by_name
+            .iter()
+            .map(|(name, a)| (a.id, name.clone()))
+            .collect();
+        names.insert(BLOCK_RULE, CLI_BLOCK.to_string());
+        names
+    }
+
     /// The epoch for a rule with this configuration: the old one if the definition is
     /// unchanged, a new one otherwise.
     fn epoch(&mut self, name: &str, config: &RuleConfig) -> u32 {
-        let fingerprint = RuleConfig {
-            mode: 0,
-            epoch: 0,
-            ..*config
-        };
+        let fingerprint = format!(
+            "{:?}",
+            RuleConfig {
+                mode: 0,
+                epoch: 0,
+                ..*config
+            }
+        );
         let assigned = self.by_name.get_mut(name).expect("assigned before");
-        if assigned.fingerprint != Some(fingerprint) {
+        if assigned.fingerprint.as_ref() != Some(&fingerprint) {
             self.next_epoch += 1;
             assigned.epoch = self.next_epoch;
             assigned.fingerprint = Some(fingerprint);

@@ -32,6 +32,42 @@ pub fn binary() -> PathBuf {
         })
 }
 
+/// Where an agent started by `Agent::start` in namespace `ns` keeps its pins, control
+/// socket and history.
+pub struct AgentPaths {
+    pub pin_dir: PathBuf,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+impl AgentPaths {
+    pub fn of(ns: &str) -> Self {
+        Self {
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/pc-test-{ns}")),
+            socket: std::env::temp_dir().join(format!("pc-test-{ns}.sock")),
+            state_dir: std::env::temp_dir().join(format!("pc-test-{ns}-state")),
+        }
+    }
+}
+
+/// Removes an agent's pins, socket and history when dropped: tests whose agents leave them
+/// on purpose (`kill_hard`, `keep_pins`) hold one so that a failing test still cleans up.
+pub struct Leftovers(AgentPaths);
+
+impl Leftovers {
+    pub fn of(ns: &str) -> Self {
+        Self(AgentPaths::of(ns))
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0.pin_dir);
+        let _ = std::fs::remove_file(&self.0.socket);
+        let _ = std::fs::remove_dir_all(&self.0.state_dir);
+    }
+}
+
 pub struct Agent {
     child: Option<Child>,
     pub pin_dir: PathBuf,
@@ -40,6 +76,8 @@ pub struct Agent {
     pub state_dir: PathBuf,
     /// Set by `keep_state`: the next agent in this namespace takes the history over.
     keep_state: bool,
+    /// Set by `kill_hard` and `keep_pins`: the pins stay for the next agent to take over.
+    keep_pins: bool,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
 }
@@ -55,9 +93,11 @@ fn collect(stream: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<Stri
 impl Agent {
     /// Starts the agent in namespace `ns` on `iface` and waits until it is attached.
     pub fn start(ns: &str, iface: &str, policy: &Path, extra: &[&str]) -> Result<Self> {
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/pc-test-{ns}"));
-        let socket = std::env::temp_dir().join(format!("pc-test-{ns}.sock"));
-        let state_dir = std::env::temp_dir().join(format!("pc-test-{ns}-state"));
+        let AgentPaths {
+            pin_dir,
+            socket,
+            state_dir,
+        } = AgentPaths::of(ns);
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{ns}"))
             .arg(binary())
@@ -85,6 +125,7 @@ impl Agent {
             socket,
             state_dir,
             keep_state: false,
+            keep_pins: false,
             stdout,
             stderr,
         };
@@ -118,6 +159,30 @@ impl Agent {
     /// Keeps the policy history when this agent goes, for the next one to take over.
     pub fn keep_state(&mut self) {
         self.keep_state = true;
+    }
+
+    /// Keeps the pins when this guard drops (an agent run with `--on-exit keep`).
+    pub fn keep_pins(&mut self) {
+        self.keep_pins = true;
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would: nothing is cleaned up, by the agent or by
+    /// this guard, so the next agent finds the pins and the history.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, libc::SIGKILL);
+            let _ = child.wait();
+        }
+        self.keep_pins = true;
+        self.keep_state = true;
+    }
+
+    /// The program id attached through this agent's link on `iface`, read from the kernel.
+    pub fn attached_program(&self, iface: &str) -> Option<u32> {
+        ["xdp", "tc"].iter().find_map(|kind| {
+            let pin = self.pin_dir.join("links").join(format!("{kind}-{iface}"));
+            portcullis::loader::attached_program(&pin).ok()
+        })
     }
 
     pub fn stdout(&self) -> Vec<String> {
@@ -182,6 +247,11 @@ fn signal(child: &Child, sig: i32) {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        // The agent removes its socket when it exits; a killed one leaves it for the next
+        // agent to replace, so the guard must not remove that one's socket.
+        if self.child.is_some() {
+            let _ = std::fs::remove_file(&self.socket);
+        }
         if let Some(mut child) = self.child.take() {
             signal(&child, libc::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -194,8 +264,9 @@ impl Drop for Agent {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
-        let _ = std::fs::remove_file(&self.socket);
+        if !self.keep_pins {
+            let _ = std::fs::remove_dir_all(&self.pin_dir);
+        }
         if !self.keep_state {
             let _ = std::fs::remove_dir_all(&self.state_dir);
         }

@@ -38,7 +38,7 @@ impl Harness {
     /// Loads the programs with `policy_yaml` applied.
     pub fn new(policy_yaml: &str) -> Result<Self> {
         let policy = policy::parse(Path::new("test-policy.yaml"), policy_yaml)?;
-        let mut ebpf = loader::load(&policy.capacity)?;
+        let mut ebpf = loader::load_unpinned(&policy.capacity)?;
         let maps = KernelMaps::take(&mut ebpf)?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)? as u32;
         let enforcer = Enforcer::new(maps, policy, cpus)?;

@@ -1,0 +1,282 @@
+//! Restarts and upgrades without an enforcement gap: the agent killed with SIGKILL under
+//! traffic and started again, a clean exit that keeps the programs, `detach`, and the
+//! refusal to take an interface that another XDP program holds.
+
+use std::{
+    process::Command,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use portcullis_tests::{
+    agent::{Agent, Leftovers, binary},
+    netns::{CLIENT_V4, NetnsPair, SERVER_V4},
+    require_kernel,
+    traffic::{UdpCounter, tcp_connects, tcp_server, udp_send},
+};
+
+const DENIED: &str = "10.77.0.66";
+const FLOODER: &str = "10.77.0.99";
+const SHORT: Duration = Duration::from_millis(700);
+
+const POLICY: &str = r#"
+deny: [10.77.0.66]
+rate_limits:
+  - name: api
+    protocol: udp
+    ports: [9000]
+    rate: 1/h
+    burst: 5
+    ban: {after: 3, within: 1h, for: 1h}
+"#;
+
+fn setup() -> (NetnsPair, tempfile::TempDir, std::path::PathBuf) {
+    let pair = NetnsPair::new().unwrap();
+    for addr in [DENIED, FLOODER] {
+        pair.add_client_addr(addr).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    (pair, dir, policy)
+}
+
+#[test]
+fn sigkill_and_restart_leave_no_gap_and_keep_bans_and_buckets() {
+    require_kernel!();
+    let (pair, _dir, policy) = setup();
+    let _leftovers = Leftovers::of(&pair.server_ns);
+    let mut first = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]).unwrap();
+    let api = UdpCounter::bind(&pair, "0.0.0.0", 9000).unwrap();
+
+    // A client spends 3 of its 5 tokens; the flooder exhausts its bucket and gets banned.
+    udp_send(
+        &pair,
+        CLIENT_V4,
+        SERVER_V4,
+        9000,
+        3,
+        Duration::from_millis(2),
+    )
+    .unwrap();
+    udp_send(
+        &pair,
+        FLOODER,
+        SERVER_V4,
+        9000,
+        20,
+        Duration::from_millis(2),
+    )
+    .unwrap();
+    assert_eq!(
+        api.count(Duration::from_millis(300), Duration::from_secs(3)),
+        3 + 5
+    );
+    let bans = first.cli(&["bans", "--json"]);
+    assert!(
+        String::from_utf8_lossy(&bans.stdout).contains(FLOODER),
+        "no ban before the kill"
+    );
+    let old_program = first.attached_program(&pair.server_if).expect("attached");
+
+    // Denied and banned traffic flows, bounded, through the kill and the restart.
+    let denied_sink = UdpCounter::bind(&pair, "0.0.0.0", 9100).unwrap();
+    let banned_sink = UdpCounter::bind(&pair, "0.0.0.0", 9101).unwrap();
+    let stop = AtomicBool::new(false);
+    let (second, sent_denied, sent_banned) = std::thread::scope(|scope| {
+        let senders = [(DENIED, 9100), (FLOODER, 9101)].map(|(src, port)| {
+            let (pair, stop) = (&pair, &stop);
+            scope.spawn(move || {
+                let mut sent = 0;
+                // At most 20,000 packets, or until told to stop.
+                for _ in 0..200 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    sent += udp_send(pair, src, SERVER_V4, port, 100, Duration::from_micros(200))
+                        .unwrap();
+                }
+                sent
+            })
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        first.kill_hard();
+        // No agent at all for a while: the pinned programs keep enforcing on their own.
+        std::thread::sleep(Duration::from_millis(500));
+        let second = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        let [denied, banned] = senders.map(|s| s.join().unwrap());
+        (second, denied, banned)
+    });
+    drop(first);
+    assert!(
+        second.stderr_contains("taking over the pinned maps"),
+        "{:?}",
+        second.stderr()
+    );
+    assert!(
+        second.stderr_contains("adopted=true"),
+        "{:?}",
+        second.stderr()
+    );
+    assert!(
+        sent_denied > 1000 && sent_banned > 1000,
+        "senders too slow: {sent_denied}, {sent_banned}"
+    );
+    assert_eq!(
+        denied_sink.count(Duration::from_millis(300), Duration::from_secs(3)),
+        0,
+        "denied packets got through around the restart"
+    );
+    assert_eq!(
+        banned_sink.count(Duration::from_millis(300), Duration::from_secs(3)),
+        0,
+        "banned packets got through around the restart"
+    );
+
+    // The program was replaced inside the same link, and the state survived: the ban is
+    // still listed and the client has exactly 2 tokens left.
+    let new_program = second.attached_program(&pair.server_if).expect("attached");
+    assert_ne!(
+        new_program, old_program,
+        "the new agent's program should have replaced the old one"
+    );
+    let bans = second.cli(&["bans", "--json"]);
+    assert!(
+        String::from_utf8_lossy(&bans.stdout).contains(FLOODER),
+        "the ban did not survive the restart: {} {}",
+        String::from_utf8_lossy(&bans.stdout),
+        String::from_utf8_lossy(&bans.stderr)
+    );
+    let before = api.count(Duration::from_millis(200), Duration::from_secs(2));
+    udp_send(
+        &pair,
+        CLIENT_V4,
+        SERVER_V4,
+        9000,
+        5,
+        Duration::from_millis(2),
+    )
+    .unwrap();
+    let after = api.count(Duration::from_millis(300), Duration::from_secs(3));
+    assert_eq!(
+        after - before,
+        2,
+        "the client's bucket did not survive the restart"
+    );
+}
+
+#[test]
+fn keep_on_exit_then_take_over_then_detach() {
+    require_kernel!();
+    let (pair, _dir, policy) = setup();
+    let _leftovers = Leftovers::of(&pair.server_ns);
+    tcp_server(&pair, "0.0.0.0", 7000).unwrap();
+    std::fs::write(&policy, format!("deny: [{CLIENT_V4}]\n")).unwrap();
+    let mut first = Agent::start(
+        &pair.server_ns,
+        &pair.server_if,
+        &policy,
+        &["--on-exit", "keep"],
+    )
+    .unwrap();
+    assert!(!tcp_connects(&pair, CLIENT_V4, SERVER_V4, 7000, SHORT));
+    first.keep_pins();
+    first.keep_state();
+    assert!(first.stop().unwrap().success());
+    assert!(
+        first.stderr_contains("left attached"),
+        "{:?}",
+        first.stderr()
+    );
+    let pin_dir = first.pin_dir.clone();
+    drop(first);
+    assert!(
+        pin_dir.join("links").exists(),
+        "--on-exit keep removed the pins"
+    );
+    assert!(
+        !tcp_connects(&pair, CLIENT_V4, SERVER_V4, 7000, SHORT),
+        "enforcement stopped with the agent"
+    );
+
+    // A new agent takes over and exits with the default: detach.
+    let mut second = Agent::start(
+        &pair.server_ns,
+        &pair.server_if,
+        &policy,
+        &["--on-exit", "keep"],
+    )
+    .unwrap();
+    assert!(
+        second.stderr_contains("adopted=true"),
+        "{:?}",
+        second.stderr()
+    );
+    second.keep_pins();
+    let status = second.stop().unwrap();
+    assert!(status.success(), "{status}: {:?}", second.stderr());
+    drop(second);
+
+    // `portcullis detach` removes what the agents left, and only that.
+    let out = Command::new(binary())
+        .args(["detach", "--pin-dir"])
+        .arg(&pin_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!pin_dir.exists());
+    assert!(
+        tcp_connects(&pair, CLIENT_V4, SERVER_V4, 7000, SHORT),
+        "detach left the deny in force"
+    );
+}
+
+#[test]
+fn refuses_an_interface_held_by_another_xdp_program_or_agent() {
+    require_kernel!();
+    let (pair, dir, policy) = setup();
+    let first = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]).unwrap();
+    let run_second = |pin_dir: &std::path::Path| {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", pair.server_ns))
+            .arg(binary())
+            .arg("--socket")
+            .arg(dir.path().join("second.sock"))
+            .args(["run", "--iface", &pair.server_if, "--policy"])
+            .arg(&policy)
+            .arg("--pin-dir")
+            .arg(pin_dir)
+            .arg("--state-dir")
+            .arg(dir.path().join("second-state"))
+            .output()
+            .unwrap()
+    };
+    // Same pins: refused by the lock.
+    let out = run_second(&first.pin_dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another agent is running with the pins"),
+        "{stderr}"
+    );
+    // Other pins: the interface's XDP hook is taken by a program this agent does not own.
+    let other_pins =
+        std::path::PathBuf::from(format!("/sys/fs/bpf/pc-test-other-{}", pair.server_ns));
+    let out = run_second(&other_pins);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let _ = std::fs::remove_dir_all(&other_pins);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("already has an XDP program that this agent does not own"),
+        "{stderr}"
+    );
+    assert!(!other_pins.exists());
+    // The first agent is untouched.
+    assert!(first.attached_program(&pair.server_if).is_some());
+}
