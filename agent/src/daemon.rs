@@ -135,6 +135,7 @@ impl Daemon {
         origin: String,
         source_name: &Path,
     ) -> Result<(u64, Vec<String>), ApplyError> {
+        let started = Instant::now();
         let policy = policy::parse(source_name, text).map_err(ApplyError::Invalid)?;
         let policy = policy
             .with_modes(&modes)
@@ -148,8 +149,20 @@ impl Daemon {
         self.modes = modes.clone();
         let version = self
             .history
-            .record(origin, text.to_string(), modes, self.enforcer.rule_ids())
+            .record(
+                origin.clone(),
+                text.to_string(),
+                modes,
+                self.enforcer.rule_ids(),
+            )
             .map_err(|e| ApplyError::Failed(e.into()))?;
+        tracing::info!(
+            version,
+            origin,
+            changes = changes.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "policy applied"
+        );
         Ok((version, changes))
     }
 

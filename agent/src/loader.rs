@@ -426,6 +426,35 @@ pub fn detach_others(pin_dir: &Path, keep: &[Attachment]) -> Result<Vec<String>>
     Ok(detached)
 }
 
+/// Holds an exclusive lock on the pin directory for the agent's lifetime, so two agents
+/// never share (and fight over) one set of pins. The lock goes with the file descriptor.
+pub struct PinDirLock {
+    _dir: std::fs::File,
+}
+
+impl PinDirLock {
+    pub fn take(pin_dir: &std::path::Path) -> Result<Self> {
+        std::fs::create_dir_all(pin_dir)
+            .with_context(|| format!("creating {}", pin_dir.display()))?;
+        let dir = std::fs::File::open(pin_dir)
+            .with_context(|| format!("opening {}", pin_dir.display()))?;
+        // SAFETY: flock on a file descriptor we own.
+        let locked = unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&dir),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        };
+        if locked != 0 {
+            bail!(
+                "another agent is running with the pins in {}; stop it first (or use another --pin-dir)",
+                pin_dir.display()
+            );
+        }
+        Ok(Self { _dir: dir })
+    }
+}
+
 /// Removes everything under a pin directory: pinned links (which detaches their programs)
 /// and pinned maps. Only the agent's own directory is touched.
 pub fn remove_pins(pin_dir: &Path) -> Result<()> {

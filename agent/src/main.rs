@@ -158,6 +158,12 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // A CLI piped into `head` should stop quietly when the pipe closes, as other Unix
+        // tools do, instead of panicking on the failed write.
+        // SAFETY: setting a signal disposition before any threads exist.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -240,6 +246,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Events { follow: _ } => cli::follow_events(socket)?,
         Command::Status { json } => cli::status(socket, json)?,
         Command::Detach { pin_dir } => {
+            if !pin_dir.exists() {
+                println!("nothing pinned in {}", pin_dir.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            // A running agent holds the lock; it detaches by itself when stopped.
+            let _lock = loader::PinDirLock::take(&pin_dir)?;
             loader::remove_pins(&pin_dir)?;
             println!("removed {}", pin_dir.display());
         }

@@ -59,35 +59,6 @@ pub enum OnExit {
     Keep,
 }
 
-/// Holds an exclusive lock on the pin directory for the agent's lifetime, so two agents
-/// never share (and fight over) one set of pins. The lock goes with the file descriptor.
-struct PinDirLock {
-    _dir: std::fs::File,
-}
-
-impl PinDirLock {
-    fn take(pin_dir: &std::path::Path) -> Result<Self> {
-        std::fs::create_dir_all(pin_dir)
-            .with_context(|| format!("creating {}", pin_dir.display()))?;
-        let dir = std::fs::File::open(pin_dir)
-            .with_context(|| format!("opening {}", pin_dir.display()))?;
-        // SAFETY: flock on a file descriptor we own.
-        let locked = unsafe {
-            libc::flock(
-                std::os::fd::AsRawFd::as_raw_fd(&dir),
-                libc::LOCK_EX | libc::LOCK_NB,
-            )
-        };
-        if locked != 0 {
-            bail!(
-                "another agent is running with the pins in {}; stop it first (or use another --pin-dir)",
-                pin_dir.display()
-            );
-        }
-        Ok(Self { _dir: dir })
-    }
-}
-
 /// Runs the agent with an already validated policy and the text it came from.
 pub async fn run(options: RunOptions, policy: Policy, policy_text: String) -> Result<()> {
     loader::ensure_bpffs()?;
@@ -95,7 +66,7 @@ pub async fn run(options: RunOptions, policy: Policy, policy_text: String) -> Re
     for iface in &options.ifaces {
         ifindexes.insert(ifindex(iface)?, iface.clone());
     }
-    let _lock = PinDirLock::take(&options.pin_dir)?;
+    let _lock = loader::PinDirLock::take(&options.pin_dir)?;
     // Maps a previous agent left (it crashed, or exited with --on-exit keep) are taken over
     // with their contents: bans, buckets, and the policy it had in force, which keeps
     // enforcing until ours replaces it.

@@ -277,6 +277,18 @@ fn refuses_an_interface_held_by_another_xdp_program_or_agent() {
         "{stderr}"
     );
     assert!(!other_pins.exists());
+    // `detach` will not pull the pins from under a running agent.
+    let out = Command::new(binary())
+        .args(["detach", "--pin-dir"])
+        .arg(&first.pin_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another agent is running with the pins"),
+        "{stderr}"
+    );
     // The first agent is untouched.
     assert!(first.attached_program(&pair.server_if).is_some());
 }
