@@ -30,6 +30,13 @@ pub fn portcullis_xdp(ctx: XdpContext) -> u32 {
     }
 }
 
+/// The benchmark's floor: an XDP program that only passes. `cargo xtask bench` reports the
+/// real program's cost next to this one's; the agent never attaches it.
+#[xdp]
+pub fn portcullis_floor(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 /// Linear bytes the parser may need: Ethernet, two VLAN tags, IPv6 and its extension
 /// headers, TCP. Pulling more than the headers would copy payload for nothing.
 const TC_PULL_BYTES: u32 = 256;

@@ -256,10 +256,11 @@ pub fn stats(socket: &Path, json: bool) -> Result<(), CliError> {
     );
     let maps = &result["maps"];
     println!(
-        "maps: {} allow, {} deny, {} bans (capacity: {} cidrs, {} bans, {} sources)",
+        "maps: {} allow, {} deny, {} bans, {} buckets (capacity: {} cidrs, {} bans, {} sources)",
         maps["allow"],
         maps["deny"],
         maps["bans"],
+        maps["buckets"],
         maps["capacity"]["cidrs"],
         maps["capacity"]["bans"],
         maps["capacity"]["sources"]

@@ -468,6 +468,7 @@ impl Daemon {
                     "allow": policy.allow.len(),
                     "deny": policy.deny.len(),
                     "bans": self.enforcer.maps.bans()?.len(),
+                    "buckets": self.enforcer.maps.bucket_count(),
                     "bans_failed": counters.bans_failed,
                     "capacity": {
                         "sources": policy.capacity.sources,

@@ -32,6 +32,8 @@ pub static EBPF_OBJECT: &[u8] =
 
 pub const XDP_PROGRAM: &str = "portcullis_xdp";
 pub const TC_PROGRAM: &str = "portcullis_tc";
+/// An XDP program that only passes: the benchmarks' floor, never attached.
+pub const FLOOR_PROGRAM: &str = "portcullis_floor";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/portcullis";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -11,7 +11,7 @@ use aya::{
 };
 use portcullis::{
     enforcer::Enforcer,
-    loader::{self, TC_PROGRAM, XDP_PROGRAM},
+    loader::{self, FLOOR_PROGRAM, TC_PROGRAM, XDP_PROGRAM},
     maps::{Counters, KernelMaps},
     policy,
 };
@@ -53,6 +53,13 @@ impl Harness {
             .context("no TC program")?
             .try_into()?;
         tc.load().context("the verifier rejected the TC program")?;
+        let floor: &mut Xdp = ebpf
+            .program_mut(FLOOR_PROGRAM)
+            .context("no floor program")?
+            .try_into()?;
+        floor
+            .load()
+            .context("the verifier rejected the floor program")?;
         Ok(Self {
             programs: Programs { ebpf },
             enforcer,
@@ -79,6 +86,24 @@ impl Harness {
 }
 
 impl Programs {
+    /// Runs `program` (an XDP program of the object) `repeat` times on `frame` and returns
+    /// the kernel's average time per run, in nanoseconds.
+    pub fn xdp_ns_per_run(&self, program: &str, frame: &[u8], repeat: u32) -> Result<f64> {
+        let program: &Xdp = self
+            .ebpf
+            .program(program)
+            .with_context(|| format!("no program {program}"))?
+            .try_into()?;
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat,
+                ..Default::default()
+            })
+            .map_err(|e| anyhow!("BPF_PROG_TEST_RUN x{repeat}: {e}"))?;
+        Ok(result.duration.as_nanos() as f64)
+    }
+
     /// Runs the XDP program once on `frame`.
     pub fn xdp(&self, frame: &[u8]) -> Result<Action> {
         let program: &Xdp = self

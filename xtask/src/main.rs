@@ -1,6 +1,7 @@
 //! `cargo xtask`: set up the machine, build, test and demo Portcullis. Each subcommand is a
 //! module with its own options and `run`; every command says what it runs.
 
+mod bench;
 mod build;
 mod cmd;
 mod demo;
@@ -29,6 +30,8 @@ enum Command {
     Test(test::Options),
     /// Build, then run a self-contained demo in network namespaces.
     Demo(demo::Options),
+    /// Measure per-packet cost against an XDP_PASS floor, and policy apply times.
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Command::Build(options) => build::run(&options),
         Command::Test(options) => test::run(&options),
         Command::Demo(options) => demo::run(&options),
+        Command::Bench(options) => bench::run(&options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
