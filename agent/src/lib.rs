@@ -6,6 +6,7 @@ pub mod control;
 pub mod daemon;
 pub mod enforcer;
 pub mod events;
+pub mod foreign;
 pub mod history;
 pub mod http;
 pub mod loader;

@@ -246,6 +246,7 @@ pub fn attach(
     iface: &str,
     hook: Hook,
     xdp_mode: XdpModeOption,
+    replace_foreign: bool,
     pin_dir: &Path,
 ) -> Result<Attachment> {
     let dir = links_dir(pin_dir);
@@ -257,7 +258,34 @@ pub fn attach(
         }
     }
     if hook == Hook::Xdp {
-        match attach_xdp(ebpf, iface, xdp_mode, &dir) {
+        let mut result = attach_xdp(ebpf, iface, xdp_mode, &dir);
+        if replace_foreign && matches!(result, Err(AttachError::Foreign(_))) {
+            let held_by_link = || {
+                anyhow!(
+                    "{iface}: the XDP program there is held by another process's bpf link, which \
+                     --replace-foreign-xdp does not sever; stop its owner first, or run with --hook tc"
+                )
+            };
+            match crate::foreign::remove_xdp(ifindex(iface)?) {
+                Ok(()) => {}
+                // The kernel will not remove a link's program through netlink.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Err(held_by_link()),
+                Err(e) => {
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("removing the foreign XDP program on {iface}")));
+                }
+            }
+            result = attach_xdp(ebpf, iface, xdp_mode, &dir);
+            match &result {
+                Ok(_) => tracing::warn!(
+                    iface,
+                    "replaced a foreign XDP program (--replace-foreign-xdp)"
+                ),
+                Err(AttachError::Foreign(_)) => return Err(held_by_link()),
+                Err(AttachError::Other(_)) => {}
+            }
+        }
+        match result {
             Ok(attachment) => return Ok(attachment),
             Err(AttachError::Foreign(e)) => return Err(e),
             Err(AttachError::Other(e)) => tracing::warn!(
@@ -370,8 +398,8 @@ fn attach_xdp(
             {
                 return Err(AttachError::Foreign(anyhow!(
                     "{iface} already has an XDP program that this agent does not own (no link of \
-                     ours is pinned for it); refusing to replace it. Remove it first (for example \
-                     `ip link set dev {iface} xdp off`), or run with --hook tc"
+                     ours is pinned for it); refusing to replace it. Remove it first, run with \
+                     --replace-foreign-xdp to have it removed, or run with --hook tc"
                 )));
             }
             Err(e) => last_error = Some(e),
@@ -477,4 +505,15 @@ pub fn attached_program(path: &Path) -> Result<u32> {
         .with_context(|| format!("opening the link pinned at {}", path.display()))?
         .into();
     Ok(link.info().context("reading the link's info")?.program_id())
+}
+
+/// The index of interface `iface` in this network namespace.
+pub fn ifindex(iface: &str) -> Result<u32> {
+    let name = std::ffi::CString::new(iface).context("interface name contains NUL")?;
+    // SAFETY: a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        bail!("no interface named {iface} in this network namespace");
+    }
+    Ok(index)
 }

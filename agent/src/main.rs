@@ -59,6 +59,10 @@ enum Command {
         /// the last policy for the next agent to take over (upgrades).
         #[arg(long, value_enum, default_value_t = OnExit::Detach)]
         on_exit: OnExit,
+        /// If another tool's XDP program holds an interface, remove it and attach instead
+        /// of refusing to start.
+        #[arg(long)]
+        replace_foreign_xdp: bool,
         /// Format of the agent's own log lines on stderr (events are always JSON on stdout).
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -192,6 +196,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             state_dir,
             metrics,
             on_exit,
+            replace_foreign_xdp,
             log_format,
             summary_interval,
         } => {
@@ -209,6 +214,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 state_dir,
                 metrics,
                 on_exit,
+                replace_foreign_xdp,
                 summary_interval: Duration::from_secs(summary_interval.max(1)),
             };
             let runtime = tokio::runtime::Builder::new_current_thread()

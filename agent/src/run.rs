@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, io::Write as _, path::PathBuf, time::Duration};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
@@ -36,6 +36,8 @@ pub struct RunOptions {
     /// Where to serve /metrics, /healthz and /readyz, if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
     pub on_exit: OnExit,
+    /// Remove an XDP program another tool attached instead of refusing to start.
+    pub replace_foreign_xdp: bool,
     pub summary_interval: Duration,
 }
 
@@ -64,7 +66,7 @@ pub async fn run(options: RunOptions, policy: Policy, policy_text: String) -> Re
     loader::ensure_bpffs()?;
     let mut ifindexes = HashMap::new();
     for iface in &options.ifaces {
-        ifindexes.insert(ifindex(iface)?, iface.clone());
+        ifindexes.insert(loader::ifindex(iface)?, iface.clone());
     }
     let _lock = loader::PinDirLock::take(&options.pin_dir)?;
     // Maps a previous agent left (it crashed, or exited with --on-exit keep) are taken over
@@ -171,6 +173,7 @@ async fn serve(
             iface,
             options.hook,
             options.xdp_mode,
+            options.replace_foreign_xdp,
             &options.pin_dir,
         ) {
             Ok(a) => {
@@ -398,14 +401,4 @@ fn parse_event(record: &[u8]) -> Option<agent_common::Event> {
     // SAFETY: the length is checked and Event is plain old data; the ring buffer gives no
     // alignment guarantee beyond 8 bytes, so read unaligned to be safe.
     Some(unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) })
-}
-
-fn ifindex(iface: &str) -> Result<u32> {
-    let name = std::ffi::CString::new(iface).context("interface name contains NUL")?;
-    // SAFETY: a valid NUL-terminated string.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        bail!("no interface named {iface} in this network namespace");
-    }
-    Ok(index)
 }

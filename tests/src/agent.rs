@@ -131,7 +131,7 @@ impl Agent {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if agent.stderr_contains("ready") {
+            if agent.stderr_contains(": ready ") {
                 return Ok(agent);
             }
             if let Some(status) = agent.child.as_mut().unwrap().try_wait()? {

@@ -86,6 +86,17 @@ impl Harness {
 }
 
 impl Programs {
+    /// The file descriptor of one of the object's programs, to attach it by other means.
+    pub fn fd(&self, program: &str) -> Result<std::os::fd::RawFd> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let program: &Xdp = self
+            .ebpf
+            .program(program)
+            .with_context(|| format!("no program {program}"))?
+            .try_into()?;
+        Ok(program.fd()?.as_fd().as_raw_fd())
+    }
+
     /// Runs `program` (an XDP program of the object) `repeat` times on `frame` and returns
     /// the kernel's average time per run, in nanoseconds.
     pub fn xdp_ns_per_run(&self, program: &str, frame: &[u8], repeat: u32) -> Result<f64> {

@@ -242,7 +242,7 @@ fn refuses_an_interface_held_by_another_xdp_program_or_agent() {
     require_kernel!();
     let (pair, dir, policy) = setup();
     let first = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]).unwrap();
-    let run_second = |pin_dir: &std::path::Path| {
+    let run_second = |pin_dir: &std::path::Path, extra: &[&str]| {
         Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", pair.server_ns))
             .arg(binary())
@@ -254,11 +254,12 @@ fn refuses_an_interface_held_by_another_xdp_program_or_agent() {
             .arg(pin_dir)
             .arg("--state-dir")
             .arg(dir.path().join("second-state"))
+            .args(extra)
             .output()
             .unwrap()
     };
     // Same pins: refused by the lock.
-    let out = run_second(&first.pin_dir);
+    let out = run_second(&first.pin_dir, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -268,7 +269,7 @@ fn refuses_an_interface_held_by_another_xdp_program_or_agent() {
     // Other pins: the interface's XDP hook is taken by a program this agent does not own.
     let other_pins =
         std::path::PathBuf::from(format!("/sys/fs/bpf/pc-test-other-{}", pair.server_ns));
-    let out = run_second(&other_pins);
+    let out = run_second(&other_pins, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let _ = std::fs::remove_dir_all(&other_pins);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -277,6 +278,16 @@ fn refuses_an_interface_held_by_another_xdp_program_or_agent() {
         "{stderr}"
     );
     assert!(!other_pins.exists());
+    // Even when told to replace foreign programs, a program held by another process's bpf
+    // link (here: the first agent's) is not severed.
+    let out = run_second(&other_pins, &["--replace-foreign-xdp"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let _ = std::fs::remove_dir_all(&other_pins);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("held by another process's bpf link"),
+        "{stderr}"
+    );
     // `detach` will not pull the pins from under a running agent.
     let out = Command::new(binary())
         .args(["detach", "--pin-dir"])
@@ -291,4 +302,66 @@ fn refuses_an_interface_held_by_another_xdp_program_or_agent() {
     );
     // The first agent is untouched.
     assert!(first.attached_program(&pair.server_if).is_some());
+}
+
+/// The XDP program id `ip -d link` reports on the server interface, if any.
+fn xdp_program_on(pair: &NetnsPair) -> Option<u32> {
+    let out = Command::new("ip")
+        .args(["-n", &pair.server_ns, "-d", "link", "show", &pair.server_if])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let after = text.split("prog/xdp id ").nth(1)?;
+    after.split_whitespace().next()?.parse().ok()
+}
+
+#[test]
+fn replaces_a_foreign_xdp_program_only_when_told_to() {
+    require_kernel!();
+    let (pair, _dir, policy) = setup();
+    // Another tool's program: the floor program of a separately loaded object, attached
+    // through netlink in generic mode, as `ip link set ... xdpgeneric` would.
+    let foreign = portcullis_tests::harness::Harness::new("{}\n").unwrap();
+    let fd = foreign
+        .programs
+        .fd(portcullis::loader::FLOOR_PROGRAM)
+        .unwrap();
+    let iface = pair.server_if.clone();
+    NetnsPair::run_in(&pair.server_ns, || {
+        let ifindex = portcullis::loader::ifindex(&iface).unwrap();
+        portcullis::foreign::netlink_set_xdp(ifindex, fd, 1 << 1).unwrap();
+    });
+    let foreign_id = xdp_program_on(&pair).expect("the foreign program is attached");
+
+    let refused = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]);
+    let err = match refused {
+        Ok(agent) => panic!("the agent must refuse: {:?}", agent.stderr()),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("already has an XDP program that this agent does not own"),
+        "{err}"
+    );
+    assert_eq!(
+        xdp_program_on(&pair),
+        Some(foreign_id),
+        "the refusal changed the interface"
+    );
+
+    let mut agent = Agent::start(
+        &pair.server_ns,
+        &pair.server_if,
+        &policy,
+        &["--replace-foreign-xdp"],
+    )
+    .unwrap();
+    assert!(
+        agent.stderr_contains("replaced a foreign XDP program"),
+        "{:?}",
+        agent.stderr()
+    );
+    let ours = agent.attached_program(&pair.server_if).expect("attached");
+    assert_eq!(xdp_program_on(&pair), Some(ours));
+    assert!(agent.stop().unwrap().success());
+    assert_eq!(xdp_program_on(&pair), None, "detach left a program behind");
 }
