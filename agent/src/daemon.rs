@@ -285,21 +285,21 @@ impl Daemon {
         for a in &self.attached {
             interfaces.push((a.iface.clone(), maps.iface_counters(a.ifindex)?));
         }
-        let bpf_stats_enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
-            .is_ok_and(|v| v.trim() == "1");
+        // The kernel counts program runs only while statistics are on (the sysctl, or a
+        // BPF_ENABLE_STATS descriptor such as `--bpf-stats` holds, which the sysctl does not
+        // show); all-zero counts mean they are off and are not reported.
         let mut programs = Vec::new();
-        if bpf_stats_enabled {
-            for info in aya::programs::loaded_programs().filter_map(Result::ok) {
-                if let Some(a) = self.attached.iter().find(|a| a.program_id == info.id()) {
-                    programs.push(metrics::ProgramStats {
-                        interface: a.iface.clone(),
-                        hook: a.hook.to_string(),
-                        run_time_ns: info.run_time().as_nanos() as u64,
-                        run_count: info.run_count(),
-                    });
-                }
+        for info in aya::programs::loaded_programs().filter_map(Result::ok) {
+            if let Some(a) = self.attached.iter().find(|a| a.program_id == info.id()) {
+                programs.push(metrics::ProgramStats {
+                    interface: a.iface.clone(),
+                    hook: a.hook.to_string(),
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                    run_count: info.run_count(),
+                });
             }
         }
+        let bpf_stats_enabled = programs.iter().any(|p| p.run_count > 0);
         let policy = self.enforcer.policy();
         Ok(metrics::Snapshot {
             counters: maps.counters()?,

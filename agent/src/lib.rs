@@ -1,6 +1,7 @@
 //! The Portcullis agent: policy files, kernel maps, loading and attaching, the control
 //! socket, events.
 
+pub mod bpf_stats;
 pub mod cli;
 pub mod control;
 pub mod daemon;

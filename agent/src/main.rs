@@ -63,6 +63,10 @@ enum Command {
         /// of refusing to start.
         #[arg(long)]
         replace_foreign_xdp: bool,
+        /// Have the kernel time BPF programs while the agent runs (every program on the
+        /// machine, at a small cost), for the program run-time metrics.
+        #[arg(long)]
+        bpf_stats: bool,
         /// Format of the agent's own log lines on stderr (events are always JSON on stdout).
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -197,6 +201,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             metrics,
             on_exit,
             replace_foreign_xdp,
+            bpf_stats,
             log_format,
             summary_interval,
         } => {
@@ -215,6 +220,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 metrics,
                 on_exit,
                 replace_foreign_xdp,
+                bpf_stats,
                 summary_interval: Duration::from_secs(summary_interval.max(1)),
             };
             let runtime = tokio::runtime::Builder::new_current_thread()

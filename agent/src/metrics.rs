@@ -191,12 +191,12 @@ pub fn render(s: &Snapshot) -> String {
         let run_time = counter_family(
             &mut registry,
             "program_run_time_ns",
-            "Time the kernel spent in the program (needs kernel.bpf_stats_enabled=1)",
+            "Time the kernel spent in the program (needs BPF statistics on: --bpf-stats or kernel.bpf_stats_enabled=1)",
         );
         let runs = counter_family(
             &mut registry,
             "program_runs",
-            "Program runs (needs kernel.bpf_stats_enabled=1)",
+            "Program runs (needs BPF statistics on: --bpf-stats or kernel.bpf_stats_enabled=1)",
         );
         for p in &s.programs {
             let l = labels(&[("interface", &p.interface), ("hook", &p.hook)]);

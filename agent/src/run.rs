@@ -38,6 +38,8 @@ pub struct RunOptions {
     pub on_exit: OnExit,
     /// Remove an XDP program another tool attached instead of refusing to start.
     pub replace_foreign_xdp: bool,
+    /// Have the kernel time BPF programs while the agent runs, for the run-time metrics.
+    pub bpf_stats: bool,
     pub summary_interval: Duration,
 }
 
@@ -69,6 +71,11 @@ pub async fn run(options: RunOptions, policy: Policy, policy_text: String) -> Re
         ifindexes.insert(loader::ifindex(iface)?, iface.clone());
     }
     let _lock = loader::PinDirLock::take(&options.pin_dir)?;
+    let _bpf_stats = if options.bpf_stats {
+        Some(crate::bpf_stats::enable().context("enabling BPF run-time statistics")?)
+    } else {
+        None
+    };
     // Maps a previous agent left (it crashed, or exited with --on-exit keep) are taken over
     // with their contents: bans, buckets, and the policy it had in force, which keeps
     // enforcing until ours replaces it.

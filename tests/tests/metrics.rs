@@ -35,7 +35,7 @@ fn metrics_report_what_the_traffic_produced() {
         &pair.server_ns,
         &pair.server_if,
         &policy,
-        &["--metrics", METRICS],
+        &["--metrics", METRICS, "--bpf-stats"],
     )
     .unwrap();
 
@@ -121,6 +121,17 @@ fn metrics_report_what_the_traffic_produced() {
     assert_eq!(metric(&body, "portcullis_map_entries{map=\"buckets\"}"), 1);
     assert_eq!(metric(&body, "portcullis_policy_version"), 1);
     assert_eq!(metric(&body, "portcullis_policy_apply_failures_total"), 0);
+    // With --bpf-stats the kernel timed the program: it ran for every packet above (and for
+    // ARP and IPv6 neighbour discovery), and took some time doing it.
+    let program = format!("{{interface=\"{}\",hook=\"xdp-native\"}}", pair.server_if);
+    let runs = metric(&body, &format!("portcullis_program_runs_total{program}"));
+    assert!(runs >= 350, "{runs} runs for 350 packets");
+    assert!(
+        metric(
+            &body,
+            &format!("portcullis_program_run_time_ns_total{program}")
+        ) > 0
+    );
 
     // A broken edit counts as a failed apply.
     std::fs::write(&policy, "deny: [\n").unwrap();
