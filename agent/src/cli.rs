@@ -77,11 +77,8 @@ fn print_json(value: &Value) {
 
 /// Validates `file` here (so errors name the file and line), then applies it.
 pub fn policy_apply(socket: &Path, file: &Path) -> Result<(), CliError> {
-    policy::load(file)?;
-    let text = std::fs::read_to_string(file).map_err(|source| PolicyError::Read {
-        path: file.to_path_buf(),
-        source,
-    })?;
+    let text = policy::read(file)?;
+    policy::parse(file, &text)?;
     let origin = file.display().to_string();
     let result = call(socket, Request::PolicyApply { text, origin })?;
     println!("version {} in force", result["version"]);
@@ -90,11 +87,8 @@ pub fn policy_apply(socket: &Path, file: &Path) -> Result<(), CliError> {
 }
 
 pub fn policy_diff(socket: &Path, file: &Path) -> Result<(), CliError> {
-    policy::load(file)?;
-    let text = std::fs::read_to_string(file).map_err(|source| PolicyError::Read {
-        path: file.to_path_buf(),
-        source,
-    })?;
+    let text = policy::read(file)?;
+    policy::parse(file, &text)?;
     let result = call(socket, Request::PolicyDiff { text })?;
     print_changes(&result);
     Ok(())

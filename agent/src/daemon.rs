@@ -169,11 +169,7 @@ impl Daemon {
     /// Called when the policy file's directory changed: re-reads the file and applies it
     /// if its text changed. Errors leave the policy in force untouched.
     pub fn reload_file(&mut self) -> anyhow::Result<Option<u64>> {
-        let text =
-            std::fs::read_to_string(&self.policy_path).map_err(|source| PolicyError::Read {
-                path: self.policy_path.clone(),
-                source,
-            })?;
+        let text = policy::read(&self.policy_path)?;
         if text == self.file_text {
             return Ok(None);
         }

@@ -207,8 +207,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         } => {
             init_logging(log_format);
             // Everything is validated before the kernel is touched.
-            let loaded = policy::load(&policy)?;
-            let text = std::fs::read_to_string(&policy)?;
+            let text = policy::read(&policy)?;
+            let loaded = policy::parse(&policy, &text)?;
             let options = RunOptions {
                 ifaces,
                 policy,

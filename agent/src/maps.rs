@@ -13,6 +13,8 @@ use aya::maps::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+use std::collections::BTreeMap;
+
 use crate::tables::Tables;
 
 /// One entry of `BANS_V4` / `BANS_V6`.
@@ -102,47 +104,43 @@ impl PolicyMaps {
     /// Moves this set from `old` to `new`, writing only what differs.
     fn write(&mut self, old: &Tables, new: &Tables) -> Result<(), MapsError> {
         let set = self.set;
-        for (id, config) in &new.rules {
-            if old.rules.get(id) != Some(config) {
-                self.rules
-                    .set(*id, config, 0)
-                    .map_err(ctx(names::RULES[set]))?;
-            }
-        }
-        for prefix in new.allow_v4.difference(&old.allow_v4) {
-            let key = Key::new(prefix.0, prefix.1);
-            self.allow_v4
-                .insert(&key, 1, 0)
-                .map_err(ctx(names::ALLOW_V4[set]))?;
-        }
-        for prefix in new.allow_v6.difference(&old.allow_v6) {
-            let key = Key::new(prefix.0, prefix.1);
-            self.allow_v6
-                .insert(&key, 1, 0)
-                .map_err(ctx(names::ALLOW_V6[set]))?;
-        }
-        for (prefix, entry) in &new.deny_v4 {
-            if old.deny_v4.get(prefix) != Some(entry) {
-                let key = Key::new(prefix.0, prefix.1);
-                self.deny_v4
-                    .insert(&key, entry, 0)
-                    .map_err(ctx(names::DENY_V4[set]))?;
-            }
-        }
-        for (prefix, entry) in &new.deny_v6 {
-            if old.deny_v6.get(prefix) != Some(entry) {
-                let key = Key::new(prefix.0, prefix.1);
-                self.deny_v6
-                    .insert(&key, entry, 0)
-                    .map_err(ctx(names::DENY_V6[set]))?;
-            }
-        }
+        sync_lpm(
+            &mut self.allow_v4,
+            &old.allow_v4,
+            &new.allow_v4,
+            names::ALLOW_V4[set],
+        )?;
+        sync_lpm(
+            &mut self.allow_v6,
+            &old.allow_v6,
+            &new.allow_v6,
+            names::ALLOW_V6[set],
+        )?;
+        sync_lpm(
+            &mut self.deny_v4,
+            &old.deny_v4,
+            &new.deny_v4,
+            names::DENY_V4[set],
+        )?;
+        sync_lpm(
+            &mut self.deny_v6,
+            &old.deny_v6,
+            &new.deny_v6,
+            names::DENY_V6[set],
+        )?;
         for (port, rules) in &new.port_rules {
             if old.port_rules.get(port) != Some(rules) {
                 self.port_rules
                     .insert(port, rules, 0)
                     .map_err(ctx(names::PORT_RULES[set]))?;
             }
+        }
+        for port in old
+            .port_rules
+            .keys()
+            .filter(|k| !new.port_rules.contains_key(k))
+        {
+            ignore_missing(self.port_rules.remove(port)).map_err(ctx(names::PORT_RULES[set]))?;
         }
         for (class, rules) in new.class_rules.iter().enumerate() {
             if old.class_rules[class] != *rules {
@@ -151,29 +149,12 @@ impl PolicyMaps {
                     .map_err(ctx(names::CLASS_RULES[set]))?;
             }
         }
-        // Removals. A missing key is not an error: the state we want is reached.
-        for port in old
-            .port_rules
-            .keys()
-            .filter(|k| !new.port_rules.contains_key(k))
-        {
-            ignore_missing(self.port_rules.remove(port)).map_err(ctx(names::PORT_RULES[set]))?;
-        }
-        for prefix in old.deny_v4.keys().filter(|k| !new.deny_v4.contains_key(k)) {
-            let key = Key::new(prefix.0, prefix.1);
-            ignore_missing(self.deny_v4.remove(&key)).map_err(ctx(names::DENY_V4[set]))?;
-        }
-        for prefix in old.deny_v6.keys().filter(|k| !new.deny_v6.contains_key(k)) {
-            let key = Key::new(prefix.0, prefix.1);
-            ignore_missing(self.deny_v6.remove(&key)).map_err(ctx(names::DENY_V6[set]))?;
-        }
-        for prefix in old.allow_v4.difference(&new.allow_v4) {
-            let key = Key::new(prefix.0, prefix.1);
-            ignore_missing(self.allow_v4.remove(&key)).map_err(ctx(names::ALLOW_V4[set]))?;
-        }
-        for prefix in old.allow_v6.difference(&new.allow_v6) {
-            let key = Key::new(prefix.0, prefix.1);
-            ignore_missing(self.allow_v6.remove(&key)).map_err(ctx(names::ALLOW_V6[set]))?;
+        for (id, config) in &new.rules {
+            if old.rules.get(id) != Some(config) {
+                self.rules
+                    .set(*id, config, 0)
+                    .map_err(ctx(names::RULES[set]))?;
+            }
         }
         // A removed rule becomes inert (interval 0) and its bans void (epoch 0).
         for id in old.rules.keys().filter(|id| !new.rules.contains_key(id)) {
@@ -490,6 +471,26 @@ impl KernelMaps {
         }
         Ok(removed)
     }
+}
+
+/// Moves an LPM trie from holding `old` to holding `new`: inserts what is new or changed,
+/// removes what is gone. A key already missing is not an error: the state wanted is reached.
+fn sync_lpm<K: aya::Pod + Ord, V: aya::Pod + PartialEq>(
+    map: &mut LpmTrie<MapData, K, V>,
+    old: &BTreeMap<(u32, K), V>,
+    new: &BTreeMap<(u32, K), V>,
+    name: &'static str,
+) -> Result<(), MapsError> {
+    for (&(prefix_len, addr), value) in new {
+        if old.get(&(prefix_len, addr)) != Some(value) {
+            map.insert(&Key::new(prefix_len, addr), value, 0)
+                .map_err(ctx(name))?;
+        }
+    }
+    for &(prefix_len, addr) in old.keys().filter(|k| !new.contains_key(k)) {
+        ignore_missing(map.remove(&Key::new(prefix_len, addr))).map_err(ctx(name))?;
+    }
+    Ok(())
 }
 
 /// `BPF_NOEXIST` from the kernel's uapi: insert only if the key is absent.

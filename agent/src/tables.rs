@@ -18,8 +18,9 @@ pub type Prefix6 = (u32, [u8; 16]);
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tables {
-    pub allow_v4: BTreeSet<Prefix4>,
-    pub allow_v6: BTreeSet<Prefix6>,
+    /// Value 1 for every entry: the kernel only asks whether a prefix is there.
+    pub allow_v4: BTreeMap<Prefix4, u32>,
+    pub allow_v6: BTreeMap<Prefix6, u32>,
     pub deny_v4: BTreeMap<Prefix4, DenyEntry>,
     pub deny_v6: BTreeMap<Prefix6, DenyEntry>,
     pub port_rules: BTreeMap<u32, PortRules>,
@@ -203,10 +204,10 @@ pub fn build(policy: &Policy, ids: &mut RuleIds, cpus: u32) -> Tables {
         match net {
             IpNet::V4(n) => tables
                 .allow_v4
-                .insert((n.prefix_len().into(), n.addr().octets())),
+                .insert((n.prefix_len().into(), n.addr().octets()), 1),
             IpNet::V6(n) => tables
                 .allow_v6
-                .insert((n.prefix_len().into(), n.addr().octets())),
+                .insert((n.prefix_len().into(), n.addr().octets()), 1),
         };
     }
     for deny in &policy.deny {

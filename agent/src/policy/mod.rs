@@ -144,13 +144,17 @@ impl Policy {
 #[error("no rate limit, deny name or deny CIDR called '{0}' in the policy in force")]
 pub struct UnknownRule(pub String);
 
-/// Reads and validates a policy file.
-pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+/// Reads a policy file's text.
+pub fn read(path: &Path) -> Result<String, PolicyError> {
+    std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
-    parse(path, &text)
+    })
+}
+
+/// Reads and validates a policy file.
+pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    parse(path, &read(path)?)
 }
 
 /// Validates policy text; `path` is only used in error messages.
