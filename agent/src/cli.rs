@@ -224,12 +224,12 @@ pub fn stats(socket: &Path, json: bool) -> Result<(), CliError> {
         print_json(&result);
         return Ok(());
     }
+    // serde_json values ignore width and alignment, so numbers are taken out first.
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
     println!("{:<14} {:>14} {:>14}", "reason", "packets", "shadow");
-    for (reason, count) in result["verdicts"].as_object().into_iter().flatten() {
-        println!(
-            "{reason:<14} {:>14} {:>14}",
-            count, result["shadow"][reason]
-        );
+    for reason in agent_common::Reason::ALL.map(agent_common::Reason::name) {
+        let (packets, shadow) = (n(&result["verdicts"][reason]), n(&result["shadow"][reason]));
+        println!("{reason:<14} {packets:>14} {shadow:>14}");
     }
     if let Some(rules) = result["rules"].as_object().filter(|r| !r.is_empty()) {
         println!(
@@ -237,10 +237,9 @@ pub fn stats(socket: &Path, json: bool) -> Result<(), CliError> {
             "rule", "passed", "dropped", "shadowed"
         );
         for (name, c) in rules {
-            println!(
-                "{name:<24} {:>12} {:>12} {:>12}",
-                c["passed"], c["dropped"], c["shadowed"]
-            );
+            let (passed, dropped, shadowed) =
+                (n(&c["passed"]), n(&c["dropped"]), n(&c["shadowed"]));
+            println!("{name:<24} {passed:>12} {dropped:>12} {shadowed:>12}");
         }
     }
     let events = &result["events"];

@@ -97,7 +97,7 @@ fn run() -> Result<()> {
     );
 
     let before = api.count(Duration::from_millis(200), Duration::from_secs(2));
-    let sent = udp_send(
+    let monitor_sent = udp_send(
         &pair,
         MONITOR,
         SERVER_V4,
@@ -109,14 +109,14 @@ fn run() -> Result<()> {
     row(
         &format!("{MONITOR} (allow list)"),
         "UDP :9000, ~4000/s",
-        sent,
+        monitor_sent,
         monitor,
         "never limited",
     );
 
     let before = api.count(Duration::from_millis(200), Duration::from_secs(2));
     let start = Instant::now();
-    let sent = udp_send(
+    let flood_sent = udp_send(
         &pair,
         FLOODER,
         SERVER_V4,
@@ -129,7 +129,7 @@ fn run() -> Result<()> {
     row(
         &format!("{FLOODER} (flooder)"),
         &format!("UDP :9000 for {elapsed:.1} s"),
-        sent,
+        flood_sent,
         flood,
         &format!("limit: burst 20 + 100/s = {:.0}", 20.0 + 100.0 * elapsed),
     );
@@ -153,7 +153,7 @@ fn run() -> Result<()> {
     drop(agent);
     drop(pair);
     println!("\nDone: agent stopped, programs detached, namespaces removed.");
-    if ok != 20 || bad != 0 || monitor != sent {
+    if ok != 20 || bad != 0 || monitor != monitor_sent {
         bail!("the demo did not see the expected results (see the table above)");
     }
     Ok(())
