@@ -356,28 +356,24 @@ impl KernelMaps {
 
     /// Every ban in the maps, expired or not (the sweep removes expired ones).
     pub fn bans(&self) -> Result<Vec<Ban>, MapsError> {
+        let ban = |net: IpNet, entry: BanEntry| Ban {
+            net,
+            rule: entry.rule,
+            epoch: entry.epoch,
+            expires_ns: entry.expires_ns,
+        };
         let mut bans = Vec::new();
         for entry in self.bans_v4.iter() {
-            let (key, ban) = entry.map_err(ctx(names::BANS_V4))?;
+            let (key, entry) = entry.map_err(ctx(names::BANS_V4))?;
             let net = Ipv4Net::new(key.data().into(), key.prefix_len() as u8)
                 .expect("the kernel only stores valid prefixes");
-            bans.push(Ban {
-                net: net.into(),
-                rule: ban.rule,
-                epoch: ban.epoch,
-                expires_ns: ban.expires_ns,
-            });
+            bans.push(ban(net.into(), entry));
         }
         for entry in self.bans_v6.iter() {
-            let (key, ban) = entry.map_err(ctx(names::BANS_V6))?;
+            let (key, entry) = entry.map_err(ctx(names::BANS_V6))?;
             let net = Ipv6Net::new(key.data().into(), key.prefix_len() as u8)
                 .expect("the kernel only stores valid prefixes");
-            bans.push(Ban {
-                net: net.into(),
-                rule: ban.rule,
-                epoch: ban.epoch,
-                expires_ns: ban.expires_ns,
-            });
+            bans.push(ban(net.into(), entry));
         }
         Ok(bans)
     }
@@ -433,14 +429,7 @@ impl KernelMaps {
         };
         match result {
             Ok(()) => Ok(true),
-            Err(MapsError::Map {
-                source: MapError::KeyNotFound,
-                ..
-            }) => Ok(false),
-            Err(MapsError::Map {
-                source: MapError::SyscallError(e),
-                ..
-            }) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(MapsError::Map { source, .. }) if is_missing(&source) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -496,10 +485,18 @@ fn sync_lpm<K: aya::Pod + Ord, V: aya::Pod + PartialEq>(
 /// `BPF_NOEXIST` from the kernel's uapi: insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;
 
+/// True for "no such key": what removing an absent entry returns.
+fn is_missing(error: &MapError) -> bool {
+    match error {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
-        Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) if is_missing(&e) => Ok(()),
         other => other,
     }
 }
