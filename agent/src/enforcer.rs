@@ -1,10 +1,9 @@
-//! The policy in force, and the one way to change it: validate, build tables, write them
-//! into the policy set not in force, then switch sets. File reloads go through `apply` (and
-//! so will control-socket updates).
+//! The policy in force, and the one way to change it: build tables, write them into the
+//! policy set not in force, then switch sets. File reloads and control requests reach
+//! `apply` through `daemon`.
 
 use std::{
     collections::BTreeMap,
-    path::Path,
     time::{Duration, Instant},
 };
 
@@ -13,7 +12,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     maps::KernelMaps,
-    policy::{self, Policy},
+    policy::Policy,
     tables::{self, RuleIds, Tables},
 };
 
@@ -164,16 +163,5 @@ impl Enforcer {
         self.ids = ids;
         self.policy = policy;
         Ok(())
-    }
-
-    /// Re-reads `path` and applies it if it differs from the policy in force.
-    /// Returns whether anything changed.
-    pub fn reload(&mut self, path: &Path) -> Result<bool> {
-        let policy = policy::load(path)?;
-        if policy == self.policy {
-            return Ok(false);
-        }
-        self.apply(policy)?;
-        Ok(true)
     }
 }

@@ -87,11 +87,6 @@ impl History {
         Ok(history)
     }
 
-    /// A history that is not saved anywhere (tests).
-    pub fn in_memory() -> Self {
-        Self::default()
-    }
-
     pub fn current(&self) -> Option<&Version> {
         self.versions.last()
     }

@@ -101,16 +101,6 @@ pub enum PolicyError {
     },
 }
 
-impl PolicyError {
-    /// The problem found by validation, if that is what this error is.
-    pub fn problem(&self) -> Option<&Problem> {
-        match self {
-            PolicyError::Invalid { problem, .. } => Some(problem),
-            _ => None,
-        }
-    }
-}
-
 impl Policy {
     /// This policy with run-time mode switches applied. A name is a rate limit, a deny
     /// group (`name` of deny entries, or "deny" for the unnamed ones) or the CIDR of one
