@@ -5,6 +5,7 @@
 
 mod acl;
 mod bans;
+mod bench;
 mod counters;
 mod events;
 mod judge;
@@ -28,13 +29,6 @@ pub fn portcullis_xdp(ctx: XdpContext) -> u32 {
         Action::Pass => xdp_action::XDP_PASS,
         Action::Drop => xdp_action::XDP_DROP,
     }
-}
-
-/// The benchmark's floor: an XDP program that only passes. `cargo xtask bench` reports the
-/// real program's cost next to this one's; the agent never attaches it.
-#[xdp]
-pub fn portcullis_floor(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
 }
 
 /// Linear bytes the parser may need: Ethernet, two VLAN tags, IPv6 and its extension

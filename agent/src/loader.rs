@@ -34,6 +34,12 @@ pub const XDP_PROGRAM: &str = "portcullis_xdp";
 pub const TC_PROGRAM: &str = "portcullis_tc";
 /// An XDP program that only passes: the benchmarks' floor, never attached.
 pub const FLOOR_PROGRAM: &str = "portcullis_floor";
+/// The benchmarks' flood generators (run with BPF_F_TEST_XDP_LIVE_FRAMES), never attached:
+/// one sends its frame as given, the other with a random source in the frame's /12.
+/// Drops everything: the flood benchmark's ceiling, attached by the benchmark only.
+pub const DROP_ALL_PROGRAM: &str = "portcullis_drop_all";
+pub const FLOOD_PROGRAM: &str = "portcullis_flood";
+pub const FLOOD_SPOOFED_PROGRAM: &str = "portcullis_flood_spoofed";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/portcullis";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

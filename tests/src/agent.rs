@@ -156,6 +156,11 @@ impl Agent {
             .expect("run the portcullis CLI")
     }
 
+    /// The agent's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Keeps the policy history when this agent goes, for the next one to take over.
     pub fn keep_state(&mut self) {
         self.keep_state = true;
@@ -222,6 +227,12 @@ impl Agent {
             .collect()
     }
 
+    /// The agent's resident memory (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let pid = self.child.as_ref().context("agent stopped")?.id();
+        rss_kib(pid)
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn stop(&mut self) -> Result<ExitStatus> {
         let mut child = self.child.take().context("agent already stopped")?;
@@ -238,6 +249,17 @@ impl Agent {
         let _ = child.kill();
         bail!("agent did not exit within 15 s of SIGTERM")
     }
+}
+
+/// Resident memory (VmRSS) of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
 }
 
 fn signal(child: &Child, sig: i32) {

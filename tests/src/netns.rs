@@ -131,6 +131,33 @@ impl NetnsPair {
         ])
     }
 
+    /// The server interface's MAC address.
+    pub fn server_mac(&self) -> Result<[u8; 6]> {
+        let out = Command::new("ip")
+            .args([
+                "-n",
+                &self.server_ns,
+                "-br",
+                "link",
+                "show",
+                "dev",
+                &self.server_if,
+            ])
+            .output()
+            .context("running ip")?;
+        // "pcs1x0@if2  UP  aa:bb:cc:dd:ee:ff <BROADCAST,...>"
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mac = text
+            .split_whitespace()
+            .nth(2)
+            .with_context(|| format!("no MAC address in {text:?}"))?;
+        let mut bytes = [0u8; 6];
+        for (byte, part) in bytes.iter_mut().zip(mac.split(':')) {
+            *byte = u8::from_str_radix(part, 16).with_context(|| format!("MAC address {mac}"))?;
+        }
+        Ok(bytes)
+    }
+
     /// Runs `f` on a thread that has entered namespace `ns`; sockets it opens live there.
     pub fn run_in<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
         let path = format!("/run/netns/{ns}");

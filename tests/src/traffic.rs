@@ -60,6 +60,11 @@ impl UdpCounter {
         })
     }
 
+    /// When the last datagram arrived (or when the counter was bound, if none has).
+    pub fn last_arrival(&self) -> Instant {
+        *self.last_arrival.lock().unwrap()
+    }
+
     /// Waits until nothing has arrived for `quiet` since the later of this call and the
     /// last arrival (at most `max`), then returns the total count.
     pub fn count(&self, quiet: Duration, max: Duration) -> u64 {

@@ -1,7 +1,12 @@
-//! The benchmark program runs and writes well-formed results. No timing is asserted: the
-//! numbers of a smoke run on a busy machine mean nothing.
+//! The benchmark program runs every section and writes well-formed results. No timing is
+//! asserted: the numbers of a smoke run on a busy machine mean nothing.
 
 use portcullis_tests::require_kernel;
+use serde_json::Value;
+
+fn positive(value: &Value) -> bool {
+    value.as_f64().is_some_and(|v| v > 0.0 && v.is_finite())
+}
 
 #[test]
 fn bench_smoke_run_writes_its_tables_and_numbers() {
@@ -24,21 +29,72 @@ fn bench_smoke_run_writes_its_tables_and_numbers() {
     for heading in [
         "## Per-packet cost",
         "## Deny path with events on and off",
+        "## Flood throughput, one source",
+        "## Flood throughput, 1,048,576 spoofed sources",
+        "## Legitimate HTTP during a one-source UDP flood",
         "## Applying a deny list",
+        "## Policy file edit to enforcement",
+        "## Agent memory, idle",
     ] {
         assert!(md.contains(heading), "{heading} missing:\n{md}");
     }
-    let json: serde_json::Value =
+    let json: Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("bench.json")).unwrap())
             .unwrap();
     assert_eq!(json["smoke"], true);
-    let per_packet = json["per_packet"].as_array().unwrap();
-    assert_eq!(per_packet.len(), 9, "one row per path");
-    for row in per_packet {
-        assert!(row["ns_per_packet"].as_f64().unwrap() > 0.0, "{row}");
-        assert!(row["floor_ns_per_packet"].as_f64().unwrap() > 0.0, "{row}");
+
+    let paths = json["per_packet"]["paths"].as_array().unwrap();
+    assert_eq!(paths.len(), 9, "one row per path");
+    for row in paths {
+        assert!(positive(&row["ns_per_packet"]), "{row}");
+        assert!(positive(&row["floor_ns_per_packet"]), "{row}");
     }
-    assert_eq!(json["events"].as_array().unwrap().len(), 2);
-    assert_eq!(json["apply"][0]["cidrs"], 1000);
-    assert!(json["apply"][0]["write_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(json["per_packet"]["events"].as_array().unwrap().len(), 2);
+
+    // Every filter received frames; the baseline's ratio to itself is 1; Portcullis rows
+    // carry the agent's memory, the others do not.
+    let flood = json["flood"].as_array().unwrap();
+    assert_eq!(
+        flood.len(),
+        13,
+        "9 filters with one source, 4 with spoofed ones"
+    );
+    for row in flood {
+        assert!(positive(&row["packets_per_second"]), "{row}");
+        let filter = row["filter"].as_str().unwrap();
+        if filter == "iptables raw hashlimit" {
+            assert_eq!(row["ratio_to_iptables_hashlimit"].as_f64(), Some(1.0));
+        }
+        assert_eq!(
+            filter.starts_with("Portcullis"),
+            positive(&row["agent_rss_kib"]),
+            "{row}"
+        );
+    }
+    // A one-source flood is dropped before the stack by every filter (it is over any
+    // limit after its burst), and reaches the stack without one.
+    for row in flood.iter().filter(|r| r["sources"] == "one source") {
+        let dropped = row["dropped_share"].as_f64().unwrap();
+        if row["filter"] == "no filter" {
+            assert!(dropped < 0.01, "{row}");
+        } else {
+            assert!(dropped > 0.9, "{row}");
+        }
+    }
+
+    let legit = json["legit_under_flood"].as_array().unwrap();
+    assert_eq!(legit.len(), 4);
+    for row in legit {
+        assert!(positive(&row["alone"]["requests_per_second"]), "{row}");
+        assert!(positive(&row["alone"]["p99_ms"]), "{row}");
+    }
+
+    let control = &json["control_plane"];
+    assert_eq!(control["apply"][0]["cidrs"], 1000);
+    assert!(positive(&control["apply"][0]["write_s"]));
+    let edits = control["edit_to_enforcement_s"].as_array().unwrap();
+    assert!(!edits.is_empty() && edits.iter().all(positive), "{edits:?}");
+    for row in control["idle_rss_kib"].as_array().unwrap() {
+        assert!(positive(&row["rss_kib"]), "{row}");
+    }
 }

@@ -19,7 +19,19 @@ pub fn run(options: &Options) -> Result<()> {
         bail!("the benchmarks load BPF programs and need root");
     }
     setup::run(&setup::Options {})?;
+    // The flood and control-plane sections run the real agent, built the way users build it.
+    cmd::run(Command::new("cargo").args([
+        "build",
+        "--release",
+        "--quiet",
+        "--package",
+        "portcullis",
+    ]))?;
     let mut command = Command::new("cargo");
+    command.env(
+        "PORTCULLIS_BIN",
+        std::env::current_dir()?.join("target/release/portcullis"),
+    );
     command.args([
         "run",
         "--release",

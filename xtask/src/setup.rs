@@ -7,8 +7,18 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use crate::cmd;
 
 /// Debian packages: iproute2 and util-linux (ip, nsenter) for the namespace tests and the
-/// demo, python3 for the HTTP server in the tests, bpftool for inspecting programs.
-const DEBIAN_PACKAGES: &[&str] = &["iproute2", "util-linux", "python3", "bpftool"];
+/// demo, python3 for the HTTP server in the tests, bpftool for inspecting programs; for the
+/// benchmarks, the baselines (iptables, nftables), ethtool (veth GRO) and wrk (HTTP load).
+const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "util-linux",
+    "python3",
+    "bpftool",
+    "iptables",
+    "nftables",
+    "ethtool",
+    "wrk",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 #[derive(clap::Args)]

@@ -1,0 +1,68 @@
+//! Programs for `cargo xtask bench` only; the agent never loads or attaches them.
+
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_get_prandom_u32, macros::xdp, programs::XdpContext,
+};
+
+/// The floor: an XDP program that only passes. The benchmark reports the real program's
+/// cost next to this one's.
+#[xdp]
+pub fn portcullis_floor(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// The flood benchmark's ceiling: an XDP program that drops everything, for what the test
+/// bed itself handles when the filter costs nothing.
+#[xdp]
+pub fn portcullis_drop_all(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
+/// The flood generator: run with BPF_F_TEST_XDP_LIVE_FRAMES on one end of a veth pair, it
+/// sends every frame out of that interface, to the filter on the other end.
+#[xdp]
+pub fn portcullis_flood(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
+}
+
+/// Offset of the IPv4 header checksum and source address in the generator's frames
+/// (Ethernet, then IPv4 without options).
+const IPV4_CHECKSUM: usize = 14 + 10;
+const IPV4_SOURCE: usize = 14 + 12;
+/// Bits of the source address drawn at random: 2^20 = 1,048,576 sources.
+const SPOOFED_BITS: u32 = 0x000f_ffff;
+
+/// The flood generator with spoofed sources: as `portcullis_flood`, but each frame gets a
+/// random source address in the /12 of the frame's own source, with its header checksum
+/// fixed so that the kernel's IP stack (iptables, nftables) accepts it too.
+#[xdp]
+pub fn portcullis_flood_spoofed(ctx: XdpContext) -> u32 {
+    let data = ctx.data();
+    if data + IPV4_SOURCE + 4 > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: the bounds were checked above; IP header fields may be unaligned.
+    unsafe {
+        let source = (data + IPV4_SOURCE) as *mut u32;
+        let checksum = (data + IPV4_CHECKSUM) as *mut u16;
+        let old = u32::from_be(source.read_unaligned());
+        let new = (old & !SPOOFED_BITS) | (bpf_get_prandom_u32() & SPOOFED_BITS);
+        source.write_unaligned(new.to_be());
+        let sum = u16::from_be(checksum.read_unaligned());
+        checksum.write_unaligned(checksum_update(sum, old, new).to_be());
+    }
+    xdp_action::XDP_TX
+}
+
+/// RFC 1624 incremental update of a ones' complement checksum when one 32-bit word of the
+/// summed data changes from `old` to `new`: HC' = ~(~HC + ~m + m').
+fn checksum_update(checksum: u16, old: u32, new: u32) -> u16 {
+    let mut sum = u32::from(!checksum)
+        + u32::from(!(old >> 16) as u16)
+        + u32::from(!(old as u16))
+        + (new >> 16)
+        + (new & 0xffff);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}

@@ -1,0 +1,228 @@
+//! The filters the benchmarks compare, each installed on the server side of a fresh veth
+//! pair with the same limits: Portcullis on each hook, iptables and nftables.
+
+use std::{io::Write as _, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf,
+    programs::{Xdp, XdpMode},
+};
+use portcullis::{
+    loader::{self, DROP_ALL_PROGRAM},
+    policy::Capacity,
+};
+use portcullis_tests::{agent::Agent, netns::NetnsPair};
+use tempfile::TempDir;
+
+/// The flood's source network: denied outright, or limited per source.
+pub const FLOOD_NET: &str = "100.64.0.0/10";
+/// The per-source limit every rate-limiting filter applies to UDP.
+pub const LIMIT_PER_SECOND: u32 = 100;
+pub const LIMIT_BURST: u32 = 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filter {
+    None,
+    /// An XDP program that drops everything: what the test bed handles at best.
+    DropAll,
+    /// Portcullis on XDP, denying the flood's network; `events` false sets the budget to 0.
+    PortcullisXdpDeny {
+        events: bool,
+    },
+    PortcullisXdpLimit,
+    PortcullisTcDeny,
+    /// iptables raw table, `-s FLOOD_NET -j DROP`: the cheapest thing iptables can do.
+    IptablesDrop,
+    /// iptables raw table, `hashlimit` per source IP.
+    IptablesHashlimit,
+    /// nftables at the raw priority, a meter per source IP.
+    NftMeter,
+}
+
+impl Filter {
+    pub fn label(self) -> &'static str {
+        match self {
+            Filter::None => "no filter",
+            Filter::DropAll => "XDP_DROP only (test bed ceiling)",
+            Filter::PortcullisXdpDeny { events: true } => "Portcullis XDP deny",
+            Filter::PortcullisXdpDeny { events: false } => "Portcullis XDP deny, events off",
+            Filter::PortcullisXdpLimit => "Portcullis XDP rate limit",
+            Filter::PortcullisTcDeny => "Portcullis TC deny",
+            Filter::IptablesDrop => "iptables raw DROP by source",
+            Filter::IptablesHashlimit => "iptables raw hashlimit",
+            Filter::NftMeter => "nftables meter",
+        }
+    }
+
+    /// Installs the filter on `pair`'s server interface. What it installs goes with the
+    /// pair's namespace or with the returned guard.
+    pub fn install(self, pair: &NetnsPair) -> Result<Installed> {
+        // veth only takes frames from an XDP_TX/redirect (the generator) when its NAPI is
+        // on: an XDP program turns it on, and so does GRO for the filters without one.
+        in_ns(
+            &pair.server_ns,
+            &["ethtool", "-K", &pair.server_if, "gro", "on"],
+        )?;
+        // Threaded NAPI: the receiving side runs in its own kernel thread, as a NIC's
+        // interrupt-driven softirq would, not inside the generator's system call. The
+        // generator then only fills the ring, and the receiver's throughput is its own.
+        in_ns(
+            &pair.server_ns,
+            &[
+                "sh",
+                "-c",
+                &format!("echo 1 > /sys/class/net/{}/threaded", pair.server_if),
+            ],
+        )?;
+        let limit = format!(
+            "{{name: flood, protocol: udp, rate: {LIMIT_PER_SECOND}/s, burst: {LIMIT_BURST}}}"
+        );
+        match self {
+            Filter::None => Ok(Installed::default()),
+            Filter::DropAll => drop_all(pair),
+            Filter::PortcullisXdpDeny { events } => {
+                let budget = if events {
+                    ""
+                } else {
+                    "events: {per_second: 0}\n"
+                };
+                portcullis(pair, &format!("deny: [{FLOOD_NET}]\n{budget}"), "xdp")
+            }
+            Filter::PortcullisXdpLimit => {
+                portcullis(pair, &format!("rate_limits:\n  - {limit}\n"), "xdp")
+            }
+            Filter::PortcullisTcDeny => portcullis(pair, &format!("deny: [{FLOOD_NET}]\n"), "tc"),
+            Filter::IptablesDrop => {
+                in_ns(
+                    &pair.server_ns,
+                    &[
+                        "iptables",
+                        "-t",
+                        "raw",
+                        "-A",
+                        "PREROUTING",
+                        "-s",
+                        FLOOD_NET,
+                        "-j",
+                        "DROP",
+                    ],
+                )?;
+                Ok(Installed::default())
+            }
+            Filter::IptablesHashlimit => {
+                in_ns(
+                    &pair.server_ns,
+                    &[
+                        "iptables",
+                        "-t",
+                        "raw",
+                        "-A",
+                        "PREROUTING",
+                        "-p",
+                        "udp",
+                        "-m",
+                        "hashlimit",
+                        "--hashlimit-above",
+                        &format!("{LIMIT_PER_SECOND}/sec"),
+                        "--hashlimit-burst",
+                        &LIMIT_BURST.to_string(),
+                        "--hashlimit-mode",
+                        "srcip",
+                        "--hashlimit-name",
+                        "portcullis-bench",
+                        "-j",
+                        "DROP",
+                    ],
+                )?;
+                Ok(Installed::default())
+            }
+            Filter::NftMeter => {
+                let ruleset = format!(
+                    "table ip bench {{\n  chain pre {{\n    type filter hook prerouting priority raw;\n    \
+                     udp dport 0-65535 meter flood {{ ip saddr limit rate over {LIMIT_PER_SECOND}/second burst {LIMIT_BURST} packets }} drop\n  }}\n}}\n"
+                );
+                let mut child = Command::new("ip")
+                    .args(["netns", "exec", &pair.server_ns, "nft", "-f", "-"])
+                    .stdin(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .context("running nft")?;
+                child
+                    .stdin
+                    .take()
+                    .context("nft stdin")?
+                    .write_all(ruleset.as_bytes())?;
+                let out = child.wait_with_output()?;
+                if !out.status.success() {
+                    bail!("nft -f: {}", String::from_utf8_lossy(&out.stderr).trim());
+                }
+                Ok(Installed::default())
+            }
+        }
+    }
+}
+
+/// What a filter needs kept alive; iptables and nftables rules go with the namespace.
+#[derive(Default)]
+pub struct Installed {
+    pub agent: Option<Agent>,
+    /// Holds `DropAll`'s attachment: dropping the object detaches it.
+    _object: Option<Ebpf>,
+    _policy_dir: Option<TempDir>,
+}
+
+fn portcullis(pair: &NetnsPair, policy: &str, hook: &str) -> Result<Installed> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("policy.yaml");
+    std::fs::write(&path, policy)?;
+    // Native XDP or nothing: a silent fallback to skb mode would measure something else.
+    let args: &[&str] = if hook == "xdp" {
+        &["--hook", "xdp", "--xdp-mode", "native"]
+    } else {
+        &["--hook", hook]
+    };
+    let agent = Agent::start(&pair.server_ns, &pair.server_if, &path, args)?;
+    Ok(Installed {
+        agent: Some(agent),
+        _policy_dir: Some(dir),
+        ..Default::default()
+    })
+}
+
+fn drop_all(pair: &NetnsPair) -> Result<Installed> {
+    let mut object = loader::load_unpinned(&Capacity {
+        sources: 1024,
+        cidrs: 16,
+        bans: 16,
+    })?;
+    let program: &mut Xdp = object
+        .program_mut(DROP_ALL_PROGRAM)
+        .context("no drop-all program")?
+        .try_into()?;
+    program.load()?;
+    let iface = pair.server_if.clone();
+    pair.server(|| program.attach(&iface, XdpMode::Driver))
+        .with_context(|| format!("attaching {DROP_ALL_PROGRAM} to {iface}"))?;
+    Ok(Installed {
+        _object: Some(object),
+        ..Default::default()
+    })
+}
+
+/// Runs a command inside namespace `ns` and returns its standard output.
+pub fn in_ns(ns: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", args[0]))?;
+    if !out.status.success() {
+        bail!(
+            "{} (in {ns}): {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -1,0 +1,193 @@
+//! Flood throughput over a veth pair: 64-byte UDP frames from the live-frames generator
+//! into each filter in turn, from one source and from 1,048,576 spoofed ones.
+//!
+//! The receiving interface runs threaded NAPI, so the receiving side works in its own
+//! kernel thread as it would behind a NIC, and the generator, on the other CPU, offers more
+//! than any filter here takes (what overflows the veth's ring is dropped there, like a NIC
+//! ring's overflow). Frames per second received is what the receiving side handles.
+
+use std::{fmt::Write as _, net::Ipv4Addr, time::Duration};
+
+use anyhow::{Context as _, Result};
+use portcullis_tests::{
+    agent,
+    flood::{Generator, Sources, udp_frame},
+    netns::NetnsPair,
+};
+use serde_json::{Value, json};
+
+use crate::{
+    Scale,
+    filters::{Filter, in_ns},
+    median,
+};
+
+/// A source inside `filters::FLOOD_NET`; spoofed frames vary its low 20 bits.
+pub const FLOOD_SOURCE: Ipv4Addr = Ipv4Addr::new(100, 64, 1, 1);
+/// Nobody listens there: what passes every filter ends as the stack's "no port".
+const FLOOD_PORT: u16 = 9;
+
+/// Packets the server interface received (`ip -s link`: XDP drops included).
+fn rx_packets(pair: &NetnsPair) -> Result<u64> {
+    let out = std::process::Command::new("ip")
+        .args(["-n", &pair.server_ns, "-s", "-j", "link", "show", "dev"])
+        .arg(&pair.server_if)
+        .output()?;
+    let links: Value = serde_json::from_slice(&out.stdout).context("ip -s -j link")?;
+    links[0]["stats64"]["rx"]["packets"]
+        .as_u64()
+        .context("no rx packets in ip -s -j link")
+}
+
+/// UDP datagrams that reached the server's stack with no socket: what no filter dropped.
+fn udp_no_ports(pair: &NetnsPair) -> Result<u64> {
+    let snmp = in_ns(&pair.server_ns, &["cat", "/proc/net/snmp"])?;
+    let mut udp = snmp.lines().filter(|line| line.starts_with("Udp: "));
+    let (names, values) = (udp.next(), udp.next());
+    let (names, values) = names
+        .zip(values)
+        .context("no Udp lines in /proc/net/snmp")?;
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "NoPorts")
+        .and_then(|(_, value)| value.parse().ok())
+        .context("no Udp NoPorts in /proc/net/snmp")
+}
+
+/// What one filter did with a flood.
+pub struct Outcome {
+    pub packets_per_second: f64,
+    /// Share of received frames that did not reach the stack.
+    pub dropped: f64,
+    /// The agent's largest RSS while flooded, for Portcullis.
+    pub agent_rss_kib: Option<u64>,
+}
+
+/// Floods `filter` (installed on a fresh pair) `scale.rounds` times and returns the median.
+pub fn measure(
+    generator: &Generator,
+    filter: Filter,
+    sources: Sources,
+    scale: &Scale,
+) -> Result<Outcome> {
+    let pair = NetnsPair::new()?;
+    let installed = filter.install(&pair)?;
+    let frame = udp_frame(&pair, FLOOD_SOURCE, FLOOD_PORT)?;
+    // Warm up: page pools, the filter's tables, the agent's first summary.
+    generator.flood(&pair, &frame, sources, u64::MAX, scale.flood_time / 4)?;
+    let rss_sampler = installed
+        .agent
+        .as_ref()
+        .and_then(|a| a.pid())
+        .map(RssSampler::start);
+    let mut rates = Vec::new();
+    let mut dropped = Vec::new();
+    for _ in 0..scale.rounds {
+        let (rx, passed) = (rx_packets(&pair)?, udp_no_ports(&pair)?);
+        let sent = generator.flood(&pair, &frame, sources, u64::MAX, scale.flood_time)?;
+        let received = rx_packets(&pair)? - rx;
+        let passed = udp_no_ports(&pair)? - passed;
+        rates.push(received as f64 / sent.elapsed.as_secs_f64());
+        dropped.push(1.0 - passed as f64 / received.max(1) as f64);
+    }
+    Ok(Outcome {
+        packets_per_second: median(rates),
+        dropped: median(dropped),
+        agent_rss_kib: rss_sampler.map(RssSampler::stop),
+    })
+}
+
+/// Samples a process's RSS on a thread until stopped; keeps the largest.
+struct RssSampler {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> Self {
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let mut largest = 0;
+            loop {
+                largest = largest.max(agent::rss_kib(pid).unwrap_or(0));
+                if stopped.recv_timeout(Duration::from_millis(100)).is_ok() {
+                    return largest;
+                }
+            }
+        });
+        Self { stop, thread }
+    }
+
+    fn stop(self) -> u64 {
+        let _ = self.stop.send(());
+        self.thread.join().unwrap_or(0)
+    }
+}
+
+const ONE_SOURCE: &[Filter] = &[
+    Filter::DropAll,
+    Filter::None,
+    Filter::PortcullisXdpDeny { events: true },
+    Filter::PortcullisXdpDeny { events: false },
+    Filter::PortcullisXdpLimit,
+    Filter::PortcullisTcDeny,
+    Filter::IptablesDrop,
+    Filter::IptablesHashlimit,
+    Filter::NftMeter,
+];
+
+const SPOOFED: &[Filter] = &[
+    Filter::None,
+    Filter::PortcullisXdpLimit,
+    Filter::IptablesHashlimit,
+    Filter::NftMeter,
+];
+
+pub fn run(scale: &Scale) -> Result<(String, Value)> {
+    let generator = Generator::new()?;
+    let mut md = String::new();
+    let mut results = Vec::new();
+    for (sources, filters, title) in [
+        (Sources::One, ONE_SOURCE, "one source"),
+        (Sources::Spoofed, SPOOFED, "1,048,576 spoofed sources"),
+    ] {
+        let _ = writeln!(
+            md,
+            "\n## Flood throughput, {title} (64-byte UDP over veth, median of {})\n\n\
+             | receiving side | packets/s | vs iptables hashlimit | dropped before the stack | agent RSS (largest) |\n|---|---|---|---|---|",
+            scale.rounds
+        );
+        let outcomes: Vec<(Filter, Outcome)> = filters
+            .iter()
+            .map(|&filter| Ok((filter, measure(&generator, filter, sources, scale)?)))
+            .collect::<Result<_>>()?;
+        let iptables = outcomes
+            .iter()
+            .find(|(f, _)| *f == Filter::IptablesHashlimit)
+            .map(|(_, o)| o.packets_per_second)
+            .context("no iptables hashlimit baseline")?;
+        for (filter, outcome) in &outcomes {
+            let ratio = outcome.packets_per_second / iptables;
+            let rss = outcome.agent_rss_kib.map_or("-".to_string(), |kib| {
+                format!("{:.1} MiB", kib as f64 / 1024.0)
+            });
+            let _ = writeln!(
+                md,
+                "| {} | {:.2} M | {ratio:.2}x | {:.1}% | {rss} |",
+                filter.label(),
+                outcome.packets_per_second / 1e6,
+                outcome.dropped * 100.0
+            );
+            results.push(json!({
+                "sources": title,
+                "filter": filter.label(),
+                "packets_per_second": outcome.packets_per_second,
+                "ratio_to_iptables_hashlimit": ratio,
+                "dropped_share": outcome.dropped,
+                "agent_rss_kib": outcome.agent_rss_kib,
+            }));
+        }
+    }
+    Ok((md, Value::Array(results)))
+}

@@ -1,0 +1,188 @@
+//! Legitimate traffic under attack: wrk in the client namespace measures HTTP requests per
+//! second and latency to a server behind each filter, alone and during a one-source UDP
+//! flood from the live-frames generator.
+
+use std::{
+    fmt::Write as _,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use axum::{Router, routing::get};
+use portcullis_tests::{
+    flood::{Generator, Sources, udp_frame},
+    netns::{NetnsPair, SERVER_V4},
+};
+use serde_json::{Value, json};
+
+use crate::{Scale, filters::Filter, flood::FLOOD_SOURCE};
+
+const HTTP_PORT: u16 = 8080;
+/// The flood's rate, the same for every filter so that what differs is the CPU each one
+/// spends on it. (An unpaced generator would flood a faster filter harder.)
+const FLOOD_RATE: u32 = 1_000_000;
+
+/// A small HTTP server (axum) answering "ok" in the server namespace; stops on drop.
+struct OkServer {
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OkServer {
+    fn start(pair: &NetnsPair) -> Result<Self> {
+        // The socket belongs to the namespace it was created in, whichever thread serves it.
+        let listener = pair.server(|| std::net::TcpListener::bind((SERVER_V4, HTTP_PORT)))?;
+        listener.set_nonblocking(true)?;
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let thread = std::thread::spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                let app = Router::new().route("/", get(|| async { "ok" }));
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            });
+        });
+        Ok(Self {
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for OkServer {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What wrk measured.
+struct Load {
+    requests_per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn start_wrk(pair: &NetnsPair, duration: Duration) -> Result<Child> {
+    Command::new("ip")
+        .args(["netns", "exec", &pair.client_ns, "wrk", "-t1", "-c16"])
+        .arg(format!("-d{}s", duration.as_secs().max(1)))
+        .arg("--latency")
+        .arg(format!("http://{SERVER_V4}:{HTTP_PORT}/"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting wrk")
+}
+
+/// "1.23ms", "850.00us", "1.01s" in milliseconds.
+fn millis(text: &str) -> Option<f64> {
+    let (number, scale) = if let Some(n) = text.strip_suffix("us") {
+        (n, 1e-3)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1e3)
+    } else {
+        return None;
+    };
+    Some(number.parse::<f64>().ok()? * scale)
+}
+
+fn finish_wrk(child: Child) -> Result<Load> {
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "wrk failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|line| line.trim().strip_prefix(prefix))
+            .map(str::trim)
+            .with_context(|| format!("no {prefix:?} in wrk's output:\n{text}"))
+    };
+    Ok(Load {
+        requests_per_second: field("Requests/sec:")?.parse()?,
+        p50_ms: millis(field("50%")?).context("wrk's 50% latency")?,
+        p99_ms: millis(field("99%")?).context("wrk's 99% latency")?,
+    })
+}
+
+/// HTTP load alone, then during a flood, with `filter` installed.
+fn measure(generator: &Generator, filter: Filter, scale: &Scale) -> Result<(Load, Load)> {
+    let pair = NetnsPair::new()?;
+    let _installed = filter.install(&pair)?;
+    let _server = OkServer::start(&pair)?;
+    let alone = finish_wrk(start_wrk(&pair, scale.http_time)?)?;
+    let frame = udp_frame(&pair, FLOOD_SOURCE, 9)?;
+    let wrk = start_wrk(&pair, scale.http_time)?;
+    // Flood for as long as wrk runs, and a little longer so that it never runs alone.
+    generator.flood_at(
+        &pair,
+        &frame,
+        Sources::One,
+        FLOOD_RATE,
+        scale.http_time + Duration::from_millis(500),
+    )?;
+    let flooded = finish_wrk(wrk)?;
+    Ok((alone, flooded))
+}
+
+pub fn run(scale: &Scale) -> Result<(String, Value)> {
+    let generator = Generator::new()?;
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "\n## Legitimate HTTP during a one-source UDP flood (wrk, 16 connections, {} s each)\n\n\
+         | receiving side | alone: req/s | p50 | p99 | flooded: req/s | p50 | p99 | kept |\n\
+         |---|---|---|---|---|---|---|---|",
+        scale.http_time.as_secs()
+    );
+    let mut results = Vec::new();
+    for filter in [
+        Filter::None,
+        Filter::IptablesHashlimit,
+        Filter::PortcullisXdpLimit,
+        Filter::PortcullisXdpDeny { events: true },
+    ] {
+        let (alone, flooded) = measure(&generator, filter, scale)?;
+        let kept = flooded.requests_per_second / alone.requests_per_second;
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.2} ms | {:.2} ms | {:.0} | {:.2} ms | {:.2} ms | {:.0}% |",
+            filter.label(),
+            alone.requests_per_second,
+            alone.p50_ms,
+            alone.p99_ms,
+            flooded.requests_per_second,
+            flooded.p50_ms,
+            flooded.p99_ms,
+            kept * 100.0
+        );
+        results.push(json!({
+            "filter": filter.label(),
+            "alone": {"requests_per_second": alone.requests_per_second, "p50_ms": alone.p50_ms, "p99_ms": alone.p99_ms},
+            "flooded": {"requests_per_second": flooded.requests_per_second, "p50_ms": flooded.p50_ms, "p99_ms": flooded.p99_ms},
+            "kept": kept,
+        }));
+    }
+    Ok((md, Value::Array(results)))
+}

@@ -1,0 +1,110 @@
+//! Per-packet cost in the kernel (BPF_PROG_TEST_RUN, many repetitions) for each path, next
+//! to an XDP program that only passes (the floor), with growing deny lists; and the deny
+//! path with events on (default budget) against events off.
+
+use std::fmt::Write as _;
+
+use anyhow::Result;
+use portcullis::loader::{FLOOR_PROGRAM, XDP_PROGRAM};
+use portcullis_tests::{
+    frames::{ETH_P_8021Q, FrameSpec, non_ip},
+    harness::Harness,
+};
+use serde_json::{Value, json};
+
+use crate::{Scale, median, policy_text};
+
+fn paths() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("non-IP pass (ARP)", non_ip(0x0806, 28)),
+        ("allow hit", FrameSpec::udp("192.0.2.7", 80).build()),
+        ("deny hit", FrameSpec::udp("10.1.2.3", 80).build()),
+        ("rate-limit pass", FrameSpec::udp("203.0.113.5", 53).build()),
+        (
+            "rate-limit drop",
+            FrameSpec::udp("203.0.113.6", 5353).build(),
+        ),
+        ("no match", FrameSpec::udp("203.0.113.7", 80).build()),
+        (
+            "IPv6 deny hit",
+            FrameSpec::udp("2001:db8:bad::1", 80).build(),
+        ),
+        ("IPv6 no match", FrameSpec::udp("2001:db8:1::1", 80).build()),
+        (
+            "802.1Q deny hit",
+            FrameSpec::udp("10.1.2.3", 80).vlans(&[ETH_P_8021Q]).build(),
+        ),
+    ]
+}
+
+/// Median over `rounds` of the kernel's ns per run of `program` on `frame`.
+fn ns_per_packet(harness: &Harness, program: &str, frame: &[u8], scale: &Scale) -> Result<f64> {
+    let runs = (0..scale.rounds)
+        .map(|_| {
+            harness
+                .programs
+                .xdp_ns_per_run(program, frame, scale.repeat)
+        })
+        .collect::<Result<_>>()?;
+    Ok(median(runs))
+}
+
+pub fn run(scale: &Scale) -> Result<(String, Value)> {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "## Per-packet cost (BPF_PROG_TEST_RUN, {} repetitions, median of {})\n",
+        scale.repeat, scale.rounds
+    );
+    let _ = writeln!(
+        md,
+        "| path | {} | floor (XDP_PASS only) |",
+        scale
+            .cidrs
+            .iter()
+            .map(|s| format!("{s} CIDRs"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    let _ = writeln!(md, "|---|{}---|", "---|".repeat(scale.cidrs.len()));
+
+    let mut results: Vec<Value> = Vec::new();
+    let mut table: Vec<(String, Vec<f64>, f64)> = paths()
+        .iter()
+        .map(|(n, _)| (n.to_string(), vec![], 0.0))
+        .collect();
+    for &size in &scale.cidrs {
+        let harness = Harness::new(&policy_text(size, None))?;
+        // Spend the tight rule's only token so its frame measures the drop path.
+        harness.xdp(&paths()[4].1)?;
+        for (i, (name, frame)) in paths().iter().enumerate() {
+            let ns = ns_per_packet(&harness, XDP_PROGRAM, frame, scale)?;
+            let floor = ns_per_packet(&harness, FLOOR_PROGRAM, frame, scale)?;
+            table[i].1.push(ns);
+            table[i].2 = floor;
+            results.push(json!({"path": name, "cidrs": size, "ns_per_packet": ns, "floor_ns_per_packet": floor}));
+        }
+    }
+    for (name, values, floor) in &table {
+        let cells: Vec<String> = values.iter().map(|ns| format!("{ns:.0} ns")).collect();
+        let _ = writeln!(md, "| {name} | {} | {floor:.0} ns |", cells.join(" | "));
+    }
+
+    // Events: the deny path with the default budget against events off, same frame.
+    let deny = FrameSpec::udp("10.1.2.3", 80).build();
+    let mut events = Vec::new();
+    let _ = writeln!(
+        md,
+        "\n## Deny path with events on and off, per packet\n\n| case | ns per packet |\n|---|---|"
+    );
+    for (label, per_second) in [
+        ("events on (default budget)", None),
+        ("events off", Some(0)),
+    ] {
+        let harness = Harness::new(&policy_text(10, per_second))?;
+        let ns = ns_per_packet(&harness, XDP_PROGRAM, &deny, scale)?;
+        let _ = writeln!(md, "| {label} | {ns:.0} ns |");
+        events.push(json!({"case": label, "ns_per_packet": ns}));
+    }
+    Ok((md, json!({"paths": results, "events": events})))
+}
