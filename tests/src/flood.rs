@@ -34,11 +34,11 @@ pub enum Sources {
     Spoofed,
 }
 
-/// A 60-byte UDP frame (64 on a wire, with the checksum) from `source` to the pair's server,
-/// addressed to the server interface's MAC so that the server's IP stack takes it as its own.
-pub fn udp_frame(pair: &NetnsPair, source: Ipv4Addr, dport: u16) -> Result<Vec<u8>> {
+/// A 60-byte UDP frame (64 on a wire, with the checksum) from `source` to the server
+/// address, for the interface with MAC `to` so that the server's IP stack takes it as its own.
+pub fn udp_frame(to: [u8; 6], source: Ipv4Addr, dport: u16) -> Result<Vec<u8>> {
     let server: Ipv4Addr = SERVER_V4.parse()?;
-    let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], pair.server_mac()?)
+    let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], to)
         .ipv4(source.octets(), server.octets(), 64)
         .udp(40000, dport);
     let payload = [0u8; 18];
@@ -50,6 +50,22 @@ pub fn udp_frame(pair: &NetnsPair, source: Ipv4Addr, dport: u16) -> Result<Vec<u
     Ok(frame)
 }
 
+/// One flood: what to send and for how long.
+#[derive(Clone, Copy)]
+pub struct Flood<'a> {
+    pub frame: &'a [u8],
+    pub sources: Sources,
+    /// Stop after this many frames, or when `limit` has passed.
+    pub frames: u64,
+    pub limit: Duration,
+    /// Frames per second, in 50 ms chunks; `None` sends as fast as the kernel takes them.
+    pub per_second: Option<u32>,
+    /// Run the generator's thread as a real-time (SCHED_FIFO) thread. Without threaded NAPI
+    /// on the receiving interface, the receiving side's work runs in that thread, which then
+    /// preempts other work on its CPU the way interrupt processing does.
+    pub realtime: bool,
+}
+
 pub struct Generator {
     ebpf: Ebpf,
 }
@@ -59,7 +75,14 @@ pub struct Generator {
 pub struct Sent {
     pub frames: u64,
     pub elapsed: Duration,
+    /// CPU time of the generator's thread: the generator itself, and the receiving side's
+    /// work when that runs in the same system calls (no threaded NAPI).
+    pub cpu: Duration,
 }
+
+/// Each live-frames test run costs about 16 ms of setup and teardown here, so a paced
+/// flood sends in chunks this long.
+const PACING_CHUNK: Duration = Duration::from_millis(50);
 
 impl Generator {
     pub fn new() -> Result<Self> {
@@ -81,40 +104,16 @@ impl Generator {
         Ok(Self { ebpf })
     }
 
-    /// Sends `frames` copies of `frame` out of the pair's client interface to the server,
-    /// as fast as the server takes them, or fewer if `limit` passes first.
-    pub fn flood(
-        &self,
-        pair: &NetnsPair,
-        frame: &[u8],
-        sources: Sources,
-        frames: u64,
-        limit: Duration,
-    ) -> Result<Sent> {
-        self.send(pair, frame, sources, frames, limit, None)
-    }
-
-    /// Sends `frame` at `per_second` frames per second for `duration`, in 1 ms chunks.
-    pub fn flood_at(
-        &self,
-        pair: &NetnsPair,
-        frame: &[u8],
-        sources: Sources,
-        per_second: u32,
-        duration: Duration,
-    ) -> Result<Sent> {
-        self.send(pair, frame, sources, u64::MAX, duration, Some(per_second))
-    }
-
-    fn send(
-        &self,
-        pair: &NetnsPair,
-        frame: &[u8],
-        sources: Sources,
-        frames: u64,
-        limit: Duration,
-        per_second: Option<u32>,
-    ) -> Result<Sent> {
+    /// Sends `flood` out of interface `iface` in namespace `ns`.
+    pub fn send(&self, ns: &str, iface: &str, flood: &Flood) -> Result<Sent> {
+        let Flood {
+            frame,
+            sources,
+            frames,
+            limit,
+            per_second,
+            realtime,
+        } = *flood;
         let name = match sources {
             Sources::One => FLOOD_PROGRAM,
             Sources::Spoofed => FLOOD_SPOOFED_PROGRAM,
@@ -124,9 +123,19 @@ impl Generator {
             .program(name)
             .with_context(|| format!("no program {name}"))?
             .try_into()?;
-        let client_if = pair.client_if.clone();
-        pair.client(move || {
-            let ifindex = loader::ifindex(&client_if)?;
+        NetnsPair::run_in(ns, move || {
+            if realtime {
+                let param = libc::sched_param { sched_priority: 1 };
+                // SAFETY: changes this thread's policy only; `param` outlives the call.
+                if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+                    return Err(anyhow!(
+                        "SCHED_FIFO for the generator: {}",
+                        std::io::Error::last_os_error()
+                    ));
+                }
+            }
+            let cpu_before = thread_cpu_time();
+            let ifindex = loader::ifindex(iface)?;
             // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
             // egress_ifindex. The kernel wants data and data_meta 0, data_end the frame length.
             let mut ctx = [0u8; 24];
@@ -134,7 +143,9 @@ impl Generator {
             ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
             let started = Instant::now();
             let mut sent = 0u64;
-            let chunk = per_second.map_or(FRAMES_PER_RUN, |rate| (rate / 1000).max(1));
+            let chunk = per_second.map_or(FRAMES_PER_RUN, |rate| {
+                ((f64::from(rate) * PACING_CHUNK.as_secs_f64()) as u32).max(1)
+            });
             while sent < frames && started.elapsed() < limit {
                 if let Some(rate) = per_second {
                     // Hold the schedule: frame `sent` is due at sent / rate seconds.
@@ -152,13 +163,26 @@ impl Generator {
                         attrs: TestRunAttrs::default().xdp_live_frames(BATCH),
                         ..Default::default()
                     })
-                    .map_err(|e| anyhow!("live-frames test run on {client_if}: {e}"))?;
+                    .map_err(|e| anyhow!("live-frames test run on {iface}: {e}"))?;
                 sent += u64::from(repeat);
             }
             Ok(Sent {
                 frames: sent,
                 elapsed: started.elapsed(),
+                cpu: thread_cpu_time().saturating_sub(cpu_before),
             })
         })
     }
+}
+
+/// CPU time the calling thread has used (user and system).
+fn thread_cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
 }

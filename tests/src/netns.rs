@@ -133,29 +133,7 @@ impl NetnsPair {
 
     /// The server interface's MAC address.
     pub fn server_mac(&self) -> Result<[u8; 6]> {
-        let out = Command::new("ip")
-            .args([
-                "-n",
-                &self.server_ns,
-                "-br",
-                "link",
-                "show",
-                "dev",
-                &self.server_if,
-            ])
-            .output()
-            .context("running ip")?;
-        // "pcs1x0@if2  UP  aa:bb:cc:dd:ee:ff <BROADCAST,...>"
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mac = text
-            .split_whitespace()
-            .nth(2)
-            .with_context(|| format!("no MAC address in {text:?}"))?;
-        let mut bytes = [0u8; 6];
-        for (byte, part) in bytes.iter_mut().zip(mac.split(':')) {
-            *byte = u8::from_str_radix(part, 16).with_context(|| format!("MAC address {mac}"))?;
-        }
-        Ok(bytes)
+        mac(&self.server_ns, &self.server_if)
     }
 
     /// Runs `f` on a thread that has entered namespace `ns`; sockets it opens live there.
@@ -180,6 +158,72 @@ impl NetnsPair {
 
     pub fn server<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         Self::run_in(&self.server_ns, f)
+    }
+}
+
+/// The MAC address of `iface` in namespace `ns`.
+pub fn mac(ns: &str, iface: &str) -> Result<[u8; 6]> {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-br", "link", "show", "dev", iface])
+        .output()
+        .context("running ip")?;
+    // "pcs1x0@if2  UP  aa:bb:cc:dd:ee:ff <BROADCAST,...>"
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mac = text
+        .split_whitespace()
+        .nth(2)
+        .with_context(|| format!("no MAC address in {text:?}"))?;
+    let mut bytes = [0u8; 6];
+    for (byte, part) in bytes.iter_mut().zip(mac.split(':')) {
+        *byte = u8::from_str_radix(part, 16).with_context(|| format!("MAC address {mac}"))?;
+    }
+    Ok(bytes)
+}
+
+/// A third namespace joined to a pair's server by its own veth pair: traffic from it
+/// reaches the server on another interface, as through another NIC queue, so it does not
+/// share a receive ring with the client's. Removed on drop.
+pub struct SideLink {
+    pub ns: String,
+    /// The interface in `ns`.
+    pub iface: String,
+    /// Its peer, in the server namespace.
+    pub server_if: String,
+}
+
+impl SideLink {
+    pub fn join(pair: &NetnsPair) -> Result<Self> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}x{n}", std::process::id() % 100_000);
+        let link = Self {
+            ns: format!("pc-a{tag}"),
+            iface: format!("pca{tag}"),
+            server_if: format!("pcx{tag}"),
+        };
+        ip(&["netns", "add", &link.ns])?;
+        ip(&[
+            "link",
+            "add",
+            &link.iface,
+            "netns",
+            &link.ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &link.server_if,
+            "netns",
+            &pair.server_ns,
+        ])?;
+        ip(&["-n", &link.ns, "link", "set", &link.iface, "up"])?;
+        ip(&["-n", &pair.server_ns, "link", "set", &link.server_if, "up"])?;
+        Ok(link)
+    }
+}
+
+impl Drop for SideLink {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.ns]);
     }
 }
 

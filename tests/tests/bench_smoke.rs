@@ -87,6 +87,8 @@ fn bench_smoke_run_writes_its_tables_and_numbers() {
     for row in legit {
         assert!(positive(&row["alone"]["requests_per_second"]), "{row}");
         assert!(positive(&row["alone"]["p99_ms"]), "{row}");
+        assert!(positive(&row["flood_cpu"]), "{row}");
+        assert!(positive(&row["flood_packets_per_second"]), "{row}");
     }
 
     let control = &json["control_plane"];

@@ -55,44 +55,40 @@ impl Filter {
         }
     }
 
-    /// Installs the filter on `pair`'s server interface. What it installs goes with the
-    /// pair's namespace or with the returned guard.
-    pub fn install(self, pair: &NetnsPair) -> Result<Installed> {
-        // veth only takes frames from an XDP_TX/redirect (the generator) when its NAPI is
-        // on: an XDP program turns it on, and so does GRO for the filters without one.
-        in_ns(
-            &pair.server_ns,
-            &["ethtool", "-K", &pair.server_if, "gro", "on"],
-        )?;
-        // Threaded NAPI: the receiving side runs in its own kernel thread, as a NIC's
-        // interrupt-driven softirq would, not inside the generator's system call. The
-        // generator then only fills the ring, and the receiver's throughput is its own.
-        in_ns(
-            &pair.server_ns,
-            &[
-                "sh",
-                "-c",
-                &format!("echo 1 > /sys/class/net/{}/threaded", pair.server_if),
-            ],
-        )?;
+    /// Installs the filter on `ifaces` in `pair`'s server namespace. What it installs goes
+    /// with the namespace or with the returned guard.
+    pub fn install(self, pair: &NetnsPair, ifaces: &[&str]) -> Result<Installed> {
+        let ns = &pair.server_ns;
+        for iface in ifaces {
+            // veth only takes frames from an XDP_TX/redirect (the generator) when its NAPI
+            // is on: an XDP program turns it on, and so does GRO for the other filters.
+            in_ns(ns, &["ethtool", "-K", iface, "gro", "on"])?;
+        }
         let limit = format!(
             "{{name: flood, protocol: udp, rate: {LIMIT_PER_SECOND}/s, burst: {LIMIT_BURST}}}"
         );
         match self {
             Filter::None => Ok(Installed::default()),
-            Filter::DropAll => drop_all(pair),
+            Filter::DropAll => drop_all(pair, ifaces),
             Filter::PortcullisXdpDeny { events } => {
                 let budget = if events {
                     ""
                 } else {
                     "events: {per_second: 0}\n"
                 };
-                portcullis(pair, &format!("deny: [{FLOOD_NET}]\n{budget}"), "xdp")
+                portcullis(
+                    pair,
+                    ifaces,
+                    &format!("deny: [{FLOOD_NET}]\n{budget}"),
+                    "xdp",
+                )
             }
             Filter::PortcullisXdpLimit => {
-                portcullis(pair, &format!("rate_limits:\n  - {limit}\n"), "xdp")
+                portcullis(pair, ifaces, &format!("rate_limits:\n  - {limit}\n"), "xdp")
             }
-            Filter::PortcullisTcDeny => portcullis(pair, &format!("deny: [{FLOOD_NET}]\n"), "tc"),
+            Filter::PortcullisTcDeny => {
+                portcullis(pair, ifaces, &format!("deny: [{FLOOD_NET}]\n"), "tc")
+            }
             Filter::IptablesDrop => {
                 in_ns(
                     &pair.server_ns,
@@ -172,17 +168,19 @@ pub struct Installed {
     _policy_dir: Option<TempDir>,
 }
 
-fn portcullis(pair: &NetnsPair, policy: &str, hook: &str) -> Result<Installed> {
+fn portcullis(pair: &NetnsPair, ifaces: &[&str], policy: &str, hook: &str) -> Result<Installed> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("policy.yaml");
     std::fs::write(&path, policy)?;
     // Native XDP or nothing: a silent fallback to skb mode would measure something else.
-    let args: &[&str] = if hook == "xdp" {
-        &["--hook", "xdp", "--xdp-mode", "native"]
-    } else {
-        &["--hook", hook]
-    };
-    let agent = Agent::start(&pair.server_ns, &pair.server_if, &path, args)?;
+    let mut args = vec!["--hook", hook];
+    if hook == "xdp" {
+        args.extend(["--xdp-mode", "native"]);
+    }
+    for iface in &ifaces[1..] {
+        args.extend(["--iface", iface]);
+    }
+    let agent = Agent::start(&pair.server_ns, ifaces[0], &path, &args)?;
     Ok(Installed {
         agent: Some(agent),
         _policy_dir: Some(dir),
@@ -190,7 +188,7 @@ fn portcullis(pair: &NetnsPair, policy: &str, hook: &str) -> Result<Installed> {
     })
 }
 
-fn drop_all(pair: &NetnsPair) -> Result<Installed> {
+fn drop_all(pair: &NetnsPair, ifaces: &[&str]) -> Result<Installed> {
     let mut object = loader::load_unpinned(&Capacity {
         sources: 1024,
         cidrs: 16,
@@ -201,9 +199,10 @@ fn drop_all(pair: &NetnsPair) -> Result<Installed> {
         .context("no drop-all program")?
         .try_into()?;
     program.load()?;
-    let iface = pair.server_if.clone();
-    pair.server(|| program.attach(&iface, XdpMode::Driver))
-        .with_context(|| format!("attaching {DROP_ALL_PROGRAM} to {iface}"))?;
+    for iface in ifaces {
+        pair.server(|| program.attach(iface, XdpMode::Driver))
+            .with_context(|| format!("attaching {DROP_ALL_PROGRAM} to {iface}"))?;
+    }
     Ok(Installed {
         _object: Some(object),
         ..Default::default()
