@@ -5,7 +5,7 @@ use agent_common::{BanEntry, RuleConfig};
 use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::{
-    counters,
+    clock, counters,
     maps::{BANS_V4, BANS_V6},
     parse::Packet,
     policy_set::PolicySet,
@@ -19,7 +19,7 @@ pub struct ActiveBan {
 }
 
 #[inline(always)]
-pub fn active(policy: PolicySet, pkt: &Packet, now: u64) -> Option<ActiveBan> {
+pub fn active(policy: PolicySet, pkt: &Packet) -> Option<ActiveBan> {
     let ban = if pkt.v4 {
         *BANS_V4.get(Key::new(32, pkt.src[3]))?
     } else {
@@ -27,7 +27,8 @@ pub fn active(policy: PolicySet, pkt: &Packet, now: u64) -> Option<ActiveBan> {
     };
     let current_rule = policy.rule(ban.rule).filter(|cfg| cfg.epoch == ban.epoch);
     match current_rule {
-        Some(cfg) if now < ban.expires_ns => Some(ActiveBan {
+        // Ban times are seconds or more: the coarse clock (one tick behind at most) will do.
+        Some(cfg) if clock::coarse_ns() < ban.expires_ns => Some(ActiveBan {
             rule: ban.rule,
             mode: cfg.mode,
         }),

@@ -8,6 +8,7 @@ use agent_common::{
 };
 
 use crate::{
+    clock,
     counters::bump,
     maps::{EVENT_BUDGET, EVENTS, SETTINGS},
     parse::Packet,
@@ -39,7 +40,9 @@ fn within_budget(now: u64) -> bool {
 }
 
 #[inline(always)]
-pub fn report(pkt: &Packet, reason: Reason, rule: u32, action: u8, ifindex: u32, now: u64) {
+pub fn report(pkt: &Packet, reason: Reason, rule: u32, action: u8, ifindex: u32) {
+    // A one-second budget window and log timestamps do not need the precise clock.
+    let now = clock::coarse_ns();
     if !within_budget(now) {
         bump(COUNTER_EVENTS_SUPPRESSED);
         return;

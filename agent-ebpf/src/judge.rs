@@ -4,19 +4,17 @@
 //! A deny entry, ban or rule in shadow mode counts and reports what it would have dropped,
 //! then the packet goes on to the next step as if the entry did not exist.
 
-use agent_common::{
-    Action, EVENT_BANNED, EVENT_DROPPED, EVENT_WOULD_BAN, EVENT_WOULD_DROP, MODE_ENFORCE,
-    PortRules, Reason, port_key,
-};
-use aya_ebpf::helpers::bpf_ktime_get_ns;
-
 use crate::{
-    acl, bans,
+    acl, bans, clock,
     counters::{self, RuleOutcome},
     events,
     parse::{self, Packet, Parsed},
     policy_set::PolicySet,
     ratelimit::{self, Outcome},
+};
+use agent_common::{
+    Action, EVENT_BANNED, EVENT_DROPPED, EVENT_WOULD_BAN, EVENT_WOULD_DROP, MODE_ENFORCE,
+    PortRules, Reason, port_key,
 };
 
 #[inline(always)]
@@ -36,24 +34,18 @@ fn finish(reason: Reason) -> Action {
     reason.action()
 }
 
-#[inline(always)]
-fn now() -> u64 {
-    // SAFETY: a helper without arguments or side effects.
-    unsafe { bpf_ktime_get_ns() }
-}
-
 /// Applies a drop decision of `mode`: `Some(Drop)` when enforced, `None` (go on) in shadow
 /// mode, with the counters and the event either way.
 #[inline(always)]
-fn enforce(pkt: &Packet, reason: Reason, rule: u32, mode: u32, ifindex: u32, now: u64) -> bool {
+fn enforce(pkt: &Packet, reason: Reason, rule: u32, mode: u32, ifindex: u32) -> bool {
     if mode == MODE_ENFORCE {
         counters::rule(rule, RuleOutcome::Dropped);
-        events::report(pkt, reason, rule, EVENT_DROPPED, ifindex, now);
+        events::report(pkt, reason, rule, EVENT_DROPPED, ifindex);
         true
     } else {
         counters::rule(rule, RuleOutcome::Shadowed);
         counters::shadow(reason);
-        events::report(pkt, reason, rule, EVENT_WOULD_DROP, ifindex, now);
+        events::report(pkt, reason, rule, EVENT_WOULD_DROP, ifindex);
         false
     }
 }
@@ -64,14 +56,13 @@ fn judge_ip(pkt: &Packet, ifindex: u32) -> Action {
     if acl::allowed(policy, pkt) {
         return finish(Reason::Allowed);
     }
-    let now = now();
     if let Some(deny) = acl::denied(policy, pkt)
-        && enforce(pkt, Reason::Denied, deny.rule, deny.mode, ifindex, now)
+        && enforce(pkt, Reason::Denied, deny.rule, deny.mode, ifindex)
     {
         return finish(Reason::Denied);
     }
-    if let Some(ban) = bans::active(policy, pkt, now)
-        && enforce(pkt, Reason::Banned, ban.rule, ban.mode, ifindex, now)
+    if let Some(ban) = bans::active(policy, pkt)
+        && enforce(pkt, Reason::Banned, ban.rule, ban.mode, ifindex)
     {
         return finish(Reason::Banned);
     }
@@ -79,6 +70,11 @@ fn judge_ip(pkt: &Packet, ifindex: u32) -> Action {
         return finish(Reason::Malformed);
     }
     let rules = rules_for(policy, pkt);
+    if rules.connection_rule == 0 && rules.packet_rule == 0 {
+        return finish(Reason::NoMatch);
+    }
+    // Token buckets need the precise clock; nothing before them does.
+    let now = clock::precise_ns();
     let mut matched = false;
     if pkt.syn && rules.connection_rule != 0 {
         if limit(policy, pkt, rules.connection_rule, ifindex, now) {
@@ -138,9 +134,9 @@ fn limit(policy: PolicySet, pkt: &Packet, rule: u32, ifindex: u32, now: u64) -> 
                 } else {
                     EVENT_WOULD_BAN
                 };
-                events::report(pkt, Reason::Banned, rule, action, ifindex, now);
+                events::report(pkt, Reason::Banned, rule, action, ifindex);
             }
-            enforce(pkt, Reason::RateLimited, rule, cfg.mode, ifindex, now)
+            enforce(pkt, Reason::RateLimited, rule, cfg.mode, ifindex)
         }
     }
 }

@@ -6,6 +6,7 @@
 mod acl;
 mod bans;
 mod bench;
+mod clock;
 mod counters;
 mod events;
 mod judge;
