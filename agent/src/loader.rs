@@ -36,7 +36,8 @@ pub const TC_PROGRAM: &str = "portcullis_tc";
 pub const FLOOR_PROGRAM: &str = "portcullis_floor";
 /// The benchmarks' flood generators (run with BPF_F_TEST_XDP_LIVE_FRAMES), never attached:
 /// one sends its frame as given, the other with a random source in the frame's /12.
-/// Drops everything: the flood benchmark's ceiling, attached by the benchmark only.
+/// Reads a frame's source and drops it: the flood benchmark's ceiling, attached by the
+/// benchmark only.
 pub const DROP_ALL_PROGRAM: &str = "portcullis_drop_all";
 pub const FLOOD_PROGRAM: &str = "portcullis_flood";
 pub const FLOOD_SPOOFED_PROGRAM: &str = "portcullis_flood_spoofed";

@@ -30,6 +30,7 @@ fn bench_smoke_run_writes_its_tables_and_numbers() {
         "## Per-packet cost",
         "## Deny path with events on and off",
         "## Flood throughput, one source",
+        "## Events under a flood",
         "## Flood throughput, 1,048,576 spoofed sources",
         "## Legitimate HTTP during a one-source UDP flood",
         "## Applying a deny list",
@@ -70,6 +71,18 @@ fn bench_smoke_run_writes_its_tables_and_numbers() {
             positive(&row["agent_rss_kib"]),
             "{row}"
         );
+        // Each event the kernel meant to report is written, suppressed or lost.
+        if filter.starts_with("Portcullis XDP deny") && row["sources"] == "one source" {
+            let events = &row["agent_events"];
+            let total: u64 = ["written", "suppressed", "lost"]
+                .iter()
+                .map(|k| events[k].as_u64().unwrap())
+                .sum();
+            assert!(total > 0, "{row}");
+            if filter.ends_with("events off") {
+                assert_eq!(events["written"], 0, "{row}");
+            }
+        }
     }
     // A one-source flood is dropped before the stack by every filter (it is over any
     // limit after its burst), and reaches the stack without one.

@@ -24,7 +24,8 @@ pub const LIMIT_BURST: u32 = 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Filter {
     None,
-    /// An XDP program that drops everything: what the test bed handles at best.
+    /// An XDP program that reads the source address and drops: what the test bed handles
+    /// at best.
     DropAll,
     /// Portcullis on XDP, denying the flood's network; `events` false sets the budget to 0.
     PortcullisXdpDeny {
@@ -44,7 +45,7 @@ impl Filter {
     pub fn label(self) -> &'static str {
         match self {
             Filter::None => "no filter",
-            Filter::DropAll => "XDP_DROP only (test bed ceiling)",
+            Filter::DropAll => "XDP read source + drop (test bed ceiling)",
             Filter::PortcullisXdpDeny { events: true } => "Portcullis XDP deny",
             Filter::PortcullisXdpDeny { events: false } => "Portcullis XDP deny, events off",
             Filter::PortcullisXdpLimit => "Portcullis XDP rate limit",

@@ -62,6 +62,8 @@ pub struct Outcome {
     pub dropped: f64,
     /// The agent's largest RSS while flooded, for Portcullis.
     pub agent_rss_kib: Option<u64>,
+    /// The agent's event counters after the flood (written, suppressed, lost), for Portcullis.
+    pub events: Option<Value>,
 }
 
 /// Floods `filter` (installed on a fresh pair) `scale.rounds` times and returns the median.
@@ -110,10 +112,24 @@ pub fn measure(
         rates.push(received as f64 / sent.elapsed.as_secs_f64());
         dropped.push(1.0 - passed as f64 / received.max(1) as f64);
     }
+    let events = match &installed.agent {
+        Some(agent) => {
+            let out = agent.cli(&["stats", "--json"]);
+            let stats: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+                format!(
+                    "portcullis stats --json: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })?;
+            Some(stats["events"].clone())
+        }
+        None => None,
+    };
     Ok(Outcome {
         packets_per_second: median(rates),
         dropped: median(dropped),
         agent_rss_kib: rss_sampler.map(RssSampler::stop),
+        events,
     })
 }
 
@@ -205,8 +221,44 @@ pub fn run(scale: &Scale) -> Result<(String, Value)> {
                 "ratio_to_iptables_hashlimit": ratio,
                 "dropped_share": outcome.dropped,
                 "agent_rss_kib": outcome.agent_rss_kib,
+                "agent_events": outcome.events,
             }));
+        }
+        if sources == Sources::One {
+            events_table(&outcomes, &mut md);
         }
     }
     Ok((md, Value::Array(results)))
+}
+
+/// The deny flood with events on (default budget) against events off.
+fn events_table(outcomes: &[(Filter, Outcome)], md: &mut String) {
+    let _ = writeln!(
+        md,
+        "\n## Events under a flood (Portcullis XDP deny, one source)\n\n         | events | packets/s | written | suppressed by the budget | lost (ring full) |\n|---|---|---|---|---|"
+    );
+    for events in [true, false] {
+        let Some((_, outcome)) = outcomes
+            .iter()
+            .find(|(f, _)| *f == Filter::PortcullisXdpDeny { events })
+        else {
+            continue;
+        };
+        let counter = |name: &str| {
+            outcome
+                .events
+                .as_ref()
+                .and_then(|e| e[name].as_u64())
+                .unwrap_or(0)
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {:.2} M | {} | {} | {} |",
+            if events { "on (default budget)" } else { "off" },
+            outcome.packets_per_second / 1e6,
+            counter("written"),
+            counter("suppressed"),
+            counter("lost")
+        );
+    }
 }
