@@ -235,7 +235,7 @@ pub fn run(scale: &Scale) -> Result<(String, Value)> {
 fn events_table(outcomes: &[(Filter, Outcome)], md: &mut String) {
     let _ = writeln!(
         md,
-        "\n## Events under a flood (Portcullis XDP deny, one source)\n\n         | events | packets/s | written | suppressed by the budget | lost (ring full) |\n|---|---|---|---|---|"
+        "\n## Events under a flood (Portcullis XDP deny, one source; counters over the whole case)\n\n| events | packets/s | written | suppressed by the budget | lost (ring full) |\n|---|---|---|---|---|"
     );
     for events in [true, false] {
         let Some((_, outcome)) = outcomes
