@@ -3,6 +3,7 @@
 //! clean up after themselves.
 
 pub mod agent;
+pub mod configmap;
 pub mod flood;
 pub mod frames;
 pub mod harness;

@@ -178,6 +178,26 @@ pub fn tcp_connects(pair: &NetnsPair, src: &str, dst: &str, port: u16, timeout: 
     stream.read_exact(&mut buf).is_ok() && &buf == b"ok"
 }
 
+/// As `tcp_connects`, retried for up to `within`: for changes the kernel completes after
+/// the call that made them returns (a detached link is released by deferred work).
+pub fn tcp_connects_within(
+    pair: &NetnsPair,
+    src: &str,
+    dst: &str,
+    port: u16,
+    within: Duration,
+) -> bool {
+    let started = Instant::now();
+    loop {
+        if tcp_connects(pair, src, dst, port, Duration::from_millis(300)) {
+            return true;
+        }
+        if started.elapsed() >= within {
+            return false;
+        }
+    }
+}
+
 /// A real HTTP server (Python's http.server) in the server namespace; killed on drop.
 pub struct HttpServer {
     child: Child,
