@@ -70,15 +70,20 @@ pub struct RuleConfig {
     pub mask_v6: [u32; 4],
 }
 
-/// Value of `DENY_V4` / `DENY_V6`.
+/// Value of `ACL_V4` / `ACL_V6`: an allow entry or a deny entry. Both lists share one trie,
+/// so one longest-prefix lookup answers both; validation refuses a deny entry inside an
+/// allow entry, so where both match the allow entry is always the longer prefix.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DenyEntry {
-    /// Rule id this entry is counted and reported under.
+pub struct AclEntry {
+    /// Rule id a deny entry is counted and reported under; 0 for allow entries.
     pub rule: u32,
-    /// `MODE_ENFORCE` or `MODE_SHADOW`.
+    /// `ACL_ALLOW`, or for a deny entry `MODE_ENFORCE` or `MODE_SHADOW`.
     pub mode: u32,
 }
+
+/// `AclEntry::mode` of an allow entry.
+pub const ACL_ALLOW: u32 = 2;
 
 /// Value of `BANS_V4` / `BANS_V6`: a temporary ban of a source group.
 #[repr(C)]
@@ -187,7 +192,7 @@ pub struct Event {
 
 const _: () = assert!(core::mem::size_of::<PortRules>() == 8);
 const _: () = assert!(core::mem::size_of::<RuleConfig>() == 72);
-const _: () = assert!(core::mem::size_of::<DenyEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<AclEntry>() == 8);
 const _: () = assert!(core::mem::size_of::<BanEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<BucketKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Bucket>() == 32);
@@ -204,7 +209,7 @@ mod pod {
     // (the size assertions above pin the layout).
     unsafe impl aya::Pod for PortRules {}
     unsafe impl aya::Pod for RuleConfig {}
-    unsafe impl aya::Pod for DenyEntry {}
+    unsafe impl aya::Pod for AclEntry {}
     unsafe impl aya::Pod for BanEntry {}
     unsafe impl aya::Pod for BucketKey {}
     unsafe impl aya::Pod for Bucket {}

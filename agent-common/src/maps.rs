@@ -6,14 +6,10 @@
 // names; the agent writes the other set and then switches, so every packet sees one whole
 // policy. Each constant below lists the names of a map in set 0 and set 1.
 
-/// LPM trie, key `[u8; 4]` (IPv4 prefix), value `u32` (unused, 1): sources that always pass.
-pub const ALLOW_V4: [&str; 2] = ["ALLOW_V4_0", "ALLOW_V4_1"];
-/// LPM trie, key `[u8; 16]` (IPv6 prefix), value `u32` (unused, 1).
-pub const ALLOW_V6: [&str; 2] = ["ALLOW_V6_0", "ALLOW_V6_1"];
-/// LPM trie, key IPv4 prefix, value `DenyEntry`.
-pub const DENY_V4: [&str; 2] = ["DENY_V4_0", "DENY_V4_1"];
-/// LPM trie, key IPv6 prefix, value `DenyEntry`.
-pub const DENY_V6: [&str; 2] = ["DENY_V6_0", "DENY_V6_1"];
+/// LPM trie, key `[u8; 4]` (IPv4 prefix), value `AclEntry`: the allow and deny lists.
+pub const ACL_V4: [&str; 2] = ["ACL_V4_0", "ACL_V4_1"];
+/// LPM trie, key `[u8; 16]` (IPv6 prefix), value `AclEntry`.
+pub const ACL_V6: [&str; 2] = ["ACL_V6_0", "ACL_V6_1"];
 /// Hash, key `port_key(class, port)`, value `PortRules`: rules scoped to ports.
 pub const PORT_RULES: [&str; 2] = ["PORT_RULES_0", "PORT_RULES_1"];
 /// Array indexed by class, value `PortRules`: rules that cover a whole class.

@@ -13,8 +13,8 @@ use crate::{
     ratelimit::{self, Outcome},
 };
 use agent_common::{
-    Action, EVENT_BANNED, EVENT_DROPPED, EVENT_WOULD_BAN, EVENT_WOULD_DROP, MODE_ENFORCE,
-    PortRules, Reason, port_key,
+    ACL_ALLOW, Action, EVENT_BANNED, EVENT_DROPPED, EVENT_WOULD_BAN, EVENT_WOULD_DROP,
+    MODE_ENFORCE, PortRules, Reason, port_key,
 };
 
 #[inline(always)]
@@ -53,13 +53,13 @@ fn enforce(pkt: &Packet, reason: Reason, rule: u32, mode: u32, ifindex: u32) -> 
 #[inline(always)]
 fn judge_ip(pkt: &Packet, ifindex: u32) -> Action {
     let policy = PolicySet::current();
-    if acl::allowed(policy, pkt) {
-        return finish(Reason::Allowed);
-    }
-    if let Some(deny) = acl::denied(policy, pkt)
-        && enforce(pkt, Reason::Denied, deny.rule, deny.mode, ifindex)
-    {
-        return finish(Reason::Denied);
+    if let Some(entry) = acl::lookup(policy, pkt) {
+        if entry.mode == ACL_ALLOW {
+            return finish(Reason::Allowed);
+        }
+        if enforce(pkt, Reason::Denied, entry.rule, entry.mode, ifindex) {
+            return finish(Reason::Denied);
+        }
     }
     if let Some(ban) = bans::active(policy, pkt)
         && enforce(pkt, Reason::Banned, ban.rule, ban.mode, ifindex)

@@ -4,7 +4,7 @@
 //! policy's `capacity` section before loading.
 
 use agent_common::{
-    BanEntry, Bucket, BucketKey, CLASS_COUNT, DenyEntry, EVENTS_BYTES, EventBudget, IfaceCounters,
+    AclEntry, BanEntry, Bucket, BucketKey, CLASS_COUNT, EVENTS_BYTES, EventBudget, IfaceCounters,
     MAX_PORT_ENTRIES, MAX_RULES, PortRules, RuleConfig, RuleCounters, Settings,
     maps::COUNTER_SLOTS,
 };
@@ -19,21 +19,13 @@ use aya_ebpf::{
 // Policy maps come in two sets (suffix _0 and _1); `policy_set` picks the one GENERATION
 // names, once per packet.
 #[map]
-pub static ALLOW_V4_0: LpmTrie<u32, u32> = LpmTrie::with_max_entries(1024, 0);
+pub static ACL_V4_0: LpmTrie<u32, AclEntry> = LpmTrie::with_max_entries(1024, 0);
 #[map]
-pub static ALLOW_V4_1: LpmTrie<u32, u32> = LpmTrie::with_max_entries(1024, 0);
+pub static ACL_V4_1: LpmTrie<u32, AclEntry> = LpmTrie::with_max_entries(1024, 0);
 #[map]
-pub static ALLOW_V6_0: LpmTrie<[u32; 4], u32> = LpmTrie::with_max_entries(1024, 0);
+pub static ACL_V6_0: LpmTrie<[u32; 4], AclEntry> = LpmTrie::with_max_entries(1024, 0);
 #[map]
-pub static ALLOW_V6_1: LpmTrie<[u32; 4], u32> = LpmTrie::with_max_entries(1024, 0);
-#[map]
-pub static DENY_V4_0: LpmTrie<u32, DenyEntry> = LpmTrie::with_max_entries(1024, 0);
-#[map]
-pub static DENY_V4_1: LpmTrie<u32, DenyEntry> = LpmTrie::with_max_entries(1024, 0);
-#[map]
-pub static DENY_V6_0: LpmTrie<[u32; 4], DenyEntry> = LpmTrie::with_max_entries(1024, 0);
-#[map]
-pub static DENY_V6_1: LpmTrie<[u32; 4], DenyEntry> = LpmTrie::with_max_entries(1024, 0);
+pub static ACL_V6_1: LpmTrie<[u32; 4], AclEntry> = LpmTrie::with_max_entries(1024, 0);
 
 /// Not preallocated: a policy rarely uses more than a handful of the 196,608 possible keys.
 #[map]

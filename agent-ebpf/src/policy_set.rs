@@ -2,12 +2,12 @@
 //! then flips `GENERATION`; reading it once per packet and taking every policy lookup from
 //! the same set means a packet is judged by one whole policy, never a mix of two.
 
-use agent_common::{DenyEntry, PortRules, RuleConfig};
+use agent_common::{AclEntry, PortRules, RuleConfig};
 use aya_ebpf::maps::{Array, HashMap, LpmTrie};
 
 use crate::maps::{
-    ALLOW_V4_0, ALLOW_V4_1, ALLOW_V6_0, ALLOW_V6_1, CLASS_RULES_0, CLASS_RULES_1, DENY_V4_0,
-    DENY_V4_1, DENY_V6_0, DENY_V6_1, GENERATION, PORT_RULES_0, PORT_RULES_1, RULES_0, RULES_1,
+    ACL_V4_0, ACL_V4_1, ACL_V6_0, ACL_V6_1, CLASS_RULES_0, CLASS_RULES_1, GENERATION, PORT_RULES_0,
+    PORT_RULES_1, RULES_0, RULES_1,
 };
 
 #[derive(Clone, Copy)]
@@ -29,23 +29,13 @@ impl PolicySet {
     }
 
     #[inline(always)]
-    pub fn allow_v4(&self) -> &'static LpmTrie<u32, u32> {
-        self.pick(&ALLOW_V4_0, &ALLOW_V4_1)
+    pub fn acl_v4(&self) -> &'static LpmTrie<u32, AclEntry> {
+        self.pick(&ACL_V4_0, &ACL_V4_1)
     }
 
     #[inline(always)]
-    pub fn allow_v6(&self) -> &'static LpmTrie<[u32; 4], u32> {
-        self.pick(&ALLOW_V6_0, &ALLOW_V6_1)
-    }
-
-    #[inline(always)]
-    pub fn deny_v4(&self) -> &'static LpmTrie<u32, DenyEntry> {
-        self.pick(&DENY_V4_0, &DENY_V4_1)
-    }
-
-    #[inline(always)]
-    pub fn deny_v6(&self) -> &'static LpmTrie<[u32; 4], DenyEntry> {
-        self.pick(&DENY_V6_0, &DENY_V6_1)
+    pub fn acl_v6(&self) -> &'static LpmTrie<[u32; 4], AclEntry> {
+        self.pick(&ACL_V6_0, &ACL_V6_1)
     }
 
     #[inline(always)]

@@ -9,7 +9,7 @@ use std::{
 };
 
 use agent_common::{
-    BanEntry, Bucket, BucketKey, CLASS_COUNT, DenyEntry, EVENTS_BYTES, EventBudget, IfaceCounters,
+    AclEntry, BanEntry, Bucket, BucketKey, CLASS_COUNT, EVENTS_BYTES, EventBudget, IfaceCounters,
     MAX_PORT_ENTRIES, MAX_RULES, PortRules, RuleConfig, RuleCounters, Settings, maps as names,
 };
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -67,23 +67,13 @@ pub enum XdpModeOption {
 fn layout(capacity: &Capacity) -> Vec<(&'static str, usize, usize, u32)> {
     const LPM4: usize = 4 + 4;
     const LPM6: usize = 4 + 16;
+    let acl_entries = capacity.cidrs.saturating_mul(2);
     let mut maps = Vec::new();
     for set in 0..2 {
         maps.extend([
-            (names::ALLOW_V4[set], LPM4, 4, capacity.cidrs),
-            (names::ALLOW_V6[set], LPM6, 4, capacity.cidrs),
-            (
-                names::DENY_V4[set],
-                LPM4,
-                size_of::<DenyEntry>(),
-                capacity.cidrs,
-            ),
-            (
-                names::DENY_V6[set],
-                LPM6,
-                size_of::<DenyEntry>(),
-                capacity.cidrs,
-            ),
+            // Each list may hold `cidrs` entries per family, and they share the trie.
+            (names::ACL_V4[set], LPM4, size_of::<AclEntry>(), acl_entries),
+            (names::ACL_V6[set], LPM6, size_of::<AclEntry>(), acl_entries),
             (
                 names::PORT_RULES[set],
                 4,

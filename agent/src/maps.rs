@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use agent_common::{
-    BanEntry, Bucket, BucketKey, DenyEntry, IfaceCounters, PortRules, REASON_SLOTS, Reason,
+    AclEntry, BanEntry, Bucket, BucketKey, IfaceCounters, PortRules, REASON_SLOTS, Reason,
     RuleConfig, RuleCounters, Settings, maps as names,
 };
 use aya::maps::{
@@ -53,10 +53,8 @@ fn ctx(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
 /// One of the two sets of policy maps (see `agent_common::maps`).
 struct PolicyMaps {
     set: usize,
-    allow_v4: LpmTrie<MapData, [u8; 4], u32>,
-    allow_v6: LpmTrie<MapData, [u8; 16], u32>,
-    deny_v4: LpmTrie<MapData, [u8; 4], DenyEntry>,
-    deny_v6: LpmTrie<MapData, [u8; 16], DenyEntry>,
+    acl_v4: LpmTrie<MapData, [u8; 4], AclEntry>,
+    acl_v6: LpmTrie<MapData, [u8; 16], AclEntry>,
     port_rules: HashMap<MapData, u32, PortRules>,
     class_rules: Array<MapData, PortRules>,
     rules: Array<MapData, RuleConfig>,
@@ -105,28 +103,16 @@ impl PolicyMaps {
     fn write(&mut self, old: &Tables, new: &Tables) -> Result<(), MapsError> {
         let set = self.set;
         sync_lpm(
-            &mut self.allow_v4,
-            &old.allow_v4,
-            &new.allow_v4,
-            names::ALLOW_V4[set],
+            &mut self.acl_v4,
+            &old.acl_v4,
+            &new.acl_v4,
+            names::ACL_V4[set],
         )?;
         sync_lpm(
-            &mut self.allow_v6,
-            &old.allow_v6,
-            &new.allow_v6,
-            names::ALLOW_V6[set],
-        )?;
-        sync_lpm(
-            &mut self.deny_v4,
-            &old.deny_v4,
-            &new.deny_v4,
-            names::DENY_V4[set],
-        )?;
-        sync_lpm(
-            &mut self.deny_v6,
-            &old.deny_v6,
-            &new.deny_v6,
-            names::DENY_V6[set],
+            &mut self.acl_v6,
+            &old.acl_v6,
+            &new.acl_v6,
+            names::ACL_V6[set],
         )?;
         for (port, rules) in &new.port_rules {
             if old.port_rules.get(port) != Some(rules) {
@@ -175,10 +161,8 @@ impl PolicyMaps {
                 }
             }};
         }
-        clear_keyed!(self.allow_v4, names::ALLOW_V4[set]);
-        clear_keyed!(self.allow_v6, names::ALLOW_V6[set]);
-        clear_keyed!(self.deny_v4, names::DENY_V4[set]);
-        clear_keyed!(self.deny_v6, names::DENY_V6[set]);
+        clear_keyed!(self.acl_v4, names::ACL_V4[set]);
+        clear_keyed!(self.acl_v6, names::ACL_V6[set]);
         clear_keyed!(self.port_rules, names::PORT_RULES[set]);
         for class in 0..agent_common::CLASS_COUNT {
             self.class_rules
@@ -220,10 +204,8 @@ impl KernelMaps {
         let mut set = |set: usize| -> Result<PolicyMaps, MapsError> {
             Ok(PolicyMaps {
                 set,
-                allow_v4: typed!(names::ALLOW_V4[set]),
-                allow_v6: typed!(names::ALLOW_V6[set]),
-                deny_v4: typed!(names::DENY_V4[set]),
-                deny_v6: typed!(names::DENY_V6[set]),
+                acl_v4: typed!(names::ACL_V4[set]),
+                acl_v6: typed!(names::ACL_V6[set]),
                 port_rules: typed!(names::PORT_RULES[set]),
                 class_rules: typed!(names::CLASS_RULES[set]),
                 rules: typed!(names::RULES[set]),

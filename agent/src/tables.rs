@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use agent_common::{
-    BLOCK_EPOCH, BLOCK_RULE, CLASS_COUNT, CLASS_ICMP, CLASS_OTHER, CLASS_TCP, CLASS_UDP, DenyEntry,
-    MODE_ENFORCE, MODE_SHADOW, PortRules, RuleConfig, Settings, port_key,
+    ACL_ALLOW, AclEntry, BLOCK_EPOCH, BLOCK_RULE, CLASS_COUNT, CLASS_ICMP, CLASS_OTHER, CLASS_TCP,
+    CLASS_UDP, MODE_ENFORCE, MODE_SHADOW, PortRules, RuleConfig, Settings, port_key,
 };
 use ipnet::IpNet;
 
@@ -18,11 +18,9 @@ pub type Prefix6 = (u32, [u8; 16]);
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tables {
-    /// Value 1 for every entry: the kernel only asks whether a prefix is there.
-    pub allow_v4: BTreeMap<Prefix4, u32>,
-    pub allow_v6: BTreeMap<Prefix6, u32>,
-    pub deny_v4: BTreeMap<Prefix4, DenyEntry>,
-    pub deny_v6: BTreeMap<Prefix6, DenyEntry>,
+    /// Allow and deny entries in one trie per family (see `AclEntry`).
+    pub acl_v4: BTreeMap<Prefix4, AclEntry>,
+    pub acl_v6: BTreeMap<Prefix6, AclEntry>,
     pub port_rules: BTreeMap<u32, PortRules>,
     pub class_rules: [PortRules; CLASS_COUNT as usize],
     /// Rule configurations by id; deny groups have an id (for counters) but no entry here.
@@ -200,27 +198,25 @@ pub fn build(policy: &Policy, ids: &mut RuleIds, cpus: u32) -> Tables {
     }
     tables.names.insert(BLOCK_RULE, CLI_BLOCK.to_string());
     tables.rules.insert(BLOCK_RULE, block_rule());
-    for net in &policy.allow {
-        match net {
-            IpNet::V4(n) => tables
-                .allow_v4
-                .insert((n.prefix_len().into(), n.addr().octets()), 1),
-            IpNet::V6(n) => tables
-                .allow_v6
-                .insert((n.prefix_len().into(), n.addr().octets()), 1),
-        };
-    }
-    for deny in &policy.deny {
-        let entry = DenyEntry {
+    // Validation keeps the two lists apart (no prefix in both, no deny inside an allow).
+    let allow = AclEntry {
+        rule: 0,
+        mode: ACL_ALLOW,
+    };
+    let deny = policy.deny.iter().map(|deny| {
+        let entry = AclEntry {
             rule: ids.id(&deny.name),
             mode: mode_code(deny.mode),
         };
-        match deny.net {
+        (deny.net, entry)
+    });
+    for (net, entry) in policy.allow.iter().map(|net| (*net, allow)).chain(deny) {
+        match net {
             IpNet::V4(n) => tables
-                .deny_v4
+                .acl_v4
                 .insert((n.prefix_len().into(), n.addr().octets()), entry),
             IpNet::V6(n) => tables
-                .deny_v6
+                .acl_v6
                 .insert((n.prefix_len().into(), n.addr().octets()), entry),
         };
     }
