@@ -5,6 +5,7 @@ pub mod bpf_stats;
 pub mod cli;
 pub mod control;
 pub mod daemon;
+pub mod default_route;
 pub mod enforcer;
 pub mod events;
 pub mod foreign;

@@ -22,6 +22,8 @@ const EXIT_BAD_CONFIG: u8 = 64;
 #[command(
     name = "portcullis",
     version,
+    // `portcullis run --version` works too: a container's entrypoint is `portcullis run`.
+    propagate_version = true,
     about = "Kernel-level API enforcement with XDP and TC"
 )]
 struct Cli {
@@ -37,8 +39,12 @@ enum Command {
     /// Load the programs, apply the policy, attach, and enforce until SIGTERM or SIGINT.
     Run {
         /// Interface to protect (repeat for several).
-        #[arg(long = "iface", required = true)]
+        #[arg(long = "iface", required_unless_present = "iface_of_default_route")]
         ifaces: Vec<String>,
+        /// Also protect the interfaces of the IPv4 and IPv6 default routes (on a node: where
+        /// traffic from outside arrives, whatever the interface is called there).
+        #[arg(long)]
+        iface_of_default_route: bool,
         /// Policy file (YAML); watched and re-applied when it changes.
         #[arg(long)]
         policy: PathBuf,
@@ -192,7 +198,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     let socket = cli.socket.as_path();
     match cli.command {
         Command::Run {
-            ifaces,
+            mut ifaces,
+            iface_of_default_route,
             policy,
             hook,
             xdp_mode,
@@ -206,6 +213,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             summary_interval,
         } => {
             init_logging(log_format);
+            if iface_of_default_route {
+                for iface in portcullis::default_route::interfaces()? {
+                    if !ifaces.contains(&iface) {
+                        ifaces.push(iface);
+                    }
+                }
+            }
             // Everything is validated before the kernel is touched.
             let text = policy::read(&policy)?;
             let loaded = policy::parse(&policy, &text)?;

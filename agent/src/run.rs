@@ -65,6 +65,11 @@ pub enum OnExit {
 
 /// Runs the agent with an already validated policy and the text it came from.
 pub async fn run(options: RunOptions, policy: Policy, policy_text: String) -> Result<()> {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        interfaces = ?options.ifaces,
+        "portcullis starting"
+    );
     loader::ensure_bpffs()?;
     let mut ifindexes = HashMap::new();
     for iface in &options.ifaces {

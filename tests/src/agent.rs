@@ -93,6 +93,12 @@ fn collect(stream: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<Stri
 impl Agent {
     /// Starts the agent in namespace `ns` on `iface` and waits until it is attached.
     pub fn start(ns: &str, iface: &str, policy: &Path, extra: &[&str]) -> Result<Self> {
+        Self::start_run(ns, policy, &[&["--iface", iface], extra].concat())
+    }
+
+    /// Starts `portcullis run` in namespace `ns` with `args` (which choose the interfaces)
+    /// and waits until it is attached.
+    pub fn start_run(ns: &str, policy: &Path, args: &[&str]) -> Result<Self> {
         let AgentPaths {
             pin_dir,
             socket,
@@ -101,7 +107,7 @@ impl Agent {
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{ns}"))
             .arg(binary())
-            .args(["run", "--iface", iface, "--policy"])
+            .args(["run", "--policy"])
             .arg(policy)
             .arg("--pin-dir")
             .arg(&pin_dir)
@@ -110,7 +116,7 @@ impl Agent {
             .arg("--state-dir")
             .arg(&state_dir)
             .args(["--summary-interval", "1"])
-            .args(extra)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

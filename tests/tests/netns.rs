@@ -327,6 +327,46 @@ fn policy_edits_apply_without_restart_and_broken_edits_change_nothing() {
 }
 
 #[test]
+fn attaches_to_the_interface_of_the_default_route() {
+    require_kernel!();
+    let s = setup(&format!("deny: [{CLIENT_V4}]\n"));
+    // No default route yet: a clear refusal, not an agent that protects nothing.
+    let refused = Agent::start_run(&s.pair.server_ns, &s.policy, &["--iface-of-default-route"])
+        .err()
+        .expect("the agent started without a default route");
+    assert!(
+        refused.to_string().contains("no default route"),
+        "{refused:#}"
+    );
+
+    let out = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &s.pair.server_ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            CLIENT_V4,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let agent =
+        Agent::start_run(&s.pair.server_ns, &s.policy, &["--iface-of-default-route"]).unwrap();
+    assert!(
+        agent.stderr_contains(&format!("interfaces=[\"{}\"]", s.pair.server_if)),
+        "{:?}",
+        agent.stderr()
+    );
+    tcp_server(&s.pair, "0.0.0.0", 7000).unwrap();
+    assert!(
+        !tcp_connects(&s.pair, CLIENT_V4, SERVER_V4, 7000, SHORT),
+        "the denied client got through the default route's interface"
+    );
+}
+
+#[test]
 fn falls_back_to_tc_where_xdp_cannot_attach() {
     require_kernel!();
     // The loopback device has no native XDP support, so `--xdp-mode native` must fail there

@@ -5,6 +5,7 @@ mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod image;
 mod setup;
 mod test;
 
@@ -30,8 +31,11 @@ enum Command {
     Test(test::Options),
     /// Build, then run a self-contained demo in network namespaces.
     Demo(demo::Options),
-    /// Measure per-packet cost against an XDP_PASS floor, and policy apply times.
+    /// Measure per-packet cost, flood throughput against iptables and nftables, traffic
+    /// under a flood and the control plane; writes target/bench/bench.{md,json}.
     Bench(bench::Options),
+    /// Build the container image (static binary, from scratch) into target/image/.
+    Image(image::Options),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         Command::Test(options) => test::run(&options),
         Command::Demo(options) => demo::run(&options),
         Command::Bench(options) => bench::run(&options),
+        Command::Image(options) => image::run(&options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

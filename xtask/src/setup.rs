@@ -8,7 +8,8 @@ use crate::cmd;
 
 /// Debian packages: iproute2 and util-linux (ip, nsenter) for the namespace tests and the
 /// demo, python3 for the HTTP server in the tests, bpftool for inspecting programs; for the
-/// benchmarks, the baselines (iptables, nftables), ethtool (veth GRO) and wrk (HTTP load).
+/// benchmarks, the baselines (iptables, nftables), ethtool (veth GRO) and wrk (HTTP load);
+/// buildah to build the container image.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
@@ -18,6 +19,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "nftables",
     "ethtool",
     "wrk",
+    "buildah",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -27,6 +29,7 @@ pub struct Options {}
 pub fn run(_options: &Options) -> Result<()> {
     debian_packages()?;
     rust_src()?;
+    musl_target()?;
     bpf_linker()?;
     eprintln!("setup: all build and test dependencies are in place");
     Ok(())
@@ -86,6 +89,15 @@ fn rust_src() -> Result<()> {
         "--toolchain",
         "nightly",
     ]))
+}
+
+/// The musl target of the stable toolchain, for the container image's static binary.
+fn musl_target() -> Result<()> {
+    let installed = cmd::output(Command::new("rustup").args(["target", "list", "--installed"]));
+    if installed.is_some_and(|list| list.lines().any(|l| l.trim() == crate::image::MUSL_TARGET)) {
+        return Ok(());
+    }
+    cmd::run(Command::new("rustup").args(["target", "add", crate::image::MUSL_TARGET]))
 }
 
 /// The nightly's sysroot and the name of its LLVM shared library, e.g.

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::{cmd, setup};
+use crate::{cmd, image, setup};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -36,11 +36,14 @@ pub fn run(options: &Options) -> Result<()> {
     // it, because the agent package has no integration tests of its own.
     cmd::run(Command::new("cargo").args(["build", "--package", "portcullis"]))?;
     let binary = cmd::workspace_root().join("target/debug/portcullis");
+    // The image tests take the image `cargo xtask image` builds.
+    let image = image::build()?;
     cmd::run(
         Command::new("cargo")
             .args(["test", "--workspace", "--exclude", "agent-ebpf", "--"])
             .args(&options.harness_args)
             .env("PORTCULLIS_BIN", binary)
+            .env("PORTCULLIS_IMAGE", image)
             .env("PORTCULLIS_REQUIRE_KERNEL_TESTS", "1"),
     )
 }
