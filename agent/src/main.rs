@@ -142,7 +142,11 @@ enum PolicyCommand {
         json: bool,
     },
     /// Apply a kept version again (default: the one before the current one).
-    Rollback { version: Option<u64> },
+    Rollback {
+        // Not named `version`: that id belongs to the propagated --version flag.
+        #[arg(value_name = "VERSION")]
+        to: Option<u64>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -256,7 +260,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             PolicyCommand::Apply { file } => cli::policy_apply(socket, &file)?,
             PolicyCommand::Diff { file } => cli::policy_diff(socket, &file)?,
             PolicyCommand::Show { json } => cli::policy_show(socket, json)?,
-            PolicyCommand::Rollback { version } => cli::policy_rollback(socket, version)?,
+            PolicyCommand::Rollback { to } => cli::policy_rollback(socket, to)?,
         },
         Command::Mode { rule, mode } => {
             let mode = match mode {
@@ -283,4 +287,16 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// clap checks a command's definition (unique argument names...) only when it is built;
+    /// this builds every subcommand, so a conflict fails here rather than at a user's prompt.
+    #[test]
+    fn command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }
