@@ -11,14 +11,14 @@ use std::{fmt::Write as _, net::Ipv4Addr, time::Duration};
 use anyhow::{Context as _, Result};
 use portcullis_tests::{
     agent,
-    flood::{Flood, Generator, Sources, udp_frame},
+    flood::{Flood, Generator, Sent, Sources, udp_frame},
     netns::NetnsPair,
 };
 use serde_json::{Value, json};
 
 use crate::{
     Scale,
-    filters::{Filter, in_ns},
+    filters::{Filter, Installed, in_ns},
     median,
 };
 
@@ -66,27 +66,49 @@ pub struct Outcome {
     pub events: Option<Value>,
 }
 
-/// Floods `filter` (installed on a fresh pair) `scale.rounds` times and returns the median.
-pub fn measure(
-    generator: &Generator,
+/// One filter installed on its own pair, ready to be flooded.
+struct Case {
     filter: Filter,
-    sources: Sources,
-    scale: &Scale,
-) -> Result<Outcome> {
-    let pair = NetnsPair::new()?;
-    let installed = filter.install(&pair, &[&pair.server_if])?;
-    // Threaded NAPI: the receiving side runs in its own kernel thread, on the other CPU,
-    // not inside the generator's system calls; the generator only fills the ring, and what
-    // the receiving side handles is its own throughput.
-    let threaded = format!("echo 1 > /sys/class/net/{}/threaded", pair.server_if);
-    in_ns(&pair.server_ns, &["sh", "-c", &threaded])?;
-    let frame = udp_frame(pair.server_mac()?, FLOOD_SOURCE, FLOOD_PORT)?;
-    let flood = |limit| {
+    pair: NetnsPair,
+    installed: Installed,
+    frame: Vec<u8>,
+    rss: Option<RssSampler>,
+    rates: Vec<f64>,
+    dropped: Vec<f64>,
+}
+
+impl Case {
+    fn new(filter: Filter) -> Result<Self> {
+        let pair = NetnsPair::new()?;
+        let installed = filter.install(&pair, &[&pair.server_if])?;
+        // Threaded NAPI: the receiving side runs in its own kernel thread, on the other
+        // CPU, not inside the generator's system calls; the generator only fills the ring,
+        // and what the receiving side handles is its own throughput.
+        let threaded = format!("echo 1 > /sys/class/net/{}/threaded", pair.server_if);
+        in_ns(&pair.server_ns, &["sh", "-c", &threaded])?;
+        let frame = udp_frame(pair.server_mac()?, FLOOD_SOURCE, FLOOD_PORT)?;
+        let rss = installed
+            .agent
+            .as_ref()
+            .and_then(|a| a.pid())
+            .map(RssSampler::start);
+        Ok(Self {
+            filter,
+            pair,
+            installed,
+            frame,
+            rss,
+            rates: Vec::new(),
+            dropped: Vec::new(),
+        })
+    }
+
+    fn flood(&self, generator: &Generator, sources: Sources, limit: Duration) -> Result<Sent> {
         generator.send(
-            &pair.client_ns,
-            &pair.client_if,
+            &self.pair.client_ns,
+            &self.pair.client_if,
             &Flood {
-                frame: &frame,
+                frame: &self.frame,
                 sources,
                 frames: u64::MAX,
                 limit,
@@ -94,43 +116,70 @@ pub fn measure(
                 realtime: false,
             },
         )
-    };
-    // Warm up: page pools, the filter's tables, the agent's first summary.
-    flood(scale.flood_time / 4)?;
-    let rss_sampler = installed
-        .agent
-        .as_ref()
-        .and_then(|a| a.pid())
-        .map(RssSampler::start);
-    let mut rates = Vec::new();
-    let mut dropped = Vec::new();
-    for _ in 0..scale.rounds {
-        let (rx, passed) = (rx_packets(&pair)?, udp_no_ports(&pair)?);
-        let sent = flood(scale.flood_time)?;
-        let received = rx_packets(&pair)? - rx;
-        let passed = udp_no_ports(&pair)? - passed;
-        rates.push(received as f64 / sent.elapsed.as_secs_f64());
-        dropped.push(1.0 - passed as f64 / received.max(1) as f64);
     }
-    let events = match &installed.agent {
-        Some(agent) => {
-            let out = agent.cli(&["stats", "--json"]);
-            let stats: Value = serde_json::from_slice(&out.stdout).with_context(|| {
-                format!(
-                    "portcullis stats --json: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                )
-            })?;
-            Some(stats["events"].clone())
+
+    /// One measured flood.
+    fn measure(&mut self, generator: &Generator, sources: Sources, scale: &Scale) -> Result<()> {
+        let (rx, passed) = (rx_packets(&self.pair)?, udp_no_ports(&self.pair)?);
+        let sent = self.flood(generator, sources, scale.flood_time)?;
+        let received = rx_packets(&self.pair)? - rx;
+        let passed = udp_no_ports(&self.pair)? - passed;
+        self.rates
+            .push(received as f64 / sent.elapsed.as_secs_f64());
+        self.dropped
+            .push(1.0 - passed as f64 / received.max(1) as f64);
+        Ok(())
+    }
+
+    fn outcome(self) -> Result<Outcome> {
+        let events = match &self.installed.agent {
+            Some(agent) => {
+                let out = agent.cli(&["stats", "--json"]);
+                let stats: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+                    format!(
+                        "portcullis stats --json: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                })?;
+                Some(stats["events"].clone())
+            }
+            None => None,
+        };
+        Ok(Outcome {
+            packets_per_second: median(self.rates),
+            dropped: median(self.dropped),
+            agent_rss_kib: self.rss.map(RssSampler::stop),
+            events,
+        })
+    }
+}
+
+/// Floods every filter, each on its own pair, `scale.flood_rounds` times. The rounds go
+/// round-robin over the filters, so that a slow spell of this shared machine falls on all
+/// of them rather than on whichever ran then.
+fn measure_all(
+    generator: &Generator,
+    filters: &[Filter],
+    sources: Sources,
+    scale: &Scale,
+) -> Result<Vec<(Filter, Outcome)>> {
+    let mut cases: Vec<Case> = filters
+        .iter()
+        .map(|&f| Case::new(f))
+        .collect::<Result<_>>()?;
+    // Warm up: page pools, the filters' tables, the agents' first summaries.
+    for case in &cases {
+        case.flood(generator, sources, scale.flood_time / 4)?;
+    }
+    for _ in 0..scale.flood_rounds {
+        for case in &mut cases {
+            case.measure(generator, sources, scale)?;
         }
-        None => None,
-    };
-    Ok(Outcome {
-        packets_per_second: median(rates),
-        dropped: median(dropped),
-        agent_rss_kib: rss_sampler.map(RssSampler::stop),
-        events,
-    })
+    }
+    cases
+        .into_iter()
+        .map(|case| Ok((case.filter, case.outcome()?)))
+        .collect()
 }
 
 /// Samples a process's RSS on a thread until stopped; keeps the largest.
@@ -191,12 +240,9 @@ pub fn run(scale: &Scale) -> Result<(String, Value)> {
             md,
             "\n## Flood throughput, {title} (64-byte UDP over veth, median of {})\n\n\
              | receiving side | packets/s | vs iptables hashlimit | dropped before the stack | agent RSS (largest) |\n|---|---|---|---|---|",
-            scale.rounds
+            scale.flood_rounds
         );
-        let outcomes: Vec<(Filter, Outcome)> = filters
-            .iter()
-            .map(|&filter| Ok((filter, measure(&generator, filter, sources, scale)?)))
-            .collect::<Result<_>>()?;
+        let outcomes = measure_all(&generator, filters, sources, scale)?;
         let iptables = outcomes
             .iter()
             .find(|(f, _)| *f == Filter::IptablesHashlimit)

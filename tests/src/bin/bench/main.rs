@@ -31,8 +31,10 @@ pub struct Scale {
     pub cidrs: Vec<usize>,
     /// Deny-list sizes for the apply times.
     pub apply_cidrs: Vec<usize>,
-    /// How long each flood measurement runs.
+    /// How long each flood measurement runs, and how many (the flood figures vary most
+    /// from run to run, so they get more).
     pub flood_time: Duration,
+    pub flood_rounds: usize,
     /// How long each HTTP measurement runs.
     pub http_time: Duration,
 }
@@ -47,6 +49,7 @@ impl Scale {
                 cidrs: vec![10],
                 apply_cidrs: vec![1_000],
                 flood_time: Duration::from_millis(300),
+                flood_rounds: 1,
                 http_time: Duration::from_secs(1),
             }
         } else {
@@ -57,6 +60,7 @@ impl Scale {
                 cidrs: vec![10, 1_000, 100_000],
                 apply_cidrs: vec![1_000, 100_000, 1_000_000],
                 flood_time: Duration::from_secs(3),
+                flood_rounds: 5,
                 http_time: Duration::from_secs(5),
             }
         }
