@@ -90,50 +90,26 @@ impl Filter {
             Filter::PortcullisTcDeny => {
                 portcullis(pair, ifaces, &format!("deny: [{FLOOD_NET}]\n"), "tc")
             }
-            Filter::IptablesDrop => {
-                in_ns(
-                    &pair.server_ns,
-                    &[
-                        "iptables",
-                        "-t",
-                        "raw",
-                        "-A",
-                        "PREROUTING",
-                        "-s",
-                        FLOOD_NET,
-                        "-j",
-                        "DROP",
-                    ],
-                )?;
-                Ok(Installed::default())
-            }
-            Filter::IptablesHashlimit => {
-                in_ns(
-                    &pair.server_ns,
-                    &[
-                        "iptables",
-                        "-t",
-                        "raw",
-                        "-A",
-                        "PREROUTING",
-                        "-p",
-                        "udp",
-                        "-m",
-                        "hashlimit",
-                        "--hashlimit-above",
-                        &format!("{LIMIT_PER_SECOND}/sec"),
-                        "--hashlimit-burst",
-                        &LIMIT_BURST.to_string(),
-                        "--hashlimit-mode",
-                        "srcip",
-                        "--hashlimit-name",
-                        "portcullis-bench",
-                        "-j",
-                        "DROP",
-                    ],
-                )?;
-                Ok(Installed::default())
-            }
+            Filter::IptablesDrop => iptables_raw(pair, &["-s", FLOOD_NET, "-j", "DROP"]),
+            Filter::IptablesHashlimit => iptables_raw(
+                pair,
+                &[
+                    "-p",
+                    "udp",
+                    "-m",
+                    "hashlimit",
+                    "--hashlimit-above",
+                    &format!("{LIMIT_PER_SECOND}/sec"),
+                    "--hashlimit-burst",
+                    &LIMIT_BURST.to_string(),
+                    "--hashlimit-mode",
+                    "srcip",
+                    "--hashlimit-name",
+                    "portcullis-bench",
+                    "-j",
+                    "DROP",
+                ],
+            ),
             Filter::NftMeter => {
                 let ruleset = format!(
                     "table ip bench {{\n  chain pre {{\n    type filter hook prerouting priority raw;\n    \
@@ -167,6 +143,13 @@ pub struct Installed {
     /// Holds `DropAll`'s attachment: dropping the object detaches it.
     _object: Option<Ebpf>,
     _policy_dir: Option<TempDir>,
+}
+
+/// Appends `rule` to the raw table's PREROUTING chain, where iptables sees packets first.
+fn iptables_raw(pair: &NetnsPair, rule: &[&str]) -> Result<Installed> {
+    let command = [&["iptables", "-t", "raw", "-A", "PREROUTING"], rule].concat();
+    in_ns(&pair.server_ns, &command)?;
+    Ok(Installed::default())
 }
 
 fn portcullis(pair: &NetnsPair, ifaces: &[&str], policy: &str, hook: &str) -> Result<Installed> {
