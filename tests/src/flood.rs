@@ -84,24 +84,31 @@ pub struct Sent {
 /// flood sends in chunks this long.
 const PACING_CHUNK: Duration = Duration::from_millis(50);
 
+/// The object with only the bench programs `names` loaded. They use no maps, so the
+/// object's are made as small as they go.
+pub fn load_bench_programs(names: &[&str]) -> Result<Ebpf> {
+    let mut ebpf = loader::load_unpinned(&Capacity {
+        sources: 1024,
+        cidrs: 16,
+        bans: 16,
+    })?;
+    for name in names {
+        let program: &mut Xdp = ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()?;
+        program
+            .load()
+            .with_context(|| format!("the verifier rejected {name}"))?;
+    }
+    Ok(ebpf)
+}
+
 impl Generator {
     pub fn new() -> Result<Self> {
-        // The generator uses no maps; keep the object's as small as they go.
-        let mut ebpf = loader::load_unpinned(&Capacity {
-            sources: 1024,
-            cidrs: 16,
-            bans: 16,
-        })?;
-        for name in [FLOOD_PROGRAM, FLOOD_SPOOFED_PROGRAM] {
-            let program: &mut Xdp = ebpf
-                .program_mut(name)
-                .with_context(|| format!("no program {name}"))?
-                .try_into()?;
-            program
-                .load()
-                .with_context(|| format!("the verifier rejected {name}"))?;
-        }
-        Ok(Self { ebpf })
+        Ok(Self {
+            ebpf: load_bench_programs(&[FLOOD_PROGRAM, FLOOD_SPOOFED_PROGRAM])?,
+        })
     }
 
     /// Sends `flood` out of interface `iface` in namespace `ns`.

@@ -11,3 +11,11 @@ pub mod kernel;
 pub mod model;
 pub mod netns;
 pub mod traffic;
+
+/// Writes `text` to `path` the way editors and the kubelet do: a new file, renamed over
+/// the old one.
+pub fn replace_file(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let new = path.with_extension("new");
+    std::fs::write(&new, text)?;
+    std::fs::rename(&new, path)
+}

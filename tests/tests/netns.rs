@@ -1,15 +1,12 @@
 //! The real agent on real traffic: two namespaces joined by a veth pair, the agent attached
 //! on the server side, UDP, TCP and HTTP from chosen client addresses.
 
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use portcullis_tests::{
     agent::Agent,
     netns::{CLIENT_V4, CLIENT_V6, NetnsPair, SERVER_V4, SERVER_V6},
-    require_kernel,
+    replace_file, require_kernel,
     traffic::{HttpServer, UdpCounter, http_get, tcp_connects, tcp_server, udp_send, udp_send_in},
 };
 
@@ -256,13 +253,6 @@ fn ipv6_is_enforced_and_grouped_by_64() {
     );
 }
 
-fn replace_file(path: &Path, text: &str) {
-    // Write a new file and rename it over the old one, as editors and kubelet do.
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 #[test]
 fn policy_edits_apply_without_restart_and_broken_edits_change_nothing() {
     require_kernel!();
@@ -288,7 +278,7 @@ fn policy_edits_apply_without_restart_and_broken_edits_change_nothing() {
     );
 
     // A broken edit is reported and the deny stays in force.
-    replace_file(&s.policy, "deny: [10.77.0.1\n");
+    replace_file(&s.policy, "deny: [10.77.0.1\n").unwrap();
     assert!(
         agent.wait_for_stderr("policy not reloaded", Duration::from_secs(5)),
         "{:?}",
@@ -305,7 +295,7 @@ fn policy_edits_apply_without_restart_and_broken_edits_change_nothing() {
     );
 
     // An invalid (well-formed) edit is refused too.
-    replace_file(&s.policy, "deny: [10.77.0.1/8]\n");
+    replace_file(&s.policy, "deny: [10.77.0.1/8]\n").unwrap();
     assert!(
         agent.wait_for_stderr("host bits are set", Duration::from_secs(5)),
         "{:?}",
@@ -317,7 +307,7 @@ fn policy_edits_apply_without_restart_and_broken_edits_change_nothing() {
     );
 
     // A good edit through rename lifts it.
-    replace_file(&s.policy, "deny: []\n");
+    replace_file(&s.policy, "deny: []\n").unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline && !tcp_connects(pair, CLIENT_V4, SERVER_V4, 7000, SHORT) {}
     assert!(

@@ -15,6 +15,7 @@ use portcullis_tests::{
     agent::Agent,
     harness::Harness,
     netns::{CLIENT_V4, NetnsPair, SERVER_V4},
+    replace_file,
     traffic::UdpCounter,
 };
 use serde_json::{Value, json};
@@ -62,14 +63,6 @@ fn apply_times(scale: &Scale, md: &mut String) -> Result<Value> {
         applies.push(json!({"cidrs": size, "parse_s": parse, "write_s": write}));
     }
     Ok(Value::Array(applies))
-}
-
-/// Writes `text` to `path` the way editors and the kubelet do: a new file renamed over.
-fn replace_file(path: &Path, text: &str) -> Result<()> {
-    let new = path.with_extension("new");
-    std::fs::write(&new, text)?;
-    std::fs::rename(&new, path)?;
-    Ok(())
 }
 
 /// Edits the policy file to deny the probe's source while it sends one datagram per

@@ -8,11 +8,8 @@ use aya::{
     Ebpf,
     programs::{Xdp, XdpMode},
 };
-use portcullis::{
-    loader::{self, DROP_ALL_PROGRAM},
-    policy::Capacity,
-};
-use portcullis_tests::{agent::Agent, netns::NetnsPair};
+use portcullis::loader::DROP_ALL_PROGRAM;
+use portcullis_tests::{agent::Agent, flood::load_bench_programs, netns::NetnsPair};
 use tempfile::TempDir;
 
 /// The flood's source network: denied outright, or limited per source.
@@ -173,16 +170,11 @@ fn portcullis(pair: &NetnsPair, ifaces: &[&str], policy: &str, hook: &str) -> Re
 }
 
 fn drop_all(pair: &NetnsPair, ifaces: &[&str]) -> Result<Installed> {
-    let mut object = loader::load_unpinned(&Capacity {
-        sources: 1024,
-        cidrs: 16,
-        bans: 16,
-    })?;
+    let mut object = load_bench_programs(&[DROP_ALL_PROGRAM])?;
     let program: &mut Xdp = object
         .program_mut(DROP_ALL_PROGRAM)
         .context("no drop-all program")?
         .try_into()?;
-    program.load()?;
     for iface in ifaces {
         pair.server(|| program.attach(iface, XdpMode::Driver))
             .with_context(|| format!("attaching {DROP_ALL_PROGRAM} to {iface}"))?;
