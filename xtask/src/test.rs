@@ -44,6 +44,11 @@ pub fn run(options: &Options) -> Result<()> {
             .args(&options.harness_args)
             .env("PORTCULLIS_BIN", binary)
             .env("PORTCULLIS_IMAGE", image)
+            // kubectl, kubernetes-validate and checkov for the manifest tests.
+            .env(
+                "PORTCULLIS_TOOLS",
+                setup::kubernetes_tools_venv().join("bin"),
+            )
             .env("PORTCULLIS_REQUIRE_KERNEL_TESTS", "1"),
     )
 }
