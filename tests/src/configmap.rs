@@ -34,6 +34,11 @@ impl ConfigMapVolume {
         Ok(volume)
     }
 
+    /// The volume's directory, which a pod mounts.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The path a pod reads a key at.
     pub fn path(&self, key: &str) -> PathBuf {
         self.dir.join(key)

@@ -27,3 +27,19 @@ macro_rules! require_kernel {
         }
     };
 }
+
+/// A path `cargo xtask test` passes in environment variable `var` (the image archive, the
+/// Kubernetes tools). Outside it the test is skipped with a message; under `REQUIRE_ENV`
+/// a missing variable is a failure.
+pub fn from_xtask(var: &str) -> Option<std::path::PathBuf> {
+    match std::env::var_os(var) {
+        Some(path) => Some(path.into()),
+        None if std::env::var_os(REQUIRE_ENV).is_some() => {
+            panic!("{var} is not set; `cargo xtask test` sets it")
+        }
+        None => {
+            eprintln!("SKIPPED: {var} is not set (`cargo xtask test` sets it)");
+            None
+        }
+    }
+}

@@ -8,8 +8,10 @@ pub mod flood;
 pub mod frames;
 pub mod harness;
 pub mod kernel;
+pub mod kubernetes;
 pub mod model;
 pub mod netns;
+pub mod podman;
 pub mod traffic;
 
 /// Writes `text` to `path` the way editors and the kubelet do: a new file, renamed over

@@ -131,6 +131,20 @@ impl NetnsPair {
         ])
     }
 
+    /// Gives the server side a default route through the client, as a node has one
+    /// through its uplink.
+    pub fn add_server_default_route(&self) -> Result<()> {
+        ip(&[
+            "-n",
+            &self.server_ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            CLIENT_V4,
+        ])
+    }
+
     /// The server interface's MAC address.
     pub fn server_mac(&self) -> Result<[u8; 6]> {
         mac(&self.server_ns, &self.server_if)

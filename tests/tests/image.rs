@@ -2,24 +2,10 @@
 //! one layer holding the static binary and nothing else, `portcullis run` as entrypoint,
 //! the version in its labels and reported by the binary.
 
-use std::{collections::HashMap, io::Read as _, os::unix::fs::PermissionsExt as _, path::PathBuf};
+use std::{collections::HashMap, io::Read as _, os::unix::fs::PermissionsExt as _};
 
-use portcullis_tests::kernel::REQUIRE_ENV;
+use portcullis_tests::kernel::from_xtask;
 use serde_json::Value;
-
-/// The archive, or `None` (the test is skipped) outside `cargo xtask test`.
-fn archive() -> Option<PathBuf> {
-    match std::env::var_os("PORTCULLIS_IMAGE") {
-        Some(path) => Some(PathBuf::from(path)),
-        None if std::env::var_os(REQUIRE_ENV).is_some() => {
-            panic!("PORTCULLIS_IMAGE is not set; `cargo xtask test` builds the image first")
-        }
-        None => {
-            eprintln!("SKIPPED: PORTCULLIS_IMAGE is not set (`cargo xtask image` builds one)");
-            None
-        }
-    }
-}
 
 /// Every file of a tar stream by path.
 fn files(reader: impl std::io::Read) -> HashMap<String, Vec<u8>> {
@@ -45,7 +31,9 @@ fn blob<'a>(files: &'a HashMap<String, Vec<u8>>, digest: &Value) -> &'a [u8] {
 
 #[test]
 fn image_holds_the_static_binary_only_and_runs_it() {
-    let Some(path) = archive() else { return };
+    let Some(path) = from_xtask("PORTCULLIS_IMAGE") else {
+        return;
+    };
     let outer = files(std::fs::File::open(&path).unwrap());
     let index: Value = serde_json::from_slice(&outer["index.json"]).unwrap();
     let manifest: Value =

@@ -329,19 +329,7 @@ fn attaches_to_the_interface_of_the_default_route() {
         "{refused:#}"
     );
 
-    let out = std::process::Command::new("ip")
-        .args([
-            "-n",
-            &s.pair.server_ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            CLIENT_V4,
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    s.pair.add_server_default_route().unwrap();
     let agent =
         Agent::start_run(&s.pair.server_ns, &s.policy, &["--iface-of-default-route"]).unwrap();
     assert!(
