@@ -70,7 +70,7 @@ pub async fn run(options: RunOptions, policy: Policy, policy_text: String) -> Re
         interfaces = ?options.ifaces,
         "portcullis starting"
     );
-    loader::ensure_bpffs()?;
+    loader::ensure_bpffs(&options.pin_dir)?;
     let mut ifindexes = HashMap::new();
     for iface in &options.ifaces {
         ifindexes.insert(loader::ifindex(iface)?, iface.clone());

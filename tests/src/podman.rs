@@ -9,8 +9,9 @@
 
 use std::{
     collections::HashMap,
+    io::Write as _,
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
@@ -170,11 +171,26 @@ impl Podman {
 
     /// Runs a command in a running container, as `kubectl exec` does.
     pub fn exec(&self, name: &str, command: &[&str]) -> Output {
-        self.command()
-            .args(["exec", name])
+        self.exec_with_input(name, command, "")
+    }
+
+    /// As `exec`, with `input` on the command's stdin (`kubectl exec -i ... < file`).
+    pub fn exec_with_input(&self, name: &str, command: &[&str], input: &str) -> Output {
+        let mut child = self
+            .command()
+            .args(["exec", "--interactive", name])
             .args(command)
-            .output()
-            .expect("running podman exec")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running podman exec");
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin
+            .write_all(input.as_bytes())
+            .expect("writing to podman exec");
+        drop(stdin);
+        child.wait_with_output().expect("waiting for podman exec")
     }
 
     /// A container's output so far, stdout then stderr.

@@ -342,6 +342,18 @@ fn daemonset_pod_enforces_the_configmap_and_hands_over_on_upgrade() {
         "{second}"
     );
 
+    // On one node, through `kubectl exec -i`: a policy file from stdin, then a rollback.
+    let out = podman.exec_with_input(
+        "agent-1",
+        &["/portcullis", "policy", "apply", "/dev/stdin"],
+        shipped,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(client_reaches_node(&pair, true), "the local apply");
+    let out = podman.exec("agent-1", &["/portcullis", "policy", "rollback"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(client_reaches_node(&pair, false), "the rollback");
+
     // Upgrade or pod deletion: SIGTERM, a clean exit within the grace period, and the
     // node stays protected until the next pod takes over.
     assert_eq!(
@@ -395,7 +407,7 @@ fn daemonset_pod_enforces_the_configmap_and_hands_over_on_upgrade() {
 }
 
 #[test]
-fn each_added_capability_and_the_seccomp_profile_are_needed() {
+fn each_added_capability_the_seccomp_profile_and_bpffs_are_needed() {
     require_kernel!();
     let (Some(archive), Some(tools)) = (
         from_xtask("PORTCULLIS_IMAGE"),
@@ -451,4 +463,29 @@ fn each_added_capability_and_the_seccomp_profile_are_needed() {
             "{what}: {output}"
         );
     }
+
+    // A node whose /sys/fs/bpf is not bpffs: the agent cannot mount one from inside the
+    // container, and says what the node needs rather than failing later at pinning.
+    let plain = tempfile::tempdir().unwrap();
+    let mut host_paths = node.node.host_paths.clone();
+    host_paths.insert("/sys/fs/bpf".into(), plain.path().to_path_buf());
+    let no_bpffs = Node {
+        netns: node.node.netns.clone(),
+        seccomp_root: node.node.seccomp_root.clone(),
+        host_paths,
+        config_maps: node.node.config_maps.clone(),
+    };
+    let (code, output) = podman.run_to_end(
+        "no-bpffs",
+        &image,
+        pod,
+        &pod["containers"][0],
+        &no_bpffs,
+        Duration::from_secs(20),
+    );
+    assert_ne!(code, 0, "{output}");
+    assert!(
+        output.contains("/sys/fs/bpf/portcullis is not on a BPF filesystem"),
+        "{output}"
+    );
 }
