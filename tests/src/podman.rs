@@ -23,6 +23,7 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// What the test provides in place of a node: where each hostPath and ConfigMap volume
 /// lives, which network namespace is the host network, and the kubelet's seccomp root.
+#[derive(Clone)]
 pub struct Node {
     pub netns: String,
     pub seccomp_root: PathBuf,
@@ -91,7 +92,7 @@ impl Podman {
     }
 
     /// `podman` with this instance's private directories and runtime.
-    pub fn command(&self) -> Command {
+    fn command(&self) -> Command {
         let dir = self.dir.path();
         let mut command = Command::new("podman");
         command

@@ -187,6 +187,14 @@ fn manifests_agree_with_the_build() {
     );
 }
 
+/// The image archive and the tools directory, or `None` (skipped) outside `cargo xtask test`.
+fn image_and_tools() -> Option<(PathBuf, PathBuf)> {
+    Some((
+        from_xtask("PORTCULLIS_IMAGE")?,
+        from_xtask("PORTCULLIS_TOOLS")?,
+    ))
+}
+
 /// A test node: the server side of a veth pair with a default route (the agent finds its
 /// interface from it), a private bpffs, host directories and the ConfigMap volume.
 struct TestNode {
@@ -270,10 +278,7 @@ fn status(podman: &Podman, name: &str) -> Value {
 #[test]
 fn daemonset_pod_enforces_the_configmap_and_hands_over_on_upgrade() {
     require_kernel!();
-    let (Some(archive), Some(tools)) = (
-        from_xtask("PORTCULLIS_IMAGE"),
-        from_xtask("PORTCULLIS_TOOLS"),
-    ) else {
+    let Some((archive, tools)) = image_and_tools() else {
         return;
     };
     let (_, documents) = render(&tools, &deploy_dir()).unwrap();
@@ -409,10 +414,7 @@ fn daemonset_pod_enforces_the_configmap_and_hands_over_on_upgrade() {
 #[test]
 fn each_added_capability_the_seccomp_profile_and_bpffs_are_needed() {
     require_kernel!();
-    let (Some(archive), Some(tools)) = (
-        from_xtask("PORTCULLIS_IMAGE"),
-        from_xtask("PORTCULLIS_TOOLS"),
-    ) else {
+    let Some((archive, tools)) = image_and_tools() else {
         return;
     };
     let (_, documents) = render(&tools, &deploy_dir()).unwrap();
@@ -467,14 +469,10 @@ fn each_added_capability_the_seccomp_profile_and_bpffs_are_needed() {
     // A node whose /sys/fs/bpf is not bpffs: the agent cannot mount one from inside the
     // container, and says what the node needs rather than failing later at pinning.
     let plain = tempfile::tempdir().unwrap();
-    let mut host_paths = node.node.host_paths.clone();
-    host_paths.insert("/sys/fs/bpf".into(), plain.path().to_path_buf());
-    let no_bpffs = Node {
-        netns: node.node.netns.clone(),
-        seccomp_root: node.node.seccomp_root.clone(),
-        host_paths,
-        config_maps: node.node.config_maps.clone(),
-    };
+    let mut no_bpffs = node.node.clone();
+    no_bpffs
+        .host_paths
+        .insert("/sys/fs/bpf".into(), plain.path().to_path_buf());
     let (code, output) = podman.run_to_end(
         "no-bpffs",
         &image,
