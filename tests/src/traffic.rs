@@ -178,18 +178,20 @@ pub fn tcp_connects(pair: &NetnsPair, src: &str, dst: &str, port: u16, timeout: 
     stream.read_exact(&mut buf).is_ok() && &buf == b"ok"
 }
 
-/// As `tcp_connects`, retried for up to `within`: for changes the kernel completes after
-/// the call that made them returns (a detached link is released by deferred work).
-pub fn tcp_connects_within(
+/// Retries `tcp_connects` until its answer is `reachable` or `within` has passed; true if
+/// it came. For changes in force a little after the call that made them (a file watch, the
+/// deferred release of a detached link).
+pub fn tcp_reachable_within(
     pair: &NetnsPair,
     src: &str,
     dst: &str,
     port: u16,
+    reachable: bool,
     within: Duration,
 ) -> bool {
     let started = Instant::now();
     loop {
-        if tcp_connects(pair, src, dst, port, Duration::from_millis(300)) {
+        if tcp_connects(pair, src, dst, port, Duration::from_millis(300)) == reachable {
             return true;
         }
         if started.elapsed() >= within {

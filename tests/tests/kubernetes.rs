@@ -18,7 +18,7 @@ use portcullis_tests::{
     netns::{CLIENT_V4, NetnsPair, SERVER_V4},
     podman::{BpfFs, Node, Podman},
     require_kernel,
-    traffic::{http_fetch, tcp_connects, tcp_connects_within, tcp_server},
+    traffic::{http_fetch, tcp_connects, tcp_reachable_within, tcp_server},
 };
 use serde_json::Value;
 
@@ -258,15 +258,9 @@ fn wait_ready(podman: &Podman, name: &str, container: &Value, ns: &str) {
     panic!("{name} not ready within 20 s: {}", podman.logs(name));
 }
 
-/// Polls until the client's TCP connections succeed (`open`) or fail, for `APPLY_WITHIN`.
+/// True once the client's TCP connections succeed (`open`) or fail, within `APPLY_WITHIN`.
 fn client_reaches_node(pair: &NetnsPair, open: bool) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < APPLY_WITHIN {
-        if tcp_connects(pair, CLIENT_V4, SERVER_V4, 7000, SHORT) == open {
-            return true;
-        }
-    }
-    false
+    tcp_reachable_within(pair, CLIENT_V4, SERVER_V4, 7000, open, APPLY_WITHIN)
 }
 
 fn status(podman: &Podman, name: &str) -> Value {
@@ -400,7 +394,14 @@ fn daemonset_pod_enforces_the_configmap_and_hands_over_on_upgrade() {
         podman.run_to_end("detach-2", &image, remover_pod, detach, &node.node, within);
     assert_eq!(code, 0, "{output}");
     assert!(
-        tcp_connects_within(&pair, CLIENT_V4, SERVER_V4, 7000, Duration::from_secs(2)),
+        tcp_reachable_within(
+            &pair,
+            CLIENT_V4,
+            SERVER_V4,
+            7000,
+            true,
+            Duration::from_secs(2)
+        ),
         "still enforcing after the uninstall"
     );
     let pins: Vec<_> = std::fs::read_dir(&node.bpffs.path)

@@ -12,7 +12,7 @@ use portcullis_tests::{
     agent::{Agent, Leftovers, binary},
     netns::{CLIENT_V4, NetnsPair, SERVER_V4},
     require_kernel,
-    traffic::{UdpCounter, tcp_connects, tcp_connects_within, tcp_server, udp_send},
+    traffic::{UdpCounter, tcp_connects, tcp_reachable_within, tcp_server, udp_send},
 };
 
 const DENIED: &str = "10.77.0.66";
@@ -233,7 +233,14 @@ fn keep_on_exit_then_take_over_then_detach() {
     assert!(!pin_dir.exists());
     // The kernel releases an unpinned link in deferred work, just after detach returns.
     assert!(
-        tcp_connects_within(&pair, CLIENT_V4, SERVER_V4, 7000, Duration::from_secs(2)),
+        tcp_reachable_within(
+            &pair,
+            CLIENT_V4,
+            SERVER_V4,
+            7000,
+            true,
+            Duration::from_secs(2)
+        ),
         "detach left the deny in force"
     );
 }
