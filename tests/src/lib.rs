@@ -14,6 +14,16 @@ pub mod netns;
 pub mod podman;
 pub mod traffic;
 
+/// A finished command's output as one text, stdout then stderr, for assertion messages
+/// and for looking for what a program said on either.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Writes `text` to `path` the way editors and the kubelet do: a new file, renamed over
 /// the old one.
 pub fn replace_file(path: &std::path::Path, text: &str) -> std::io::Result<()> {

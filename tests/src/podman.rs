@@ -201,11 +201,7 @@ impl Podman {
             .args(["logs", name])
             .output()
             .expect("running podman logs");
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
+        crate::output_text(&out)
     }
 }
 

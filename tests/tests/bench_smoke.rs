@@ -1,7 +1,7 @@
 //! The benchmark program runs every section and writes well-formed results. No timing is
 //! asserted: the numbers of a smoke run on a busy machine mean nothing.
 
-use portcullis_tests::require_kernel;
+use portcullis_tests::{output_text, require_kernel};
 use serde_json::Value;
 
 fn positive(value: &Value) -> bool {
@@ -18,12 +18,8 @@ fn bench_smoke_run_writes_its_tables_and_numbers() {
         .arg(out.path())
         .output()
         .unwrap();
+    assert!(run.status.success(), "{}", output_text(&run));
     let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
     let md = std::fs::read_to_string(out.path().join("bench.md")).unwrap();
     assert_eq!(md, stdout, "the Markdown file and stdout differ");
     for heading in [

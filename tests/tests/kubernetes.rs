@@ -16,6 +16,7 @@ use portcullis_tests::{
     kernel::from_xtask,
     kubernetes::{deploy_dir, object, render, tool},
     netns::{CLIENT_V4, NetnsPair, SERVER_V4},
+    output_text,
     podman::{BpfFs, Node, Podman},
     require_kernel,
     traffic::{http_fetch, tcp_connects, tcp_reachable_within, tcp_server},
@@ -63,14 +64,6 @@ fn scan(tools: &Path, file: &Path) -> std::process::Output {
         .unwrap()
 }
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 #[test]
 fn manifests_pass_strict_schema_validation() {
     let Some(tools) = from_xtask("PORTCULLIS_TOOLS") else {
@@ -85,13 +78,13 @@ fn manifests_pass_strict_schema_validation() {
             out.status.success(),
             "{}: {}",
             kustomization.display(),
-            text(&out)
+            output_text(&out)
         );
         assert_eq!(
-            text(&out).matches("passed for resource").count(),
+            output_text(&out).matches("passed for resource").count(),
             documents.len(),
             "every object validated: {}",
-            text(&out)
+            output_text(&out)
         );
     }
 
@@ -99,11 +92,11 @@ fn manifests_pass_strict_schema_validation() {
     let (yaml, _) = render(&tools, &deploy_dir()).unwrap();
     let broken = yaml.replacen("readOnlyRootFilesystem:", "readOnlyRootFileSystem:", 1);
     let out = validate(&tools, &write_rendered(dir.path(), "broken", &broken));
-    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!out.status.success(), "{}", output_text(&out));
     assert!(
-        text(&out).contains("readOnlyRootFileSystem"),
+        output_text(&out).contains("readOnlyRootFileSystem"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 }
 
@@ -117,10 +110,10 @@ fn manifests_pass_the_security_scan_with_the_listed_skips() {
         let (yaml, _) = render(&tools, &kustomization).unwrap();
         let out = scan(&tools, &write_rendered(dir.path(), "rendered", &yaml));
         assert!(
-            out.status.success() && text(&out).contains("Failed checks: 0"),
+            out.status.success() && output_text(&out).contains("Failed checks: 0"),
             "{}: {}",
             kustomization.display(),
-            text(&out)
+            output_text(&out)
         );
     }
 
@@ -131,8 +124,12 @@ fn manifests_pass_the_security_scan_with_the_listed_skips() {
         &tools,
         &write_rendered(dir.path(), "privileged", &privileged),
     );
-    assert!(!out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("CKV_K8S_16"), "{}", text(&out));
+    assert!(!out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("CKV_K8S_16"),
+        "{}",
+        output_text(&out)
+    );
 }
 
 #[test]
@@ -168,7 +165,7 @@ fn manifests_agree_with_the_build() {
                 .arg(&file)
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{}", text(&out));
+            assert!(out.status.success(), "{}", output_text(&out));
         }
     }
 
@@ -179,7 +176,7 @@ fn manifests_agree_with_the_build() {
         .arg("/usr/share/containers/seccomp.json")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
         std::fs::read_to_string(seccomp.join("portcullis.json")).unwrap(),
@@ -265,7 +262,7 @@ fn client_reaches_node(pair: &NetnsPair, open: bool) -> bool {
 
 fn status(podman: &Podman, name: &str) -> Value {
     let out = podman.exec(name, &["/portcullis", "status", "--json"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -347,10 +344,10 @@ fn daemonset_pod_enforces_the_configmap_and_hands_over_on_upgrade() {
         &["/portcullis", "policy", "apply", "/dev/stdin"],
         shipped,
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     assert!(client_reaches_node(&pair, true), "the local apply");
     let out = podman.exec("agent-1", &["/portcullis", "policy", "rollback"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     assert!(client_reaches_node(&pair, false), "the rollback");
 
     // Upgrade or pod deletion: SIGTERM, a clean exit within the grace period, and the

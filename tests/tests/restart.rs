@@ -11,7 +11,7 @@ use std::{
 use portcullis_tests::{
     agent::{Agent, Leftovers, binary},
     netns::{CLIENT_V4, NetnsPair, SERVER_V4},
-    require_kernel,
+    output_text, require_kernel,
     traffic::{UdpCounter, tcp_connects, tcp_reachable_within, tcp_server, udp_send},
 };
 
@@ -145,9 +145,8 @@ fn sigkill_and_restart_leave_no_gap_and_keep_bans_and_buckets() {
     let bans = second.cli(&["bans", "--json"]);
     assert!(
         String::from_utf8_lossy(&bans.stdout).contains(FLOODER),
-        "the ban did not survive the restart: {} {}",
-        String::from_utf8_lossy(&bans.stdout),
-        String::from_utf8_lossy(&bans.stderr)
+        "the ban did not survive the restart: {}",
+        output_text(&bans)
     );
     let before = api.count(Duration::from_millis(200), Duration::from_secs(2));
     udp_send(

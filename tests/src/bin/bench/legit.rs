@@ -111,14 +111,10 @@ fn millis(text: &str) -> Option<f64> {
 
 fn finish_wrk(child: Child) -> Result<Load> {
     let out = child.wait_with_output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        bail!(
-            "wrk failed: {}{}",
-            text,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("wrk failed: {}", portcullis_tests::output_text(&out));
     }
+    let text = String::from_utf8_lossy(&out.stdout);
     let field = |prefix: &str| {
         text.lines()
             .find_map(|line| line.trim().strip_prefix(prefix))
