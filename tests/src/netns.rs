@@ -39,13 +39,19 @@ fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// A tag for namespace and interface names: the process id so parallel runs do not
+/// collide, and a counter so tests within a run do not; short, as interface names are
+/// limited to 15 characters.
+fn unique_tag() -> String {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{}x{n}", std::process::id() % 100_000)
+}
+
 impl NetnsPair {
     /// Creates the pair with `CLIENT_V4`/`CLIENT_V6` on the client and `SERVER_V4`/
-    /// `SERVER_V6` on the server. Names carry the process id so parallel tests and runs do
-    /// not collide.
+    /// `SERVER_V6` on the server.
     pub fn new() -> Result<Self> {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let tag = format!("{}x{n}", std::process::id() % 100_000);
+        let tag = unique_tag();
         let pair = Self {
             client_ns: format!("pc-c{tag}"),
             server_ns: format!("pc-s{tag}"),
@@ -207,8 +213,7 @@ pub struct SideLink {
 
 impl SideLink {
     pub fn join(pair: &NetnsPair) -> Result<Self> {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let tag = format!("{}x{n}", std::process::id() % 100_000);
+        let tag = unique_tag();
         let link = Self {
             ns: format!("pc-a{tag}"),
             iface: format!("pca{tag}"),

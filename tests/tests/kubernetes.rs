@@ -39,11 +39,22 @@ fn kustomizations() -> [PathBuf; 3] {
     ]
 }
 
-/// Writes rendered YAML to a file in `dir` for the tools that read files.
-fn write_rendered(dir: &Path, name: &str, yaml: &str) -> PathBuf {
-    let path = dir.join(format!("{name}.yaml"));
+/// Renders `kustomization` into a file in `dir` (the tools read files), with `edit`
+/// (from, to) made once if given: the file, and how many objects it holds.
+fn render_to_file(
+    tools: &Path,
+    kustomization: &Path,
+    dir: &Path,
+    edit: Option<(&str, &str)>,
+) -> (PathBuf, usize) {
+    let (mut yaml, documents) = render(tools, kustomization).unwrap();
+    if let Some((from, to)) = edit {
+        assert!(yaml.contains(from), "nothing to edit: {from}");
+        yaml = yaml.replacen(from, to, 1);
+    }
+    let path = dir.join("rendered.yaml");
     std::fs::write(&path, yaml).unwrap();
-    path
+    (path, documents.len())
 }
 
 fn validate(tools: &Path, file: &Path) -> std::process::Output {
@@ -71,33 +82,24 @@ fn manifests_pass_strict_schema_validation() {
     };
     let dir = tempfile::tempdir().unwrap();
     for kustomization in kustomizations() {
-        let (yaml, documents) = render(&tools, &kustomization).unwrap();
-        let file = write_rendered(dir.path(), "rendered", &yaml);
+        let (file, objects) = render_to_file(&tools, &kustomization, dir.path(), None);
         let out = validate(&tools, &file);
-        assert!(
-            out.status.success(),
-            "{}: {}",
-            kustomization.display(),
-            output_text(&out)
-        );
+        let said = output_text(&out);
+        assert!(out.status.success(), "{}: {said}", kustomization.display());
         assert_eq!(
-            output_text(&out).matches("passed for resource").count(),
-            documents.len(),
-            "every object validated: {}",
-            output_text(&out)
+            said.matches("passed for resource").count(),
+            objects,
+            "every object validated: {said}"
         );
     }
 
     // Strict: a field the schema does not have is an error, not ignored.
-    let (yaml, _) = render(&tools, &deploy_dir()).unwrap();
-    let broken = yaml.replacen("readOnlyRootFilesystem:", "readOnlyRootFileSystem:", 1);
-    let out = validate(&tools, &write_rendered(dir.path(), "broken", &broken));
-    assert!(!out.status.success(), "{}", output_text(&out));
-    assert!(
-        output_text(&out).contains("readOnlyRootFileSystem"),
-        "{}",
-        output_text(&out)
-    );
+    let misspelt = ("readOnlyRootFilesystem:", "readOnlyRootFileSystem:");
+    let (file, _) = render_to_file(&tools, &deploy_dir(), dir.path(), Some(misspelt));
+    let out = validate(&tools, &file);
+    let said = output_text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("readOnlyRootFileSystem"), "{said}");
 }
 
 #[test]
@@ -107,29 +109,23 @@ fn manifests_pass_the_security_scan_with_the_listed_skips() {
     };
     let dir = tempfile::tempdir().unwrap();
     for kustomization in kustomizations() {
-        let (yaml, _) = render(&tools, &kustomization).unwrap();
-        let out = scan(&tools, &write_rendered(dir.path(), "rendered", &yaml));
+        let (file, _) = render_to_file(&tools, &kustomization, dir.path(), None);
+        let out = scan(&tools, &file);
+        let said = output_text(&out);
         assert!(
-            out.status.success() && output_text(&out).contains("Failed checks: 0"),
-            "{}: {}",
-            kustomization.display(),
-            output_text(&out)
+            out.status.success() && said.contains("Failed checks: 0"),
+            "{}: {said}",
+            kustomization.display()
         );
     }
 
     // The scan does fail a manifest that gives too much away.
-    let (yaml, _) = render(&tools, &deploy_dir()).unwrap();
-    let privileged = yaml.replacen("privileged: false", "privileged: true", 1);
-    let out = scan(
-        &tools,
-        &write_rendered(dir.path(), "privileged", &privileged),
-    );
-    assert!(!out.status.success(), "{}", output_text(&out));
-    assert!(
-        output_text(&out).contains("CKV_K8S_16"),
-        "{}",
-        output_text(&out)
-    );
+    let privileged = ("privileged: false", "privileged: true");
+    let (file, _) = render_to_file(&tools, &deploy_dir(), dir.path(), Some(privileged));
+    let out = scan(&tools, &file);
+    let said = output_text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("CKV_K8S_16"), "{said}");
 }
 
 #[test]
