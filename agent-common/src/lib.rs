@@ -3,18 +3,17 @@
 //! Everything here crosses the kernel/user boundary through BPF maps or the ring buffer, so
 //! every type is `#[repr(C)]`, `Copy`, built from fixed-width integers, with its padding
 //! written out and its size asserted at compile time.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
+pub mod event;
 pub mod maps;
+pub mod mode;
 pub mod reason;
 
+pub use event::{Event, EventAction};
 pub use maps::*;
+pub use mode::Mode;
 pub use reason::{Action, Reason};
-
-/// Rule mode: the rule drops what it matches.
-pub const MODE_ENFORCE: u32 = 0;
-/// Rule mode: the rule only counts and reports what it would have dropped.
-pub const MODE_SHADOW: u32 = 1;
 
 /// Traffic classes that rate-limit rules are scoped by. ICMP covers ICMPv4 and ICMPv6.
 pub const CLASS_TCP: u8 = 0;
@@ -57,7 +56,7 @@ pub struct RuleConfig {
     pub ban_for_ns: u64,
     /// Over-limit packets within one window that trigger a ban.
     pub ban_after: u32,
-    /// `MODE_ENFORCE` or `MODE_SHADOW`.
+    /// A `Mode` code.
     pub mode: u32,
     /// Changes whenever the rule's definition changes; buckets and bans made under an older
     /// epoch are ignored, so a changed rule starts fresh while an unchanged one keeps state.
@@ -78,11 +77,11 @@ pub struct RuleConfig {
 pub struct AclEntry {
     /// Rule id a deny entry is counted and reported under; 0 for allow entries.
     pub rule: u32,
-    /// `ACL_ALLOW`, or for a deny entry `MODE_ENFORCE` or `MODE_SHADOW`.
+    /// `ACL_ALLOW`, or for a deny entry a `Mode` code.
     pub mode: u32,
 }
 
-/// `AclEntry::mode` of an allow entry.
+/// `AclEntry::mode` of an allow entry; not a `Mode` code (a test in `mode` checks).
 pub const ACL_ALLOW: u32 = 2;
 
 /// Value of `BANS_V4` / `BANS_V6`: a temporary ban of a source group.
@@ -159,37 +158,6 @@ pub struct EventBudget {
     pub _pad: u32,
 }
 
-/// What happened to the packet an event reports.
-pub const EVENT_DROPPED: u8 = 0;
-/// Shadow mode: the packet passed but would have been dropped.
-pub const EVENT_WOULD_DROP: u8 = 1;
-/// An escalation ban started (the packet itself was dropped as rate-limited).
-pub const EVENT_BANNED: u8 = 2;
-/// Shadow mode: an escalation ban would have started.
-pub const EVENT_WOULD_BAN: u8 = 3;
-
-/// One ring-buffer record.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Event {
-    pub ts_ns: u64,
-    /// Source address; IPv4 as IPv4-mapped IPv6.
-    pub src: [u8; 16],
-    pub ifindex: u32,
-    pub rule: u32,
-    /// A `Reason` code.
-    pub reason: u32,
-    /// Destination port, 0 when the packet carries none.
-    pub dport: u16,
-    /// 4 or 6.
-    pub family: u8,
-    /// IP protocol number.
-    pub protocol: u8,
-    /// One of the `EVENT_*` codes.
-    pub action: u8,
-    pub _pad: [u8; 7],
-}
-
 const _: () = assert!(core::mem::size_of::<PortRules>() == 8);
 const _: () = assert!(core::mem::size_of::<RuleConfig>() == 72);
 const _: () = assert!(core::mem::size_of::<AclEntry>() == 8);
@@ -200,7 +168,6 @@ const _: () = assert!(core::mem::size_of::<RuleCounters>() == 24);
 const _: () = assert!(core::mem::size_of::<IfaceCounters>() == 16);
 const _: () = assert!(core::mem::size_of::<Settings>() == 8);
 const _: () = assert!(core::mem::size_of::<EventBudget>() == 16);
-const _: () = assert!(core::mem::size_of::<Event>() == 48);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -1,62 +1,343 @@
-//! Map names and fixed capacities. Names are at most 15 characters: the kernel keeps 16
-//! bytes including the NUL. Capacities that depend on the policy are set by the agent at
-//! load time from the policy's `capacity` section.
+//! Every map the kernel programs share with the agent, in one table: its name, kind, key
+//! and value layout, flags, and how its entry count follows from the policy's `capacity`.
+//! The kernel declares its maps from these specs (`agent-ebpf/src/maps.rs`, where each
+//! static must carry the name given here), the agent sizes and checks maps from them, and
+//! `tests/tests/object.rs` checks the built object against the table, so the two sides
+//! cannot drift. Names are at most 15 characters: the kernel keeps 16 bytes with the NUL.
 
-// The policy maps come in two sets, 0 and 1. Packets are judged by the set `GENERATION`
-// names; the agent writes the other set and then switches, so every packet sees one whole
-// policy. Each constant below lists the names of a map in set 0 and set 1.
+use core::mem::size_of;
 
-/// LPM trie, key `[u8; 4]` (IPv4 prefix), value `AclEntry`: the allow and deny lists.
-pub const ACL_V4: [&str; 2] = ["ACL_V4_0", "ACL_V4_1"];
-/// LPM trie, key `[u8; 16]` (IPv6 prefix), value `AclEntry`.
-pub const ACL_V6: [&str; 2] = ["ACL_V6_0", "ACL_V6_1"];
-/// Hash, key `port_key(class, port)`, value `PortRules`: rules scoped to ports.
-pub const PORT_RULES: [&str; 2] = ["PORT_RULES_0", "PORT_RULES_1"];
-/// Array indexed by class, value `PortRules`: rules that cover a whole class.
-pub const CLASS_RULES: [&str; 2] = ["CLASS_RULES_0", "CLASS_RULES_1"];
-/// Array indexed by rule id, value `RuleConfig`.
-pub const RULES: [&str; 2] = ["RULES_0", "RULES_1"];
-/// Array with one `u32`: 0 or 1, the policy set in force.
-pub const GENERATION: &str = "GENERATION";
+use crate::{
+    AclEntry, BanEntry, Bucket, BucketKey, CLASS_COUNT, Event, EventBudget, IfaceCounters,
+    PortRules, RuleConfig, RuleCounters, Settings,
+};
 
-/// LPM trie, key IPv4 prefix of a source group, value `BanEntry`.
-pub const BANS_V4: &str = "BANS_V4";
-/// LPM trie, key IPv6 prefix of a source group, value `BanEntry`.
-pub const BANS_V6: &str = "BANS_V6";
-/// LRU hash, key `BucketKey`, value `Bucket`: per-source token buckets.
-pub const BUCKETS: &str = "BUCKETS";
-/// Per-CPU array of `u64`, laid out as described by the `COUNTER_*` constants.
-pub const COUNTERS: &str = "COUNTERS";
-/// Per-CPU array indexed by rule id, value `RuleCounters`.
-pub const RULE_COUNTERS: &str = "RULE_COUNTERS";
-/// Per-CPU array of `IfaceCounters`, indexed by `ifindex % IFACE_SLOTS`.
-pub const IFACE_COUNTERS: &str = "IFACE_COUNTERS";
-/// Interfaces are counted in this many slots; the agent warns if two attached interfaces
-/// share one.
-pub const IFACE_SLOTS: u32 = 256;
-/// Array with one `Settings`.
-pub const SETTINGS: &str = "SETTINGS";
-/// Per-CPU array with one `EventBudget`.
-pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
-/// Ring buffer of `Event` records.
-pub const EVENTS: &str = "EVENTS";
+/// `BPF_MAP_TYPE_*` numbers from the kernel's uapi (include/uapi/linux/bpf.h).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    Hash = 1,
+    Array = 2,
+    PerCpuArray = 6,
+    LruHash = 9,
+    LpmTrie = 11,
+    RingBuf = 27,
+}
+
+/// Map sizes the policy chooses (its `capacity` section). Fixed when the programs load: a
+/// change needs a restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// Token buckets kept; the LRU map evicts the least recently used beyond this.
+    pub sources: u32,
+    /// Entries per address family in each of the allow and deny lists.
+    pub cidrs: u32,
+    /// Bans per address family.
+    pub bans: u32,
+}
+
+/// How many entries a map has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entries {
+    /// Always this many (bytes, for the ring buffer).
+    Fixed(u32),
+    /// Twice `capacity.cidrs`: allow and deny entries share one trie per family.
+    Cidrs,
+    /// `capacity.bans`.
+    Bans,
+    /// `capacity.sources`.
+    Sources,
+}
+
+/// What the object declares for maps the policy sizes; every loader replaces it.
+const PLACEHOLDER_ENTRIES: u32 = 1024;
+
+impl Entries {
+    pub const fn count(self, capacity: &Capacity) -> u32 {
+        match self {
+            Entries::Fixed(count) => count,
+            Entries::Cidrs => capacity.cidrs.saturating_mul(2),
+            Entries::Bans => capacity.bans,
+            Entries::Sources => capacity.sources,
+        }
+    }
+}
+
+/// One map, as both sides must see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    pub name: &'static str,
+    pub kind: MapKind,
+    pub key_size: u32,
+    pub value_size: u32,
+    /// `BPF_F_*` map flags.
+    pub flags: u32,
+    pub entries: Entries,
+}
+
+impl MapSpec {
+    /// The entry count the agent creates this map with under `capacity`.
+    pub const fn max_entries(&self, capacity: &Capacity) -> u32 {
+        self.entries.count(capacity)
+    }
+
+    /// The entry count the kernel object declares: fixed counts as they are, a placeholder
+    /// for maps the policy sizes.
+    pub const fn declared_entries(&self) -> u32 {
+        match self.entries {
+            Entries::Fixed(count) => count,
+            _ => PLACEHOLDER_ENTRIES,
+        }
+    }
+
+    /// True when the loader must set the entry count (it depends on the policy).
+    pub const fn sized_by_policy(&self) -> bool {
+        !matches!(self.entries, Entries::Fixed(_))
+    }
+}
+
+const fn spec(
+    name: &'static str,
+    kind: MapKind,
+    key_size: usize,
+    value_size: usize,
+    entries: Entries,
+) -> MapSpec {
+    MapSpec {
+        name,
+        kind,
+        key_size: key_size as u32,
+        value_size: value_size as u32,
+        // The kernel refuses an LPM trie without it (kernel/bpf/lpm_trie.c).
+        flags: match kind {
+            MapKind::LpmTrie => BPF_F_NO_PREALLOC,
+            _ => 0,
+        },
+        entries,
+    }
+}
+
+/// LPM trie keys: a `u32` prefix length, then the address bytes in network order.
+const LPM_V4_KEY: usize = 4 + 4;
+const LPM_V6_KEY: usize = 4 + 16;
+/// `BPF_F_NO_PREALLOC` (uapi): entries are allocated as they are inserted.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Rule ids are indexes into `RULES` and `RULE_COUNTERS`; id 0 is never used.
 pub const MAX_RULES: u32 = 1024;
+/// Every (class, port) pair there is: rules with port ranges expand into it.
+pub const MAX_PORT_ENTRIES: u32 = 3 * 65536;
+/// Ring buffer size in bytes (a power of two and a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+/// Interfaces are counted in this many slots, by `ifindex % IFACE_SLOTS`; the agent warns
+/// when two attached interfaces share one.
+pub const IFACE_SLOTS: u32 = 256;
+
+/// The maps of one policy set. There are two sets: packets are judged by the set
+/// `GENERATION` names, the agent writes the other one and then switches, so every packet
+/// sees one whole policy.
+#[derive(Clone, Copy, Debug)]
+pub struct PolicySetMaps {
+    /// LPM trie, key IPv4 prefix, value `AclEntry`: the allow and deny lists.
+    pub acl_v4: MapSpec,
+    /// LPM trie, key IPv6 prefix, value `AclEntry`.
+    pub acl_v6: MapSpec,
+    /// Hash, key `port_key(class, port)`, value `PortRules`: rules scoped to ports. Not
+    /// preallocated: a policy rarely uses more than a handful of the possible keys.
+    pub port_rules: MapSpec,
+    /// Array indexed by class, value `PortRules`: rules that cover a whole class.
+    pub class_rules: MapSpec,
+    /// Array indexed by rule id, value `RuleConfig`.
+    pub rules: MapSpec,
+}
+
+const fn policy_set(
+    acl_v4: &'static str,
+    acl_v6: &'static str,
+    port_rules: &'static str,
+    class_rules: &'static str,
+    rules: &'static str,
+) -> PolicySetMaps {
+    PolicySetMaps {
+        acl_v4: spec(
+            acl_v4,
+            MapKind::LpmTrie,
+            LPM_V4_KEY,
+            size_of::<AclEntry>(),
+            Entries::Cidrs,
+        ),
+        acl_v6: spec(
+            acl_v6,
+            MapKind::LpmTrie,
+            LPM_V6_KEY,
+            size_of::<AclEntry>(),
+            Entries::Cidrs,
+        ),
+        port_rules: MapSpec {
+            flags: BPF_F_NO_PREALLOC,
+            ..spec(
+                port_rules,
+                MapKind::Hash,
+                4,
+                size_of::<PortRules>(),
+                Entries::Fixed(MAX_PORT_ENTRIES),
+            )
+        },
+        class_rules: spec(
+            class_rules,
+            MapKind::Array,
+            4,
+            size_of::<PortRules>(),
+            Entries::Fixed(CLASS_COUNT),
+        ),
+        rules: spec(
+            rules,
+            MapKind::Array,
+            4,
+            size_of::<RuleConfig>(),
+            Entries::Fixed(MAX_RULES),
+        ),
+    }
+}
+
+pub const POLICY_SETS: [PolicySetMaps; 2] = [
+    policy_set(
+        "ACL_V4_0",
+        "ACL_V6_0",
+        "PORT_RULES_0",
+        "CLASS_RULES_0",
+        "RULES_0",
+    ),
+    policy_set(
+        "ACL_V4_1",
+        "ACL_V6_1",
+        "PORT_RULES_1",
+        "CLASS_RULES_1",
+        "RULES_1",
+    ),
+];
+
+/// Array with one `u32`: 0 or 1, the policy set in force.
+pub const GENERATION: MapSpec = spec("GENERATION", MapKind::Array, 4, 4, Entries::Fixed(1));
+/// LPM trie, key IPv4 prefix of a source group, value `BanEntry`: bans and blocks.
+pub const BANS_V4: MapSpec = spec(
+    "BANS_V4",
+    MapKind::LpmTrie,
+    LPM_V4_KEY,
+    size_of::<BanEntry>(),
+    Entries::Bans,
+);
+/// LPM trie, key IPv6 prefix of a source group, value `BanEntry`.
+pub const BANS_V6: MapSpec = spec(
+    "BANS_V6",
+    MapKind::LpmTrie,
+    LPM_V6_KEY,
+    size_of::<BanEntry>(),
+    Entries::Bans,
+);
+/// LRU hash, key `BucketKey`, value `Bucket`: per-source token buckets.
+pub const BUCKETS: MapSpec = spec(
+    "BUCKETS",
+    MapKind::LruHash,
+    size_of::<BucketKey>(),
+    size_of::<Bucket>(),
+    Entries::Sources,
+);
+/// Per-CPU array of `u64`, laid out as the `COUNTER_*` constants say.
+pub const COUNTERS: MapSpec = spec(
+    "COUNTERS",
+    MapKind::PerCpuArray,
+    4,
+    8,
+    Entries::Fixed(COUNTER_SLOTS),
+);
+/// Per-CPU array indexed by rule id, value `RuleCounters`.
+pub const RULE_COUNTERS: MapSpec = spec(
+    "RULE_COUNTERS",
+    MapKind::PerCpuArray,
+    4,
+    size_of::<RuleCounters>(),
+    Entries::Fixed(MAX_RULES),
+);
+/// Per-CPU array of `IfaceCounters`, indexed by `ifindex % IFACE_SLOTS`.
+pub const IFACE_COUNTERS: MapSpec = spec(
+    "IFACE_COUNTERS",
+    MapKind::PerCpuArray,
+    4,
+    size_of::<IfaceCounters>(),
+    Entries::Fixed(IFACE_SLOTS),
+);
+/// Array with one `Settings`.
+pub const SETTINGS: MapSpec = spec(
+    "SETTINGS",
+    MapKind::Array,
+    4,
+    size_of::<Settings>(),
+    Entries::Fixed(1),
+);
+/// Per-CPU array with one `EventBudget`.
+pub const EVENT_BUDGET: MapSpec = spec(
+    "EVENT_BUDGET",
+    MapKind::PerCpuArray,
+    4,
+    size_of::<EventBudget>(),
+    Entries::Fixed(1),
+);
+/// Ring buffer of `Event` records; its size is in bytes, and it has no keys or values.
+pub const EVENTS: MapSpec = spec(
+    "EVENTS",
+    MapKind::RingBuf,
+    0,
+    0,
+    Entries::Fixed(EVENTS_BYTES),
+);
+
+/// Every map of the agent's object.
+pub const ALL: [MapSpec; 20] = [
+    POLICY_SETS[0].acl_v4,
+    POLICY_SETS[0].acl_v6,
+    POLICY_SETS[0].port_rules,
+    POLICY_SETS[0].class_rules,
+    POLICY_SETS[0].rules,
+    POLICY_SETS[1].acl_v4,
+    POLICY_SETS[1].acl_v6,
+    POLICY_SETS[1].port_rules,
+    POLICY_SETS[1].class_rules,
+    POLICY_SETS[1].rules,
+    GENERATION,
+    BANS_V4,
+    BANS_V6,
+    BUCKETS,
+    COUNTERS,
+    RULE_COUNTERS,
+    IFACE_COUNTERS,
+    SETTINGS,
+    EVENT_BUDGET,
+    EVENTS,
+];
+
+// The kernel keeps 16 bytes for a map name, NUL included.
+const _: () = {
+    let mut i = 0;
+    while i < ALL.len() {
+        assert!(ALL[i].name.len() <= 15);
+        i += 1;
+    }
+};
+// A ring buffer record must fit the ring many times over.
+const _: () = assert!(size_of::<Event>() as u32 * 1024 <= EVENTS_BYTES);
+
 /// The rule id of bans made with `portcullis block`: an inert rule (no rate) that is in
 /// every policy set, so the kernel treats those bans like escalation bans.
 pub const BLOCK_RULE: u32 = MAX_RULES - 1;
 /// The epoch of `BLOCK_RULE`, which never changes; rule epochs count up from 1.
 pub const BLOCK_EPOCH: u32 = u32::MAX;
-/// Every (class, port) pair there is: rules with port ranges expand into it.
-pub const MAX_PORT_ENTRIES: u32 = 3 * 65536;
-/// Ring buffer size in bytes (a power of two and a multiple of the page size).
-pub const EVENTS_BYTES: u32 = 256 * 1024;
 
-/// `COUNTERS` layout: `[0, REASON_SLOTS)` counts final verdicts by `Reason`;
-/// `[REASON_SLOTS, 2 * REASON_SLOTS)` counts shadow-mode hits (would have dropped) by `Reason`;
-/// the slots after that are the single counters below.
+/// `COUNTERS` layout: `[0, REASON_SLOTS)` counts final verdicts by `Reason` code;
+/// `[REASON_SLOTS, 2 * REASON_SLOTS)` counts shadow-mode hits (would have dropped) by
+/// `Reason` code; the slots after that are the single counters below.
 pub const REASON_SLOTS: u32 = 16;
+/// Events written to the ring buffer.
 pub const COUNTER_EVENTS_WRITTEN: u32 = 2 * REASON_SLOTS;
 /// Events not written because the per-second budget was spent.
 pub const COUNTER_EVENTS_SUPPRESSED: u32 = COUNTER_EVENTS_WRITTEN + 1;
@@ -67,3 +348,36 @@ pub const COUNTER_BANS_FAILED: u32 = COUNTER_EVENTS_WRITTEN + 3;
 /// Token buckets created; minus the buckets in the LRU map, the number it evicted.
 pub const COUNTER_BUCKETS_CREATED: u32 = COUNTER_EVENTS_WRITTEN + 4;
 pub const COUNTER_SLOTS: u32 = COUNTER_EVENTS_WRITTEN + 5;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique() {
+        for (i, a) in ALL.iter().enumerate() {
+            for b in &ALL[i + 1..] {
+                assert_ne!(a.name, b.name);
+            }
+        }
+    }
+
+    #[test]
+    fn entries_follow_the_capacity() {
+        let capacity = Capacity {
+            sources: 10,
+            cidrs: 20,
+            bans: 30,
+        };
+        assert_eq!(BUCKETS.max_entries(&capacity), 10);
+        assert_eq!(POLICY_SETS[1].acl_v6.max_entries(&capacity), 40);
+        assert_eq!(BANS_V4.max_entries(&capacity), 30);
+        assert_eq!(RULE_COUNTERS.max_entries(&capacity), MAX_RULES);
+        let huge = Capacity {
+            sources: 1,
+            cidrs: u32::MAX,
+            bans: 1,
+        };
+        assert_eq!(POLICY_SETS[0].acl_v4.max_entries(&huge), u32::MAX);
+    }
+}

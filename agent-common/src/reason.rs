@@ -1,5 +1,7 @@
 //! Why a packet got its verdict. Codes are stable: they are metric labels and event fields.
-//! Never renumber a code; a retired one stays reserved.
+//! Never renumber a code; a retired one stays reserved (`Reason::RETIRED`).
+
+use crate::maps::REASON_SLOTS;
 
 /// The decision that settled a packet's verdict.
 #[repr(u32)]
@@ -34,6 +36,8 @@ impl Reason {
         Reason::RateLimited,
         Reason::Malformed,
     ];
+    /// Codes once used and retired: never given to a new reason.
+    pub const RETIRED: [u32; 0] = [];
 
     /// Stable lowercase name used in logs, events and metrics.
     pub const fn name(self) -> &'static str {
@@ -74,9 +78,53 @@ impl Reason {
     }
 }
 
+// The counters are indexed by reason code: every code, retired ones included, needs a slot.
+const _: () = {
+    let mut i = 0;
+    while i < Reason::ALL.len() {
+        assert!((Reason::ALL[i] as u32) < REASON_SLOTS);
+        i += 1;
+    }
+    let mut i = 0;
+    while i < Reason::RETIRED.len() {
+        assert!(Reason::RETIRED[i] < REASON_SLOTS);
+        i += 1;
+    }
+};
+
 /// The verdict, independent of the hook (XDP or TC) that carries it out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     Pass,
     Drop,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reasons are metric labels and event fields that dashboards and alerts match on.
+    #[test]
+    fn codes_and_names_are_stable() {
+        let pinned = [
+            (0, "no_match", Action::Pass),
+            (1, "not_ip", Action::Pass),
+            (2, "allowed", Action::Pass),
+            (3, "within_limit", Action::Pass),
+            (4, "denied", Action::Drop),
+            (5, "banned", Action::Drop),
+            (6, "rate_limited", Action::Drop),
+            (7, "malformed", Action::Drop),
+        ];
+        assert_eq!(Reason::ALL.len(), pinned.len());
+        for (reason, (code, name, action)) in Reason::ALL.into_iter().zip(pinned) {
+            assert_eq!(
+                (reason as u32, reason.name(), reason.action()),
+                (code, name, action)
+            );
+            assert_eq!(Reason::from_code(code), Some(reason));
+            assert!(!Reason::RETIRED.contains(&code), "{code} is retired");
+        }
+        assert_eq!(Reason::from_code(8), None);
+    }
 }

@@ -3,7 +3,7 @@
 //! second costs one counter increment per packet here, not a ring-buffer record.
 
 use agent_common::{
-    Event, Reason,
+    Event, EventAction, Reason,
     maps::{COUNTER_EVENTS_LOST, COUNTER_EVENTS_SUPPRESSED, COUNTER_EVENTS_WRITTEN},
 };
 
@@ -40,7 +40,7 @@ fn within_budget(now: u64) -> bool {
 }
 
 #[inline(always)]
-pub fn report(pkt: &Packet, reason: Reason, rule: u32, action: u8, ifindex: u32) {
+pub fn report(pkt: &Packet, reason: Reason, rule: u32, action: EventAction, ifindex: u32) {
     // A one-second budget window and log timestamps do not need the precise clock.
     let now = clock::coarse_ns();
     if !within_budget(now) {
@@ -63,7 +63,7 @@ pub fn report(pkt: &Packet, reason: Reason, rule: u32, action: u8, ifindex: u32)
         dport: pkt.dport,
         family: if pkt.v4 { 4 } else { 6 },
         protocol: pkt.protocol,
-        action,
+        action: action.code(),
         _pad: [0; 7],
     });
     entry.submit(0);

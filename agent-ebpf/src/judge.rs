@@ -12,10 +12,7 @@ use crate::{
     policy_set::PolicySet,
     ratelimit::{self, Outcome},
 };
-use agent_common::{
-    ACL_ALLOW, Action, EVENT_BANNED, EVENT_DROPPED, EVENT_WOULD_BAN, EVENT_WOULD_DROP,
-    MODE_ENFORCE, PortRules, Reason, port_key,
-};
+use agent_common::{ACL_ALLOW, Action, EventAction, Mode, PortRules, Reason, port_key};
 
 #[inline(always)]
 pub fn judge(data: usize, data_end: usize, ifindex: u32) -> Action {
@@ -34,18 +31,19 @@ fn finish(reason: Reason) -> Action {
     reason.action()
 }
 
-/// Applies a drop decision of `mode`: `Some(Drop)` when enforced, `None` (go on) in shadow
-/// mode, with the counters and the event either way.
+/// Applies a drop decision of `rule`, whose mode code is `mode`: true (drop the packet)
+/// when it is enforced, false (go on to the next step) in shadow mode, with the counters
+/// and the event either way.
 #[inline(always)]
 fn enforce(pkt: &Packet, reason: Reason, rule: u32, mode: u32, ifindex: u32) -> bool {
-    if mode == MODE_ENFORCE {
+    if mode == Mode::Enforce.code() {
         counters::rule(rule, RuleOutcome::Dropped);
-        events::report(pkt, reason, rule, EVENT_DROPPED, ifindex);
+        events::report(pkt, reason, rule, EventAction::Dropped, ifindex);
         true
     } else {
         counters::rule(rule, RuleOutcome::Shadowed);
         counters::shadow(reason);
-        events::report(pkt, reason, rule, EVENT_WOULD_DROP, ifindex);
+        events::report(pkt, reason, rule, EventAction::WouldDrop, ifindex);
         false
     }
 }
@@ -129,10 +127,10 @@ fn limit(policy: PolicySet, pkt: &Packet, rule: u32, ifindex: u32, now: u64) -> 
         Outcome::Over { escalate } => {
             if escalate {
                 bans::start(pkt, rule, cfg, now);
-                let action = if cfg.mode == MODE_ENFORCE {
-                    EVENT_BANNED
+                let action = if cfg.mode == Mode::Enforce.code() {
+                    EventAction::Banned
                 } else {
-                    EVENT_WOULD_BAN
+                    EventAction::WouldBan
                 };
                 events::report(pkt, Reason::Banned, rule, action, ifindex);
             }

@@ -5,7 +5,6 @@
 
 mod acl;
 mod bans;
-mod bench;
 mod clock;
 mod counters;
 mod events;
@@ -50,7 +49,7 @@ pub fn portcullis_tc(ctx: TcContext) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     match judge::judge(ctx.data(), ctx.data_end(), ifindex) {
         Action::Pass => TC_ACT_UNSPEC,
-        Action::Drop => TC_ACT_SHOT as i32,
+        Action::Drop => TC_ACT_SHOT,
     }
 }
 

@@ -1,69 +1,89 @@
-//! The maps the programs share with the agent. Names match `agent_common::maps`, which
-//! documents each key and value. The capacities written here are placeholders for
-//! loaders that do not size them (tests); the agent sizes the policy-dependent ones from the
-//! policy's `capacity` section before loading.
+//! The maps the programs share with the agent, declared from the table in
+//! `agent_common::maps`: each static's name is the spec's name (a test checks the built
+//! object against the table), and each takes its entry count and flags from the spec. The
+//! agent resizes the maps the policy sizes before loading.
 
 use agent_common::{
-    AclEntry, BanEntry, Bucket, BucketKey, CLASS_COUNT, EVENTS_BYTES, EventBudget, IfaceCounters,
-    MAX_PORT_ENTRIES, MAX_RULES, PortRules, RuleConfig, RuleCounters, Settings,
-    maps::COUNTER_SLOTS,
+    AclEntry, BanEntry, Bucket, BucketKey, EventBudget, IfaceCounters, PortRules, RuleConfig,
+    RuleCounters, Settings,
+    maps::{self as spec, MapSpec, POLICY_SETS, PolicySetMaps},
 };
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 
+const fn entries(spec: MapSpec) -> u32 {
+    spec.declared_entries()
+}
+
 // LPM keys are the prefix bytes in network order: a `u32` or `[u32; 4]` read straight from
 // the packet has exactly that layout in memory.
 //
 // Policy maps come in two sets (suffix _0 and _1); `policy_set` picks the one GENERATION
 // names, once per packet.
-#[map]
-pub static ACL_V4_0: LpmTrie<u32, AclEntry> = LpmTrie::with_max_entries(1024, 0);
-#[map]
-pub static ACL_V4_1: LpmTrie<u32, AclEntry> = LpmTrie::with_max_entries(1024, 0);
-#[map]
-pub static ACL_V6_0: LpmTrie<[u32; 4], AclEntry> = LpmTrie::with_max_entries(1024, 0);
-#[map]
-pub static ACL_V6_1: LpmTrie<[u32; 4], AclEntry> = LpmTrie::with_max_entries(1024, 0);
+const SET_0: PolicySetMaps = POLICY_SETS[0];
+const SET_1: PolicySetMaps = POLICY_SETS[1];
 
-/// Not preallocated: a policy rarely uses more than a handful of the 196,608 possible keys.
+#[map]
+pub static ACL_V4_0: LpmTrie<u32, AclEntry> =
+    LpmTrie::with_max_entries(entries(SET_0.acl_v4), SET_0.acl_v4.flags);
+#[map]
+pub static ACL_V4_1: LpmTrie<u32, AclEntry> =
+    LpmTrie::with_max_entries(entries(SET_1.acl_v4), SET_1.acl_v4.flags);
+#[map]
+pub static ACL_V6_0: LpmTrie<[u32; 4], AclEntry> =
+    LpmTrie::with_max_entries(entries(SET_0.acl_v6), SET_0.acl_v6.flags);
+#[map]
+pub static ACL_V6_1: LpmTrie<[u32; 4], AclEntry> =
+    LpmTrie::with_max_entries(entries(SET_1.acl_v6), SET_1.acl_v6.flags);
 #[map]
 pub static PORT_RULES_0: HashMap<u32, PortRules> =
-    HashMap::with_max_entries(MAX_PORT_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+    HashMap::with_max_entries(entries(SET_0.port_rules), SET_0.port_rules.flags);
 #[map]
 pub static PORT_RULES_1: HashMap<u32, PortRules> =
-    HashMap::with_max_entries(MAX_PORT_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+    HashMap::with_max_entries(entries(SET_1.port_rules), SET_1.port_rules.flags);
 #[map]
-pub static CLASS_RULES_0: Array<PortRules> = Array::with_max_entries(CLASS_COUNT, 0);
+pub static CLASS_RULES_0: Array<PortRules> =
+    Array::with_max_entries(entries(SET_0.class_rules), SET_0.class_rules.flags);
 #[map]
-pub static CLASS_RULES_1: Array<PortRules> = Array::with_max_entries(CLASS_COUNT, 0);
+pub static CLASS_RULES_1: Array<PortRules> =
+    Array::with_max_entries(entries(SET_1.class_rules), SET_1.class_rules.flags);
 #[map]
-pub static RULES_0: Array<RuleConfig> = Array::with_max_entries(MAX_RULES, 0);
+pub static RULES_0: Array<RuleConfig> =
+    Array::with_max_entries(entries(SET_0.rules), SET_0.rules.flags);
 #[map]
-pub static RULES_1: Array<RuleConfig> = Array::with_max_entries(MAX_RULES, 0);
+pub static RULES_1: Array<RuleConfig> =
+    Array::with_max_entries(entries(SET_1.rules), SET_1.rules.flags);
 #[map]
-pub static GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+pub static GENERATION: Array<u32> =
+    Array::with_max_entries(entries(spec::GENERATION), spec::GENERATION.flags);
 
 #[map]
-pub static BANS_V4: LpmTrie<u32, BanEntry> = LpmTrie::with_max_entries(1024, 0);
+pub static BANS_V4: LpmTrie<u32, BanEntry> =
+    LpmTrie::with_max_entries(entries(spec::BANS_V4), spec::BANS_V4.flags);
 #[map]
-pub static BANS_V6: LpmTrie<[u32; 4], BanEntry> = LpmTrie::with_max_entries(1024, 0);
+pub static BANS_V6: LpmTrie<[u32; 4], BanEntry> =
+    LpmTrie::with_max_entries(entries(spec::BANS_V6), spec::BANS_V6.flags);
 
 #[map]
-pub static BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::with_max_entries(1024, 0);
+pub static BUCKETS: LruHashMap<BucketKey, Bucket> =
+    LruHashMap::with_max_entries(entries(spec::BUCKETS), spec::BUCKETS.flags);
 
 #[map]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+pub static COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(entries(spec::COUNTERS), spec::COUNTERS.flags);
 #[map]
-pub static RULE_COUNTERS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(MAX_RULES, 0);
-
+pub static RULE_COUNTERS: PerCpuArray<RuleCounters> =
+    PerCpuArray::with_max_entries(entries(spec::RULE_COUNTERS), spec::RULE_COUNTERS.flags);
 #[map]
 pub static IFACE_COUNTERS: PerCpuArray<IfaceCounters> =
-    PerCpuArray::with_max_entries(agent_common::maps::IFACE_SLOTS, 0);
+    PerCpuArray::with_max_entries(entries(spec::IFACE_COUNTERS), spec::IFACE_COUNTERS.flags);
 #[map]
-pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+pub static SETTINGS: Array<Settings> =
+    Array::with_max_entries(entries(spec::SETTINGS), spec::SETTINGS.flags);
 #[map]
-pub static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
+pub static EVENT_BUDGET: PerCpuArray<EventBudget> =
+    PerCpuArray::with_max_entries(entries(spec::EVENT_BUDGET), spec::EVENT_BUDGET.flags);
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(entries(spec::EVENTS), spec::EVENTS.flags);

@@ -48,10 +48,10 @@ pub fn take(rule: u32, cfg: &RuleConfig, pkt: &Packet, now: u64) -> Outcome {
         group_v6(pkt, cfg)
     };
     let key = BucketKey { rule, addr };
-    let Some(bucket) = BUCKETS.get_ptr_mut(&key) else {
+    let Some(bucket) = BUCKETS.get_ptr_mut(key) else {
         // If the insert fails (another CPU raced us), this packet still passes: the next
         // one finds the bucket.
-        if BUCKETS.insert(&key, &fresh_bucket(cfg, now), 0).is_ok() {
+        if BUCKETS.insert(key, fresh_bucket(cfg, now), 0).is_ok() {
             counters::bump(COUNTER_BUCKETS_CREATED);
         }
         return Outcome::Within;

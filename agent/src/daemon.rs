@@ -213,7 +213,7 @@ impl Daemon {
                 };
                 let mut modes = self.modes.clone();
                 modes.insert(rule.clone(), mode);
-                let origin = format!("{by}: mode {rule} {}", mode_name(mode));
+                let origin = format!("{by}: mode {rule} {}", mode.name());
                 let path = PathBuf::from(format!("version {}", current.number));
                 match self.apply_version(&current.text, modes, origin, &path) {
                     Ok((version, changes)) => {
@@ -495,12 +495,5 @@ impl Daemon {
             "uptime_secs": self.started.elapsed().as_secs(),
             "agent_version": env!("CARGO_PKG_VERSION"),
         }))
-    }
-}
-
-fn mode_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Enforce => "enforce",
-        Mode::Shadow => "shadow",
     }
 }

@@ -6,9 +6,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use agent_common::{
-    EVENT_BANNED, EVENT_DROPPED, EVENT_WOULD_BAN, EVENT_WOULD_DROP, Event, Reason, RuleCounters,
-};
+use agent_common::{Action, Event, EventAction, Reason, RuleCounters};
 use serde_json::json;
 
 use crate::maps::Counters;
@@ -64,12 +62,16 @@ pub fn format(
     rules: &BTreeMap<u32, String>,
     ifaces: &HashMap<u32, String>,
 ) -> String {
-    let (action, mode, verdict) = match event.action {
-        EVENT_DROPPED => ("drop", "enforce", "drop"),
-        EVENT_WOULD_DROP => ("would_drop", "shadow", "pass"),
-        EVENT_BANNED => ("ban", "enforce", "drop"),
-        EVENT_WOULD_BAN => ("would_ban", "shadow", "pass"),
-        _ => ("unknown", "unknown", "unknown"),
+    let (action, mode, verdict) = match EventAction::from_code(event.action) {
+        Some(action) => (
+            action.name(),
+            action.mode().name(),
+            match action.verdict() {
+                Action::Pass => "pass",
+                Action::Drop => "drop",
+            },
+        ),
+        None => ("unknown", "unknown", "unknown"),
     };
     let rule = rules
         .get(&event.rule)

@@ -8,7 +8,6 @@ pub mod daemon;
 pub mod default_route;
 pub mod enforcer;
 pub mod events;
-pub mod foreign;
 pub mod history;
 pub mod http;
 pub mod loader;

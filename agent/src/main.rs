@@ -3,7 +3,7 @@
 use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Result;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum, builder::TypedValueParser as _};
 use portcullis::{
     cli::{self, CliError},
     control::DEFAULT_SOCKET,
@@ -86,7 +86,11 @@ enum Command {
         command: PolicyCommand,
     },
     /// Switch one rate limit, deny name or deny CIDR to enforce or shadow at run time.
-    Mode { rule: String, mode: ModeArg },
+    Mode {
+        rule: String,
+        #[arg(value_parser = mode_parser())]
+        mode: Mode,
+    },
     /// Ban a CIDR (all its traffic), for a while or until unblocked.
     Block {
         cidr: String,
@@ -149,10 +153,10 @@ enum PolicyCommand {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum ModeArg {
-    Enforce,
-    Shadow,
+/// Modes by the names policy files use; clap lists them in the help and in errors.
+fn mode_parser() -> impl clap::builder::TypedValueParser<Value = Mode> {
+    clap::builder::PossibleValuesParser::new(Mode::ALL.map(Mode::name))
+        .map(|name| Mode::from_name(&name).expect("clap only passes listed names"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -262,13 +266,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             PolicyCommand::Show { json } => cli::policy_show(socket, json)?,
             PolicyCommand::Rollback { to } => cli::policy_rollback(socket, to)?,
         },
-        Command::Mode { rule, mode } => {
-            let mode = match mode {
-                ModeArg::Enforce => Mode::Enforce,
-                ModeArg::Shadow => Mode::Shadow,
-            };
-            cli::mode(socket, rule, mode)?
-        }
+        Command::Mode { rule, mode } => cli::mode(socket, rule, mode)?,
         Command::Block { cidr, ttl, reason } => cli::block(socket, cidr, ttl.as_deref(), reason)?,
         Command::Unblock { cidr } => cli::unblock(socket, cidr)?,
         Command::Bans { json } => cli::bans(socket, json)?,

@@ -106,19 +106,19 @@ impl PolicyMaps {
             &mut self.acl_v4,
             &old.acl_v4,
             &new.acl_v4,
-            names::ACL_V4[set],
+            names::POLICY_SETS[set].acl_v4.name,
         )?;
         sync_lpm(
             &mut self.acl_v6,
             &old.acl_v6,
             &new.acl_v6,
-            names::ACL_V6[set],
+            names::POLICY_SETS[set].acl_v6.name,
         )?;
         for (port, rules) in &new.port_rules {
             if old.port_rules.get(port) != Some(rules) {
                 self.port_rules
                     .insert(port, rules, 0)
-                    .map_err(ctx(names::PORT_RULES[set]))?;
+                    .map_err(ctx(names::POLICY_SETS[set].port_rules.name))?;
             }
         }
         for port in old
@@ -126,27 +126,28 @@ impl PolicyMaps {
             .keys()
             .filter(|k| !new.port_rules.contains_key(k))
         {
-            ignore_missing(self.port_rules.remove(port)).map_err(ctx(names::PORT_RULES[set]))?;
+            ignore_missing(self.port_rules.remove(port))
+                .map_err(ctx(names::POLICY_SETS[set].port_rules.name))?;
         }
         for (class, rules) in new.class_rules.iter().enumerate() {
             if old.class_rules[class] != *rules {
                 self.class_rules
                     .set(class as u32, rules, 0)
-                    .map_err(ctx(names::CLASS_RULES[set]))?;
+                    .map_err(ctx(names::POLICY_SETS[set].class_rules.name))?;
             }
         }
         for (id, config) in &new.rules {
             if old.rules.get(id) != Some(config) {
                 self.rules
                     .set(*id, config, 0)
-                    .map_err(ctx(names::RULES[set]))?;
+                    .map_err(ctx(names::POLICY_SETS[set].rules.name))?;
             }
         }
         // A removed rule becomes inert (interval 0) and its bans void (epoch 0).
         for id in old.rules.keys().filter(|id| !new.rules.contains_key(id)) {
             self.rules
                 .set(*id, RuleConfig::default(), 0)
-                .map_err(ctx(names::RULES[set]))?;
+                .map_err(ctx(names::POLICY_SETS[set].rules.name))?;
         }
         Ok(())
     }
@@ -161,18 +162,18 @@ impl PolicyMaps {
                 }
             }};
         }
-        clear_keyed!(self.acl_v4, names::ACL_V4[set]);
-        clear_keyed!(self.acl_v6, names::ACL_V6[set]);
-        clear_keyed!(self.port_rules, names::PORT_RULES[set]);
+        clear_keyed!(self.acl_v4, names::POLICY_SETS[set].acl_v4.name);
+        clear_keyed!(self.acl_v6, names::POLICY_SETS[set].acl_v6.name);
+        clear_keyed!(self.port_rules, names::POLICY_SETS[set].port_rules.name);
         for class in 0..agent_common::CLASS_COUNT {
             self.class_rules
                 .set(class, PortRules::default(), 0)
-                .map_err(ctx(names::CLASS_RULES[set]))?;
+                .map_err(ctx(names::POLICY_SETS[set].class_rules.name))?;
         }
         for id in 1..agent_common::MAX_RULES {
             self.rules
                 .set(id, RuleConfig::default(), 0)
-                .map_err(ctx(names::RULES[set]))?;
+                .map_err(ctx(names::POLICY_SETS[set].rules.name))?;
         }
         Ok(())
     }
@@ -204,31 +205,34 @@ impl KernelMaps {
         let mut set = |set: usize| -> Result<PolicyMaps, MapsError> {
             Ok(PolicyMaps {
                 set,
-                acl_v4: typed!(names::ACL_V4[set]),
-                acl_v6: typed!(names::ACL_V6[set]),
-                port_rules: typed!(names::PORT_RULES[set]),
-                class_rules: typed!(names::CLASS_RULES[set]),
-                rules: typed!(names::RULES[set]),
+                acl_v4: typed!(names::POLICY_SETS[set].acl_v4.name),
+                acl_v6: typed!(names::POLICY_SETS[set].acl_v6.name),
+                port_rules: typed!(names::POLICY_SETS[set].port_rules.name),
+                class_rules: typed!(names::POLICY_SETS[set].class_rules.name),
+                rules: typed!(names::POLICY_SETS[set].rules.name),
             })
         };
         let sets = [set(0)?, set(1)?];
         Ok(Self {
             sets,
-            generation: typed!(names::GENERATION),
-            bans_v4: typed!(names::BANS_V4),
-            bans_v6: typed!(names::BANS_V6),
-            settings: typed!(names::SETTINGS),
-            counters: typed!(names::COUNTERS),
-            rule_counters: typed!(names::RULE_COUNTERS),
-            iface_counters: typed!(names::IFACE_COUNTERS),
-            buckets: typed!(names::BUCKETS),
+            generation: typed!(names::GENERATION.name),
+            bans_v4: typed!(names::BANS_V4.name),
+            bans_v6: typed!(names::BANS_V6.name),
+            settings: typed!(names::SETTINGS.name),
+            counters: typed!(names::COUNTERS.name),
+            rule_counters: typed!(names::RULE_COUNTERS.name),
+            iface_counters: typed!(names::IFACE_COUNTERS.name),
+            buckets: typed!(names::BUCKETS.name),
             cpus: aya::util::nr_cpus().map_err(|(_, source)| MapsError::Cpus { source })?,
         })
     }
 
     /// The policy set packets are judged by.
     pub fn generation(&self) -> Result<usize, MapsError> {
-        let generation = self.generation.get(&0, 0).map_err(ctx(names::GENERATION))?;
+        let generation = self
+            .generation
+            .get(&0, 0)
+            .map_err(ctx(names::GENERATION.name))?;
         Ok(usize::from(generation != 0))
     }
 
@@ -237,7 +241,7 @@ impl KernelMaps {
     pub fn switch_to(&mut self, set: usize) -> Result<(), MapsError> {
         self.generation
             .set(0, set as u32, 0)
-            .map_err(ctx(names::GENERATION))
+            .map_err(ctx(names::GENERATION.name))
     }
 
     /// Writes the difference from `old` to `new` into policy set `set`, which must not be
@@ -260,21 +264,24 @@ impl KernelMaps {
     ) -> Result<(), MapsError> {
         self.settings
             .set(0, new.settings, 0)
-            .map_err(ctx(names::SETTINGS))?;
+            .map_err(ctx(names::SETTINGS.name))?;
         for (id, name) in &new.names {
             if old_names.get(id) != Some(name) {
                 let zeros = PerCpuValues::try_from(vec![RuleCounters::default(); self.cpus])
                     .expect("one value per CPU");
                 self.rule_counters
                     .set(*id, zeros, 0)
-                    .map_err(ctx(names::RULE_COUNTERS))?;
+                    .map_err(ctx(names::RULE_COUNTERS.name))?;
             }
         }
         Ok(())
     }
     pub fn counters(&self) -> Result<Counters, MapsError> {
         let total = |index: u32| -> Result<u64, MapsError> {
-            let values = self.counters.get(&index, 0).map_err(ctx(names::COUNTERS))?;
+            let values = self
+                .counters
+                .get(&index, 0)
+                .map_err(ctx(names::COUNTERS.name))?;
             Ok(values.iter().sum())
         };
         let mut counters = Counters::default();
@@ -301,7 +308,7 @@ impl KernelMaps {
             let values = self
                 .rule_counters
                 .get(&id, 0)
-                .map_err(ctx(names::RULE_COUNTERS))?;
+                .map_err(ctx(names::RULE_COUNTERS.name))?;
             let sum = values
                 .iter()
                 .fold(RuleCounters::default(), |acc, v| RuleCounters {
@@ -322,7 +329,7 @@ impl KernelMaps {
         let values = self
             .iface_counters
             .get(&(ifindex % names::IFACE_SLOTS), 0)
-            .map_err(ctx(names::IFACE_COUNTERS))?;
+            .map_err(ctx(names::IFACE_COUNTERS.name))?;
         Ok(values
             .iter()
             .fold(IfaceCounters::default(), |acc, v| IfaceCounters {
@@ -346,13 +353,13 @@ impl KernelMaps {
         };
         let mut bans = Vec::new();
         for entry in self.bans_v4.iter() {
-            let (key, entry) = entry.map_err(ctx(names::BANS_V4))?;
+            let (key, entry) = entry.map_err(ctx(names::BANS_V4.name))?;
             let net = Ipv4Net::new(key.data().into(), key.prefix_len() as u8)
                 .expect("the kernel only stores valid prefixes");
             bans.push(ban(net.into(), entry));
         }
         for entry in self.bans_v6.iter() {
-            let (key, entry) = entry.map_err(ctx(names::BANS_V6))?;
+            let (key, entry) = entry.map_err(ctx(names::BANS_V6.name))?;
             let net = Ipv6Net::new(key.data().into(), key.prefix_len() as u8)
                 .expect("the kernel only stores valid prefixes");
             bans.push(ban(net.into(), entry));
@@ -376,7 +383,7 @@ impl KernelMaps {
                     ban,
                     BPF_NOEXIST,
                 )
-                .map_err(ctx(names::BANS_V4)),
+                .map_err(ctx(names::BANS_V4.name)),
             IpNet::V6(n) => self
                 .bans_v6
                 .insert(
@@ -384,7 +391,7 @@ impl KernelMaps {
                     ban,
                     BPF_NOEXIST,
                 )
-                .map_err(ctx(names::BANS_V6)),
+                .map_err(ctx(names::BANS_V6.name)),
         };
         match result {
             Err(MapsError::Map {
@@ -403,11 +410,11 @@ impl KernelMaps {
             IpNet::V4(n) => self
                 .bans_v4
                 .remove(&Key::new(n.prefix_len().into(), n.addr().octets()))
-                .map_err(ctx(names::BANS_V4)),
+                .map_err(ctx(names::BANS_V4.name)),
             IpNet::V6(n) => self
                 .bans_v6
                 .remove(&Key::new(n.prefix_len().into(), n.addr().octets()))
-                .map_err(ctx(names::BANS_V6)),
+                .map_err(ctx(names::BANS_V6.name)),
         };
         match result {
             Ok(()) => Ok(true),
@@ -435,10 +442,10 @@ impl KernelMaps {
             .collect();
         let removed = expired_v4.len() + expired_v6.len();
         for key in expired_v4 {
-            ignore_missing(self.bans_v4.remove(&key)).map_err(ctx(names::BANS_V4))?;
+            ignore_missing(self.bans_v4.remove(&key)).map_err(ctx(names::BANS_V4.name))?;
         }
         for key in expired_v6 {
-            ignore_missing(self.bans_v6.remove(&key)).map_err(ctx(names::BANS_V6))?;
+            ignore_missing(self.bans_v6.remove(&key)).map_err(ctx(names::BANS_V6.name))?;
         }
         Ok(removed)
     }

@@ -157,7 +157,7 @@ async fn serve(
         adopting,
     } = start;
     let ring: RingBuf<MapData> = ebpf
-        .take_map(agent_common::maps::EVENTS)
+        .take_map(agent_common::maps::EVENTS.name)
         .context("EVENTS map missing")?
         .try_into()?;
     let maps = KernelMaps::take(ebpf)?;

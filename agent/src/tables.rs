@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use agent_common::{
     ACL_ALLOW, AclEntry, BLOCK_EPOCH, BLOCK_RULE, CLASS_COUNT, CLASS_ICMP, CLASS_OTHER, CLASS_TCP,
-    CLASS_UDP, MODE_ENFORCE, MODE_SHADOW, PortRules, RuleConfig, Settings, port_key,
+    CLASS_UDP, PortRules, RuleConfig, Settings, port_key,
 };
 use ipnet::IpNet;
 
@@ -108,13 +108,6 @@ impl RuleIds {
     }
 }
 
-fn mode_code(mode: Mode) -> u32 {
-    match mode {
-        Mode::Enforce => MODE_ENFORCE,
-        Mode::Shadow => MODE_SHADOW,
-    }
-}
-
 fn mask_v4(prefix: u8) -> u32 {
     let host_order = if prefix == 0 {
         0
@@ -137,7 +130,7 @@ fn mask_v6(prefix: u8) -> [u32; 4] {
 /// The inert rule `portcullis block` bans point at: enforced, never changing, no rate.
 fn block_rule() -> RuleConfig {
     RuleConfig {
-        mode: MODE_ENFORCE,
+        mode: Mode::Enforce.code(),
         epoch: BLOCK_EPOCH,
         prefix_v4: 32,
         prefix_v6: 128,
@@ -154,7 +147,7 @@ fn rule_config(rule: &RateLimit) -> RuleConfig {
         ban_window_ns: rule.ban.map_or(0, |b| b.within_ns),
         ban_for_ns: rule.ban.map_or(0, |b| b.for_ns),
         ban_after: rule.ban.map_or(0, |b| b.after),
-        mode: mode_code(rule.mode),
+        mode: rule.mode.code(),
         epoch: 0,
         prefix_v4: rule.prefix_v4 as u32,
         prefix_v6: rule.prefix_v6 as u32,
@@ -206,7 +199,7 @@ pub fn build(policy: &Policy, ids: &mut RuleIds, cpus: u32) -> Tables {
     let deny = policy.deny.iter().map(|deny| {
         let entry = AclEntry {
             rule: ids.id(&deny.name),
-            mode: mode_code(deny.mode),
+            mode: deny.mode.code(),
         };
         (deny.net, entry)
     });
@@ -367,7 +360,7 @@ mod tests {
             same.rules[&a].epoch, first.rules[&a].epoch,
             "a mode switch keeps state"
         );
-        assert_eq!(same.rules[&a].mode, agent_common::MODE_SHADOW);
+        assert_eq!(same.rules[&a].mode, Mode::Shadow.code());
         let changed = tables(&rule(6, "enforce"), &mut ids);
         assert_ne!(
             changed.rules[&a].epoch, first.rules[&a].epoch,

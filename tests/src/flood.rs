@@ -7,18 +7,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::{
+    netns::{NetnsPair, SERVER_V4},
+    test_programs::{self, FLOOD, FLOOD_SPOOFED},
+};
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
 };
 use etherparse::PacketBuilder;
-use portcullis::{
-    loader::{self, FLOOD_PROGRAM, FLOOD_SPOOFED_PROGRAM},
-    policy::Capacity,
-};
-
-use crate::netns::{NetnsPair, SERVER_V4};
 
 /// Frames handed to the kernel per batch: the kernel's own default for live frames.
 const BATCH: u32 = 64;
@@ -84,30 +82,10 @@ pub struct Sent {
 /// flood sends in chunks this long.
 const PACING_CHUNK: Duration = Duration::from_millis(50);
 
-/// The object with only the bench programs `names` loaded. They use no maps, so the
-/// object's are made as small as they go.
-pub fn load_bench_programs(names: &[&str]) -> Result<Ebpf> {
-    let mut ebpf = loader::load_unpinned(&Capacity {
-        sources: 1024,
-        cidrs: 16,
-        bans: 16,
-    })?;
-    for name in names {
-        let program: &mut Xdp = ebpf
-            .program_mut(name)
-            .with_context(|| format!("no program {name}"))?
-            .try_into()?;
-        program
-            .load()
-            .with_context(|| format!("the verifier rejected {name}"))?;
-    }
-    Ok(ebpf)
-}
-
 impl Generator {
     pub fn new() -> Result<Self> {
         Ok(Self {
-            ebpf: load_bench_programs(&[FLOOD_PROGRAM, FLOOD_SPOOFED_PROGRAM])?,
+            ebpf: test_programs::load(&[FLOOD, FLOOD_SPOOFED])?,
         })
     }
 
@@ -122,8 +100,8 @@ impl Generator {
             realtime,
         } = *flood;
         let name = match sources {
-            Sources::One => FLOOD_PROGRAM,
-            Sources::Spoofed => FLOOD_SPOOFED_PROGRAM,
+            Sources::One => FLOOD,
+            Sources::Spoofed => FLOOD_SPOOFED,
         };
         let program: &Xdp = self
             .ebpf
@@ -142,7 +120,7 @@ impl Generator {
                 }
             }
             let cpu_before = thread_cpu_time();
-            let ifindex = loader::ifindex(iface)?;
+            let ifindex = portcullis::loader::ifindex(iface)?;
             // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
             // egress_ifindex. The kernel wants data and data_meta 0, data_end the frame length.
             let mut ctx = [0u8; 24];

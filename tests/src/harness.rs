@@ -11,10 +11,12 @@ use aya::{
 };
 use portcullis::{
     enforcer::Enforcer,
-    loader::{self, FLOOR_PROGRAM, TC_PROGRAM, XDP_PROGRAM},
+    loader::{self, TC_PROGRAM, XDP_PROGRAM},
     maps::{Counters, KernelMaps},
     policy,
 };
+
+use crate::test_programs;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -22,9 +24,10 @@ const TC_ACT_SHOT: u32 = 2;
 /// TC_ACT_UNSPEC (-1) as the kernel reports it.
 const TC_ACT_UNSPEC: u32 = u32::MAX;
 
-/// The loaded programs, to run frames through.
+/// The loaded programs, to run frames through: the agent's, and the test object's floor.
 pub struct Programs {
     ebpf: Ebpf,
+    test_programs: Ebpf,
 }
 
 /// The programs and the enforcer that writes their maps. The two parts can be used from
@@ -53,15 +56,11 @@ impl Harness {
             .context("no TC program")?
             .try_into()?;
         tc.load().context("the verifier rejected the TC program")?;
-        let floor: &mut Xdp = ebpf
-            .program_mut(FLOOR_PROGRAM)
-            .context("no floor program")?
-            .try_into()?;
-        floor
-            .load()
-            .context("the verifier rejected the floor program")?;
         Ok(Self {
-            programs: Programs { ebpf },
+            programs: Programs {
+                ebpf,
+                test_programs: test_programs::load(&[test_programs::FLOOR])?,
+            },
             enforcer,
         })
     }
@@ -86,26 +85,27 @@ impl Harness {
 }
 
 impl Programs {
-    /// The file descriptor of one of the object's programs, to attach it by other means.
+    /// The XDP program `name`, from the agent's object or the test object.
+    fn xdp_program(&self, name: &str) -> Result<&Xdp> {
+        let program = self
+            .ebpf
+            .program(name)
+            .or_else(|| self.test_programs.program(name))
+            .with_context(|| format!("no program {name}"))?;
+        Ok(program.try_into()?)
+    }
+
+    /// The file descriptor of one of the loaded XDP programs, to attach it by other means.
     pub fn fd(&self, program: &str) -> Result<std::os::fd::RawFd> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
-        let program: &Xdp = self
-            .ebpf
-            .program(program)
-            .with_context(|| format!("no program {program}"))?
-            .try_into()?;
-        Ok(program.fd()?.as_fd().as_raw_fd())
+        Ok(self.xdp_program(program)?.fd()?.as_fd().as_raw_fd())
     }
 
     /// Runs `program` (an XDP program of the object) `repeat` times on `frame` and returns
     /// the kernel's average time per run, in nanoseconds.
     pub fn xdp_ns_per_run(&self, program: &str, frame: &[u8], repeat: u32) -> Result<f64> {
-        let program: &Xdp = self
-            .ebpf
-            .program(program)
-            .with_context(|| format!("no program {program}"))?
-            .try_into()?;
-        let result = program
+        let result = self
+            .xdp_program(program)?
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 repeat,

@@ -12,6 +12,7 @@ pub mod kubernetes;
 pub mod model;
 pub mod netns;
 pub mod podman;
+pub mod test_programs;
 pub mod traffic;
 
 /// A finished command's output as one text, stdout then stderr, for assertion messages

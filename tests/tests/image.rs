@@ -1,10 +1,11 @@
 //! The container image `cargo xtask image` writes (`PORTCULLIS_IMAGE`, an OCI archive):
 //! one layer holding the static binary and nothing else, `portcullis run` as entrypoint,
-//! the version in its labels and reported by the binary.
+//! the version in its labels and reported by the binary, and only the agent's own programs
+//! in the object it embeds.
 
 use std::{collections::HashMap, io::Read as _, os::unix::fs::PermissionsExt as _};
 
-use portcullis_tests::kernel::from_xtask;
+use portcullis_tests::{kernel::from_xtask, test_programs};
 use serde_json::Value;
 
 /// Every file of a tar stream by path.
@@ -62,6 +63,24 @@ fn image_holds_the_static_binary_only_and_runs_it() {
         ["portcullis"],
         "the image holds more than the binary"
     );
+
+    // The kernel object it embeds holds the agent's programs and none of the programs only
+    // tests and the benchmark load (their names are in an object's string table).
+    let binary_bytes = &layer["portcullis"];
+    let holds = |name: &str| {
+        binary_bytes
+            .windows(name.len())
+            .any(|window| window == name.as_bytes())
+    };
+    for program in [
+        portcullis::loader::XDP_PROGRAM,
+        portcullis::loader::TC_PROGRAM,
+    ] {
+        assert!(holds(program), "the shipped object lacks {program}");
+    }
+    for program in test_programs::ALL {
+        assert!(!holds(program), "the shipped object holds {program}");
+    }
 
     // The binary runs with nothing around it, and reports the version, also through the
     // entrypoint's subcommand.

@@ -331,12 +331,12 @@ fn replaces_a_foreign_xdp_program_only_when_told_to() {
     let foreign = portcullis_tests::harness::Harness::new("{}\n").unwrap();
     let fd = foreign
         .programs
-        .fd(portcullis::loader::FLOOR_PROGRAM)
+        .fd(portcullis_tests::test_programs::FLOOR)
         .unwrap();
     let iface = pair.server_if.clone();
     NetnsPair::run_in(&pair.server_ns, || {
         let ifindex = portcullis::loader::ifindex(&iface).unwrap();
-        portcullis::foreign::netlink_set_xdp(ifindex, fd, 1 << 1).unwrap();
+        portcullis::loader::foreign::netlink_set_xdp(ifindex, fd, 1 << 1).unwrap();
     });
     let foreign_id = xdp_program_on(&pair).expect("the foreign program is attached");
 

@@ -16,14 +16,21 @@ pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 #[derive(clap::Args)]
 pub struct Options {}
 
-/// The image's version: the agent's, which is the workspace's.
+/// The image's version: the `portcullis` package's, as cargo resolves it.
 pub fn version() -> Result<String> {
-    let root = std::fs::read_to_string("Cargo.toml").context("reading Cargo.toml")?;
-    root.lines()
-        .find_map(|line| line.strip_prefix("version = \""))
-        .and_then(|rest| rest.strip_suffix('"'))
+    let metadata =
+        cmd::output(Command::new("cargo").args(["metadata", "--format-version", "1", "--no-deps"]))
+            .context("`cargo metadata` failed")?;
+    let metadata: serde_json::Value =
+        serde_json::from_str(&metadata).context("reading `cargo metadata`")?;
+    metadata["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|package| package["name"] == "portcullis")
+        .and_then(|package| package["version"].as_str())
         .map(str::to_string)
-        .context("no workspace version in Cargo.toml")
+        .context("`cargo metadata` lists no portcullis package")
 }
 
 /// Where `cargo xtask image` writes the archive.
@@ -96,5 +103,14 @@ fn check_static(binary: &Path) -> Result<()> {
         Ok(())
     } else {
         bail!("{} is not static:\n{text}", binary.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_version_is_the_agent_packages() {
+        // xtask and the agent share the workspace's version.
+        assert_eq!(super::version().unwrap(), env!("CARGO_PKG_VERSION"));
     }
 }

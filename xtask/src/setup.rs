@@ -34,7 +34,7 @@ pub struct Options {}
 
 pub fn run(_options: &Options) -> Result<()> {
     debian_packages()?;
-    rust_src()?;
+    nightly_components()?;
     musl_target()?;
     bpf_linker()?;
     kubernetes_tools()?;
@@ -69,7 +69,7 @@ fn debian_packages() -> Result<()> {
     )
 }
 
-fn rust_src() -> Result<()> {
+fn nightly_components() -> Result<()> {
     let installed = cmd::output(Command::new("rustup").args([
         "component",
         "list",
@@ -86,16 +86,24 @@ fn rust_src() -> Result<()> {
             "minimal",
         ]))?;
     }
-    if installed.is_some_and(|list| list.lines().any(|l| l.starts_with("rust-src"))) {
+    // rust-src to build `core` for the BPF target; clippy to lint the eBPF crates for it.
+    let wanted = ["rust-src", "clippy"];
+    let missing: Vec<&str> = wanted
+        .into_iter()
+        .filter(|component| {
+            !installed
+                .as_deref()
+                .is_some_and(|list| list.lines().any(|l| l.starts_with(component)))
+        })
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    cmd::run(Command::new("rustup").args([
-        "component",
-        "add",
-        "rust-src",
-        "--toolchain",
-        "nightly",
-    ]))
+    cmd::run(
+        Command::new("rustup")
+            .args(["component", "add", "--toolchain", "nightly"])
+            .args(&missing),
+    )
 }
 
 /// The musl target of the stable toolchain, for the container image's static binary.

@@ -1,5 +1,8 @@
-//! `cargo xtask test`: formatting, lints, and every test. Kernel tests need root; here
-//! they are required, so a machine that cannot run them fails instead of skipping.
+//! `cargo xtask test`: formatting, lints, and every test, in tiers: `unit` (no privileges),
+//! `kernel` (BPF_PROG_TEST_RUN and network namespaces, as root) and `kubernetes` (the image
+//! and the manifests). All tiers run by default, and CI runs them all; `--tier` picks some
+//! for a quick local run. Kernel tests need root; here they are required, so a machine that
+//! cannot run them fails instead of skipping.
 
 use std::process::Command;
 
@@ -9,46 +12,183 @@ use crate::{cmd, image, setup};
 
 #[derive(clap::Args)]
 pub struct Options {
+    /// Run only this tier (repeat for several); default: every tier.
+    #[arg(long = "tier", value_enum)]
+    pub tiers: Vec<Tier>,
     /// Extra arguments for the test harness, e.g. a test name filter.
     #[arg(last = true)]
     pub harness_args: Vec<String>,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tier {
+    /// Unit tests of every crate: parsers, policy, tables, codes. No privileges needed.
+    Unit,
+    /// The real programs on crafted frames and the agent on real traffic (root).
+    Kernel,
+    /// The container image and the Kubernetes manifests, run by podman (root).
+    Kubernetes,
+}
+
+/// The integration tests (`tests/tests/*.rs`) by tier. A unit test below checks that every
+/// file there is listed, so none is left out of a run.
+const KERNEL_TESTS: &[&str] = &["verdicts", "object", "differential", "cli"];
+/// Kernel tests that assert rates or timing windows while other tests of the same file
+/// flood: their tests run one at a time.
+const KERNEL_TESTS_SERIAL: &[&str] = &[
+    "netns",
+    "restart",
+    "control",
+    "metrics",
+    "configmap",
+    "demo",
+    "bench_smoke",
+];
+const KUBERNETES_TESTS: &[&str] = &["image", "kubernetes"];
+
+/// Packages of the host build; the eBPF crates are built for their own target.
+const EBPF_PACKAGES: &[&str] = &["agent-ebpf", "portcullis-test-ebpf"];
+
 pub fn run(options: &Options) -> Result<()> {
-    if !cmd::is_root() {
+    let tiers = if options.tiers.is_empty() {
+        vec![Tier::Unit, Tier::Kernel, Tier::Kubernetes]
+    } else {
+        options.tiers.clone()
+    };
+    let needs_root = tiers.iter().any(|tier| *tier != Tier::Unit);
+    if needs_root && !cmd::is_root() {
         bail!(
-            "the kernel tests need root (BPF, XDP, network namespaces); run `cargo xtask test` as root"
+            "the kernel and kubernetes tiers need root (BPF, XDP, network namespaces); run \
+             `cargo xtask test` as root, or `cargo xtask test --tier unit`"
         );
     }
     setup::run(&setup::Options {})?;
+    lint()?;
+    for tier in tiers {
+        match tier {
+            Tier::Unit => unit(options)?,
+            Tier::Kernel => kernel(options)?,
+            Tier::Kubernetes => kubernetes(options)?,
+        }
+    }
+    Ok(())
+}
+
+/// `cargo COMMAND --workspace` without the eBPF crates.
+fn host_workspace(command: &str) -> Command {
+    let mut cargo = Command::new("cargo");
+    cargo.args([command, "--workspace"]);
+    for package in EBPF_PACKAGES {
+        cargo.args(["--exclude", package]);
+    }
+    cargo
+}
+
+/// rustfmt, clippy on the host crates, and clippy on the eBPF crates for the BPF target
+/// (what the kernel runs is linted as strictly as the rest).
+fn lint() -> Result<()> {
     cmd::run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
-    cmd::run(Command::new("cargo").args([
+    cmd::run(host_workspace("clippy").args(["--all-targets", "--", "--deny", "warnings"]))?;
+    let mut ebpf = Command::new("cargo");
+    ebpf.args([
+        "+nightly",
         "clippy",
-        "--workspace",
-        "--exclude",
-        "agent-ebpf",
-        "--all-targets",
-        "--",
-        "--deny",
-        "warnings",
-    ]))?;
-    // The namespace and CLI tests run the real binary; `cargo test` alone does not build
-    // it, because the agent package has no integration tests of its own.
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+    ])
+    .args(["-Z", "build-std=core"]);
+    for package in EBPF_PACKAGES {
+        ebpf.args(["--package", package]);
+    }
+    cmd::run(ebpf.args(["--", "--deny", "warnings"]))
+}
+
+fn unit(options: &Options) -> Result<()> {
+    cmd::run(
+        host_workspace("test")
+            .args(["--lib", "--bins", "--"])
+            .args(&options.harness_args),
+    )
+}
+
+/// Runs the integration tests `names`, one test at a time if `serial`.
+fn integration(
+    names: &[&str],
+    serial: bool,
+    options: &Options,
+    env: &[(&str, String)],
+) -> Result<()> {
+    let mut cargo = Command::new("cargo");
+    cargo.args(["test", "--package", "portcullis-tests"]);
+    for name in names {
+        cargo.args(["--test", name]);
+    }
+    cargo.arg("--");
+    if serial {
+        cargo.arg("--test-threads=1");
+    }
+    cargo
+        .args(&options.harness_args)
+        .env("PORTCULLIS_REQUIRE_KERNEL_TESTS", "1")
+        .envs(env.iter().map(|(key, value)| (key, value)));
+    cmd::run(&mut cargo)
+}
+
+/// The agent binary the namespace and CLI tests run: `cargo test` alone does not build it,
+/// because the agent package has no integration tests of its own.
+fn agent_binary() -> Result<(&'static str, String)> {
     cmd::run(Command::new("cargo").args(["build", "--package", "portcullis"]))?;
     let binary = cmd::workspace_root().join("target/debug/portcullis");
-    // The image tests take the image `cargo xtask image` builds.
-    let image = image::build()?;
-    cmd::run(
-        Command::new("cargo")
-            .args(["test", "--workspace", "--exclude", "agent-ebpf", "--"])
-            .args(&options.harness_args)
-            .env("PORTCULLIS_BIN", binary)
-            .env("PORTCULLIS_IMAGE", image)
-            // kubectl, kubernetes-validate and checkov for the manifest tests.
-            .env(
-                "PORTCULLIS_TOOLS",
-                setup::kubernetes_tools_venv().join("bin"),
-            )
-            .env("PORTCULLIS_REQUIRE_KERNEL_TESTS", "1"),
-    )
+    Ok(("PORTCULLIS_BIN", binary.display().to_string()))
+}
+
+fn kernel(options: &Options) -> Result<()> {
+    let env = [agent_binary()?];
+    integration(KERNEL_TESTS, false, options, &env)?;
+    integration(KERNEL_TESTS_SERIAL, true, options, &env)
+}
+
+fn kubernetes(options: &Options) -> Result<()> {
+    let env = [
+        agent_binary()?,
+        // The image tests take the image `cargo xtask image` builds.
+        ("PORTCULLIS_IMAGE", image::build()?.display().to_string()),
+        // kubectl, kubernetes-validate and checkov for the manifest tests.
+        (
+            "PORTCULLIS_TOOLS",
+            setup::kubernetes_tools_venv()
+                .join("bin")
+                .display()
+                .to_string(),
+        ),
+    ];
+    integration(KUBERNETES_TESTS, false, options, &env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_integration_test_is_in_a_tier() {
+        let dir = cmd::workspace_root().join("tests/tests");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "rs"))
+            .map(|path| path.file_stem().unwrap().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        let mut listed: Vec<String> = [KERNEL_TESTS, KERNEL_TESTS_SERIAL, KUBERNETES_TESTS]
+            .concat()
+            .iter()
+            .map(|name| name.to_string())
+            .collect();
+        listed.sort();
+        assert_eq!(
+            files, listed,
+            "tests/tests files vs the tiers in xtask/src/test.rs"
+        );
+    }
 }

@@ -5,14 +5,7 @@ use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 
-use super::{DenyRule, Mode, Policy, RateLimit};
-
-fn mode(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Enforce => "enforce",
-        Mode::Shadow => "shadow",
-    }
-}
+use super::{DenyRule, Policy, RateLimit};
 
 fn rule_fields(rule: &RateLimit) -> Vec<(&'static str, String)> {
     vec![
@@ -24,7 +17,7 @@ fn rule_fields(rule: &RateLimit) -> Vec<(&'static str, String)> {
         ("prefix_v4", rule.prefix_v4.to_string()),
         ("prefix_v6", rule.prefix_v6.to_string()),
         ("ban", format!("{:?}", rule.ban)),
-        ("mode", mode(rule.mode).to_string()),
+        ("mode", rule.mode.name().to_string()),
     ]
 }
 
@@ -42,13 +35,13 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
     let (old_deny, new_deny) = (by_net(old), by_net(new));
     for (net, d) in &new_deny {
         match old_deny.get(net) {
-            None => lines.push(format!("+ deny {net} ({}, {})", d.name, mode(d.mode))),
+            None => lines.push(format!("+ deny {net} ({}, {})", d.name, d.mode.name())),
             Some(o) if o != d => lines.push(format!(
                 "~ deny {net}: {} {} -> {} {}",
                 o.name,
-                mode(o.mode),
+                o.mode.name(),
                 d.name,
-                mode(d.mode)
+                d.mode.name()
             )),
             Some(_) => {}
         }
@@ -100,7 +93,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::policy::parse;
+    use crate::policy::{Mode, parse};
 
     fn policy(text: &str) -> Policy {
         parse(Path::new("p.yaml"), text).unwrap()

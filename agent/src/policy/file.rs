@@ -22,15 +22,7 @@ pub struct PolicyFile {
     pub capacity: Option<Spanned<CapacitySection>>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Drop what matches (the default).
-    #[default]
-    Enforce,
-    /// Only count and report what would have been dropped.
-    Shadow,
-}
+pub use agent_common::Mode;
 
 /// A deny entry: either a bare CIDR string (enforced, unnamed) or a map.
 #[derive(Debug)]

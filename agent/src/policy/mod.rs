@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 
-pub use file::{Count, Mode, Protocol};
+/// Map sizes (the `capacity` section), defined with the map table that uses them.
+pub use agent_common::{Capacity, Mode};
+pub use file::{Count, Protocol};
 pub use validate::Problem;
 
 /// Default for `events.per_second`: enough to see what an attack looks like, far too few
@@ -68,14 +70,6 @@ pub struct Ban {
     pub after: u32,
     pub within_ns: u64,
     pub for_ns: u64,
-}
-
-/// Map sizes. They are fixed when the programs load, so a change needs a restart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Capacity {
-    pub sources: u32,
-    pub cidrs: u32,
-    pub bans: u32,
 }
 
 #[derive(Debug, thiserror::Error)]

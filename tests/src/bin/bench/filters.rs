@@ -8,8 +8,11 @@ use aya::{
     Ebpf,
     programs::{Xdp, XdpMode},
 };
-use portcullis::loader::DROP_ALL_PROGRAM;
-use portcullis_tests::{agent::Agent, flood::load_bench_programs, netns::NetnsPair};
+use portcullis_tests::{
+    agent::Agent,
+    netns::NetnsPair,
+    test_programs::{self, DROP_ALL},
+};
 use tempfile::TempDir;
 
 /// The flood's source network: denied outright, or limited per source.
@@ -170,14 +173,14 @@ fn portcullis(pair: &NetnsPair, ifaces: &[&str], policy: &str, hook: &str) -> Re
 }
 
 fn drop_all(pair: &NetnsPair, ifaces: &[&str]) -> Result<Installed> {
-    let mut object = load_bench_programs(&[DROP_ALL_PROGRAM])?;
+    let mut object = test_programs::load(&[DROP_ALL])?;
     let program: &mut Xdp = object
-        .program_mut(DROP_ALL_PROGRAM)
+        .program_mut(DROP_ALL)
         .context("no drop-all program")?
         .try_into()?;
     for iface in ifaces {
         pair.server(|| program.attach(iface, XdpMode::Driver))
-            .with_context(|| format!("attaching {DROP_ALL_PROGRAM} to {iface}"))?;
+            .with_context(|| format!("attaching {DROP_ALL} to {iface}"))?;
     }
     Ok(Installed {
         _object: Some(object),

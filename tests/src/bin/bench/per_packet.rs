@@ -5,7 +5,8 @@
 use std::fmt::Write as _;
 
 use anyhow::Result;
-use portcullis::loader::{FLOOR_PROGRAM, XDP_PROGRAM};
+use portcullis::loader::XDP_PROGRAM;
+use portcullis_tests::test_programs::FLOOR;
 use portcullis_tests::{
     frames::{ETH_P_8021Q, FrameSpec, non_ip},
     harness::Harness,
@@ -79,7 +80,7 @@ pub fn run(scale: &Scale) -> Result<(String, Value)> {
         harness.xdp(&paths()[4].1)?;
         for (i, (name, frame)) in paths().iter().enumerate() {
             let ns = ns_per_packet(&harness, XDP_PROGRAM, frame, scale)?;
-            let floor = ns_per_packet(&harness, FLOOR_PROGRAM, frame, scale)?;
+            let floor = ns_per_packet(&harness, FLOOR, frame, scale)?;
             table[i].1.push(ns);
             table[i].2 = floor;
             results.push(json!({"path": name, "cidrs": size, "ns_per_packet": ns, "floor_ns_per_packet": floor}));

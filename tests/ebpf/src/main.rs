@@ -1,4 +1,7 @@
-//! Programs for `cargo xtask bench` only; the agent never loads or attaches them.
+//! Programs for the tests and `cargo xtask bench` only. They live apart from the agent's
+//! object so that what users run (and the image ships) holds only the agent's programs.
+#![no_std]
+#![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_get_prandom_u32, macros::xdp, programs::XdpContext,
@@ -77,3 +80,13 @@ fn checksum_update(checksum: u16, old: u32, new: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     !(sum as u16)
 }
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

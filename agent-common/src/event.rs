@@ -1,0 +1,137 @@
+//! Ring-buffer records: what the kernel reports about a drop, a shadow hit or a ban.
+
+use crate::Mode;
+
+/// What happened to the packet an event reports. Codes are stable (they cross the ring
+/// buffer between a kernel object and the agent reading it); a retired code stays reserved.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EventAction {
+    /// The packet was dropped.
+    Dropped = 0,
+    /// Shadow mode: the packet passed but would have been dropped.
+    WouldDrop = 1,
+    /// An escalation ban started (the packet itself was dropped as rate-limited).
+    Banned = 2,
+    /// Shadow mode: an escalation ban would have started.
+    WouldBan = 3,
+}
+
+impl EventAction {
+    pub const ALL: [EventAction; 4] = [
+        EventAction::Dropped,
+        EventAction::WouldDrop,
+        EventAction::Banned,
+        EventAction::WouldBan,
+    ];
+    /// Codes once used and retired: never given to a new action.
+    pub const RETIRED: [u8; 0] = [];
+
+    /// A drop under `mode`: dropped, or would have been.
+    #[inline(always)]
+    pub const fn drop(mode: Mode) -> EventAction {
+        match mode {
+            Mode::Enforce => EventAction::Dropped,
+            Mode::Shadow => EventAction::WouldDrop,
+        }
+    }
+
+    /// A ban under `mode`: started, or would have.
+    #[inline(always)]
+    pub const fn ban(mode: Mode) -> EventAction {
+        match mode {
+            Mode::Enforce => EventAction::Banned,
+            Mode::Shadow => EventAction::WouldBan,
+        }
+    }
+
+    pub const fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub const fn from_code(code: u8) -> Option<EventAction> {
+        match code {
+            0 => Some(EventAction::Dropped),
+            1 => Some(EventAction::WouldDrop),
+            2 => Some(EventAction::Banned),
+            3 => Some(EventAction::WouldBan),
+            _ => None,
+        }
+    }
+
+    /// The `action` field of an event line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            EventAction::Dropped => "drop",
+            EventAction::WouldDrop => "would_drop",
+            EventAction::Banned => "ban",
+            EventAction::WouldBan => "would_ban",
+        }
+    }
+
+    /// The mode of the rule that acted.
+    pub const fn mode(self) -> Mode {
+        match self {
+            EventAction::Dropped | EventAction::Banned => Mode::Enforce,
+            EventAction::WouldDrop | EventAction::WouldBan => Mode::Shadow,
+        }
+    }
+
+    /// What happened to the packet: shadow actions let it pass.
+    pub const fn verdict(self) -> crate::Action {
+        match self.mode() {
+            Mode::Enforce => crate::Action::Drop,
+            Mode::Shadow => crate::Action::Pass,
+        }
+    }
+}
+
+/// One ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    pub ts_ns: u64,
+    /// Source address; IPv4 as IPv4-mapped IPv6.
+    pub src: [u8; 16],
+    pub ifindex: u32,
+    pub rule: u32,
+    /// A `Reason` code.
+    pub reason: u32,
+    /// Destination port, 0 when the packet carries none.
+    pub dport: u16,
+    /// 4 or 6.
+    pub family: u8,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// An `EventAction` code.
+    pub action: u8,
+    pub _pad: [u8; 7],
+}
+
+const _: () = assert!(core::mem::size_of::<Event>() == 48);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Event lines are parsed by users' log pipelines: codes and names never change.
+    #[test]
+    fn codes_and_names_are_stable() {
+        let pinned = [
+            (0, "drop", Mode::Enforce),
+            (1, "would_drop", Mode::Shadow),
+            (2, "ban", Mode::Enforce),
+            (3, "would_ban", Mode::Shadow),
+        ];
+        assert_eq!(EventAction::ALL.len(), pinned.len());
+        for (action, (code, name, mode)) in EventAction::ALL.into_iter().zip(pinned) {
+            assert_eq!(
+                (action.code(), action.name(), action.mode()),
+                (code, name, mode)
+            );
+            assert_eq!(EventAction::from_code(code), Some(action));
+            assert!(!EventAction::RETIRED.contains(&code), "{code} is retired");
+        }
+        assert_eq!(EventAction::from_code(4), None);
+    }
+}

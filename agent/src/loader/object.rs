@@ -1,0 +1,68 @@
+//! The embedded eBPF object, loaded with its maps sized from the table in
+//! `agent_common::maps` and, for the agent, pinned (reusing maps a previous agent pinned).
+
+use std::{fs, path::Path};
+
+use agent_common::{Capacity, maps};
+use anyhow::{Context as _, Result, bail};
+use aya::{Ebpf, EbpfLoader, maps::MapData};
+
+/// The kernel programs, built by `build.rs` from `agent-ebpf` in release mode.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portcullis"));
+
+/// The XDP entry point.
+pub const XDP_PROGRAM: &str = "portcullis_xdp";
+/// The TC ingress entry point.
+pub const TC_PROGRAM: &str = "portcullis_tc";
+
+/// Checks that the maps pinned in `maps_dir` are the ones this agent would create, so they
+/// can be taken over. The error says what differs and how to start afresh.
+pub fn check_pinned_maps(maps_dir: &Path, capacity: &Capacity) -> Result<()> {
+    for spec in maps::ALL {
+        let path = maps_dir.join(spec.name);
+        let info = MapData::from_pin(&path)
+            .and_then(|map| map.info())
+            .with_context(|| format!("{} is missing or unreadable", path.display()))?;
+        let pinned = (info.key_size(), info.value_size(), info.max_entries());
+        let wanted = (spec.key_size, spec.value_size, spec.max_entries(capacity));
+        if pinned != wanted {
+            bail!(
+                "pinned map {} has key/value sizes and capacity {pinned:?}, this agent needs \
+                 {wanted:?} (another version, or a changed `capacity`); run `portcullis detach` \
+                 to start afresh",
+                spec.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A loader with every map the policy sizes set to its size under `capacity`.
+fn sized_loader(capacity: &Capacity) -> EbpfLoader<'static> {
+    let mut loader = EbpfLoader::new();
+    for spec in maps::ALL.iter().filter(|spec| spec.sized_by_policy()) {
+        loader.map_max_entries(spec.name, spec.max_entries(capacity));
+    }
+    loader
+}
+
+/// Loads the object with every map pinned in `maps_dir`: maps already pinned there are
+/// reused (with their contents), the others are created and pinned.
+pub fn load(capacity: &Capacity, maps_dir: &Path) -> Result<Ebpf> {
+    fs::create_dir_all(maps_dir).with_context(|| format!("creating {}", maps_dir.display()))?;
+    let mut loader = sized_loader(capacity);
+    for spec in maps::ALL {
+        loader.map_pin_path(spec.name, maps_dir.join(spec.name));
+    }
+    loader
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object (is this root, with BPF enabled in the kernel?)")
+}
+
+/// Loads the object without pinning anything (tests).
+pub fn load_unpinned(capacity: &Capacity) -> Result<Ebpf> {
+    sized_loader(capacity)
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object (is this root, with BPF enabled in the kernel?)")
+}
