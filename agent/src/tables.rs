@@ -42,9 +42,65 @@ pub struct RuleIds {
 struct Assigned {
     id: u32,
     epoch: u32,
-    /// The rule's kernel configuration without mode and epoch, as text: a mode switch keeps
-    /// state, any other change (or a new layout in a new version) starts fresh.
+    /// What the rule's buckets and bans depend on, field by field: a mode switch keeps
+    /// state, any other change starts fresh.
+    #[serde(default)]
+    definition: Option<Definition>,
+    /// What agents before `definition` saved instead: the kernel configuration's `Debug`
+    /// text. Read so that an upgrade keeps the state of unchanged rules; never written.
+    #[serde(default, skip_serializing)]
     fingerprint: Option<String>,
+}
+
+/// A rule's kernel configuration without its mode and epoch (and without the masks, which
+/// follow from the prefixes), saved in history.json under these field names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Definition {
+    interval_ns: u64,
+    capacity_ns: u64,
+    ban_window_ns: u64,
+    ban_for_ns: u64,
+    ban_after: u32,
+    prefix_v4: u32,
+    prefix_v6: u32,
+}
+
+impl Definition {
+    fn of(config: &RuleConfig) -> Self {
+        Self {
+            interval_ns: config.interval_ns,
+            capacity_ns: config.capacity_ns,
+            ban_window_ns: config.ban_window_ns,
+            ban_for_ns: config.ban_for_ns,
+            ban_after: config.ban_after,
+            prefix_v4: config.prefix_v4,
+            prefix_v6: config.prefix_v6,
+        }
+    }
+}
+
+/// The `fingerprint` earlier agents saved for `config`: `format!("{:?}")` of the
+/// configuration with mode and epoch zeroed, as the `RuleConfig` of those versions printed
+/// it. Written out here so that it never changes with the struct.
+fn legacy_fingerprint(config: &RuleConfig) -> String {
+    let m = config.mask_v6;
+    format!(
+        "RuleConfig {{ interval_ns: {}, capacity_ns: {}, ban_window_ns: {}, ban_for_ns: {}, \
+         ban_after: {}, mode: 0, epoch: 0, prefix_v4: {}, prefix_v6: {}, mask_v4: {}, \
+         mask_v6: [{}, {}, {}, {}] }}",
+        config.interval_ns,
+        config.capacity_ns,
+        config.ban_window_ns,
+        config.ban_for_ns,
+        config.ban_after,
+        config.prefix_v4,
+        config.prefix_v6,
+        config.mask_v4,
+        m[0],
+        m[1],
+        m[2],
+        m[3],
+    )
 }
 
 impl RuleIds {
@@ -66,6 +122,7 @@ impl RuleIds {
                 Assigned {
                     id,
                     epoch: 0,
+                    definition: None,
                     fingerprint: None,
                 },
             );
@@ -90,20 +147,19 @@ impl RuleIds {
     /// The epoch for a rule with this configuration: the old one if the definition is
     /// unchanged, a new one otherwise.
     fn epoch(&mut self, name: &str, config: &RuleConfig) -> u32 {
-        let fingerprint = format!(
-            "{:?}",
-            RuleConfig {
-                mode: 0,
-                epoch: 0,
-                ..*config
-            }
-        );
+        let definition = Definition::of(config);
         let assigned = self.by_name.get_mut(name).expect("assigned before");
-        if assigned.fingerprint.as_ref() != Some(&fingerprint) {
+        let unchanged = match (&assigned.definition, &assigned.fingerprint) {
+            (Some(saved), _) => *saved == definition,
+            (None, Some(legacy)) => *legacy == legacy_fingerprint(config),
+            (None, None) => false,
+        };
+        if !unchanged {
             self.next_epoch += 1;
             assigned.epoch = self.next_epoch;
-            assigned.fingerprint = Some(fingerprint);
         }
+        assigned.definition = Some(definition);
+        assigned.fingerprint = None;
         assigned.epoch
     }
 }
@@ -342,6 +398,33 @@ mod tests {
                 connection_rule: 0
             }
         );
+    }
+
+    /// history.json as agents before the field-by-field definition wrote it: the rule's
+    /// identity was the configuration's Debug text.
+    const LEGACY_RULE_IDS: &str = r#"{"by_name":{"a":{"id":1,"epoch":7,"fingerprint":"RuleConfig { interval_ns: 1000000000, capacity_ns: 5000000000, ban_window_ns: 0, ban_for_ns: 0, ban_after: 0, mode: 0, epoch: 0, prefix_v4: 32, prefix_v6: 64, mask_v4: 4294967295, mask_v6: [4294967295, 4294967295, 0, 0] }"}},"next_epoch":7}"#;
+
+    #[test]
+    fn rule_identity_from_an_earlier_history_file_is_kept() {
+        let rule = |burst: u32| {
+            format!("rate_limits:\n  - {{name: a, protocol: udp, rate: 1/s, burst: {burst}}}\n")
+        };
+        let mut ids: RuleIds = serde_json::from_str(LEGACY_RULE_IDS).unwrap();
+        let same = tables(&rule(5), &mut ids);
+        assert_eq!(same.rules[&1].epoch, 7, "an unchanged rule keeps its state");
+        let saved = serde_json::to_string(&ids).unwrap();
+        assert!(
+            saved.contains(r#""definition":{"interval_ns":1000000000,"capacity_ns":5000000000"#)
+                && !saved.contains("fingerprint"),
+            "{saved}"
+        );
+        // Read back, the new form still knows the rule.
+        let mut reread: RuleIds = serde_json::from_str(&saved).unwrap();
+        assert_eq!(tables(&rule(5), &mut reread).rules[&1].epoch, 7);
+
+        let mut ids: RuleIds = serde_json::from_str(LEGACY_RULE_IDS).unwrap();
+        let changed = tables(&rule(6), &mut ids);
+        assert_eq!(changed.rules[&1].epoch, 8, "a changed rule starts fresh");
     }
 
     #[test]
