@@ -98,6 +98,34 @@ pub fn format(
     .to_string()
 }
 
+/// How a drain of the ring buffer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// Every record there was has been read.
+    Empty,
+    /// Records were still coming when the deadline passed.
+    DeadlinePassed,
+}
+
+/// Reads records with `next` (`None` once the ring is empty; `Some(None)` for a record too
+/// short to be an event) and hands each event to `emit`, until the ring is empty or
+/// `deadline` passes. Synchronous on purpose: the deadline is checked between records, so
+/// it holds however fast the kernel writes.
+pub fn drain(
+    deadline: std::time::Instant,
+    mut next: impl FnMut() -> Option<Option<Event>>,
+    mut emit: impl FnMut(Event),
+) -> Drained {
+    while std::time::Instant::now() < deadline {
+        match next() {
+            None => return Drained::Empty,
+            Some(Some(event)) => emit(event),
+            Some(None) => {}
+        }
+    }
+    Drained::DeadlinePassed
+}
+
 /// The summary line: counter totals, per-rule totals, and what changed since the last one.
 pub fn summary(now: &Counters, last: &Counters, rules: &[(String, RuleCounters)]) -> String {
     let mut verdicts = serde_json::Map::new();
@@ -128,4 +156,43 @@ pub fn summary(now: &Counters, last: &Counters, rules: &[(String, RuleCounters)]
         "bans_failed": now.bans_failed,
     })
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn a_drain_ends_when_the_ring_is_empty() {
+        let mut left = vec![Some(Event::default()), None, Some(Event::default())];
+        let mut emitted = 0;
+        let drained = drain(
+            Instant::now() + Duration::from_secs(60),
+            || left.pop(),
+            |_| emitted += 1,
+        );
+        assert_eq!((drained, emitted), (Drained::Empty, 2));
+    }
+
+    /// Programs left attached keep writing: a ring that never runs dry must not hold the
+    /// shutdown past its deadline.
+    #[test]
+    fn a_drain_of_a_ring_that_never_empties_stops_at_the_deadline() {
+        let started = Instant::now();
+        let mut emitted = 0u64;
+        let drained = drain(
+            started + Duration::from_millis(100),
+            || Some(Some(Event::default())),
+            |_| emitted += 1,
+        );
+        assert_eq!(drained, Drained::DeadlinePassed);
+        assert!(emitted > 0);
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the drain ran {:?}",
+            started.elapsed()
+        );
+    }
 }

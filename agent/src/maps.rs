@@ -1,8 +1,6 @@
 //! Typed handles on the kernel maps: writing policy tables (only what changed) and reading
 //! counters. Works on maps from a freshly loaded object or from their pins.
 
-use std::path::Path;
-
 use agent_common::{
     AclEntry, BanEntry, Bucket, BucketKey, IfaceCounters, PortRules, REASON_SLOTS, Reason,
     RuleConfig, RuleCounters, Settings, maps as names,
@@ -183,14 +181,6 @@ impl KernelMaps {
     /// Takes the maps out of a loaded object.
     pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
         Self::open(|name| ebpf.take_map(name).ok_or(MapsError::Missing { name }))
-    }
-
-    /// Opens the maps pinned under `dir` by a running agent.
-    pub fn from_pins(dir: &Path) -> Result<Self, MapsError> {
-        Self::open(|name| {
-            let data = MapData::from_pin(dir.join(name)).map_err(ctx(name))?;
-            Map::from_map_data(data).map_err(ctx(name))
-        })
     }
 
     fn open(
@@ -490,6 +480,21 @@ fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
     }
 }
 
+/// Attached interfaces whose counters share a slot of `IFACE_COUNTERS` (their indexes are
+/// equal modulo `IFACE_SLOTS`): their packets are counted together, which the agent warns
+/// about at start.
+pub fn shared_counter_slots(ifaces: &[(String, u32)]) -> Vec<(String, String)> {
+    let mut shared = Vec::new();
+    for (i, (a, a_index)) in ifaces.iter().enumerate() {
+        for (b, b_index) in &ifaces[i + 1..] {
+            if a_index % names::IFACE_SLOTS == b_index % names::IFACE_SLOTS {
+                shared.push((a.clone(), b.clone()));
+            }
+        }
+    }
+    shared
+}
+
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_now_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -499,4 +504,23 @@ pub fn monotonic_now_ns() -> u64 {
     // SAFETY: clock_gettime writes into the timespec we pass and nothing else.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interfaces_whose_indexes_meet_modulo_the_slots_share_counters() {
+        let ifaces = [
+            ("eth0".to_string(), 2),
+            ("eth1".to_string(), 3),
+            ("bond0".to_string(), 2 + names::IFACE_SLOTS),
+        ];
+        assert_eq!(
+            shared_counter_slots(&ifaces),
+            [("eth0".to_string(), "bond0".to_string())]
+        );
+        assert!(shared_counter_slots(&ifaces[..2]).is_empty());
+    }
 }

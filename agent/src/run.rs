@@ -1,7 +1,12 @@
 //! `portcullis run`: load, apply the policy, attach, then serve events, control requests,
 //! reloads and summaries until SIGTERM or SIGINT, and detach what we attached.
 
-use std::{collections::HashMap, io::Write as _, path::PathBuf, time::Duration};
+use std::{
+    collections::HashMap,
+    io::Write as _,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
@@ -20,7 +25,7 @@ use crate::{
     history::History,
     http,
     loader::{self, Attachment, Hook, XdpModeOption},
-    maps::{Counters, KernelMaps, monotonic_now_ns},
+    maps::{self, Counters, KernelMaps, monotonic_now_ns},
     policy::Policy,
     watch,
 };
@@ -223,6 +228,18 @@ async fn serve(
             }
         }
     }
+    let counted: Vec<(String, u32)> = daemon
+        .attached
+        .iter()
+        .map(|a| (a.iface.clone(), a.ifindex))
+        .collect();
+    for (a, b) in maps::shared_counter_slots(&counted) {
+        tracing::warn!(
+            a,
+            b,
+            "these interfaces share a counter slot: their per-interface packet counts are added together"
+        );
+    }
     for iface in loader::detach_others(&options.pin_dir, &attachments)? {
         tracing::info!(
             link = iface,
@@ -376,22 +393,24 @@ async fn event_loop(
     }
 
     tracing::info!("shutting down");
-    // Drain what the kernel already wrote, within the deadline.
-    let drain = async {
-        let ring = ring.get_mut();
-        let mut out = stdout.lock();
-        while let Some(record) = ring.next() {
-            if let Some(event) = parse_event(&record) {
-                let _ = writeln!(
-                    out,
-                    "{}",
-                    events::format(&event, &clock, &rule_names, ifaces)
-                );
-            }
-        }
-        let _ = out.flush();
-    };
-    if tokio::time::timeout(DRAIN_DEADLINE, drain).await.is_err() {
+    // Drain what the kernel already wrote, within the deadline: programs left attached
+    // (`--on-exit keep`) go on writing, so the ring may never be empty.
+    let ring = ring.get_mut();
+    let mut out = stdout.lock();
+    let drained = events::drain(
+        Instant::now() + DRAIN_DEADLINE,
+        || ring.next().map(|record| parse_event(&record)),
+        |event| {
+            let _ = writeln!(
+                out,
+                "{}",
+                events::format(&event, &clock, &rule_names, ifaces)
+            );
+        },
+    );
+    let _ = out.flush();
+    drop(out);
+    if drained == events::Drained::DeadlinePassed {
         tracing::warn!("event drain deadline passed");
     }
     let counters = daemon.enforcer.maps.counters()?;
