@@ -6,11 +6,13 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod event;
+pub mod malformed;
 pub mod maps;
 pub mod mode;
 pub mod reason;
 
 pub use event::{Event, EventAction};
+pub use malformed::MalformedCause;
 pub use maps::*;
 pub use mode::Mode;
 pub use reason::{Action, Reason};

@@ -283,6 +283,14 @@ pub const EVENT_BUDGET: MapSpec = spec(
     size_of::<EventBudget>(),
     Entries::Fixed(1),
 );
+/// Per-CPU array of `u64`: malformed frames by `MalformedCause` code.
+pub const MALFORMED: MapSpec = spec(
+    "MALFORMED",
+    MapKind::PerCpuArray,
+    4,
+    8,
+    Entries::Fixed(MALFORMED_SLOTS),
+);
 /// Ring buffer of `Event` records; its size is in bytes, and it has no keys or values.
 pub const EVENTS: MapSpec = spec(
     "EVENTS",
@@ -293,7 +301,7 @@ pub const EVENTS: MapSpec = spec(
 );
 
 /// Every map of the agent's object.
-pub const ALL: [MapSpec; 20] = [
+pub const ALL: [MapSpec; 21] = [
     POLICY_SETS[0].acl_v4,
     POLICY_SETS[0].acl_v6,
     POLICY_SETS[0].port_rules,
@@ -313,6 +321,7 @@ pub const ALL: [MapSpec; 20] = [
     IFACE_COUNTERS,
     SETTINGS,
     EVENT_BUDGET,
+    MALFORMED,
     EVENTS,
 ];
 
@@ -348,6 +357,8 @@ pub const COUNTER_BANS_FAILED: u32 = COUNTER_EVENTS_WRITTEN + 3;
 /// Token buckets created; minus the buckets in the LRU map, the number it evicted.
 pub const COUNTER_BUCKETS_CREATED: u32 = COUNTER_EVENTS_WRITTEN + 4;
 pub const COUNTER_SLOTS: u32 = COUNTER_EVENTS_WRITTEN + 5;
+/// Slots of `MALFORMED`, one per `MalformedCause` code.
+pub const MALFORMED_SLOTS: u32 = 32;
 
 #[cfg(test)]
 mod tests {

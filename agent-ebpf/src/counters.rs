@@ -1,11 +1,11 @@
 //! Per-CPU counters: verdicts by reason, shadow hits by reason, and per-rule counts.
 
 use agent_common::{
-    Action, Reason,
+    Action, MalformedCause, Reason,
     maps::{IFACE_SLOTS, REASON_SLOTS},
 };
 
-use crate::maps::{COUNTERS, IFACE_COUNTERS, RULE_COUNTERS};
+use crate::maps::{COUNTERS, IFACE_COUNTERS, MALFORMED, RULE_COUNTERS};
 
 #[inline(always)]
 pub fn bump(index: u32) {
@@ -25,6 +25,15 @@ pub fn verdict(reason: Reason) {
 #[inline(always)]
 pub fn shadow(reason: Reason) {
     bump(REASON_SLOTS + reason as u32);
+}
+
+/// Counts why a frame was malformed (its verdict is counted under `Reason::Malformed`).
+#[inline(always)]
+pub fn malformed(cause: MalformedCause) {
+    if let Some(counter) = MALFORMED.get_ptr_mut(cause.code()) {
+        // SAFETY: per-CPU slot, as above.
+        unsafe { *counter += 1 };
+    }
 }
 
 pub enum RuleOutcome {

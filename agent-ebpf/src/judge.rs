@@ -8,21 +8,30 @@ use crate::{
     acl, bans, clock,
     counters::{self, RuleOutcome},
     events,
-    parse::{self, Packet, Parsed},
+    parse::{Packet, Parsed},
     policy_set::PolicySet,
     ratelimit::{self, Outcome},
 };
-use agent_common::{ACL_ALLOW, Action, EventAction, Mode, PortRules, Reason, port_key};
+use agent_common::{
+    ACL_ALLOW, Action, EventAction, MalformedCause, Mode, PortRules, Reason, port_key,
+};
 
+/// The verdict on a parsed frame that arrived on `ifindex`, with its counters and events.
 #[inline(always)]
-pub fn judge(data: usize, data_end: usize, ifindex: u32) -> Action {
-    let action = match parse::parse(data, data_end) {
+pub fn judge(parsed: &Parsed, ifindex: u32) -> Action {
+    let action = match parsed {
         Parsed::NotIp => finish(Reason::NotIp),
-        Parsed::Malformed => finish(Reason::Malformed),
-        Parsed::Ip(pkt) => judge_ip(&pkt, ifindex),
+        Parsed::Malformed(cause) => malformed(*cause),
+        Parsed::Ip(pkt) => judge_ip(pkt, ifindex),
     };
     counters::interface(ifindex, action);
     action
+}
+
+#[inline(always)]
+fn malformed(cause: MalformedCause) -> Action {
+    counters::malformed(cause);
+    finish(Reason::Malformed)
 }
 
 #[inline(always)]
@@ -64,8 +73,8 @@ fn judge_ip(pkt: &Packet, ifindex: u32) -> Action {
     {
         return finish(Reason::Banned);
     }
-    if pkt.malformed {
-        return finish(Reason::Malformed);
+    if let Some(cause) = pkt.malformed {
+        return malformed(cause);
     }
     let rules = rules_for(policy, pkt);
     if rules.connection_rule == 0 && rules.packet_rule == 0 {

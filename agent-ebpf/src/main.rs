@@ -25,29 +25,41 @@ use aya_ebpf::{
 #[xdp]
 pub fn portcullis_xdp(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
-    match judge::judge(ctx.data(), ctx.data_end(), ifindex) {
+    match judge::judge(&parse::parse(ctx.data(), ctx.data_end()), ifindex) {
         Action::Pass => xdp_action::XDP_PASS,
         Action::Drop => xdp_action::XDP_DROP,
     }
 }
 
-/// Linear bytes the parser may need: Ethernet, two VLAN tags, IPv6 and its extension
-/// headers, TCP. Pulling more than the headers would copy payload for nothing.
+/// Linear bytes that hold the headers of nearly every packet: Ethernet, two VLAN tags, IPv6
+/// with a few extension headers, TCP. Pulling more would copy payload for nothing.
 const TC_PULL_BYTES: u32 = 256;
 
 /// TC ingress entry point: `TC_ACT_SHOT` for dropped packets; for passed ones
 /// `TC_ACT_UNSPEC`, which lets later programs on the hook (tcx or cls_bpf) run.
 #[classifier]
 pub fn portcullis_tc(ctx: TcContext) -> i32 {
-    // Direct packet access only covers the linear part of the skb. Pull the headers in
-    // when they are not all there; most skbs already have them.
+    // Direct packet access only covers the linear part of the skb. Pull the usual headers
+    // in when they are not all there; most skbs already have them.
     let wanted = ctx.len().min(TC_PULL_BYTES) as usize;
     if ctx.data_end() - ctx.data() < wanted {
         let _ = ctx.pull_data(wanted as u32);
     }
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    match judge::judge(ctx.data(), ctx.data_end(), ifindex) {
+    let parsed = parse::parse(ctx.data(), ctx.data_end());
+    // Headers that run past the linear part (a long IPv6 extension-header chain) would be
+    // judged truncated here while XDP, which sees the whole frame, reads them: pull up to
+    // all the parser can read and parse again, so both hooks give the same verdict. (Two
+    // calls rather than one reassigned `parsed`: merging two parses makes LLVM copy the
+    // enum's unset bytes through registers, which the verifier refuses to read.)
+    let action = if parsed.truncated() && ctx.data_end() - ctx.data() < ctx.len() as usize {
+        let _ = ctx.pull_data(ctx.len().min(parse::MAX_HEADER_BYTES));
+        judge::judge(&parse::parse(ctx.data(), ctx.data_end()), ifindex)
+    } else {
+        judge::judge(&parsed, ifindex)
+    };
+    match action {
         Action::Pass => TC_ACT_UNSPEC,
         Action::Drop => TC_ACT_SHOT,
     }

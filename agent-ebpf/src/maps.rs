@@ -86,4 +86,7 @@ pub static SETTINGS: Array<Settings> =
 pub static EVENT_BUDGET: PerCpuArray<EventBudget> =
     PerCpuArray::with_max_entries(entries(spec::EVENT_BUDGET), spec::EVENT_BUDGET.flags);
 #[map]
+pub static MALFORMED: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(entries(spec::MALFORMED), spec::MALFORMED.flags);
+#[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(entries(spec::EVENTS), spec::EVENTS.flags);

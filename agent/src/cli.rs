@@ -231,6 +231,15 @@ pub fn stats(socket: &Path, json: bool) -> Result<(), CliError> {
         let (packets, shadow) = (n(&result["verdicts"][reason]), n(&result["shadow"][reason]));
         println!("{reason:<14} {packets:>14} {shadow:>14}");
     }
+    let malformed: Vec<String> = agent_common::MalformedCause::ALL
+        .iter()
+        .map(|cause| (cause.name(), n(&result["malformed"][cause.name()])))
+        .filter(|(_, count)| *count > 0)
+        .map(|(name, count)| format!("{name} {count}"))
+        .collect();
+    if !malformed.is_empty() {
+        println!("malformed by cause: {}", malformed.join(", "));
+    }
     if let Some(rules) = result["rules"].as_object().filter(|r| !r.is_empty()) {
         println!(
             "\n{:<24} {:>12} {:>12} {:>12}",

@@ -8,7 +8,7 @@ use std::{
     time::Instant,
 };
 
-use agent_common::{BLOCK_RULE, Reason};
+use agent_common::{BLOCK_RULE, MalformedCause, Reason};
 use anyhow::Context as _;
 use ipnet::IpNet;
 use serde_json::{Value, json};
@@ -450,10 +450,15 @@ impl Daemon {
                 verdicts.insert(reason.name().into(), counters.verdict(reason).into());
                 shadow.insert(reason.name().into(), counters.shadowed(reason).into());
             }
+            let malformed: serde_json::Map<String, Value> = MalformedCause::ALL
+                .iter()
+                .map(|cause| (cause.name().into(), counters.malformed(*cause).into()))
+                .collect();
             let policy = self.enforcer.policy();
             Ok(json!({
                 "verdicts": verdicts,
                 "shadow": shadow,
+                "malformed": malformed,
                 "rules": rules,
                 "events": {
                     "written": counters.events_written,

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use agent_common::{Action, Event, EventAction, Reason, RuleCounters};
+use agent_common::{Action, Event, EventAction, MalformedCause, Reason, RuleCounters};
 use serde_json::json;
 
 use crate::maps::Counters;
@@ -136,6 +136,11 @@ pub fn summary(now: &Counters, last: &Counters, rules: &[(String, RuleCounters)]
             shadow.insert(reason.name().into(), now.shadowed(reason).into());
         }
     }
+    let malformed: serde_json::Map<String, serde_json::Value> = MalformedCause::ALL
+        .iter()
+        .filter(|cause| now.malformed(**cause) > 0)
+        .map(|cause| (cause.name().into(), now.malformed(*cause).into()))
+        .collect();
     let rules: serde_json::Map<String, serde_json::Value> = rules
         .iter()
         .map(|(name, c)| {
@@ -148,6 +153,7 @@ pub fn summary(now: &Counters, last: &Counters, rules: &[(String, RuleCounters)]
         "type": "summary",
         "verdicts": verdicts,
         "shadow": shadow,
+        "malformed": malformed,
         "rules": rules,
         "events_written": now.events_written,
         "events_suppressed": now.events_suppressed,

@@ -2,8 +2,8 @@
 //! counters. Works on maps from a freshly loaded object or from their pins.
 
 use agent_common::{
-    AclEntry, BanEntry, Bucket, BucketKey, IfaceCounters, PortRules, REASON_SLOTS, Reason,
-    RuleConfig, RuleCounters, Settings, maps as names,
+    AclEntry, BanEntry, Bucket, BucketKey, IfaceCounters, MALFORMED_SLOTS, MalformedCause,
+    PortRules, REASON_SLOTS, Reason, RuleConfig, RuleCounters, Settings, maps as names,
 };
 use aya::maps::{
     Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
@@ -65,6 +65,7 @@ pub struct KernelMaps {
     bans_v6: LpmTrie<MapData, [u8; 16], BanEntry>,
     settings: Array<MapData, Settings>,
     counters: PerCpuArray<MapData, u64>,
+    malformed: PerCpuArray<MapData, u64>,
     rule_counters: PerCpuArray<MapData, RuleCounters>,
     iface_counters: PerCpuArray<MapData, IfaceCounters>,
     buckets: HashMap<MapData, BucketKey, Bucket>,
@@ -79,6 +80,8 @@ pub struct Counters {
     pub verdicts: [u64; REASON_SLOTS as usize],
     /// Shadow-mode hits (would have dropped) by reason code.
     pub shadow: [u64; REASON_SLOTS as usize],
+    /// Malformed frames by `MalformedCause` code.
+    pub malformed: [u64; MALFORMED_SLOTS as usize],
     pub events_written: u64,
     pub events_suppressed: u64,
     pub events_lost: u64,
@@ -93,6 +96,10 @@ impl Counters {
 
     pub fn shadowed(&self, reason: Reason) -> u64 {
         self.shadow[reason as usize]
+    }
+
+    pub fn malformed(&self, cause: MalformedCause) -> u64 {
+        self.malformed[cause.code() as usize]
     }
 }
 
@@ -210,6 +217,7 @@ impl KernelMaps {
             bans_v6: typed!(names::BANS_V6.name),
             settings: typed!(names::SETTINGS.name),
             counters: typed!(names::COUNTERS.name),
+            malformed: typed!(names::MALFORMED.name),
             rule_counters: typed!(names::RULE_COUNTERS.name),
             iface_counters: typed!(names::IFACE_COUNTERS.name),
             buckets: typed!(names::BUCKETS.name),
@@ -278,6 +286,13 @@ impl KernelMaps {
         for slot in 0..REASON_SLOTS {
             counters.verdicts[slot as usize] = total(slot)?;
             counters.shadow[slot as usize] = total(REASON_SLOTS + slot)?;
+        }
+        for cause in MalformedCause::ALL {
+            let values = self
+                .malformed
+                .get(&cause.code(), 0)
+                .map_err(ctx(names::MALFORMED.name))?;
+            counters.malformed[cause.code() as usize] = values.iter().sum();
         }
         counters.events_written = total(names::COUNTER_EVENTS_WRITTEN)?;
         counters.events_suppressed = total(names::COUNTER_EVENTS_SUPPRESSED)?;

@@ -2,7 +2,7 @@
 //! of the kernel's counters taken at scrape time. The kernel's counters are the truth; a
 //! fresh registry per scrape just encodes them, so nothing here can drift from the maps.
 
-use agent_common::{IfaceCounters, Reason, RuleCounters};
+use agent_common::{IfaceCounters, MalformedCause, Reason, RuleCounters};
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -95,6 +95,16 @@ pub fn render(s: &Snapshot) -> String {
         shadow
             .get_or_create(&labels(&[("reason", reason.name())]))
             .inc_by(s.counters.shadowed(reason));
+    }
+    let malformed = counter_family(
+        &mut registry,
+        "malformed",
+        "Malformed frames (dropped, reason malformed) by what was wrong with them",
+    );
+    for cause in MalformedCause::ALL {
+        malformed
+            .get_or_create(&labels(&[("cause", cause.name())]))
+            .inc_by(s.counters.malformed(cause));
     }
     let rules = counter_family(
         &mut registry,

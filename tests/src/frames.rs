@@ -33,9 +33,15 @@ pub enum L4 {
 pub enum Ext {
     HopByHop,
     DestOpts,
+    /// Destination options padded to 512 bytes, to make a chain longer than the part of a
+    /// packet TC sees without pulling.
+    LongDestOpts,
     Routing,
     Auth,
-    Fragment { offset: u16, more: bool },
+    Fragment {
+        offset: u16,
+        more: bool,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -188,6 +194,12 @@ impl FrameSpec {
                         .write(&mut exts)
                         .unwrap();
                 }
+                Ext::LongDestOpts => {
+                    Ipv6RawExtHeader::new_raw(next, &[0; 510])
+                        .unwrap()
+                        .write(&mut exts)
+                        .unwrap();
+                }
                 Ext::Auth => {
                     IpAuthHeader::new(next, 1, 1, &[0; 12])
                         .unwrap()
@@ -227,7 +239,7 @@ impl FrameSpec {
 fn ext_number(ext: &Ext) -> IpNumber {
     match ext {
         Ext::HopByHop => IpNumber::IPV6_HEADER_HOP_BY_HOP,
-        Ext::DestOpts => IpNumber::IPV6_DESTINATION_OPTIONS,
+        Ext::DestOpts | Ext::LongDestOpts => IpNumber::IPV6_DESTINATION_OPTIONS,
         Ext::Routing => IpNumber::IPV6_ROUTE_HEADER,
         Ext::Auth => IpNumber::AUTHENTICATION_HEADER,
         Ext::Fragment { .. } => IpNumber::IPV6_FRAGMENTATION_HEADER,

@@ -172,6 +172,18 @@ impl NetnsPair {
         })
     }
 
+    /// Sets the MTU of both ends of the pair (jumbo frames for large-packet tests).
+    pub fn set_mtu(&self, mtu: u32) -> Result<()> {
+        let mtu = mtu.to_string();
+        for (ns, dev) in [
+            (&self.client_ns, &self.client_if),
+            (&self.server_ns, &self.server_if),
+        ] {
+            ip(&["-n", ns, "link", "set", "dev", dev, "mtu", &mtu])?;
+        }
+        Ok(())
+    }
+
     pub fn client<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         Self::run_in(&self.client_ns, f)
     }

@@ -284,3 +284,42 @@ pub fn http_fetch(ns: &str, addr: &str, path: &str) -> Option<(u16, String)> {
         .unwrap_or_default();
     Some((status, body))
 }
+
+/// Sends `frame` as it is out of interface `iface` of the client namespace, through a
+/// packet socket. A frame of a page or more leaves as a non-linear skb with only the
+/// Ethernet header in its linear part (net/packet/af_packet.c, `packet_alloc_skb`), which
+/// is how large packets reach a TC program from real NICs too.
+pub fn send_raw_frame(pair: &NetnsPair, iface: &str, frame: &[u8]) -> Result<()> {
+    pair.client(|| -> Result<()> {
+        let ifindex = portcullis::loader::ifindex(iface)?;
+        // SAFETY: plain socket call; the descriptor is owned below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("opening a packet socket");
+        }
+        // SAFETY: `fd` is a fresh descriptor nothing else owns.
+        let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // SAFETY: all zeroes is a valid sockaddr_ll; the fields that matter are set below.
+        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        to.sll_family = libc::AF_PACKET as u16;
+        to.sll_ifindex = ifindex as i32;
+        to.sll_halen = 6;
+        to.sll_addr[..6].copy_from_slice(&frame[..6]);
+        // SAFETY: a valid buffer and address of the stated lengths.
+        let sent = unsafe {
+            libc::sendto(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const to).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if sent != frame.len() as isize {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("sending a {}-byte frame on {iface}", frame.len()));
+        }
+        Ok(())
+    })
+}

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use portcullis_tests::{
     agent::Agent,
+    frames::FrameSpec,
     netns::{CLIENT_V4, NetnsPair, SERVER_V4},
     require_kernel,
-    traffic::{UdpCounter, http_fetch, udp_send},
+    traffic::{UdpCounter, http_fetch, send_raw_frame, udp_send},
 };
 
 const DENIED: &str = "10.77.0.66";
@@ -83,6 +84,7 @@ fn metrics_report_what_the_traffic_produced() {
         ),
         10
     );
+
     assert_eq!(
         metric(
             &body,
@@ -132,6 +134,30 @@ fn metrics_report_what_the_traffic_produced() {
             &format!("portcullis_program_run_time_ns_total{program}")
         ) > 0
     );
+
+    // Malformed frames are counted by what was wrong with them: three cut inside their UDP
+    // header, from a source no rule names.
+    let cut = FrameSpec::udp("10.77.0.9", 9).build();
+    for _ in 0..3 {
+        send_raw_frame(&pair, &pair.client_if, &cut[..14 + 20 + 4]).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let (_, body) = http_fetch(&pair.server_ns, METRICS, "/metrics").unwrap();
+    let packets = |reason: &str| {
+        metric(
+            &body,
+            &format!("portcullis_packets_total{{reason=\"{reason}\",verdict=\"drop\"}}"),
+        )
+    };
+    let malformed = |cause: &str| {
+        metric(
+            &body,
+            &format!("portcullis_malformed_total{{cause=\"{cause}\"}}"),
+        )
+    };
+    assert_eq!(packets("malformed"), 3);
+    assert_eq!(malformed("truncated_udp"), 3);
+    assert_eq!(malformed("truncated_tcp"), 0);
 
     // A broken edit counts as a failed apply.
     std::fs::write(&policy, "deny: [\n").unwrap();

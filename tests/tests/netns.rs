@@ -3,11 +3,17 @@
 
 use std::time::{Duration, Instant};
 
+use agent_common::{Action, Reason};
 use portcullis_tests::{
     agent::Agent,
-    netns::{CLIENT_V4, CLIENT_V6, NetnsPair, SERVER_V4, SERVER_V6},
+    frames::{Ext, FrameSpec},
+    harness::Harness,
+    netns::{CLIENT_V4, CLIENT_V6, NetnsPair, SERVER_V4, SERVER_V6, mac},
     replace_file, require_kernel,
-    traffic::{HttpServer, UdpCounter, http_get, tcp_connects, tcp_server, udp_send, udp_send_in},
+    traffic::{
+        HttpServer, UdpCounter, http_get, send_raw_frame, tcp_connects, tcp_server, udp_send,
+        udp_send_in,
+    },
 };
 
 const DENIED_V4: &str = "10.77.0.66";
@@ -172,6 +178,57 @@ fn tc_hook_gives_the_same_results() {
     let mut agent = start(&s, &["--hook", "tc"]);
     assert!(agent.stderr_contains("hook=\"tc\""), "{:?}", agent.stderr());
     check_enforcement(&s);
+    assert!(agent.stop().unwrap().success());
+}
+
+/// A packet whose IPv6 extension headers run past the first 256 bytes, arriving as a
+/// non-linear skb (only its Ethernet header linear): TC must pull what the parser needs and
+/// judge it as XDP does (which sees whole frames), not as truncated.
+#[test]
+fn tc_reads_headers_beyond_the_linear_part_of_a_packet() {
+    require_kernel!();
+    let s = setup("rate_limits:\n  - {name: udp9, protocol: udp, ports: [9], rate: 1000/s}\n");
+    s.pair.set_mtu(9000).unwrap();
+    let mut agent = start(&s, &["--hook", "tc"]);
+    let mut frame = FrameSpec {
+        ipv6_exts: vec![Ext::LongDestOpts; 2],
+        payload: 5000,
+        ..FrameSpec::udp(CLIENT_V6, 9)
+    }
+    .build();
+    // Addressed to the server's interface, so that the stack takes it as its own.
+    frame[..6].copy_from_slice(&mac(&s.pair.server_ns, &s.pair.server_if).unwrap());
+    // The reference: XDP's verdict on the same headers (a test run takes a page at most).
+    let reference =
+        Harness::new("rate_limits:\n  - {name: udp9, protocol: udp, ports: [9], rate: 1000/s}\n")
+            .unwrap();
+    assert_eq!(reference.xdp(&frame[..3000]).unwrap(), Action::Pass);
+    let before = reference.counters().unwrap();
+    assert_eq!(
+        before.verdict(Reason::WithinLimit),
+        1,
+        "XDP read the UDP port"
+    );
+
+    send_raw_frame(&s.pair, &s.pair.client_if, &frame).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stats = loop {
+        let stats: serde_json::Value =
+            serde_json::from_slice(&agent.cli(&["stats", "--json"]).stdout).unwrap();
+        if stats["verdicts"]["within_limit"] != 0
+            || stats["verdicts"]["malformed"] != 0
+            || Instant::now() > deadline
+        {
+            break stats;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        stats["verdicts"]["malformed"], 0,
+        "TC judged it malformed: {stats}"
+    );
+    assert_eq!(stats["verdicts"]["within_limit"], 1, "{stats}");
+    assert_eq!(stats["rules"]["udp9"]["passed"], 1, "{stats}");
     assert!(agent.stop().unwrap().success());
 }
 

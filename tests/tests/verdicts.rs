@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use agent_common::{Action, Reason};
+use agent_common::{Action, MalformedCause, Reason};
 use portcullis::maps::Counters;
 use portcullis_tests::{
     frames::{ETH_P_8021AD, ETH_P_8021Q, Ext, FrameSpec, non_ip},
@@ -387,6 +387,114 @@ fn truncated_frames_at_every_header_boundary() {
     let mut bad_doff = FrameSpec::tcp("203.0.113.7", 80, true, false).build();
     bad_doff[14 + 20 + 12] = 0x40;
     check_both(&h, "TCP data offset 4", &bad_doff, Reason::Malformed, &[]);
+}
+
+/// Malformed causes that moved between two readings of the counters.
+fn causes_moved(before: &Counters, after: &Counters) -> Vec<(MalformedCause, u64)> {
+    MalformedCause::ALL
+        .into_iter()
+        .map(|cause| (cause, after.malformed(cause) - before.malformed(cause)))
+        .filter(|(_, moved)| *moved > 0)
+        .collect()
+}
+
+#[test]
+fn malformed_frames_are_counted_by_cause() {
+    require_kernel!();
+    let h = Harness::new(POLICY).unwrap();
+    let v4_udp = FrameSpec::udp("203.0.113.7", 9).build();
+    let v4_tcp = FrameSpec::tcp("203.0.113.7", 80, true, false).build();
+    let v4_options = FrameSpec {
+        ipv4_options: 8,
+        ..FrameSpec::udp("203.0.113.7", 9)
+    }
+    .build();
+    let v4_icmp = FrameSpec::icmp("203.0.113.7").build();
+    let v6_udp = FrameSpec::udp("2001:db8:c::7", 9).build();
+    let v6_hop = FrameSpec {
+        ipv6_exts: vec![Ext::HopByHop],
+        ..FrameSpec::udp("2001:db8:c::7", 9)
+    }
+    .build();
+    let vlan = FrameSpec::udp("203.0.113.7", 9)
+        .vlans(&[ETH_P_8021Q])
+        .build();
+    let with = |frame: &[u8], at: usize, byte: u8| {
+        let mut frame = frame.to_vec();
+        frame[at] = byte;
+        frame
+    };
+    let cases: Vec<(MalformedCause, Vec<u8>)> = vec![
+        (MalformedCause::TruncatedVlan, vlan[..16].to_vec()),
+        (MalformedCause::TruncatedIpv4, v4_udp[..14 + 12].to_vec()),
+        (MalformedCause::BadIpv4Header, with(&v4_udp, 14, 0x55)),
+        (MalformedCause::BadIpv4Header, with(&v4_udp, 14, 0x44)),
+        (
+            MalformedCause::TruncatedIpv4Options,
+            v4_options[..14 + 20 + 4].to_vec(),
+        ),
+        (MalformedCause::TruncatedIpv6, v6_udp[..14 + 30].to_vec()),
+        (MalformedCause::BadIpv6Version, with(&v6_udp, 14, 0x45)),
+        (
+            MalformedCause::TruncatedExtensionHeader,
+            v6_hop[..14 + 40 + 4].to_vec(),
+        ),
+        (
+            MalformedCause::TooManyExtensionHeaders,
+            FrameSpec {
+                ipv6_exts: vec![Ext::DestOpts; 9],
+                ..FrameSpec::udp("2001:db8:c::51", 1)
+            }
+            .build(),
+        ),
+        (
+            MalformedCause::TruncatedTcp,
+            v4_tcp[..14 + 20 + 10].to_vec(),
+        ),
+        (
+            MalformedCause::BadTcpDataOffset,
+            with(&v4_tcp, 14 + 20 + 12, 0x40),
+        ),
+        (MalformedCause::TruncatedUdp, v4_udp[..14 + 20 + 4].to_vec()),
+        (
+            MalformedCause::TruncatedIcmp,
+            v4_icmp[..14 + 20 + 4].to_vec(),
+        ),
+    ];
+    for (cause, frame) in &cases {
+        let before = h.counters().unwrap();
+        assert_eq!(
+            h.xdp(frame).unwrap(),
+            Action::Drop,
+            "{cause:?}: XDP verdict"
+        );
+        let after = h.counters().unwrap();
+        assert_eq!(
+            causes_moved(&before, &after),
+            [(*cause, 1)],
+            "{cause:?}: causes counted by XDP"
+        );
+        // BPF_PROG_TEST_RUN refuses TC runs on frames whose IP header is cut.
+        if let Ok(action) = h.tc(frame) {
+            assert_eq!(action, Action::Drop, "{cause:?}: TC verdict");
+            assert_eq!(
+                causes_moved(&after, &h.counters().unwrap()),
+                [(*cause, 1)],
+                "{cause:?}: causes counted by TC"
+            );
+        }
+    }
+    // Every cause has a case above but a cut Ethernet header: BPF_PROG_TEST_RUN refuses
+    // frames shorter than one.
+    for cause in MalformedCause::ALL
+        .into_iter()
+        .filter(|cause| *cause != MalformedCause::TruncatedEthernet)
+    {
+        assert!(
+            cases.iter().any(|(c, _)| *c == cause),
+            "no case for {cause:?}"
+        );
+    }
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! IPv4 (with options and fragments) and IPv6 (with a bounded walk of extension headers).
 
-use agent_common::CLASS_OTHER;
+use agent_common::{CLASS_OTHER, MalformedCause};
 
 use super::{Cursor, Packet, Parsed, l4};
 
@@ -17,6 +17,10 @@ const IPPROTO_SHIM6: u8 = 140;
 /// chain is treated as malformed so that stacking headers cannot hide the transport
 /// header from port-scoped rules.
 pub const MAX_IPV6_EXT_HEADERS: usize = 8;
+/// The longest extension header: a generic one with the largest length byte (255 + 1
+/// units of 8 bytes); AH's units are smaller.
+pub const MAX_EXT_HEADER_BYTES: usize = 256 * 8;
+pub const IPV6_HEADER_BYTES: usize = core::mem::size_of::<Ipv6Hdr>();
 
 /// IPv4-mapped IPv6 prefix word `::ffff:0:0/96`, bytes 8..12, in network order.
 const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
@@ -70,24 +74,24 @@ fn packet(src: [u32; 4], v4: bool, protocol: u8) -> Packet {
         has_port: false,
         dport: 0,
         syn: false,
-        malformed: false,
+        malformed: None,
     }
 }
 
 #[inline(always)]
 pub fn parse_v4(cursor: &mut Cursor) -> Parsed {
     let Some(hdr) = cursor.take::<Ipv4Hdr>() else {
-        return Parsed::Malformed;
+        return Parsed::Malformed(MalformedCause::TruncatedIpv4);
     };
     // SAFETY: `take` checked that the header lies inside the frame.
     let hdr = unsafe { &*hdr };
     let ihl = (hdr.version_ihl & 0x0f) as usize;
     if hdr.version_ihl >> 4 != 4 || ihl < 5 {
-        return Parsed::Malformed;
+        return Parsed::Malformed(MalformedCause::BadIpv4Header);
     }
     // Options: ihl is at most 15, so this skips at most 40 bytes.
     if cursor.skip((ihl - 5) * 4).is_none() {
-        return Parsed::Malformed;
+        return Parsed::Malformed(MalformedCause::TruncatedIpv4Options);
     }
     let mut pkt = packet([0, 0, V4_MAPPED_WORD, hdr.saddr], true, hdr.protocol);
     // Only the first fragment (offset 0) carries the transport header; later fragments are
@@ -100,24 +104,24 @@ pub fn parse_v4(cursor: &mut Cursor) -> Parsed {
 #[inline(always)]
 pub fn parse_v6(cursor: &mut Cursor) -> Parsed {
     let Some(hdr) = cursor.take::<Ipv6Hdr>() else {
-        return Parsed::Malformed;
+        return Parsed::Malformed(MalformedCause::TruncatedIpv6);
     };
     // SAFETY: `take` checked that the header lies inside the frame.
     let hdr = unsafe { &*hdr };
     if u32::from_be(hdr.version_class_flow) >> 28 != 6 {
-        return Parsed::Malformed;
+        return Parsed::Malformed(MalformedCause::BadIpv6Version);
     }
     let mut pkt = packet(hdr.saddr, false, hdr.nexthdr);
     match walk_extension_headers(cursor, hdr.nexthdr) {
-        Some(Transport::Header(protocol)) => {
+        Ok(Transport::Header(protocol)) => {
             pkt.protocol = protocol;
             l4::parse(cursor, &mut pkt, true);
         }
-        Some(Transport::LaterFragment(protocol)) => {
+        Ok(Transport::LaterFragment(protocol)) => {
             pkt.protocol = protocol;
             l4::parse(cursor, &mut pkt, false);
         }
-        None => pkt.malformed = true,
+        Err(cause) => pkt.malformed = Some(cause),
     }
     Parsed::Ip(pkt)
 }
@@ -129,41 +133,46 @@ enum Transport {
     LaterFragment(u8),
 }
 
-/// Moves the cursor past the extension headers. `None` if one is truncated or there are
+/// Moves the cursor past the extension headers. An error if one is truncated or there are
 /// more than `MAX_IPV6_EXT_HEADERS` (the last round can only find the transport header).
 #[inline(always)]
-fn walk_extension_headers(cursor: &mut Cursor, first: u8) -> Option<Transport> {
+fn walk_extension_headers(cursor: &mut Cursor, first: u8) -> Result<Transport, MalformedCause> {
+    const TRUNCATED: MalformedCause = MalformedCause::TruncatedExtensionHeader;
     let mut next = first;
     for _ in 0..=MAX_IPV6_EXT_HEADERS {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH | IPPROTO_HIP
             | IPPROTO_SHIM6 => {
-                let ext = cursor.take::<ExtHdr>()?;
+                let ext = cursor.take::<ExtHdr>().ok_or(TRUNCATED)?;
                 // SAFETY: `take` checked the bounds.
                 let ext = unsafe { &*ext };
                 next = ext.nexthdr;
                 // Length in 8-byte units, not counting the first 8; at most 2048 bytes.
-                cursor.skip((ext.hdrlen as usize + 1) * 8 - 2)?;
+                cursor
+                    .skip((ext.hdrlen as usize + 1) * 8 - 2)
+                    .ok_or(TRUNCATED)?;
             }
             IPPROTO_AH => {
-                let ext = cursor.take::<ExtHdr>()?;
+                let ext = cursor.take::<ExtHdr>().ok_or(TRUNCATED)?;
                 // SAFETY: `take` checked the bounds.
                 let ext = unsafe { &*ext };
                 next = ext.nexthdr;
                 // RFC 4302: length in 4-byte units, minus 2; at most 1028 bytes.
-                cursor.skip((ext.hdrlen as usize + 2) * 4 - 2)?;
+                cursor
+                    .skip((ext.hdrlen as usize + 2) * 4 - 2)
+                    .ok_or(TRUNCATED)?;
             }
             IPPROTO_FRAGMENT => {
-                let frag = cursor.take::<FragHdr>()?;
+                let frag = cursor.take::<FragHdr>().ok_or(TRUNCATED)?;
                 // SAFETY: `take` checked the bounds.
                 let frag = unsafe { &*frag };
                 next = frag.nexthdr;
                 if u16::from_be(frag.frag_off) & 0xfff8 != 0 {
-                    return Some(Transport::LaterFragment(next));
+                    return Ok(Transport::LaterFragment(next));
                 }
             }
-            _ => return Some(Transport::Header(next)),
+            _ => return Ok(Transport::Header(next)),
         }
     }
-    None
+    Err(MalformedCause::TooManyExtensionHeaders)
 }

@@ -1,6 +1,6 @@
 //! Transport headers: destination port for TCP and UDP, SYN for TCP, class for rules.
 
-use agent_common::{CLASS_ICMP, CLASS_TCP, CLASS_UDP};
+use agent_common::{CLASS_ICMP, CLASS_TCP, CLASS_UDP, MalformedCause};
 
 use super::{Cursor, Packet};
 
@@ -11,6 +11,9 @@ const IPPROTO_ICMPV6: u8 = 58;
 
 const TCP_FLAG_SYN: u8 = 0x02;
 const TCP_FLAG_ACK: u8 = 0x10;
+
+/// The longest header this module reads (TCP's, without options).
+pub const MAX_BYTES: usize = core::mem::size_of::<TcpHdr>();
 
 #[repr(C)]
 struct TcpHdr {
@@ -55,13 +58,13 @@ pub fn parse(cursor: &mut Cursor, pkt: &mut Packet, first_fragment: bool) {
                 return;
             }
             let Some(tcp) = cursor.take::<TcpHdr>() else {
-                pkt.malformed = true;
+                pkt.malformed = Some(MalformedCause::TruncatedTcp);
                 return;
             };
             // SAFETY: `take` checked the bounds.
             let tcp = unsafe { &*tcp };
             if tcp.doff_reserved >> 4 < 5 {
-                pkt.malformed = true;
+                pkt.malformed = Some(MalformedCause::BadTcpDataOffset);
                 return;
             }
             pkt.has_port = true;
@@ -74,7 +77,7 @@ pub fn parse(cursor: &mut Cursor, pkt: &mut Packet, first_fragment: bool) {
                 return;
             }
             let Some(udp) = cursor.take::<UdpHdr>() else {
-                pkt.malformed = true;
+                pkt.malformed = Some(MalformedCause::TruncatedUdp);
                 return;
             };
             pkt.has_port = true;
@@ -91,6 +94,6 @@ pub fn parse(cursor: &mut Cursor, pkt: &mut Packet, first_fragment: bool) {
 fn icmp(cursor: &mut Cursor, pkt: &mut Packet, first_fragment: bool) {
     pkt.class = CLASS_ICMP;
     if first_fragment && cursor.take::<IcmpHdr>().is_none() {
-        pkt.malformed = true;
+        pkt.malformed = Some(MalformedCause::TruncatedIcmp);
     }
 }

@@ -2,6 +2,8 @@
 //! verifier rejects any packet access it cannot prove in bounds, and a short frame must end
 //! in a documented verdict, never a fault.
 
+use agent_common::MalformedCause;
+
 pub mod eth;
 pub mod ip;
 pub mod l4;
@@ -21,16 +23,35 @@ pub struct Packet {
     pub dport: u16,
     /// TCP SYN without ACK: a new connection attempt.
     pub syn: bool,
-    /// The source is known but the headers after it are truncated or invalid.
-    pub malformed: bool,
+    /// The source is known but the headers after it are truncated or invalid, and why.
+    pub malformed: Option<MalformedCause>,
 }
+
+/// The most bytes the parser reads: Ethernet, two VLAN tags, IPv6, the longest chain of
+/// extension headers it walks, and a TCP header. IPv4 (at most 60 bytes) needs less.
+pub const MAX_HEADER_BYTES: u32 = (eth::MAX_BYTES
+    + ip::IPV6_HEADER_BYTES
+    + ip::MAX_IPV6_EXT_HEADERS * ip::MAX_EXT_HEADER_BYTES
+    + l4::MAX_BYTES) as u32;
 
 pub enum Parsed {
     /// Not IPv4 or IPv6.
     NotIp,
     /// Claims to be IP but is too short or invalid to read the source address from.
-    Malformed,
+    Malformed(MalformedCause),
     Ip(Packet),
+}
+
+impl Parsed {
+    /// True when the frame ended before its headers did.
+    #[inline(always)]
+    pub fn truncated(&self) -> bool {
+        match self {
+            Parsed::NotIp => false,
+            Parsed::Malformed(cause) => cause.is_truncation(),
+            Parsed::Ip(pkt) => pkt.malformed.is_some_and(MalformedCause::is_truncation),
+        }
+    }
 }
 
 /// Parses a frame that starts with an Ethernet header.
@@ -41,10 +62,10 @@ pub fn parse(data: usize, data_end: usize) -> Parsed {
         end: data_end,
     };
     match eth::ethertype(&mut cursor) {
-        None => Parsed::Malformed,
-        Some(eth::ETH_P_IP) => ip::parse_v4(&mut cursor),
-        Some(eth::ETH_P_IPV6) => ip::parse_v6(&mut cursor),
-        Some(_) => Parsed::NotIp,
+        Err(cause) => Parsed::Malformed(cause),
+        Ok(eth::ETH_P_IP) => ip::parse_v4(&mut cursor),
+        Ok(eth::ETH_P_IPV6) => ip::parse_v6(&mut cursor),
+        Ok(_) => Parsed::NotIp,
     }
 }
 

@@ -17,10 +17,14 @@ pub const XDP_PROGRAM: &str = "portcullis_xdp";
 pub const TC_PROGRAM: &str = "portcullis_tc";
 
 /// Checks that the maps pinned in `maps_dir` are the ones this agent would create, so they
-/// can be taken over. The error says what differs and how to start afresh.
+/// can be taken over. A map not pinned there is one this version added: the loader creates
+/// it. The error says what differs and how to start afresh.
 pub fn check_pinned_maps(maps_dir: &Path, capacity: &Capacity) -> Result<()> {
     for spec in maps::ALL {
         let path = maps_dir.join(spec.name);
+        if !path.exists() {
+            continue;
+        }
         let info = MapData::from_pin(&path)
             .and_then(|map| map.info())
             .with_context(|| format!("{} is missing or unreadable", path.display()))?;
