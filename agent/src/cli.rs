@@ -3,12 +3,16 @@
 
 use std::path::Path;
 
-use serde_json::Value;
+use agent_common::{MalformedCause, Reason};
+use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
     control::{
         client::{self, ClientError},
-        protocol::{ErrorKind, Request, Response},
+        protocol::{
+            Applied, BanList, Blocked, Changes, ErrorKind, PolicyShown, Request, Stats, Status,
+            Unblocked,
+        },
     },
     policy::{self, Mode, PolicyError},
 };
@@ -41,38 +45,40 @@ impl CliError {
     }
 }
 
-fn call(socket: &Path, request: Request) -> Result<Value, CliError> {
-    let Response {
-        ok,
-        error,
-        message,
-        result,
-    } = client::call(socket, &request)?;
-    if ok {
-        return Ok(result);
+/// Sends `request` and returns its typed result, or the agent's refusal.
+fn call<T: DeserializeOwned>(socket: &Path, request: Request) -> Result<T, CliError> {
+    let response = client::call(socket, &request)?;
+    if !response.ok {
+        return Err(CliError::Agent {
+            kind: response.error.unwrap_or(ErrorKind::Failed),
+            message: response
+                .message
+                .unwrap_or_else(|| "the agent refused the request".into()),
+        });
     }
-    Err(CliError::Agent {
-        kind: error.unwrap_or(ErrorKind::Failed),
-        message: message.unwrap_or_else(|| "the agent refused the request".into()),
-    })
+    response
+        .result()
+        .map_err(|source| CliError::Client(ClientError::Protocol { source }))
 }
 
-fn print_changes(result: &Value) {
-    let changes = result["changes"].as_array().cloned().unwrap_or_default();
+fn print_changes(changes: &[String]) {
     if changes.is_empty() {
         println!("no changes");
     }
     const SHOWN: usize = 100;
     for change in changes.iter().take(SHOWN) {
-        println!("  {}", change.as_str().unwrap_or_default());
+        println!("  {change}");
     }
     if changes.len() > SHOWN {
         println!("  ... and {} more", changes.len() - SHOWN);
     }
 }
 
-fn print_json(value: &Value) {
-    println!("{value}");
+fn print_json(value: &impl Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string(value).expect("results serialize")
+    );
 }
 
 /// Validates `file` here (so errors name the file and line), then applies it.
@@ -80,68 +86,64 @@ pub fn policy_apply(socket: &Path, file: &Path) -> Result<(), CliError> {
     let text = policy::read(file)?;
     policy::parse(file, &text)?;
     let origin = file.display().to_string();
-    let result = call(socket, Request::PolicyApply { text, origin })?;
-    println!("version {} in force", result["version"]);
-    print_changes(&result);
+    let applied: Applied = call(socket, Request::PolicyApply { text, origin })?;
+    println!("version {} in force", applied.version);
+    print_changes(&applied.changes);
     Ok(())
 }
 
 pub fn policy_diff(socket: &Path, file: &Path) -> Result<(), CliError> {
     let text = policy::read(file)?;
     policy::parse(file, &text)?;
-    let result = call(socket, Request::PolicyDiff { text })?;
-    print_changes(&result);
+    let diff: Changes = call(socket, Request::PolicyDiff { text })?;
+    print_changes(&diff.changes);
     Ok(())
 }
 
 pub fn policy_show(socket: &Path, json: bool) -> Result<(), CliError> {
-    let result = call(socket, Request::PolicyShow)?;
+    let shown: PolicyShown = call(socket, Request::PolicyShow)?;
     if json {
-        print_json(&result);
+        print_json(&shown);
         return Ok(());
     }
     println!(
         "version {} applied at {} by {}",
-        result["version"],
-        timestamp(&result["applied_at"]),
-        result["origin"].as_str().unwrap_or_default()
+        shown.version,
+        timestamp(shown.applied_at),
+        shown.origin
     );
-    if let Some(modes) = result["modes"].as_object().filter(|m| !m.is_empty()) {
-        for (rule, mode) in modes {
-            println!(
-                "mode switched at run time: {rule} -> {}",
-                mode.as_str().unwrap_or_default()
-            );
-        }
+    for (rule, mode) in &shown.modes {
+        println!("mode switched at run time: {rule} -> {}", mode.name());
     }
     println!("---");
-    print!("{}", result["text"].as_str().unwrap_or_default());
+    print!("{}", shown.text);
     println!("---\nkept versions:");
-    for v in result["versions"].as_array().into_iter().flatten() {
+    for v in &shown.versions {
         println!(
             "  {:>4}  {}  {}",
-            v["version"],
-            timestamp(&v["applied_at"]),
-            v["origin"].as_str().unwrap_or_default()
+            v.version,
+            timestamp(v.applied_at),
+            v.origin
         );
     }
     Ok(())
 }
 
 pub fn policy_rollback(socket: &Path, version: Option<u64>) -> Result<(), CliError> {
-    let result = call(socket, Request::PolicyRollback { version })?;
+    let applied: Applied = call(socket, Request::PolicyRollback { version })?;
     println!(
         "rolled back to version {}: version {} in force",
-        result["rolled_back_to"], result["version"]
+        applied.rolled_back_to.unwrap_or_default(),
+        applied.version
     );
-    print_changes(&result);
+    print_changes(&applied.changes);
     Ok(())
 }
 
 pub fn mode(socket: &Path, rule: String, mode: Mode) -> Result<(), CliError> {
-    let result = call(socket, Request::Mode { rule, mode })?;
-    println!("version {} in force", result["version"]);
-    print_changes(&result);
+    let applied: Applied = call(socket, Request::Mode { rule, mode })?;
+    println!("version {} in force", applied.version);
+    print_changes(&applied.changes);
     Ok(())
 }
 
@@ -159,7 +161,7 @@ pub fn block(
                 .div_ceil(1_000_000_000),
         ),
     };
-    let result = call(
+    let blocked: Blocked = call(
         socket,
         Request::Block {
             cidr,
@@ -167,33 +169,26 @@ pub fn block(
             reason,
         },
     )?;
-    match ttl_secs {
-        Some(secs) => println!(
-            "blocked {} for {secs} s",
-            result["cidr"].as_str().unwrap_or_default()
-        ),
-        None => println!(
-            "blocked {} until unblocked",
-            result["cidr"].as_str().unwrap_or_default()
-        ),
+    match blocked.ttl_secs {
+        Some(secs) => println!("blocked {} for {secs} s", blocked.cidr),
+        None => println!("blocked {} until unblocked", blocked.cidr),
     }
     Ok(())
 }
 
 pub fn unblock(socket: &Path, cidr: String) -> Result<(), CliError> {
-    let result = call(socket, Request::Unblock { cidr })?;
-    println!("unblocked {}", result["cidr"].as_str().unwrap_or_default());
+    let unblocked: Unblocked = call(socket, Request::Unblock { cidr })?;
+    println!("unblocked {}", unblocked.cidr);
     Ok(())
 }
 
 pub fn bans(socket: &Path, json: bool) -> Result<(), CliError> {
-    let result = call(socket, Request::Bans)?;
+    let list: BanList = call(socket, Request::Bans)?;
     if json {
-        print_json(&result);
+        print_json(&list);
         return Ok(());
     }
-    let bans = result["bans"].as_array().cloned().unwrap_or_default();
-    if bans.is_empty() {
+    if list.bans.is_empty() {
         println!("no bans");
         return Ok(());
     }
@@ -201,99 +196,99 @@ pub fn bans(socket: &Path, json: bool) -> Result<(), CliError> {
         "{:<44} {:<11} {:<20} {:>10}  reason",
         "cidr", "kind", "rule", "time left"
     );
-    for ban in bans {
-        let left = match ban["seconds_left"].as_u64() {
+    for ban in &list.bans {
+        let left = match ban.seconds_left {
             Some(secs) => format!("{secs} s"),
             None => "until lifted".into(),
         };
         println!(
             "{:<44} {:<11} {:<20} {:>10}  {}",
-            ban["cidr"].as_str().unwrap_or_default(),
-            ban["kind"].as_str().unwrap_or_default(),
-            ban["rule"].as_str().unwrap_or_default(),
+            ban.cidr,
+            ban.kind.name(),
+            ban.rule,
             left,
-            ban["reason"].as_str().unwrap_or_default()
+            ban.reason.as_deref().unwrap_or_default()
         );
     }
     Ok(())
 }
 
 pub fn stats(socket: &Path, json: bool) -> Result<(), CliError> {
-    let result = call(socket, Request::Stats)?;
+    let stats: Stats = call(socket, Request::Stats)?;
     if json {
-        print_json(&result);
+        print_json(&stats);
         return Ok(());
     }
-    // serde_json values ignore width and alignment, so numbers are taken out first.
-    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let count = |counts: &std::collections::BTreeMap<String, u64>, name: &str| {
+        counts.get(name).copied().unwrap_or(0)
+    };
     println!("{:<14} {:>14} {:>14}", "reason", "packets", "shadow");
-    for reason in agent_common::Reason::ALL.map(agent_common::Reason::name) {
-        let (packets, shadow) = (n(&result["verdicts"][reason]), n(&result["shadow"][reason]));
+    for reason in Reason::ALL.map(Reason::name) {
+        let (packets, shadow) = (count(&stats.verdicts, reason), count(&stats.shadow, reason));
         println!("{reason:<14} {packets:>14} {shadow:>14}");
     }
-    let malformed: Vec<String> = agent_common::MalformedCause::ALL
+    let malformed: Vec<String> = MalformedCause::ALL
         .iter()
-        .map(|cause| (cause.name(), n(&result["malformed"][cause.name()])))
+        .map(|cause| (cause.name(), count(&stats.malformed, cause.name())))
         .filter(|(_, count)| *count > 0)
         .map(|(name, count)| format!("{name} {count}"))
         .collect();
     if !malformed.is_empty() {
         println!("malformed by cause: {}", malformed.join(", "));
     }
-    if let Some(rules) = result["rules"].as_object().filter(|r| !r.is_empty()) {
+    if !stats.rules.is_empty() {
         println!(
             "\n{:<24} {:>12} {:>12} {:>12}",
             "rule", "passed", "dropped", "shadowed"
         );
-        for (name, c) in rules {
-            let (passed, dropped, shadowed) =
-                (n(&c["passed"]), n(&c["dropped"]), n(&c["shadowed"]));
-            println!("{name:<24} {passed:>12} {dropped:>12} {shadowed:>12}");
+        for (name, c) in &stats.rules {
+            println!(
+                "{name:<24} {:>12} {:>12} {:>12}",
+                c.passed, c.dropped, c.shadowed
+            );
         }
     }
-    let events = &result["events"];
+    let events = &stats.events;
     println!(
         "\nevents: {} written, {} suppressed by the budget, {} lost (ring full)",
-        events["written"], events["suppressed"], events["lost"]
+        events.written, events.suppressed, events.lost
     );
-    let maps = &result["maps"];
+    let maps = &stats.maps;
     println!(
         "maps: {} allow, {} deny, {} bans, {} buckets (capacity: {} cidrs, {} bans, {} sources)",
-        maps["allow"],
-        maps["deny"],
-        maps["bans"],
-        maps["buckets"],
-        maps["capacity"]["cidrs"],
-        maps["capacity"]["bans"],
-        maps["capacity"]["sources"]
+        maps.allow,
+        maps.deny,
+        maps.bans,
+        maps.buckets,
+        maps.capacity.cidrs,
+        maps.capacity.bans,
+        maps.capacity.sources
     );
     Ok(())
 }
 
 pub fn status(socket: &Path, json: bool) -> Result<(), CliError> {
-    let result = call(socket, Request::Status)?;
+    let status: Status = call(socket, Request::Status)?;
     if json {
-        print_json(&result);
+        print_json(&status);
         return Ok(());
     }
     println!(
         "policy version {} from {} (pins in {})",
-        result["policy_version"],
-        result["policy_file"].as_str().unwrap_or_default(),
-        result["pin_dir"].as_str().unwrap_or_default()
+        status.policy_version, status.policy_file, status.pin_dir
     );
-    for iface in result["interfaces"].as_array().into_iter().flatten() {
+    for iface in &status.interfaces {
         println!(
             "  {:<16} {:<10} program id {}",
-            iface["interface"].as_str().unwrap_or_default(),
-            iface["hook"].as_str().unwrap_or_default(),
-            iface["program_id"]
+            iface.interface, iface.hook, iface.program_id
         );
+    }
+    if !status.ready {
+        println!("not ready: {}", status.problems.join("; "));
     }
     println!(
         "uptime {} s, agent {}",
-        result["uptime_secs"],
-        result["agent_version"].as_str().unwrap_or_default()
+        status.uptime_secs, status.agent_version
     );
     Ok(())
 }
@@ -303,8 +298,7 @@ pub fn follow_events(socket: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-fn timestamp(secs: &Value) -> String {
-    let secs = secs.as_u64().unwrap_or(0);
+fn timestamp(secs: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
         .to_string()
 }

@@ -1,40 +1,35 @@
 //! The running agent's state and what it does for each control request: versioned policy
 //! applies (from the file or the CLI), rollbacks, mode switches, blocks, bans, stats and
-//! status. Every policy change goes through `apply_version`.
+//! status. Every policy change goes through `apply_version`, which publishes the result to
+//! telemetry.
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Instant,
 };
 
-use agent_common::{BLOCK_RULE, MalformedCause, Reason};
+use agent_common::BLOCK_RULE;
 use anyhow::Context as _;
 use ipnet::IpNet;
-use serde_json::{Value, json};
 
 use crate::{
-    control::protocol::{ErrorKind, Request, Response},
+    control::protocol::{
+        Applied, BanInfo, BanKind, BanList, Blocked, Changes, ErrorKind, InterfaceStatus,
+        PolicyShown, Request, Response, Status, Unblocked, VersionSummary,
+    },
     enforcer::Enforcer,
     history::History,
-    loader,
-    maps::{MapsError, monotonic_now_ns},
-    metrics,
+    maps::{BanMaps, MapsError, monotonic_now_ns},
     policy::{self, Mode, PolicyError, units},
+    telemetry::{InForce, Telemetry},
 };
 
-/// What the agent attached, for `status`.
-#[derive(Debug, Clone)]
-pub struct Attached {
-    pub iface: String,
-    pub ifindex: u32,
-    pub hook: &'static str,
-    pub program_id: u32,
-    pub pin_path: PathBuf,
-}
-
 pub struct Daemon {
-    pub enforcer: Enforcer,
+    enforcer: Enforcer,
+    bans: BanMaps,
+    telemetry: Arc<Telemetry>,
     history: History,
     policy_path: PathBuf,
     /// The policy file's text as last read, so a watch event without a change is ignored
@@ -43,11 +38,23 @@ pub struct Daemon {
     /// Run-time mode switches on top of the current version's text.
     modes: BTreeMap<String, Mode>,
     block_reasons: BTreeMap<IpNet, String>,
-    pub attached: Vec<Attached>,
     pin_dir: PathBuf,
     started: Instant,
-    /// Applies refused or failed since the start (file reloads and CLI).
-    apply_failures: u64,
+    /// True when the agent took over a previous agent's pinned maps.
+    took_over_maps: bool,
+}
+
+/// What the daemon is started with.
+pub struct DaemonParts {
+    pub enforcer: Enforcer,
+    pub bans: BanMaps,
+    pub telemetry: Arc<Telemetry>,
+    pub history: History,
+    pub policy_path: PathBuf,
+    /// The text of the policy file, already applied by `enforcer`.
+    pub file_text: String,
+    pub pin_dir: PathBuf,
+    pub took_over_maps: bool,
 }
 
 /// An apply that did not happen, and why.
@@ -67,16 +74,39 @@ impl ApplyError {
     }
 }
 
+/// The answer to an apply, a mode switch or a rollback.
+fn applied(
+    result: Result<(u64, Vec<String>), ApplyError>,
+    rolled_back_to: Option<u64>,
+) -> Response {
+    match result {
+        Ok((version, changes)) => Response::ok(&Applied {
+            version,
+            changes,
+            rolled_back_to,
+        }),
+        Err(e) => e.response(),
+    }
+}
+
+fn failed(e: impl Into<anyhow::Error>) -> Response {
+    Response::error(ErrorKind::Failed, format!("{:#}", e.into()))
+}
+
 impl Daemon {
-    /// Takes over an enforcer that already applied the text of `policy_path`, and records
+    /// Takes over an enforcer that already applied the policy file's text, and records
     /// that text as a new version unless it is the version in force already.
-    pub fn new(
-        enforcer: Enforcer,
-        mut history: History,
-        policy_path: &Path,
-        file_text: String,
-        pin_dir: &Path,
-    ) -> anyhow::Result<Self> {
+    pub fn new(parts: DaemonParts) -> anyhow::Result<Self> {
+        let DaemonParts {
+            enforcer,
+            bans,
+            telemetry,
+            mut history,
+            policy_path,
+            file_text,
+            pin_dir,
+            took_over_maps,
+        } = parts;
         let same = history
             .current()
             .is_some_and(|v| v.text == file_text && v.modes.is_empty());
@@ -86,30 +116,40 @@ impl Daemon {
                     format!("file {}", policy_path.display()),
                     file_text.clone(),
                     BTreeMap::new(),
-                    enforcer.rule_ids(),
                 )
                 .context("saving the policy history")?;
-        } else {
-            history
-                .set_rule_ids(enforcer.rule_ids())
-                .context("saving the policy history")?;
         }
-        Ok(Self {
+        let daemon = Self {
             enforcer,
+            bans,
+            telemetry,
             history,
-            policy_path: policy_path.to_path_buf(),
+            policy_path,
             file_text,
             modes: BTreeMap::new(),
             block_reasons: BTreeMap::new(),
-            attached: Vec::new(),
-            pin_dir: pin_dir.to_path_buf(),
+            pin_dir,
             started: Instant::now(),
-            apply_failures: 0,
-        })
+            took_over_maps,
+        };
+        daemon.publish();
+        Ok(daemon)
     }
 
     pub fn version(&self) -> u64 {
         self.history.current().map_or(0, |v| v.number)
+    }
+
+    /// Tells telemetry what is in force now.
+    fn publish(&self) {
+        let policy = self.enforcer.policy();
+        self.telemetry.publish(InForce {
+            version: self.version(),
+            rules: self.enforcer.rules_in_force(),
+            allow_entries: policy.allow.len(),
+            deny_entries: policy.deny.len(),
+            capacity: policy.capacity,
+        });
     }
 
     /// Validates `text` (+ `modes`), applies it, and records it as a new version. Returns
@@ -123,7 +163,7 @@ impl Daemon {
     ) -> Result<(u64, Vec<String>), ApplyError> {
         let result = self.try_apply_version(text, modes, origin, source_name);
         if result.is_err() {
-            self.apply_failures += 1;
+            self.telemetry.count_apply_failure();
         }
         result
     }
@@ -145,17 +185,16 @@ impl Daemon {
         if changes.is_empty() && current.is_some_and(|v| v.text == text && v.modes == modes) {
             return Ok((self.version(), changes));
         }
-        self.enforcer.apply(policy).map_err(ApplyError::Failed)?;
-        self.modes = modes.clone();
-        let version = self
-            .history
-            .record(
-                origin.clone(),
-                text.to_string(),
-                modes,
-                self.enforcer.rule_ids(),
-            )
-            .map_err(|e| ApplyError::Failed(e.into()))?;
+        let applied = self.enforcer.apply(policy);
+        // Published whatever happened: a failed write leaves the old set in force.
+        let recorded = applied.and_then(|()| {
+            self.modes = modes.clone();
+            Ok(self
+                .history
+                .record(origin.clone(), text.to_string(), modes)?)
+        });
+        self.publish();
+        let version = recorded.map_err(ApplyError::Failed)?;
         tracing::info!(
             version,
             origin,
@@ -186,23 +225,26 @@ impl Daemon {
         }
     }
 
+    /// Removes bans whose time is up. Returns how many.
+    pub fn sweep_expired_bans(&mut self) -> Result<usize, MapsError> {
+        self.bans.sweep_expired_bans(monotonic_now_ns())
+    }
+
     pub fn handle(&mut self, request: Request, uid: u32) -> Response {
         let by = format!("cli (uid {uid})");
         match request {
             Request::PolicyApply { text, origin } => {
                 let source = PathBuf::from(&origin);
-                match self.apply_version(&text, BTreeMap::new(), format!("{by}: {origin}"), &source)
-                {
-                    Ok((version, changes)) => {
-                        Response::ok(json!({"version": version, "changes": changes}))
-                    }
-                    Err(e) => e.response(),
-                }
+                let origin = format!("{by}: {origin}");
+                applied(
+                    self.apply_version(&text, BTreeMap::new(), origin, &source),
+                    None,
+                )
             }
             Request::PolicyDiff { text } => match policy::parse(Path::new("<diff>"), &text) {
-                Ok(new) => Response::ok(
-                    json!({"changes": policy::diff::diff(self.enforcer.policy(), &new)}),
-                ),
+                Ok(new) => Response::ok(&Changes {
+                    changes: policy::diff::diff(self.enforcer.policy(), &new),
+                }),
                 Err(e) => Response::error(ErrorKind::InvalidPolicy, e.to_string()),
             },
             Request::PolicyShow => self.show(),
@@ -215,12 +257,10 @@ impl Daemon {
                 modes.insert(rule.clone(), mode);
                 let origin = format!("{by}: mode {rule} {}", mode.name());
                 let path = PathBuf::from(format!("version {}", current.number));
-                match self.apply_version(&current.text, modes, origin, &path) {
-                    Ok((version, changes)) => {
-                        Response::ok(json!({"version": version, "changes": changes}))
-                    }
-                    Err(e) => e.response(),
-                }
+                applied(
+                    self.apply_version(&current.text, modes, origin, &path),
+                    None,
+                )
             }
             Request::Block {
                 cidr,
@@ -229,108 +269,39 @@ impl Daemon {
             } => self.block(&cidr, ttl_secs, reason),
             Request::Unblock { cidr } => self.unblock(&cidr),
             Request::Bans => self.bans(),
-            Request::Stats => self.stats(),
-            Request::Status => self.status(),
+            Request::Stats => match self.telemetry.stats() {
+                Ok(stats) => Response::ok(&stats),
+                Err(e) => failed(e),
+            },
+            Request::Status => Response::ok(&self.status()),
             Request::Events => Response::error(
                 ErrorKind::BadRequest,
                 "events are streamed by the connection",
             ),
-            Request::Metrics => match self.snapshot() {
-                Ok(snapshot) => Response::ok(json!({"text": metrics::render(&snapshot)})),
-                Err(e) => Response::error(ErrorKind::Failed, format!("{e:#}")),
-            },
-            Request::Ready => {
-                let problems = self.readiness_problems();
-                Response::ok(json!({"ready": problems.is_empty(), "problems": problems}))
-            }
         }
-    }
-
-    /// What keeps the agent from being ready: programs not attached as the kernel reports
-    /// it, or no policy in force. Empty when ready.
-    pub fn readiness_problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if self.attached.is_empty() {
-            problems.push("no interface attached".to_string());
-        }
-        for a in &self.attached {
-            match loader::attached_program(&a.pin_path) {
-                Ok(id) if id == a.program_id => {}
-                Ok(id) => problems.push(format!(
-                    "{}: program {id} is attached, not ours ({})",
-                    a.iface, a.program_id
-                )),
-                Err(e) => problems.push(format!("{}: {e:#}", a.iface)),
-            }
-        }
-        if self.history.current().is_none() {
-            problems.push("no policy in force".to_string());
-        }
-        problems
-    }
-
-    fn snapshot(&self) -> anyhow::Result<metrics::Snapshot> {
-        let maps = &self.enforcer.maps;
-        let now = monotonic_now_ns();
-        let bans_active = maps
-            .bans()?
-            .iter()
-            .filter(|b| b.expires_ns > now && self.enforcer.ban_is_current(b.rule, b.epoch))
-            .count();
-        let mut interfaces = Vec::new();
-        for a in &self.attached {
-            interfaces.push((a.iface.clone(), maps.iface_counters(a.ifindex)?));
-        }
-        // The kernel counts program runs only while statistics are on (the sysctl, or a
-        // BPF_ENABLE_STATS descriptor such as `--bpf-stats` holds, which the sysctl does not
-        // show); all-zero counts mean they are off and are not reported.
-        let mut programs = Vec::new();
-        for info in aya::programs::loaded_programs().filter_map(Result::ok) {
-            if let Some(a) = self.attached.iter().find(|a| a.program_id == info.id()) {
-                programs.push(metrics::ProgramStats {
-                    interface: a.iface.clone(),
-                    hook: a.hook.to_string(),
-                    run_time_ns: info.run_time().as_nanos() as u64,
-                    run_count: info.run_count(),
-                });
-            }
-        }
-        let bpf_stats_enabled = programs.iter().any(|p| p.run_count > 0);
-        let policy = self.enforcer.policy();
-        Ok(metrics::Snapshot {
-            counters: maps.counters()?,
-            rules: self.enforcer.rule_counters()?,
-            interfaces,
-            bans_active,
-            allow_entries: policy.allow.len(),
-            deny_entries: policy.deny.len(),
-            buckets: maps.bucket_count(),
-            capacity: policy.capacity,
-            policy_version: self.version(),
-            apply_failures: self.apply_failures,
-            programs,
-            bpf_stats_enabled,
-        })
     }
 
     fn show(&self) -> Response {
         let Some(current) = self.history.current() else {
             return Response::error(ErrorKind::Failed, "no policy in force");
         };
-        let versions: Vec<Value> = self
-            .history
-            .versions()
-            .iter()
-            .map(|v| json!({"version": v.number, "applied_at": v.applied_at, "origin": v.origin}))
-            .collect();
-        Response::ok(json!({
-            "version": current.number,
-            "applied_at": current.applied_at,
-            "origin": current.origin,
-            "modes": current.modes,
-            "text": current.text,
-            "versions": versions,
-        }))
+        Response::ok(&PolicyShown {
+            version: current.number,
+            applied_at: current.applied_at,
+            origin: current.origin.clone(),
+            modes: current.modes.clone(),
+            text: current.text.clone(),
+            versions: self
+                .history
+                .versions()
+                .iter()
+                .map(|v| VersionSummary {
+                    version: v.number,
+                    applied_at: v.applied_at,
+                    origin: v.origin.clone(),
+                })
+                .collect(),
+        })
     }
 
     fn rollback(&mut self, version: Option<u64>, by: &str) -> Response {
@@ -350,14 +321,8 @@ impl Daemon {
         };
         let origin = format!("{by}: rollback to {}", target.number);
         let path = PathBuf::from(format!("version {}", target.number));
-        match self.apply_version(&target.text, target.modes.clone(), origin, &path) {
-            Ok((version, changes)) => Response::ok(json!({
-                "version": version,
-                "rolled_back_to": target.number,
-                "changes": changes,
-            })),
-            Err(e) => e.response(),
-        }
+        let result = self.apply_version(&target.text, target.modes.clone(), origin, &path);
+        applied(result, Some(target.number))
     }
 
     fn block(&mut self, cidr: &str, ttl_secs: Option<u64>, reason: Option<String>) -> Response {
@@ -370,19 +335,22 @@ impl Daemon {
             Some(secs) => monotonic_now_ns().saturating_add(secs.saturating_mul(1_000_000_000)),
             None => u64::MAX,
         };
-        match self.enforcer.maps.block(net, expires_ns) {
+        match self.bans.block(net, expires_ns) {
             Ok(()) => {
                 if let Some(reason) = &reason {
                     self.block_reasons.insert(net, reason.clone());
                 }
                 tracing::info!(%net, ttl_secs, reason, "blocked");
-                Response::ok(json!({"cidr": net.to_string(), "ttl_secs": ttl_secs}))
+                Response::ok(&Blocked {
+                    cidr: net.to_string(),
+                    ttl_secs,
+                })
             }
             Err(MapsError::AlreadyBanned { net }) => Response::error(
                 ErrorKind::AlreadyBlocked,
                 format!("{net} is already blocked or banned"),
             ),
-            Err(e) => Response::error(ErrorKind::Failed, e.to_string()),
+            Err(e) => failed(e),
         }
     }
 
@@ -391,114 +359,70 @@ impl Daemon {
             Ok(net) => net,
             Err(e) => return Response::error(ErrorKind::BadRequest, e.to_string()),
         };
-        match self.enforcer.maps.unban(net) {
+        match self.bans.unban(net) {
             Ok(true) => {
                 self.block_reasons.remove(&net);
                 tracing::info!(%net, "unblocked");
-                Response::ok(json!({"cidr": net.to_string()}))
+                Response::ok(&Unblocked {
+                    cidr: net.to_string(),
+                })
             }
             Ok(false) => Response::error(
                 ErrorKind::NotBlocked,
                 format!("{net} is not blocked or banned"),
             ),
-            Err(e) => Response::error(ErrorKind::Failed, e.to_string()),
+            Err(e) => failed(e),
         }
     }
 
     fn bans(&self) -> Response {
-        let bans = match self.enforcer.maps.bans() {
+        let bans = match self.telemetry.bans() {
             Ok(bans) => bans,
-            Err(e) => return Response::error(ErrorKind::Failed, e.to_string()),
+            Err(e) => return failed(e),
         };
         let now = monotonic_now_ns();
-        let names = self.enforcer.rule_names();
-        let list: Vec<Value> = bans
+        let rules = &self.telemetry.in_force().rules;
+        let bans = bans
             .iter()
-            .filter(|b| b.expires_ns > now && self.enforcer.ban_is_current(b.rule, b.epoch))
-            .map(|b| {
-                let time_left =
-                    (b.expires_ns != u64::MAX).then(|| (b.expires_ns - now) / 1_000_000_000);
-                json!({
-                    "cidr": b.net.to_string(),
-                    "kind": if b.rule == BLOCK_RULE { "block" } else { "escalation" },
-                    "rule": names.get(&b.rule).cloned().unwrap_or_else(|| format!("#{}", b.rule)),
-                    "seconds_left": time_left,
-                    "reason": self.block_reasons.get(&b.net),
-                })
+            .map(|b| BanInfo {
+                cidr: b.net.to_string(),
+                kind: if b.rule == BLOCK_RULE {
+                    BanKind::Block
+                } else {
+                    BanKind::Escalation
+                },
+                rule: rules.name(b.rule),
+                seconds_left: (b.expires_ns != u64::MAX)
+                    .then(|| b.expires_ns.saturating_sub(now) / 1_000_000_000),
+                reason: self.block_reasons.get(&b.net).cloned(),
             })
             .collect();
-        Response::ok(json!({"bans": list}))
+        Response::ok(&BanList { bans })
     }
 
-    fn stats(&self) -> Response {
-        let result = (|| -> anyhow::Result<Value> {
-            let counters = self.enforcer.maps.counters()?;
-            let rules: serde_json::Map<String, Value> = self
-                .enforcer
-                .rule_counters()?
-                .into_iter()
-                .map(|(name, c)| {
-                    (
-                        name,
-                        json!({"passed": c.passed, "dropped": c.dropped, "shadowed": c.shadowed}),
-                    )
-                })
-                .collect();
-            let mut verdicts = serde_json::Map::new();
-            let mut shadow = serde_json::Map::new();
-            for reason in Reason::ALL {
-                verdicts.insert(reason.name().into(), counters.verdict(reason).into());
-                shadow.insert(reason.name().into(), counters.shadowed(reason).into());
-            }
-            let malformed: serde_json::Map<String, Value> = MalformedCause::ALL
+    fn status(&self) -> Status {
+        let problems = self.telemetry.readiness_problems();
+        Status {
+            interfaces: self
+                .telemetry
+                .attached()
                 .iter()
-                .map(|cause| (cause.name().into(), counters.malformed(*cause).into()))
-                .collect();
-            let policy = self.enforcer.policy();
-            Ok(json!({
-                "verdicts": verdicts,
-                "shadow": shadow,
-                "malformed": malformed,
-                "rules": rules,
-                "events": {
-                    "written": counters.events_written,
-                    "suppressed": counters.events_suppressed,
-                    "lost": counters.events_lost,
-                },
-                "maps": {
-                    "allow": policy.allow.len(),
-                    "deny": policy.deny.len(),
-                    "bans": self.enforcer.maps.bans()?.len(),
-                    "buckets": self.enforcer.maps.bucket_count(),
-                    "bans_failed": counters.bans_failed,
-                    "capacity": {
-                        "sources": policy.capacity.sources,
-                        "cidrs": policy.capacity.cidrs,
-                        "bans": policy.capacity.bans,
-                    },
-                },
-            }))
-        })();
-        match result {
-            Ok(value) => Response::ok(value),
-            Err(e) => Response::error(ErrorKind::Failed, format!("{e:#}")),
+                .map(|a| InterfaceStatus {
+                    interface: a.iface.clone(),
+                    hook: a.hook.to_string(),
+                    program_id: a.program_id,
+                    adopted: a.adopted,
+                })
+                .collect(),
+            policy_version: self.version(),
+            policy_file: self.policy_path.display().to_string(),
+            modes: self.modes.clone(),
+            pin_dir: self.pin_dir.display().to_string(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            ready: problems.is_empty(),
+            problems,
+            took_over_maps: self.took_over_maps,
         }
-    }
-
-    fn status(&self) -> Response {
-        let interfaces: Vec<Value> = self
-            .attached
-            .iter()
-            .map(|a| json!({"interface": a.iface, "hook": a.hook, "program_id": a.program_id}))
-            .collect();
-        Response::ok(json!({
-            "interfaces": interfaces,
-            "policy_version": self.version(),
-            "policy_file": self.policy_path.display().to_string(),
-            "modes": self.modes,
-            "pin_dir": self.pin_dir.display().to_string(),
-            "uptime_secs": self.started.elapsed().as_secs(),
-            "agent_version": env!("CARGO_PKG_VERSION"),
-        }))
     }
 }

@@ -1,19 +1,21 @@
 //! The policy in force, and the one way to change it: build tables, write them into the
-//! policy set not in force, then switch sets. File reloads and control requests reach
-//! `apply` through `daemon`.
+//! policy set not in force, then switch sets. The enforcer alone holds the policy maps and
+//! the rule ids (saved in the state directory after every apply). File reloads and control
+//! requests reach `apply` through `daemon`.
 
 use std::{
-    collections::BTreeMap,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use agent_common::RuleCounters;
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    maps::KernelMaps,
+    maps::PolicyMaps,
     policy::Policy,
-    tables::{self, RuleIds, Tables},
+    rule_ids::RuleIds,
+    tables::{self, Tables},
+    telemetry::RulesInForce,
 };
 
 /// After a switch, packets that read the old generation may still be using the old set for
@@ -22,52 +24,62 @@ use crate::{
 const SWITCH_GRACE: Duration = Duration::from_millis(10);
 
 pub struct Enforcer {
-    pub maps: KernelMaps,
+    maps: PolicyMaps,
     policy: Policy,
     ids: RuleIds,
+    /// Where the ids are saved after every apply, so that an agent that takes the pinned
+    /// maps over keeps the state of unchanged rules; `None` when nothing outlives the maps
+    /// (tests).
+    state_dir: Option<PathBuf>,
     /// What each policy set holds; `None` if a write failed halfway and the set must be
     /// cleared before it is used again.
     written: [Option<Tables>; 2],
     /// The set packets are judged by.
     active: usize,
-    /// Names of the rule ids in the set in force: an id that changes name starts counting
-    /// from zero.
-    names_in_force: BTreeMap<u32, String>,
     last_switch: Instant,
     cpus: u32,
 }
 
 impl Enforcer {
-    /// Writes `policy` into freshly loaded (empty) maps and puts it in force.
-    pub fn new(mut maps: KernelMaps, policy: Policy, cpus: u32) -> Result<Self> {
+    /// Writes `policy` into freshly loaded (empty) maps and puts it in force, saving the
+    /// rule ids in `state_dir` if given.
+    pub fn new(
+        mut maps: PolicyMaps,
+        policy: Policy,
+        cpus: u32,
+        state_dir: Option<&Path>,
+    ) -> Result<Self> {
         let mut ids = RuleIds::default();
         let tables = tables::build(&policy, &mut ids, cpus);
         let empty = Tables::default();
         maps.write_set(0, &empty, &tables)?;
-        maps.update_shared(&BTreeMap::new(), &tables)?;
+        maps.update_shared(&RuleIds::default().names(), &ids.names(), &tables)?;
         maps.switch_to(0)?;
-        Ok(Self {
+        let enforcer = Self {
             maps,
             policy,
             ids,
-            names_in_force: tables.names.clone(),
+            state_dir: state_dir.map(Path::to_path_buf),
             written: [Some(tables), Some(empty)],
             active: 0,
             last_switch: Instant::now(),
             cpus,
-        })
+        };
+        enforcer.save_ids()?;
+        Ok(enforcer)
     }
 
-    /// Takes over maps a previous agent pinned, with the rule ids it saved, and puts
-    /// `policy` in force through the usual switch. Packets go on being judged by the
-    /// previous agent's policy until then; unchanged rules keep their buckets and bans.
-    pub fn adopt(maps: KernelMaps, policy: Policy, ids: RuleIds, cpus: u32) -> Result<Self> {
+    /// Takes over maps a previous agent pinned, with the rule ids it saved in `state_dir`,
+    /// and puts `policy` in force through the usual switch. Packets go on being judged by
+    /// the previous agent's policy until then; unchanged rules keep their buckets and bans.
+    pub fn adopt(maps: PolicyMaps, policy: Policy, cpus: u32, state_dir: &Path) -> Result<Self> {
         let active = maps.generation()?;
+        let ids = RuleIds::load(state_dir)?;
         let mut enforcer = Self {
             maps,
             policy: policy.clone(),
-            names_in_force: ids.names(),
             ids,
+            state_dir: Some(state_dir.to_path_buf()),
             // What the sets hold is not known: both are cleared before they are written.
             written: [None, None],
             active,
@@ -81,42 +93,23 @@ impl Enforcer {
         Ok(enforcer)
     }
 
-    pub fn rule_ids(&self) -> &RuleIds {
-        &self.ids
-    }
-
     pub fn policy(&self) -> &Policy {
         &self.policy
     }
 
-    fn tables(&self) -> &Tables {
-        self.written[self.active]
+    /// The rules of the policy in force as telemetry needs them: names and epochs by id.
+    pub fn rules_in_force(&self) -> RulesInForce {
+        let tables = self.written[self.active]
             .as_ref()
-            .expect("the set in force was written completely")
-    }
-
-    /// Names of the rule ids in use, for labelling events.
-    pub fn rule_names(&self) -> BTreeMap<u32, String> {
-        self.tables().names.clone()
-    }
-
-    /// Whether a ban made by rule `rule` under `epoch` still stands: its rule exists and has
-    /// not changed since. `portcullis block` bans always stand.
-    pub fn ban_is_current(&self, rule: u32, epoch: u32) -> bool {
-        self.tables()
-            .rules
-            .get(&rule)
-            .is_some_and(|cfg| cfg.epoch == epoch)
-    }
-
-    /// Per-rule counters of the policy in force, by name.
-    pub fn rule_counters(&self) -> Result<Vec<(String, RuleCounters)>> {
-        let names = &self.tables().names;
-        let counters = self.maps.rule_counters(names.keys().copied())?;
-        Ok(counters
-            .into_iter()
-            .map(|(id, c)| (names[&id].clone(), c))
-            .collect())
+            .expect("the set in force was written completely");
+        RulesInForce {
+            names: self.ids.names(),
+            epochs: tables
+                .rules
+                .iter()
+                .map(|(id, config)| (*id, config.epoch))
+                .collect(),
+        }
     }
 
     /// Replaces the policy in force. Packets are judged by the old policy until one map
@@ -154,14 +147,21 @@ impl Enforcer {
         // If this fails, `written[next]` stays `None`: the set is not in force, so traffic
         // is unaffected, and the next apply starts by clearing it.
         self.maps.write_set(next, &old, &tables)?;
-        self.maps.update_shared(&self.names_in_force, &tables)?;
+        self.maps
+            .update_shared(&self.ids.names(), &ids.names(), &tables)?;
         self.maps.switch_to(next)?;
         self.last_switch = Instant::now();
-        self.names_in_force = tables.names.clone();
         self.written[next] = Some(tables);
         self.active = next;
         self.ids = ids;
         self.policy = policy;
+        self.save_ids()
+    }
+
+    fn save_ids(&self) -> Result<()> {
+        if let Some(dir) = &self.state_dir {
+            self.ids.save(dir).context("saving the rule ids")?;
+        }
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! Ring-buffer events as JSON lines, and the periodic summary of counters.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, SystemTime},
 };
@@ -9,7 +9,7 @@ use std::{
 use agent_common::{Action, Event, EventAction, MalformedCause, Reason, RuleCounters};
 use serde_json::json;
 
-use crate::maps::Counters;
+use crate::{maps::Counters, telemetry::RulesInForce};
 
 /// Converts `bpf_ktime_get_ns` times to wall-clock times.
 #[derive(Debug, Clone, Copy)]
@@ -59,7 +59,7 @@ pub fn protocol_name(protocol: u8) -> String {
 pub fn format(
     event: &Event,
     clock: &Clock,
-    rules: &BTreeMap<u32, String>,
+    rules: &RulesInForce,
     ifaces: &HashMap<u32, String>,
 ) -> String {
     let (action, mode, verdict) = match EventAction::from_code(event.action) {
@@ -73,10 +73,7 @@ pub fn format(
         ),
         None => ("unknown", "unknown", "unknown"),
     };
-    let rule = rules
-        .get(&event.rule)
-        .cloned()
-        .unwrap_or_else(|| format!("#{}", event.rule));
+    let rule = rules.name(event.rule);
     let reason = Reason::from_code(event.reason).map_or("unknown", Reason::name);
     let interface = ifaces
         .get(&event.ifindex)

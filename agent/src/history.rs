@@ -9,7 +9,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{policy::Mode, tables::RuleIds};
+use crate::policy::Mode;
 
 /// Versions kept for rollback.
 pub const KEPT_VERSIONS: usize = 10;
@@ -31,12 +31,9 @@ pub struct Version {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct History {
-    /// Oldest first; the last one is in force.
+    /// Oldest first; the last one is in force. (Earlier agents also kept the rule ids
+    /// here; the enforcer keeps them in a file of its own now, see `rule_ids`.)
     versions: Vec<Version>,
-    /// Rule ids and epochs of the version in force, so a restarted agent that takes over
-    /// the pinned maps keeps the buckets and bans of unchanged rules.
-    #[serde(default)]
-    rule_ids: RuleIds,
     #[serde(skip)]
     path: Option<PathBuf>,
 }
@@ -99,19 +96,13 @@ impl History {
         self.versions.iter().find(|v| v.number == number)
     }
 
-    pub fn rule_ids(&self) -> &RuleIds {
-        &self.rule_ids
-    }
-
     /// Records a newly applied version and saves the history. Returns its number.
     pub fn record(
         &mut self,
         origin: String,
         text: String,
         modes: BTreeMap<String, Mode>,
-        rule_ids: &RuleIds,
     ) -> Result<u64, HistoryError> {
-        self.rule_ids = rule_ids.clone();
         let number = self.current().map_or(1, |v| v.number + 1);
         self.versions.push(Version {
             number,
@@ -125,13 +116,6 @@ impl History {
         }
         self.save()?;
         Ok(number)
-    }
-
-    /// Records the rule ids now in the maps, without a new version (an agent that started
-    /// with the policy already in force).
-    pub fn set_rule_ids(&mut self, rule_ids: &RuleIds) -> Result<(), HistoryError> {
-        self.rule_ids = rule_ids.clone();
-        self.save()
     }
 
     /// Writes a new file and renames it over the old one, so a crash never leaves half a
@@ -166,12 +150,7 @@ mod tests {
         assert!(history.current().is_none());
         for i in 0..(KEPT_VERSIONS + 3) {
             let n = history
-                .record(
-                    format!("test {i}"),
-                    format!("# {i}\n"),
-                    BTreeMap::new(),
-                    &RuleIds::default(),
-                )
+                .record(format!("test {i}"), format!("# {i}\n"), BTreeMap::new())
                 .unwrap();
             assert_eq!(n, i as u64 + 1);
         }

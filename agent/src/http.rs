@@ -1,62 +1,68 @@
-//! The HTTP endpoint (`--metrics ADDR`): `/metrics` for Prometheus, `/healthz` (the agent's
-//! main loop answers) and `/readyz` (programs attached, as read back from the kernel, and a
-//! policy in force). Every answer comes from the main loop, through the same channel as
-//! control requests.
+//! The HTTP endpoint (`--metrics ADDR`): `/metrics` for Prometheus and `/readyz` (programs
+//! attached, as read back from the kernel, and a policy in force) read telemetry directly,
+//! so a busy main loop cannot hold a scrape or a probe; `/healthz` asks the main loop, since
+//! its answering is what liveness means.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::control::{
-    protocol::{Request, Response},
-    server::Call,
+use crate::{
+    control::{
+        protocol::{Request, Response},
+        server::Call,
+    },
+    telemetry::Telemetry,
 };
 
-/// A probe that gets no answer in this time fails.
+/// A liveness probe that gets no answer from the main loop in this time fails.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
 
-async fn ask(calls: &mpsc::Sender<Call>, request: Request) -> Option<Response> {
-    let (reply, answer) = oneshot::channel();
-    calls
-        .send(Call {
-            request,
-            uid: 0,
-            reply,
-        })
-        .await
-        .ok()?;
-    tokio::time::timeout(ANSWER_TIMEOUT, answer)
-        .await
-        .ok()?
-        .ok()
+#[derive(Clone)]
+struct Endpoint {
+    calls: mpsc::Sender<Call>,
+    telemetry: Arc<Telemetry>,
 }
 
-async fn metrics(State(calls): State<mpsc::Sender<Call>>) -> impl IntoResponse {
-    match ask(&calls, Request::Metrics).await {
-        Some(Response {
-            ok: true, result, ..
-        }) => (
+async fn metrics(State(endpoint): State<Endpoint>) -> impl IntoResponse {
+    // Reading the maps is a string of system calls: off the event loop.
+    let telemetry = endpoint.telemetry.clone();
+    match tokio::task::spawn_blocking(move || telemetry.metrics()).await {
+        Ok(Ok(text)) => (
             StatusCode::OK,
             [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-            result["text"].as_str().unwrap_or_default().to_string(),
+            text,
         ),
-        Some(Response { message, .. }) => (
+        Ok(Err(e)) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             [("content-type", "text/plain")],
-            message.unwrap_or_default(),
+            format!("reading the kernel's counters: {e}\n"),
         ),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
             [("content-type", "text/plain")],
-            "the agent did not answer\n".to_string(),
+            format!("{e}\n"),
         ),
     }
 }
 
-async fn healthz(State(calls): State<mpsc::Sender<Call>>) -> impl IntoResponse {
-    match ask(&calls, Request::Status).await {
+async fn healthz(State(endpoint): State<Endpoint>) -> impl IntoResponse {
+    let (reply, answer) = oneshot::channel();
+    let call = Call {
+        request: Request::Status,
+        uid: 0,
+        reply,
+    };
+    let answered = async {
+        endpoint.calls.send(call).await.ok()?;
+        tokio::time::timeout(ANSWER_TIMEOUT, answer)
+            .await
+            .ok()?
+            .ok()
+    };
+    match answered.await {
         Some(Response { ok: true, .. }) => (StatusCode::OK, "ok\n".to_string()),
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -65,27 +71,15 @@ async fn healthz(State(calls): State<mpsc::Sender<Call>>) -> impl IntoResponse {
     }
 }
 
-async fn readyz(State(calls): State<mpsc::Sender<Call>>) -> impl IntoResponse {
-    match ask(&calls, Request::Ready).await {
-        Some(Response {
-            ok: true, result, ..
-        }) if result["ready"] == true => (StatusCode::OK, "ready\n".to_string()),
-        Some(Response { result, .. }) => {
-            let problems: Vec<String> = result["problems"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|p| p.as_str().map(str::to_string))
-                .collect();
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: {}\n", problems.join("; ")),
-            )
-        }
-        None => (
+async fn readyz(State(endpoint): State<Endpoint>) -> impl IntoResponse {
+    let telemetry = endpoint.telemetry.clone();
+    match tokio::task::spawn_blocking(move || telemetry.readiness_problems()).await {
+        Ok(problems) if problems.is_empty() => (StatusCode::OK, "ready\n".to_string()),
+        Ok(problems) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "the agent did not answer\n".to_string(),
+            format!("not ready: {}\n", problems.join("; ")),
         ),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
     }
 }
 
@@ -96,12 +90,16 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
         .with_context(|| format!("listening for metrics on {addr}"))
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, calls: mpsc::Sender<Call>) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    calls: mpsc::Sender<Call>,
+    telemetry: Arc<Telemetry>,
+) {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(calls);
+        .with_state(Endpoint { calls, telemetry });
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "the metrics endpoint stopped");
     }

@@ -14,6 +14,8 @@ pub mod loader;
 pub mod maps;
 pub mod metrics;
 pub mod policy;
+pub mod rule_ids;
 pub mod run;
 pub mod tables;
+pub mod telemetry;
 pub mod watch;

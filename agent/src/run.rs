@@ -5,6 +5,7 @@ use std::{
     collections::HashMap,
     io::Write as _,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -19,14 +20,15 @@ use tokio::{
 
 use crate::{
     control::server::{Call, Server},
-    daemon::{Attached, Daemon},
+    daemon::{Daemon, DaemonParts},
     enforcer::Enforcer,
     events::{self, Clock},
     history::History,
     http,
     loader::{self, Attachment, Hook, XdpModeOption},
-    maps::{self, Counters, KernelMaps, monotonic_now_ns},
+    maps::{self, Counters, KernelMaps},
     policy::Policy,
+    telemetry::{Attached, InForce, Telemetry},
     watch,
 };
 
@@ -165,25 +167,43 @@ async fn serve(
         .take_map(agent_common::maps::EVENTS.name)
         .context("EVENTS map missing")?
         .try_into()?;
-    let maps = KernelMaps::take(ebpf)?;
+    let KernelMaps {
+        policy: policy_maps,
+        bans,
+        telemetry,
+    } = KernelMaps::take(ebpf)?;
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)? as u32;
     // The policy is in the maps before any program runs (or, when taking over, before the
     // new programs replace the old): there is no moment where traffic meets no policy.
     let enforcer = if adopting {
         tracing::info!(pin_dir = %options.pin_dir.display(), "taking over the pinned maps of a previous agent");
-        Enforcer::adopt(maps, policy, history.rule_ids().clone(), cpus)?
+        Enforcer::adopt(policy_maps, policy, cpus, &options.state_dir)?
     } else {
-        Enforcer::new(maps, policy, cpus)?
+        Enforcer::new(policy_maps, policy, cpus, Some(&options.state_dir))?
     };
-    let mut daemon = Daemon::new(
+    let telemetry = Arc::new(Telemetry::new(
+        telemetry,
+        InForce {
+            version: 0,
+            rules: enforcer.rules_in_force(),
+            allow_entries: 0,
+            deny_entries: 0,
+            capacity: enforcer.policy().capacity,
+        },
+    ));
+    let mut daemon = Daemon::new(DaemonParts {
         enforcer,
+        bans,
+        telemetry: telemetry.clone(),
         history,
-        &options.policy,
-        policy_text,
-        &options.pin_dir,
-    )?;
+        policy_path: options.policy.clone(),
+        file_text: policy_text,
+        pin_dir: options.pin_dir.clone(),
+        took_over_maps: adopting,
+    })?;
 
     let mut attachments: Vec<Attachment> = Vec::new();
+    let mut attached = Vec::new();
     for iface in &options.ifaces {
         match loader::attach(
             ebpf,
@@ -205,11 +225,12 @@ async fn serve(
                     .iter()
                     .find_map(|(index, name)| (name == &a.iface).then_some(*index))
                     .unwrap_or(0);
-                daemon.attached.push(Attached {
+                attached.push(Attached {
                     iface: a.iface.clone(),
                     ifindex,
                     hook: a.hook,
                     program_id: a.program_id,
+                    adopted: a.adopted,
                     pin_path: a.pin_path.clone(),
                 });
                 attachments.push(a);
@@ -228,11 +249,11 @@ async fn serve(
             }
         }
     }
-    let counted: Vec<(String, u32)> = daemon
-        .attached
+    let counted: Vec<(String, u32)> = attached
         .iter()
         .map(|a| (a.iface.clone(), a.ifindex))
         .collect();
+    telemetry.set_attached(attached);
     for (a, b) in maps::shared_counter_slots(&counted) {
         tracing::warn!(
             a,
@@ -251,7 +272,7 @@ async fn serve(
     let (followers, _) = broadcast::channel(EVENT_FOLLOWERS_BUFFER);
     let metrics = listeners
         .metrics
-        .map(|listener| tokio::spawn(http::serve(listener, calls_tx.clone())));
+        .map(|listener| tokio::spawn(http::serve(listener, calls_tx.clone(), telemetry.clone())));
     let control = tokio::spawn(listeners.control.serve(calls_tx, followers.clone()));
     // Installed before "ready" is logged, so a SIGTERM right after start is a clean stop.
     let signals = Signals {
@@ -269,6 +290,7 @@ async fn serve(
     let result = event_loop(
         options,
         &mut daemon,
+        &telemetry,
         ring,
         &ifaces,
         calls,
@@ -311,9 +333,14 @@ struct Signals {
     int: tokio::signal::unix::Signal,
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the loop's inputs, each used once; a struct would only rename them"
+)]
 async fn event_loop(
     options: &RunOptions,
     daemon: &mut Daemon,
+    telemetry: &Telemetry,
     ring: RingBuf<MapData>,
     ifaces: &HashMap<u32, String>,
     mut calls: mpsc::Receiver<Call>,
@@ -331,7 +358,6 @@ async fn event_loop(
     let mut sweep = tokio::time::interval(BAN_SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_counters = Counters::default();
-    let mut rule_names = daemon.enforcer.rule_names();
     let stdout = std::io::stdout();
 
     loop {
@@ -341,10 +367,11 @@ async fn event_loop(
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 let ring = guard.get_inner_mut();
+                let in_force = telemetry.in_force();
                 let mut out = stdout.lock();
                 while let Some(record) = ring.next() {
                     if let Some(event) = parse_event(&record) {
-                        let line = events::format(&event, &clock, &rule_names, ifaces);
+                        let line = events::format(&event, &clock, &in_force.rules, ifaces);
                         writeln!(out, "{line}")?;
                         // Nobody following is the common case, not an error.
                         let _ = followers.send(line);
@@ -355,7 +382,6 @@ async fn event_loop(
             }
             Some(call) = calls.recv() => {
                 let response = daemon.handle(call.request, call.uid);
-                rule_names = daemon.enforcer.rule_names();
                 let _ = call.reply.send(response);
             }
             Some(()) = changes.recv() => {
@@ -363,7 +389,6 @@ async fn event_loop(
                 while changes.try_recv().is_ok() {}
                 match daemon.reload_file() {
                     Ok(Some(version)) => {
-                        rule_names = daemon.enforcer.rule_names();
                         tracing::info!(policy = %options.policy.display(), version, "policy reloaded");
                     }
                     Ok(None) => {}
@@ -374,9 +399,9 @@ async fn event_loop(
                 }
             }
             _ = summary.tick() => {
-                let counters = daemon.enforcer.maps.counters()?;
+                let counters = telemetry.counters()?;
                 if counters != last_counters {
-                    let rules = daemon.enforcer.rule_counters()?;
+                    let rules = telemetry.rule_counters()?;
                     let mut out = stdout.lock();
                     writeln!(out, "{}", events::summary(&counters, &last_counters, &rules))?;
                     out.flush()?;
@@ -384,7 +409,7 @@ async fn event_loop(
                 }
             }
             _ = sweep.tick() => {
-                let removed = daemon.enforcer.maps.sweep_expired_bans(monotonic_now_ns())?;
+                let removed = daemon.sweep_expired_bans()?;
                 if removed > 0 {
                     tracing::debug!(removed, "expired bans removed");
                 }
@@ -396,6 +421,7 @@ async fn event_loop(
     // Drain what the kernel already wrote, within the deadline: programs left attached
     // (`--on-exit keep`) go on writing, so the ring may never be empty.
     let ring = ring.get_mut();
+    let in_force = telemetry.in_force();
     let mut out = stdout.lock();
     let drained = events::drain(
         Instant::now() + DRAIN_DEADLINE,
@@ -404,7 +430,7 @@ async fn event_loop(
             let _ = writeln!(
                 out,
                 "{}",
-                events::format(&event, &clock, &rule_names, ifaces)
+                events::format(&event, &clock, &in_force.rules, ifaces)
             );
         },
     );
@@ -413,8 +439,8 @@ async fn event_loop(
     if drained == events::Drained::DeadlinePassed {
         tracing::warn!("event drain deadline passed");
     }
-    let counters = daemon.enforcer.maps.counters()?;
-    let rules = daemon.enforcer.rule_counters()?;
+    let counters = telemetry.counters()?;
+    let rules = telemetry.rule_counters()?;
     let mut out = stdout.lock();
     writeln!(
         out,

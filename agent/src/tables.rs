@@ -1,8 +1,7 @@
 //! The policy as the kernel's map contents: LPM entries, port and class rule tables, rule
-//! configurations. Rule ids and epochs persist across applies (`RuleIds`), so an unchanged
-//! rule keeps its per-source buckets and bans while a changed one starts fresh.
+//! configurations, under the ids and epochs `RuleIds` gives each rule.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 
 use agent_common::{
     ACL_ALLOW, AclEntry, BLOCK_EPOCH, BLOCK_RULE, CLASS_COUNT, CLASS_ICMP, CLASS_OTHER, CLASS_TCP,
@@ -10,7 +9,10 @@ use agent_common::{
 };
 use ipnet::IpNet;
 
-use crate::policy::{CLI_BLOCK, Count, Mode, Policy, Protocol, RateLimit};
+use crate::{
+    policy::{Count, Mode, Policy, Protocol, RateLimit},
+    rule_ids::RuleIds,
+};
 
 /// An LPM key: prefix length and address bytes in network order.
 pub type Prefix4 = (u32, [u8; 4]);
@@ -25,143 +27,7 @@ pub struct Tables {
     pub class_rules: [PortRules; CLASS_COUNT as usize],
     /// Rule configurations by id; deny groups have an id (for counters) but no entry here.
     pub rules: BTreeMap<u32, RuleConfig>,
-    /// Name of every id in use (rate limits and deny groups), for counters and events.
-    pub names: BTreeMap<u32, String>,
     pub settings: Settings,
-}
-
-/// Stable rule ids by name, and epochs that change with a rule's definition. Saved with
-/// the policy history, so a restarted agent keeps the buckets and bans of unchanged rules.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RuleIds {
-    by_name: HashMap<String, Assigned>,
-    next_epoch: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-struct Assigned {
-    id: u32,
-    epoch: u32,
-    /// What the rule's buckets and bans depend on, field by field: a mode switch keeps
-    /// state, any other change starts fresh.
-    #[serde(default)]
-    definition: Option<Definition>,
-    /// What agents before `definition` saved instead: the kernel configuration's `Debug`
-    /// text. Read so that an upgrade keeps the state of unchanged rules; never written.
-    #[serde(default, skip_serializing)]
-    fingerprint: Option<String>,
-}
-
-/// A rule's kernel configuration without its mode and epoch (and without the masks, which
-/// follow from the prefixes), saved in history.json under these field names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-struct Definition {
-    interval_ns: u64,
-    capacity_ns: u64,
-    ban_window_ns: u64,
-    ban_for_ns: u64,
-    ban_after: u32,
-    prefix_v4: u32,
-    prefix_v6: u32,
-}
-
-impl Definition {
-    fn of(config: &RuleConfig) -> Self {
-        Self {
-            interval_ns: config.interval_ns,
-            capacity_ns: config.capacity_ns,
-            ban_window_ns: config.ban_window_ns,
-            ban_for_ns: config.ban_for_ns,
-            ban_after: config.ban_after,
-            prefix_v4: config.prefix_v4,
-            prefix_v6: config.prefix_v6,
-        }
-    }
-}
-
-/// The `fingerprint` earlier agents saved for `config`: `format!("{:?}")` of the
-/// configuration with mode and epoch zeroed, as the `RuleConfig` of those versions printed
-/// it. Written out here so that it never changes with the struct.
-fn legacy_fingerprint(config: &RuleConfig) -> String {
-    let m = config.mask_v6;
-    format!(
-        "RuleConfig {{ interval_ns: {}, capacity_ns: {}, ban_window_ns: {}, ban_for_ns: {}, \
-         ban_after: {}, mode: 0, epoch: 0, prefix_v4: {}, prefix_v6: {}, mask_v4: {}, \
-         mask_v6: [{}, {}, {}, {}] }}",
-        config.interval_ns,
-        config.capacity_ns,
-        config.ban_window_ns,
-        config.ban_for_ns,
-        config.ban_after,
-        config.prefix_v4,
-        config.prefix_v6,
-        config.mask_v4,
-        m[0],
-        m[1],
-        m[2],
-        m[3],
-    )
-}
-
-impl RuleIds {
-    /// Assigns ids for exactly the names in `wanted`, keeping the ids of names seen before
-    /// and freeing the rest.
-    fn assign(&mut self, wanted: &[String]) {
-        self.by_name.retain(|name, _| wanted.contains(name));
-        let mut used: BTreeSet<u32> = self.by_name.values().map(|a| a.id).collect();
-        for name in wanted {
-            if self.by_name.contains_key(name) {
-                continue;
-            }
-            let id = (1..BLOCK_RULE)
-                .find(|id| !used.contains(id))
-                .expect("validation caps the number of names below BLOCK_RULE");
-            used.insert(id);
-            self.by_name.insert(
-                name.clone(),
-                Assigned {
-                    id,
-                    epoch: 0,
-                    definition: None,
-                    fingerprint: None,
-                },
-            );
-        }
-    }
-
-    fn id(&self, name: &str) -> u32 {
-        self.by_name[name].id
-    }
-
-    /// The name of every id assigned, including `portcullis block`'s.
-    pub fn names(&self) -> BTreeMap<u32, String> {
-        let mut names: BTreeMap<u32, String> = self
-            .by_name
-            .iter()
-            .map(|(name, a)| (a.id, name.clone()))
-            .collect();
-        names.insert(BLOCK_RULE, CLI_BLOCK.to_string());
-        names
-    }
-
-    /// The epoch for a rule with this configuration: the old one if the definition is
-    /// unchanged, a new one otherwise.
-    fn epoch(&mut self, name: &str, config: &RuleConfig) -> u32 {
-        let definition = Definition::of(config);
-        let assigned = self.by_name.get_mut(name).expect("assigned before");
-        let unchanged = match (&assigned.definition, &assigned.fingerprint) {
-            (Some(saved), _) => *saved == definition,
-            (None, Some(legacy)) => *legacy == legacy_fingerprint(config),
-            (None, None) => false,
-        };
-        if !unchanged {
-            self.next_epoch += 1;
-            assigned.epoch = self.next_epoch;
-        }
-        assigned.definition = Some(definition);
-        assigned.fingerprint = None;
-        assigned.epoch
-    }
 }
 
 fn mask_v4(prefix: u8) -> u32 {
@@ -242,10 +108,6 @@ pub fn build(policy: &Policy, ids: &mut RuleIds, cpus: u32) -> Tables {
     ids.assign(&wanted);
 
     let mut tables = Tables::default();
-    for name in &wanted {
-        tables.names.insert(ids.id(name), name.clone());
-    }
-    tables.names.insert(BLOCK_RULE, CLI_BLOCK.to_string());
     tables.rules.insert(BLOCK_RULE, block_rule());
     // Validation keeps the two lists apart (no prefix in both, no deny inside an allow).
     let allow = AclEntry {
@@ -399,34 +261,6 @@ mod tests {
             }
         );
     }
-
-    /// history.json as agents before the field-by-field definition wrote it: the rule's
-    /// identity was the configuration's Debug text.
-    const LEGACY_RULE_IDS: &str = r#"{"by_name":{"a":{"id":1,"epoch":7,"fingerprint":"RuleConfig { interval_ns: 1000000000, capacity_ns: 5000000000, ban_window_ns: 0, ban_for_ns: 0, ban_after: 0, mode: 0, epoch: 0, prefix_v4: 32, prefix_v6: 64, mask_v4: 4294967295, mask_v6: [4294967295, 4294967295, 0, 0] }"}},"next_epoch":7}"#;
-
-    #[test]
-    fn rule_identity_from_an_earlier_history_file_is_kept() {
-        let rule = |burst: u32| {
-            format!("rate_limits:\n  - {{name: a, protocol: udp, rate: 1/s, burst: {burst}}}\n")
-        };
-        let mut ids: RuleIds = serde_json::from_str(LEGACY_RULE_IDS).unwrap();
-        let same = tables(&rule(5), &mut ids);
-        assert_eq!(same.rules[&1].epoch, 7, "an unchanged rule keeps its state");
-        let saved = serde_json::to_string(&ids).unwrap();
-        assert!(
-            saved.contains(r#""definition":{"interval_ns":1000000000,"capacity_ns":5000000000"#)
-                && !saved.contains("fingerprint"),
-            "{saved}"
-        );
-        // Read back, the new form still knows the rule.
-        let mut reread: RuleIds = serde_json::from_str(&saved).unwrap();
-        assert_eq!(tables(&rule(5), &mut reread).rules[&1].epoch, 7);
-
-        let mut ids: RuleIds = serde_json::from_str(LEGACY_RULE_IDS).unwrap();
-        let changed = tables(&rule(6), &mut ids);
-        assert_eq!(changed.rules[&1].epoch, 8, "a changed rule starts fresh");
-    }
-
     #[test]
     fn ids_and_epochs_survive_unchanged_rules_and_mode_switches() {
         let mut ids = RuleIds::default();

@@ -137,7 +137,7 @@ impl Agent {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if agent.stderr_contains(": ready ") {
+            if agent.status().is_some_and(|status| status["ready"] == true) {
                 return Ok(agent);
             }
             if let Some(status) = agent.child.as_mut().unwrap().try_wait()? {
@@ -150,6 +150,15 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(50));
         }
         bail!("agent not ready after 30 s:\n{}", agent.stderr().join("\n"))
+    }
+
+    /// What `status --json` answers, or `None` while the agent does not answer.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let out = self.cli(&["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
     }
 
     /// Runs `portcullis --socket <this agent's socket> ARGS` and returns its output.

@@ -12,7 +12,7 @@ use aya::{
 use portcullis::{
     enforcer::Enforcer,
     loader::{self, TC_PROGRAM, XDP_PROGRAM},
-    maps::{Counters, KernelMaps},
+    maps::{Counters, KernelMaps, TelemetryMaps},
     policy,
 };
 
@@ -30,11 +30,13 @@ pub struct Programs {
     test_programs: Ebpf,
 }
 
-/// The programs and the enforcer that writes their maps. The two parts can be used from
-/// different threads (`programs` by reference, `enforcer` by `&mut`).
+/// The programs, the enforcer that writes their maps and the read-only maps telemetry
+/// reads. The parts can be used from different threads (`programs` by reference,
+/// `enforcer` by `&mut`).
 pub struct Harness {
     pub programs: Programs,
     pub enforcer: Enforcer,
+    pub telemetry: TelemetryMaps,
 }
 
 impl Harness {
@@ -44,7 +46,7 @@ impl Harness {
         let mut ebpf = loader::load_unpinned(&policy.capacity)?;
         let maps = KernelMaps::take(&mut ebpf)?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)? as u32;
-        let enforcer = Enforcer::new(maps, policy, cpus)?;
+        let enforcer = Enforcer::new(maps.policy, policy, cpus, None)?;
         let xdp: &mut Xdp = ebpf
             .program_mut(XDP_PROGRAM)
             .context("no XDP program")?
@@ -62,6 +64,7 @@ impl Harness {
                 test_programs: test_programs::load(&[test_programs::FLOOR])?,
             },
             enforcer,
+            telemetry: maps.telemetry,
         })
     }
 
@@ -80,7 +83,7 @@ impl Harness {
     }
 
     pub fn counters(&self) -> Result<Counters> {
-        Ok(self.enforcer.maps.counters()?)
+        Ok(self.telemetry.counters()?)
     }
 }
 

@@ -110,16 +110,9 @@ fn sigkill_and_restart_leave_no_gap_and_keep_bans_and_buckets() {
         (second, denied, banned)
     });
     drop(first);
-    assert!(
-        second.stderr_contains("taking over the pinned maps"),
-        "{:?}",
-        second.stderr()
-    );
-    assert!(
-        second.stderr_contains("adopted=true"),
-        "{:?}",
-        second.stderr()
-    );
+    let status = second.status().unwrap();
+    assert_eq!(status["took_over_maps"], true, "{status}");
+    assert_eq!(status["interfaces"][0]["adopted"], true, "{status}");
     assert!(
         sent_denied > 1000 && sent_banned > 1000,
         "senders too slow: {sent_denied}, {sent_banned}"
@@ -208,11 +201,9 @@ fn keep_on_exit_then_take_over_then_detach() {
         &["--on-exit", "keep"],
     )
     .unwrap();
-    assert!(
-        second.stderr_contains("adopted=true"),
-        "{:?}",
-        second.stderr()
-    );
+    let status = second.status().unwrap();
+    assert_eq!(status["took_over_maps"], true, "{status}");
+    assert_eq!(status["interfaces"][0]["adopted"], true, "{status}");
     second.keep_pins();
     let status = second.stop().unwrap();
     assert!(status.success(), "{status}: {:?}", second.stderr());

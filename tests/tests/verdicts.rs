@@ -795,6 +795,7 @@ fn applies_are_atomic_per_packet() {
     let Harness {
         programs,
         mut enforcer,
+        ..
     } = Harness::new(A).unwrap();
     let frames = [
         FrameSpec::udp("10.1.2.3", 9999).build(),

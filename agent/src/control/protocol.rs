@@ -1,6 +1,10 @@
-//! Requests and responses on the control socket.
+//! Requests and responses on the control socket, shared by the agent and the CLI: each
+//! request's answer is one of the typed results below, carried in `Response::result`, so a
+//! renamed field is a compile error on both sides, not a blank column.
 
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::policy::Mode;
 
@@ -42,11 +46,6 @@ pub enum Request {
     Status,
     /// Stream events as JSON lines until the client hangs up.
     Events,
-    /// Prometheus metrics in the text format, as `{"text": ...}`.
-    Metrics,
-    /// Whether the programs are attached (as read back from the kernel) and a policy is in
-    /// force: `{"ready": bool, "problems": [...]}`.
-    Ready,
 }
 
 /// Why a request failed; the CLI turns these into exit codes.
@@ -75,13 +74,19 @@ pub struct Response {
 }
 
 impl Response {
-    pub fn ok(result: serde_json::Value) -> Self {
+    /// A successful answer carrying `result`.
+    pub fn ok(result: &impl Serialize) -> Self {
         Self {
             ok: true,
             error: None,
             message: None,
-            result,
+            result: serde_json::to_value(result).expect("results serialize"),
         }
+    }
+
+    /// The typed result of a successful answer.
+    pub fn result<T: DeserializeOwned>(self) -> Result<T, serde_json::Error> {
+        serde_json::from_value(self.result)
     }
 
     pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
@@ -92,6 +97,174 @@ impl Response {
             result: serde_json::Value::Null,
         }
     }
+}
+
+/// The answer to a policy apply, a mode switch or a rollback.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The version in force now (the same one if nothing changed).
+    pub version: u64,
+    /// What changed, as `policy diff` prints it.
+    pub changes: Vec<String>,
+    /// For a rollback: the version whose text was applied again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_to: Option<u64>,
+}
+
+/// The answer to `policy diff`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Changes {
+    pub changes: Vec<String>,
+}
+
+/// The answer to `policy show`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyShown {
+    pub version: u64,
+    /// Seconds since the Unix epoch.
+    pub applied_at: u64,
+    pub origin: String,
+    /// Run-time mode switches on top of the text.
+    pub modes: BTreeMap<String, Mode>,
+    pub text: String,
+    /// The versions kept for rollback, oldest first.
+    pub versions: Vec<VersionSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionSummary {
+    pub version: u64,
+    pub applied_at: u64,
+    pub origin: String,
+}
+
+/// The answer to `block`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Blocked {
+    pub cidr: String,
+    /// `None`: until unblocked.
+    pub ttl_secs: Option<u64>,
+}
+
+/// The answer to `unblock`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unblocked {
+    pub cidr: String,
+}
+
+/// The answer to `bans`: the bans in force.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BanList {
+    pub bans: Vec<BanInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BanInfo {
+    pub cidr: String,
+    pub kind: BanKind,
+    /// The rule that made it (`block` for blocks).
+    pub rule: String,
+    /// `None`: until lifted.
+    pub seconds_left: Option<u64>,
+    /// What `block --reason` said.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BanKind {
+    /// Made with `portcullis block`.
+    Block,
+    /// Made by a rule's escalation.
+    Escalation,
+}
+
+impl BanKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BanKind::Block => "block",
+            BanKind::Escalation => "escalation",
+        }
+    }
+}
+
+/// The answer to `stats`: the kernel's counters summed over CPUs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Final verdicts by reason name.
+    pub verdicts: BTreeMap<String, u64>,
+    /// Shadow-mode hits (would have dropped) by reason name.
+    pub shadow: BTreeMap<String, u64>,
+    /// Malformed frames by cause name.
+    pub malformed: BTreeMap<String, u64>,
+    /// Per rule or deny name, those that counted anything.
+    pub rules: BTreeMap<String, RuleCounts>,
+    pub events: EventCounts,
+    pub maps: MapStats,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleCounts {
+    pub passed: u64,
+    pub dropped: u64,
+    pub shadowed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventCounts {
+    pub written: u64,
+    /// Not written: the per-second budget was spent.
+    pub suppressed: u64,
+    /// Not written: the ring buffer was full.
+    pub lost: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapStats {
+    pub allow: usize,
+    pub deny: usize,
+    pub bans: usize,
+    pub buckets: usize,
+    pub bans_failed: u64,
+    pub capacity: CapacityStats,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapacityStats {
+    pub sources: u32,
+    pub cidrs: u32,
+    pub bans: u32,
+}
+
+/// The answer to `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub interfaces: Vec<InterfaceStatus>,
+    pub policy_version: u64,
+    pub policy_file: String,
+    /// Run-time mode switches in force.
+    pub modes: BTreeMap<String, Mode>,
+    pub pin_dir: String,
+    pub uptime_secs: u64,
+    pub agent_version: String,
+    /// What `/readyz` answers: the programs attached as the kernel reports them, and a
+    /// policy in force.
+    pub ready: bool,
+    /// What keeps the agent from being ready; empty when it is.
+    pub problems: Vec<String>,
+    /// True when this agent took over the maps a previous one pinned (with their bans,
+    /// buckets and policy) instead of starting empty.
+    pub took_over_maps: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    pub interface: String,
+    /// "xdp-native", "xdp-skb" or "tc" for a new link; "xdp" or "tc" for a link taken over.
+    pub hook: String,
+    pub program_id: u32,
+    /// True when the link was a previous agent's and only the program in it was replaced.
+    pub adopted: bool,
 }
 
 #[cfg(test)]

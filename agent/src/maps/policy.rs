@@ -1,0 +1,209 @@
+//! The two policy sets, the generation switch between them, and the maps both sets share
+//! (settings, per-rule counters). Only the enforcer holds this.
+
+use std::collections::BTreeMap;
+
+use agent_common::{
+    AclEntry, PortRules, RuleConfig, RuleCounters, Settings,
+    maps::{self as names, PolicySetMaps as Specs},
+};
+use aya::maps::{
+    Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues,
+    lpm_trie::{Key, LpmTrie},
+};
+
+use super::{MapsError, ctx, ignore_missing, typed};
+use crate::tables::Tables;
+
+/// One of the two sets of policy maps (see `agent_common::maps`).
+pub(super) struct PolicySetMaps {
+    set: usize,
+    acl_v4: LpmTrie<MapData, [u8; 4], AclEntry>,
+    acl_v6: LpmTrie<MapData, [u8; 16], AclEntry>,
+    port_rules: HashMap<MapData, u32, PortRules>,
+    class_rules: Array<MapData, PortRules>,
+    rules: Array<MapData, RuleConfig>,
+}
+
+impl PolicySetMaps {
+    pub(super) fn take(
+        take: &mut impl FnMut(&'static str) -> Result<Map, MapsError>,
+        specs: &'static Specs,
+    ) -> Result<Self, MapsError> {
+        let set = if std::ptr::eq(specs, &names::POLICY_SETS[0]) {
+            0
+        } else {
+            1
+        };
+        Ok(Self {
+            set,
+            acl_v4: typed(specs.acl_v4.name, take(specs.acl_v4.name)?)?,
+            acl_v6: typed(specs.acl_v6.name, take(specs.acl_v6.name)?)?,
+            port_rules: typed(specs.port_rules.name, take(specs.port_rules.name)?)?,
+            class_rules: typed(specs.class_rules.name, take(specs.class_rules.name)?)?,
+            rules: typed(specs.rules.name, take(specs.rules.name)?)?,
+        })
+    }
+
+    /// Moves this set from `old` to `new`, writing only what differs.
+    fn write(&mut self, old: &Tables, new: &Tables) -> Result<(), MapsError> {
+        let set = self.set;
+        sync_lpm(
+            &mut self.acl_v4,
+            &old.acl_v4,
+            &new.acl_v4,
+            names::POLICY_SETS[set].acl_v4.name,
+        )?;
+        sync_lpm(
+            &mut self.acl_v6,
+            &old.acl_v6,
+            &new.acl_v6,
+            names::POLICY_SETS[set].acl_v6.name,
+        )?;
+        for (port, rules) in &new.port_rules {
+            if old.port_rules.get(port) != Some(rules) {
+                self.port_rules
+                    .insert(port, rules, 0)
+                    .map_err(ctx(names::POLICY_SETS[set].port_rules.name))?;
+            }
+        }
+        for port in old
+            .port_rules
+            .keys()
+            .filter(|k| !new.port_rules.contains_key(k))
+        {
+            ignore_missing(self.port_rules.remove(port))
+                .map_err(ctx(names::POLICY_SETS[set].port_rules.name))?;
+        }
+        for (class, rules) in new.class_rules.iter().enumerate() {
+            if old.class_rules[class] != *rules {
+                self.class_rules
+                    .set(class as u32, rules, 0)
+                    .map_err(ctx(names::POLICY_SETS[set].class_rules.name))?;
+            }
+        }
+        for (id, config) in &new.rules {
+            if old.rules.get(id) != Some(config) {
+                self.rules
+                    .set(*id, config, 0)
+                    .map_err(ctx(names::POLICY_SETS[set].rules.name))?;
+            }
+        }
+        // A removed rule becomes inert (interval 0) and its bans void (epoch 0).
+        for id in old.rules.keys().filter(|id| !new.rules.contains_key(id)) {
+            self.rules
+                .set(*id, RuleConfig::default(), 0)
+                .map_err(ctx(names::POLICY_SETS[set].rules.name))?;
+        }
+        Ok(())
+    }
+
+    fn clear(&mut self) -> Result<(), MapsError> {
+        let set = self.set;
+        macro_rules! clear_keyed {
+            ($map:expr, $name:expr) => {{
+                let keys: Vec<_> = $map.keys().filter_map(Result::ok).collect();
+                for key in keys {
+                    ignore_missing($map.remove(&key)).map_err(ctx($name))?;
+                }
+            }};
+        }
+        clear_keyed!(self.acl_v4, names::POLICY_SETS[set].acl_v4.name);
+        clear_keyed!(self.acl_v6, names::POLICY_SETS[set].acl_v6.name);
+        clear_keyed!(self.port_rules, names::POLICY_SETS[set].port_rules.name);
+        for class in 0..agent_common::CLASS_COUNT {
+            self.class_rules
+                .set(class, PortRules::default(), 0)
+                .map_err(ctx(names::POLICY_SETS[set].class_rules.name))?;
+        }
+        for id in 1..agent_common::MAX_RULES {
+            self.rules
+                .set(id, RuleConfig::default(), 0)
+                .map_err(ctx(names::POLICY_SETS[set].rules.name))?;
+        }
+        Ok(())
+    }
+}
+
+/// The policy sets and what they share. Written only by the enforcer.
+pub struct PolicyMaps {
+    pub(super) sets: [PolicySetMaps; 2],
+    pub(super) generation: Array<MapData, u32>,
+    pub(super) settings: Array<MapData, Settings>,
+    pub(super) rule_counters: PerCpuArray<MapData, RuleCounters>,
+    /// Possible CPUs: the length of every per-CPU value.
+    pub(super) cpus: usize,
+}
+
+impl PolicyMaps {
+    /// The policy set packets are judged by.
+    pub fn generation(&self) -> Result<usize, MapsError> {
+        let generation = self
+            .generation
+            .get(&0, 0)
+            .map_err(ctx(names::GENERATION.name))?;
+        Ok(usize::from(generation != 0))
+    }
+
+    /// Makes `set` the one packets are judged by: a single map write, so every packet sees
+    /// either the old set or the new one.
+    pub fn switch_to(&mut self, set: usize) -> Result<(), MapsError> {
+        self.generation
+            .set(0, set as u32, 0)
+            .map_err(ctx(names::GENERATION.name))
+    }
+
+    /// Writes the difference from `old` to `new` into policy set `set`, which must not be
+    /// in force.
+    pub fn write_set(&mut self, set: usize, old: &Tables, new: &Tables) -> Result<(), MapsError> {
+        self.sets[set].write(old, new)
+    }
+
+    /// Empties policy set `set` (not in force), whatever it holds.
+    pub fn clear_set(&mut self, set: usize) -> Result<(), MapsError> {
+        self.sets[set].clear()
+    }
+
+    /// The maps both sets share: settings, and per-rule counters, which start from zero
+    /// for an id that now names another rule (`old_names` and `new_names` by id).
+    pub fn update_shared(
+        &mut self,
+        old_names: &BTreeMap<u32, String>,
+        new_names: &BTreeMap<u32, String>,
+        new: &Tables,
+    ) -> Result<(), MapsError> {
+        self.settings
+            .set(0, new.settings, 0)
+            .map_err(ctx(names::SETTINGS.name))?;
+        for (id, name) in new_names {
+            if old_names.get(id) != Some(name) {
+                let zeros = PerCpuValues::try_from(vec![RuleCounters::default(); self.cpus])
+                    .expect("one value per CPU");
+                self.rule_counters
+                    .set(*id, zeros, 0)
+                    .map_err(ctx(names::RULE_COUNTERS.name))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Moves an LPM trie from holding `old` to holding `new`: inserts what is new or changed,
+/// removes what is gone. A key already missing is not an error: the state wanted is reached.
+fn sync_lpm<K: aya::Pod + Ord, V: aya::Pod + PartialEq>(
+    map: &mut LpmTrie<MapData, K, V>,
+    old: &BTreeMap<(u32, K), V>,
+    new: &BTreeMap<(u32, K), V>,
+    name: &'static str,
+) -> Result<(), MapsError> {
+    for (&(prefix_len, addr), value) in new {
+        if old.get(&(prefix_len, addr)) != Some(value) {
+            map.insert(&Key::new(prefix_len, addr), value, 0)
+                .map_err(ctx(name))?;
+        }
+    }
+    for &(prefix_len, addr) in old.keys().filter(|k| !new.contains_key(k)) {
+        ignore_missing(map.remove(&Key::new(prefix_len, addr))).map_err(ctx(name))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! Rule identity: a stable id per rule name (the index of its configuration and counters in
+//! the kernel), and an epoch that changes with the rule's definition, so an unchanged rule
+//! keeps its per-source buckets and bans across applies and restarts while a changed one
+//! starts fresh. The enforcer owns them and saves them in the state directory after every
+//! apply; a restarted agent that takes the pinned maps over reads them back.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    path::{Path, PathBuf},
+};
+
+use agent_common::{BLOCK_RULE, RuleConfig};
+
+use crate::policy::CLI_BLOCK;
+
+/// The file in the state directory.
+const FILE_NAME: &str = "rule-ids.json";
+/// Where agents before `FILE_NAME` kept the ids: the `rule_ids` field of the history.
+const LEGACY_FILE_NAME: &str = "history.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuleIdsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} does not hold rule ids: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Stable rule ids by name, and epochs that change with a rule's definition.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RuleIds {
+    by_name: HashMap<String, Assigned>,
+    next_epoch: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Assigned {
+    id: u32,
+    epoch: u32,
+    /// What the rule's buckets and bans depend on, field by field: a mode switch keeps
+    /// state, any other change starts fresh.
+    #[serde(default)]
+    definition: Option<Definition>,
+    /// What agents before `definition` saved instead: the kernel configuration's `Debug`
+    /// text. Read so that an upgrade keeps the state of unchanged rules; never written.
+    #[serde(default, skip_serializing)]
+    fingerprint: Option<String>,
+}
+
+/// A rule's kernel configuration without its mode and epoch (and without the masks, which
+/// follow from the prefixes), saved under these field names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Definition {
+    interval_ns: u64,
+    capacity_ns: u64,
+    ban_window_ns: u64,
+    ban_for_ns: u64,
+    ban_after: u32,
+    prefix_v4: u32,
+    prefix_v6: u32,
+}
+
+impl Definition {
+    fn of(config: &RuleConfig) -> Self {
+        Self {
+            interval_ns: config.interval_ns,
+            capacity_ns: config.capacity_ns,
+            ban_window_ns: config.ban_window_ns,
+            ban_for_ns: config.ban_for_ns,
+            ban_after: config.ban_after,
+            prefix_v4: config.prefix_v4,
+            prefix_v6: config.prefix_v6,
+        }
+    }
+}
+
+/// The `fingerprint` earlier agents saved for `config`: `format!("{:?}")` of the
+/// configuration with mode and epoch zeroed, as the `RuleConfig` of those versions printed
+/// it. Written out here so that it never changes with the struct.
+fn legacy_fingerprint(config: &RuleConfig) -> String {
+    let m = config.mask_v6;
+    format!(
+        "RuleConfig {{ interval_ns: {}, capacity_ns: {}, ban_window_ns: {}, ban_for_ns: {}, \
+         ban_after: {}, mode: 0, epoch: 0, prefix_v4: {}, prefix_v6: {}, mask_v4: {}, \
+         mask_v6: [{}, {}, {}, {}] }}",
+        config.interval_ns,
+        config.capacity_ns,
+        config.ban_window_ns,
+        config.ban_for_ns,
+        config.ban_after,
+        config.prefix_v4,
+        config.prefix_v6,
+        config.mask_v4,
+        m[0],
+        m[1],
+        m[2],
+        m[3],
+    )
+}
+
+impl RuleIds {
+    /// Assigns ids for exactly the names in `wanted`, keeping the ids of names seen before
+    /// and freeing the rest.
+    pub(crate) fn assign(&mut self, wanted: &[String]) {
+        self.by_name.retain(|name, _| wanted.contains(name));
+        let mut used: BTreeSet<u32> = self.by_name.values().map(|a| a.id).collect();
+        for name in wanted {
+            if self.by_name.contains_key(name) {
+                continue;
+            }
+            let id = (1..BLOCK_RULE)
+                .find(|id| !used.contains(id))
+                .expect("validation caps the number of names below BLOCK_RULE");
+            used.insert(id);
+            self.by_name.insert(
+                name.clone(),
+                Assigned {
+                    id,
+                    epoch: 0,
+                    definition: None,
+                    fingerprint: None,
+                },
+            );
+        }
+    }
+
+    pub(crate) fn id(&self, name: &str) -> u32 {
+        self.by_name[name].id
+    }
+
+    /// The name of every id assigned, including `portcullis block`'s.
+    pub fn names(&self) -> BTreeMap<u32, String> {
+        let mut names: BTreeMap<u32, String> = self
+            .by_name
+            .iter()
+            .map(|(name, a)| (a.id, name.clone()))
+            .collect();
+        names.insert(BLOCK_RULE, CLI_BLOCK.to_string());
+        names
+    }
+
+    /// The epoch for a rule with this configuration: the old one if the definition is
+    /// unchanged, a new one otherwise.
+    pub(crate) fn epoch(&mut self, name: &str, config: &RuleConfig) -> u32 {
+        let definition = Definition::of(config);
+        let assigned = self.by_name.get_mut(name).expect("assigned before");
+        let unchanged = match (&assigned.definition, &assigned.fingerprint) {
+            (Some(saved), _) => *saved == definition,
+            (None, Some(legacy)) => *legacy == legacy_fingerprint(config),
+            (None, None) => false,
+        };
+        if !unchanged {
+            self.next_epoch += 1;
+            assigned.epoch = self.next_epoch;
+        }
+        assigned.definition = Some(definition);
+        assigned.fingerprint = None;
+        assigned.epoch
+    }
+}
+impl RuleIds {
+    /// The ids saved in `state_dir`; for a state directory an earlier agent wrote, the copy
+    /// in its policy history; none if there is neither.
+    pub fn load(state_dir: &Path) -> Result<Self, RuleIdsError> {
+        #[derive(serde::Deserialize)]
+        struct Legacy {
+            #[serde(default)]
+            rule_ids: RuleIds,
+        }
+        let path = state_dir.join(FILE_NAME);
+        if let Some(text) = read_if_present(&path)? {
+            return serde_json::from_str(&text)
+                .map_err(|source| RuleIdsError::Parse { path, source });
+        }
+        let path = state_dir.join(LEGACY_FILE_NAME);
+        match read_if_present(&path)? {
+            Some(text) => serde_json::from_str::<Legacy>(&text)
+                .map(|legacy| legacy.rule_ids)
+                .map_err(|source| RuleIdsError::Parse { path, source }),
+            None => Ok(RuleIds::default()),
+        }
+    }
+
+    /// Saves the ids in `state_dir`: a new file renamed over the old one, so a crash never
+    /// leaves half of it.
+    pub fn save(&self, state_dir: &Path) -> Result<(), RuleIdsError> {
+        let path = state_dir.join(FILE_NAME);
+        let write = |source| RuleIdsError::Write {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(state_dir).map_err(write)?;
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(self).expect("rule ids serialize");
+        std::fs::write(&tmp, text).map_err(write)?;
+        std::fs::rename(&tmp, &path).map_err(write)
+    }
+}
+
+fn read_if_present(path: &Path) -> Result<Option<String>, RuleIdsError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(RuleIdsError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::{policy, tables};
+
+    fn tables(yaml: &str, ids: &mut RuleIds) -> tables::Tables {
+        tables::build(&policy::parse(Path::new("t.yaml"), yaml).unwrap(), ids, 2)
+    }
+
+    /// history.json as agents before the field-by-field definition wrote it: the rule's
+    /// identity was the configuration's Debug text.
+    const LEGACY_RULE_IDS: &str = r#"{"by_name":{"a":{"id":1,"epoch":7,"fingerprint":"RuleConfig { interval_ns: 1000000000, capacity_ns: 5000000000, ban_window_ns: 0, ban_for_ns: 0, ban_after: 0, mode: 0, epoch: 0, prefix_v4: 32, prefix_v6: 64, mask_v4: 4294967295, mask_v6: [4294967295, 4294967295, 0, 0] }"}},"next_epoch":7}"#;
+
+    #[test]
+    fn rule_identity_from_an_earlier_history_file_is_kept() {
+        let rule = |burst: u32| {
+            format!("rate_limits:\n  - {{name: a, protocol: udp, rate: 1/s, burst: {burst}}}\n")
+        };
+        let mut ids: RuleIds = serde_json::from_str(LEGACY_RULE_IDS).unwrap();
+        let same = tables(&rule(5), &mut ids);
+        assert_eq!(same.rules[&1].epoch, 7, "an unchanged rule keeps its state");
+        let saved = serde_json::to_string(&ids).unwrap();
+        assert!(
+            saved.contains(r#""definition":{"interval_ns":1000000000,"capacity_ns":5000000000"#)
+                && !saved.contains("fingerprint"),
+            "{saved}"
+        );
+        // Read back, the new form still knows the rule.
+        let mut reread: RuleIds = serde_json::from_str(&saved).unwrap();
+        assert_eq!(tables(&rule(5), &mut reread).rules[&1].epoch, 7);
+
+        let mut ids: RuleIds = serde_json::from_str(LEGACY_RULE_IDS).unwrap();
+        let changed = tables(&rule(6), &mut ids);
+        assert_eq!(changed.rules[&1].epoch, 8, "a changed rule starts fresh");
+    }
+
+    #[test]
+    fn ids_are_saved_and_read_back_and_read_from_an_earlier_history() {
+        let dir = tempfile_dir("ids");
+        assert_eq!(RuleIds::load(&dir).unwrap(), RuleIds::default());
+        // An earlier agent's state directory: the ids inside history.json.
+        std::fs::write(
+            dir.join(LEGACY_FILE_NAME),
+            format!(r#"{{"versions":[],"rule_ids":{LEGACY_RULE_IDS}}}"#),
+        )
+        .unwrap();
+        let legacy = RuleIds::load(&dir).unwrap();
+        assert_eq!(legacy.id("a"), 1);
+        let mut ids = legacy.clone();
+        tables(
+            "rate_limits:\n  - {name: a, protocol: udp, rate: 1/s, burst: 5}\n",
+            &mut ids,
+        );
+        ids.save(&dir).unwrap();
+        assert_eq!(
+            RuleIds::load(&dir).unwrap(),
+            ids,
+            "its own file wins once written"
+        );
+        std::fs::write(dir.join(FILE_NAME), "{").unwrap();
+        assert!(matches!(
+            RuleIds::load(&dir),
+            Err(RuleIdsError::Parse { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("pc-rule-ids-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

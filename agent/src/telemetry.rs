@@ -1,0 +1,258 @@
+//! What the agent reports, read without going through its main loop: the kernel's counters
+//! and bans (read-only map handles), and what the daemon publishes after every apply (the
+//! policy version, the rules in force) and at start (what it attached). `stats`,
+//! `/metrics`, `/readyz` and the summaries all read from here, so they agree.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use agent_common::{Capacity, MalformedCause, Reason, RuleCounters};
+
+use crate::{
+    control::protocol::{CapacityStats, EventCounts, MapStats, RuleCounts, Stats},
+    loader,
+    maps::{Ban, Counters, MapsError, TelemetryMaps, monotonic_now_ns},
+    metrics,
+};
+
+/// One interface the agent attached to.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    pub iface: String,
+    pub ifindex: u32,
+    /// "xdp-native", "xdp-skb" or "tc" for a new link; "xdp" or "tc" for a link taken over.
+    pub hook: &'static str,
+    pub program_id: u32,
+    /// True when the link was a previous agent's and only the program in it was replaced.
+    pub adopted: bool,
+    /// Where the link is pinned; reading it back tells what is attached.
+    pub pin_path: PathBuf,
+}
+
+/// The rules of the policy in force, by id: what counters, events and bans are labelled
+/// and judged with. Published by the enforcer's side after every apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RulesInForce {
+    /// Name of every id in use (rate limits, deny groups, `block`).
+    pub names: BTreeMap<u32, String>,
+    /// Epoch of every rule with a configuration; a ban made under another epoch is void.
+    pub epochs: BTreeMap<u32, u32>,
+}
+
+impl RulesInForce {
+    /// The name of rule `id`, or `#id` for an id no rule has.
+    pub fn name(&self, id: u32) -> String {
+        self.names
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("#{id}"))
+    }
+
+    /// Whether a ban made by rule `rule` under `epoch` still stands: its rule exists and
+    /// has not changed since. `portcullis block` bans always stand.
+    pub fn ban_is_current(&self, rule: u32, epoch: u32) -> bool {
+        self.epochs.get(&rule) == Some(&epoch)
+    }
+}
+
+/// The policy in force, as telemetry needs it.
+#[derive(Debug, Clone)]
+pub struct InForce {
+    /// 0 before any policy is in force.
+    pub version: u64,
+    pub rules: RulesInForce,
+    pub allow_entries: usize,
+    pub deny_entries: usize,
+    pub capacity: Capacity,
+}
+
+pub struct Telemetry {
+    maps: TelemetryMaps,
+    in_force: RwLock<Arc<InForce>>,
+    attached: RwLock<Arc<[Attached]>>,
+    apply_failures: AtomicU64,
+}
+
+impl Telemetry {
+    pub fn new(maps: TelemetryMaps, in_force: InForce) -> Self {
+        Self {
+            maps,
+            in_force: RwLock::new(Arc::new(in_force)),
+            attached: RwLock::new(Arc::from(Vec::new())),
+            apply_failures: AtomicU64::new(0),
+        }
+    }
+
+    /// Replaces what telemetry knows of the policy in force.
+    pub fn publish(&self, in_force: InForce) {
+        *self.in_force.write().expect("not poisoned") = Arc::new(in_force);
+    }
+
+    pub fn in_force(&self) -> Arc<InForce> {
+        self.in_force.read().expect("not poisoned").clone()
+    }
+
+    /// Records what the agent attached (once, at start).
+    pub fn set_attached(&self, attached: Vec<Attached>) {
+        *self.attached.write().expect("not poisoned") = Arc::from(attached);
+    }
+
+    pub fn attached(&self) -> Arc<[Attached]> {
+        self.attached.read().expect("not poisoned").clone()
+    }
+
+    /// Counts an apply that was refused or failed (a file reload or a CLI request).
+    pub fn count_apply_failure(&self) {
+        self.apply_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn counters(&self) -> Result<Counters, MapsError> {
+        self.maps.counters()
+    }
+
+    /// Per-rule counters of the rules in force, by name, leaving out those that counted
+    /// nothing.
+    pub fn rule_counters(&self) -> Result<Vec<(String, RuleCounters)>, MapsError> {
+        let in_force = self.in_force();
+        let names = &in_force.rules.names;
+        let counters = self.maps.rule_counters(names.keys().copied())?;
+        Ok(counters
+            .into_iter()
+            .map(|(id, c)| (names[&id].clone(), c))
+            .collect())
+    }
+
+    /// The bans in force: not expired, and made by a rule that has not changed since.
+    pub fn bans(&self) -> Result<Vec<Ban>, MapsError> {
+        let rules = &self.in_force().rules;
+        let now = monotonic_now_ns();
+        Ok(self
+            .maps
+            .bans()?
+            .into_iter()
+            .filter(|b| b.expires_ns > now && rules.ban_is_current(b.rule, b.epoch))
+            .collect())
+    }
+
+    /// What keeps the agent from being ready: programs not attached as the kernel reports
+    /// it, or no policy in force. Empty when ready.
+    pub fn readiness_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let attached = self.attached();
+        if attached.is_empty() {
+            problems.push("no interface attached".to_string());
+        }
+        for a in attached.iter() {
+            match loader::attached_program(&a.pin_path) {
+                Ok(id) if id == a.program_id => {}
+                Ok(id) => problems.push(format!(
+                    "{}: program {id} is attached, not ours ({})",
+                    a.iface, a.program_id
+                )),
+                Err(e) => problems.push(format!("{}: {e:#}", a.iface)),
+            }
+        }
+        if self.in_force().version == 0 {
+            problems.push("no policy in force".to_string());
+        }
+        problems
+    }
+
+    /// The answer to `stats`.
+    pub fn stats(&self) -> Result<Stats, MapsError> {
+        let counters = self.counters()?;
+        let in_force = self.in_force();
+        let by_reason = |count: &dyn Fn(Reason) -> u64| -> BTreeMap<String, u64> {
+            Reason::ALL
+                .into_iter()
+                .map(|reason| (reason.name().to_string(), count(reason)))
+                .collect()
+        };
+        Ok(Stats {
+            verdicts: by_reason(&|reason| counters.verdict(reason)),
+            shadow: by_reason(&|reason| counters.shadowed(reason)),
+            malformed: MalformedCause::ALL
+                .into_iter()
+                .map(|cause| (cause.name().to_string(), counters.malformed(cause)))
+                .collect(),
+            rules: self
+                .rule_counters()?
+                .into_iter()
+                .map(|(name, c)| {
+                    let counts = RuleCounts {
+                        passed: c.passed,
+                        dropped: c.dropped,
+                        shadowed: c.shadowed,
+                    };
+                    (name, counts)
+                })
+                .collect(),
+            events: EventCounts {
+                written: counters.events_written,
+                suppressed: counters.events_suppressed,
+                lost: counters.events_lost,
+            },
+            maps: MapStats {
+                allow: in_force.allow_entries,
+                deny: in_force.deny_entries,
+                bans: self.maps.bans()?.len(),
+                buckets: self.maps.bucket_count(),
+                bans_failed: counters.bans_failed,
+                capacity: CapacityStats {
+                    sources: in_force.capacity.sources,
+                    cidrs: in_force.capacity.cidrs,
+                    bans: in_force.capacity.bans,
+                },
+            },
+        })
+    }
+
+    /// The Prometheus text for `/metrics`.
+    pub fn metrics(&self) -> Result<String, MapsError> {
+        Ok(metrics::render(&self.snapshot()?))
+    }
+
+    fn snapshot(&self) -> Result<metrics::Snapshot, MapsError> {
+        let in_force = self.in_force();
+        let attached = self.attached();
+        let mut interfaces = Vec::new();
+        for a in attached.iter() {
+            interfaces.push((a.iface.clone(), self.maps.iface_counters(a.ifindex)?));
+        }
+        // The kernel counts program runs only while statistics are on (the sysctl, or a
+        // BPF_ENABLE_STATS descriptor such as `--bpf-stats` holds, which the sysctl does not
+        // show); all-zero counts mean they are off and are not reported.
+        let mut programs = Vec::new();
+        for info in aya::programs::loaded_programs().filter_map(Result::ok) {
+            if let Some(a) = attached.iter().find(|a| a.program_id == info.id()) {
+                programs.push(metrics::ProgramStats {
+                    interface: a.iface.clone(),
+                    hook: a.hook.to_string(),
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                    run_count: info.run_count(),
+                });
+            }
+        }
+        let bpf_stats_enabled = programs.iter().any(|p| p.run_count > 0);
+        Ok(metrics::Snapshot {
+            counters: self.counters()?,
+            rules: self.rule_counters()?,
+            interfaces,
+            bans_active: self.bans()?.len(),
+            allow_entries: in_force.allow_entries,
+            deny_entries: in_force.deny_entries,
+            buckets: self.maps.bucket_count(),
+            capacity: in_force.capacity,
+            policy_version: in_force.version,
+            apply_failures: self.apply_failures.load(Ordering::Relaxed),
+            programs,
+            bpf_stats_enabled,
+        })
+    }
+}
