@@ -45,20 +45,20 @@ pub fn portcullis_tc(ctx: TcContext) -> i32 {
     if ctx.data_end() - ctx.data() < wanted {
         let _ = ctx.pull_data(wanted as u32);
     }
+    // Headers that run past the linear part (a long IPv6 extension-header chain) would be
+    // judged truncated here while XDP, which sees the whole frame, reads them: for a packet
+    // with more bytes than are linear, a first parse only asks whether the headers were cut
+    // short, and if so everything the parser can read is pulled in before the parse that
+    // counts. (The first result is not kept and judged: carried across the helper call,
+    // LLVM spills the enum's unset bytes, which the verifier refuses to read.)
+    if ctx.data_end() - ctx.data() < ctx.len() as usize
+        && parse::parse(ctx.data(), ctx.data_end()).truncated()
+    {
+        let _ = ctx.pull_data(ctx.len().min(parse::MAX_HEADER_BYTES));
+    }
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let parsed = parse::parse(ctx.data(), ctx.data_end());
-    // Headers that run past the linear part (a long IPv6 extension-header chain) would be
-    // judged truncated here while XDP, which sees the whole frame, reads them: pull up to
-    // all the parser can read and parse again, so both hooks give the same verdict. (Two
-    // calls rather than one reassigned `parsed`: merging two parses makes LLVM copy the
-    // enum's unset bytes through registers, which the verifier refuses to read.)
-    let action = if parsed.truncated() && ctx.data_end() - ctx.data() < ctx.len() as usize {
-        let _ = ctx.pull_data(ctx.len().min(parse::MAX_HEADER_BYTES));
-        judge::judge(&parse::parse(ctx.data(), ctx.data_end()), ifindex)
-    } else {
-        judge::judge(&parsed, ifindex)
-    };
+    let action = judge::judge(&parse::parse(ctx.data(), ctx.data_end()), ifindex);
     match action {
         Action::Pass => TC_ACT_UNSPEC,
         Action::Drop => TC_ACT_SHOT,

@@ -1,18 +1,42 @@
-//! A userspace reference model of the kernel's decision, written independently of the
-//! kernel code: a plain slice parser and the policy as the agent validated it (not the
-//! tables built from it). The differential test holds the kernel to it frame by frame.
+//! A userspace reference model of the kernel's decision, independent of the kernel code:
+//! frames are parsed with etherparse's header slices, and the policy is the one the agent
+//! validated (not the tables built from it). The differential test holds the kernel to it
+//! frame by frame, verdicts and malformed causes alike.
+//!
+//! Where the kernel deliberately differs from a general-purpose parser, the model follows
+//! the kernel; these choices are all here, and nowhere else in the model:
+//! 1. At most two VLAN tags are walked; a third tag's TPID is an ethertype that is not IP.
+//! 2. At most `MAX_IPV6_EXT_HEADERS` IPv6 extension headers are walked; a longer chain is
+//!    malformed, so that stacking headers cannot hide the transport header.
+//! 3. Every extension header of the generic layout is walked wherever it stands: hop-by-hop
+//!    after the first position too, and mobility, HIP and shim6 (etherparse takes those as
+//!    upper-layer protocols and refuses a late hop-by-hop).
+//! 4. An AH header whose length field is 0 is walked as 8 bytes (etherparse refuses it).
+//! 5. Length fields are not read: headers are read as far as the frame goes (IPv4 total
+//!    length, IPv6 payload length, UDP length), and TCP options are not read, so a TCP
+//!    header of 20 bytes is whole whatever its data offset above 5 says.
+//! 6. The first fragment of a fragmented packet has its transport header read (its ports
+//!    count); a later fragment has none, and after an IPv6 fragment header with a non-zero
+//!    offset nothing more is walked.
 //!
 //! Rate limits are modelled without refill, so the model only accepts policies whose rates
 //! are at most one token per hour: within a test run, no bucket gains a token.
 
 use std::{collections::HashMap, net::IpAddr};
 
-use agent_common::{Action, Reason};
+use agent_common::{Action, MalformedCause, Reason};
+use etherparse::{
+    EtherType, Ethernet2Slice, Icmpv4Slice, Icmpv6Slice, IpAuthHeaderSlice, IpNumber,
+    Ipv4HeaderSlice, Ipv6FragmentHeaderSlice, Ipv6HeaderSlice, Ipv6RawExtHeaderSlice,
+    SingleVlanSlice, TcpHeaderSlice, UdpHeaderSlice, err,
+};
 use ipnet::IpNet;
 use portcullis::policy::{Count, Mode, Policy, Protocol, RateLimit};
 
 const HOUR_NS: u64 = 3_600_000_000_000;
-/// Same bound as the kernel's, chosen independently here: more headers are malformed.
+/// Difference 1.
+const MAX_VLAN_TAGS: usize = 2;
+/// Difference 2: the same bound as the kernel's, chosen independently here.
 const MAX_IPV6_EXT_HEADERS: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,140 +53,212 @@ pub struct Packet {
     class: Class,
     port: Option<u16>,
     syn: bool,
-    malformed: bool,
+    malformed: Option<MalformedCause>,
 }
 
 #[derive(Debug, Clone)]
 pub enum Parsed {
     NotIp,
-    Malformed,
+    Malformed(MalformedCause),
     Ip(Packet),
 }
 
-fn be16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
-}
-
 pub fn parse(frame: &[u8]) -> Parsed {
-    let Some(mut ether_type) = be16(frame, 12) else {
-        return Parsed::Malformed;
+    let Ok(eth) = Ethernet2Slice::from_slice_without_fcs(frame) else {
+        return Parsed::Malformed(MalformedCause::TruncatedEthernet);
     };
-    let mut at = 14;
-    for _ in 0..2 {
-        if ether_type != 0x8100 && ether_type != 0x88a8 {
+    let mut ether_type = eth.ether_type();
+    let mut rest = eth.payload_slice();
+    for _ in 0..MAX_VLAN_TAGS {
+        if ether_type != EtherType::VLAN_TAGGED_FRAME && ether_type != EtherType::PROVIDER_BRIDGING
+        {
             break;
         }
-        match be16(frame, at + 2) {
-            Some(inner) => ether_type = inner,
-            None => return Parsed::Malformed,
-        }
-        at += 4;
+        let Ok(vlan) = SingleVlanSlice::from_slice(rest) else {
+            return Parsed::Malformed(MalformedCause::TruncatedVlan);
+        };
+        ether_type = vlan.ether_type();
+        rest = vlan.payload_slice();
     }
     match ether_type {
-        0x0800 => parse_v4(&frame[at..]),
-        0x86dd => parse_v6(&frame[at..]),
+        EtherType::IPV4 => parse_v4(rest),
+        EtherType::IPV6 => parse_v6(rest),
         _ => Parsed::NotIp,
     }
 }
 
 fn parse_v4(ip: &[u8]) -> Parsed {
-    if ip.len() < 20 || ip[0] >> 4 != 4 || ip[0] & 0x0f < 5 {
-        return Parsed::Malformed;
-    }
-    let header_len = (ip[0] & 0x0f) as usize * 4;
-    if ip.len() < header_len {
-        return Parsed::Malformed;
-    }
-    let src = IpAddr::from(<[u8; 4]>::try_from(&ip[12..16]).unwrap());
-    let first_fragment = be16(ip, 6).unwrap() & 0x1fff == 0;
+    use err::ipv4::HeaderSliceError;
+    let header = match Ipv4HeaderSlice::from_slice(ip) {
+        Ok(header) => header,
+        Err(HeaderSliceError::Len(e)) if e.required_len > 20 => {
+            return Parsed::Malformed(MalformedCause::TruncatedIpv4Options);
+        }
+        Err(HeaderSliceError::Len(_)) => return Parsed::Malformed(MalformedCause::TruncatedIpv4),
+        Err(HeaderSliceError::Content(_)) => {
+            return Parsed::Malformed(MalformedCause::BadIpv4Header);
+        }
+    };
+    let first_fragment = header.fragments_offset().value() == 0;
+    let l4 = &ip[header.slice().len()..];
     Parsed::Ip(transport(
-        src,
-        ip[9],
-        &ip[header_len..],
+        header.source_addr().into(),
+        header.protocol(),
+        l4,
         first_fragment,
         true,
     ))
 }
 
 fn parse_v6(ip: &[u8]) -> Parsed {
-    if ip.len() < 40 || ip[0] >> 4 != 6 {
-        return Parsed::Malformed;
-    }
-    let src = IpAddr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap());
-    let mut next = ip[6];
-    let mut rest = &ip[40..];
-    for _ in 0..=MAX_IPV6_EXT_HEADERS {
-        let len = match next {
-            0 | 43 | 60 | 135 | 139 | 140 => rest.get(1).map(|&l| (l as usize + 1) * 8),
-            51 => rest.get(1).map(|&l| (l as usize + 2) * 4),
-            44 => Some(8),
+    use err::ipv6::HeaderSliceError;
+    let header = match Ipv6HeaderSlice::from_slice(ip) {
+        Ok(header) => header,
+        Err(HeaderSliceError::Len(_)) => return Parsed::Malformed(MalformedCause::TruncatedIpv6),
+        Err(HeaderSliceError::Content(_)) => {
+            return Parsed::Malformed(MalformedCause::BadIpv6Version);
+        }
+    };
+    let src = header.source_addr().into();
+    let mut next = header.next_header();
+    let mut rest = &ip[header.slice().len()..];
+    let malformed = |cause| {
+        Parsed::Ip(Packet {
+            src,
+            class: Class::Other,
+            port: None,
+            syn: false,
+            malformed: Some(cause),
+        })
+    };
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        let walked = match next {
+            // Difference 3: the generic layout, wherever it stands.
+            IpNumber::IPV6_HEADER_HOP_BY_HOP
+            | IpNumber::IPV6_ROUTE_HEADER
+            | IpNumber::IPV6_DESTINATION_OPTIONS
+            | IpNumber::MOBILITY_HEADER
+            | IpNumber::HIP
+            | IpNumber::SHIM6 => Ipv6RawExtHeaderSlice::from_slice(rest)
+                .ok()
+                .map(|h| (h.next_header(), h.slice().len(), false)),
+            IpNumber::AUTHENTICATION_HEADER => auth_header(rest),
+            IpNumber::IPV6_FRAGMENTATION_HEADER => {
+                Ipv6FragmentHeaderSlice::from_slice(rest).ok().map(|h| {
+                    (
+                        h.next_header(),
+                        h.slice().len(),
+                        h.fragment_offset().value() != 0,
+                    )
+                })
+            }
             _ => return Parsed::Ip(transport(src, next, rest, true, false)),
         };
-        let Some(len) = len.filter(|&l| l <= rest.len()) else {
-            return Parsed::Ip(malformed(src, next));
+        let Some((after, len, later_fragment)) = walked else {
+            return malformed(MalformedCause::TruncatedExtensionHeader);
         };
-        let header = &rest[..len];
+        next = after;
         rest = &rest[len..];
-        let later_fragment = next == 44 && be16(header, 2).unwrap() & 0xfff8 != 0;
-        next = header[0];
         if later_fragment {
             return Parsed::Ip(transport(src, next, rest, false, false));
         }
     }
-    Parsed::Ip(malformed(src, next))
+    // The chain is as long as allowed: only a transport header may come now.
+    match next {
+        IpNumber::IPV6_HEADER_HOP_BY_HOP
+        | IpNumber::IPV6_ROUTE_HEADER
+        | IpNumber::IPV6_DESTINATION_OPTIONS
+        | IpNumber::MOBILITY_HEADER
+        | IpNumber::HIP
+        | IpNumber::SHIM6
+        | IpNumber::AUTHENTICATION_HEADER
+        | IpNumber::IPV6_FRAGMENTATION_HEADER => malformed(MalformedCause::TooManyExtensionHeaders),
+        _ => Parsed::Ip(transport(src, next, rest, true, false)),
+    }
 }
 
-fn class_of(protocol: u8, v4: bool) -> Class {
+/// An AH header: (next header, length, false). Difference 4: a length field of 0 is walked
+/// as 8 bytes.
+fn auth_header(rest: &[u8]) -> Option<(IpNumber, usize, bool)> {
+    use err::ip_auth::{HeaderError, HeaderSliceError};
+    match IpAuthHeaderSlice::from_slice(rest) {
+        Ok(h) => Some((h.next_header(), h.slice().len(), false)),
+        Err(HeaderSliceError::Content(HeaderError::ZeroPayloadLen)) => {
+            Some((IpNumber(rest[0]), 8, false))
+        }
+        Err(HeaderSliceError::Len(e)) if rest.len() >= 8 && rest[1] == 0 => {
+            // Too short for etherparse's 12-byte minimum, long enough for a zero-length AH.
+            let _ = e;
+            Some((IpNumber(rest[0]), 8, false))
+        }
+        Err(_) => None,
+    }
+}
+
+fn class_of(protocol: IpNumber, v4: bool) -> Class {
     match (protocol, v4) {
-        (6, _) => Class::Tcp,
-        (17, _) => Class::Udp,
-        (1, true) | (58, false) => Class::Icmp,
+        (IpNumber::TCP, _) => Class::Tcp,
+        (IpNumber::UDP, _) => Class::Udp,
+        (IpNumber::ICMP, true) | (IpNumber::IPV6_ICMP, false) => Class::Icmp,
         _ => Class::Other,
     }
 }
 
-fn malformed(src: IpAddr, _protocol: u8) -> Packet {
-    Packet {
-        src,
-        class: Class::Other,
-        port: None,
-        syn: false,
-        malformed: true,
-    }
-}
-
-fn transport(src: IpAddr, protocol: u8, l4: &[u8], first_fragment: bool, v4: bool) -> Packet {
+fn transport(src: IpAddr, protocol: IpNumber, l4: &[u8], first_fragment: bool, v4: bool) -> Packet {
     let class = class_of(protocol, v4);
     let mut pkt = Packet {
         src,
         class,
         port: None,
         syn: false,
-        malformed: false,
+        malformed: None,
     };
     if !first_fragment {
         return pkt;
     }
     match class {
-        Class::Tcp => {
-            if l4.len() < 20 || l4[12] >> 4 < 5 {
-                pkt.malformed = true;
+        Class::Tcp => match tcp_header(l4) {
+            Ok((port, syn)) => {
+                pkt.port = Some(port);
+                pkt.syn = syn;
+            }
+            Err(cause) => pkt.malformed = Some(cause),
+        },
+        Class::Udp => match UdpHeaderSlice::from_slice(l4) {
+            Ok(udp) => pkt.port = Some(udp.destination_port()),
+            Err(_) => pkt.malformed = Some(MalformedCause::TruncatedUdp),
+        },
+        Class::Icmp => {
+            let whole = if v4 {
+                Icmpv4Slice::from_slice(l4).is_ok()
             } else {
-                pkt.port = be16(l4, 2);
-                pkt.syn = l4[13] & 0x12 == 0x02;
+                Icmpv6Slice::from_slice(l4).is_ok()
+            };
+            if !whole {
+                pkt.malformed = Some(MalformedCause::TruncatedIcmp);
             }
         }
-        Class::Udp => {
-            if l4.len() < 8 {
-                pkt.malformed = true;
-            } else {
-                pkt.port = be16(l4, 2);
-            }
-        }
-        Class::Icmp => pkt.malformed = l4.len() < 8,
         Class::Other => {}
     }
     pkt
+}
+
+/// The destination port and whether it is a SYN without ACK. Difference 5: options are not
+/// read, so the header is parsed from its first 20 bytes with the data offset capped at 5.
+fn tcp_header(l4: &[u8]) -> Result<(u16, bool), MalformedCause> {
+    use err::tcp::HeaderSliceError;
+    let Some(fixed) = l4.get(..20) else {
+        return Err(MalformedCause::TruncatedTcp);
+    };
+    let mut fixed = <[u8; 20]>::try_from(fixed).expect("20 bytes");
+    if fixed[12] >> 4 > 5 {
+        fixed[12] = (5 << 4) | (fixed[12] & 0x0f);
+    }
+    match TcpHeaderSlice::from_slice(&fixed) {
+        Ok(tcp) => Ok((tcp.destination_port(), tcp.syn() && !tcp.ack())),
+        Err(HeaderSliceError::Len(_)) => Err(MalformedCause::TruncatedTcp),
+        Err(HeaderSliceError::Content(_)) => Err(MalformedCause::BadTcpDataOffset),
+    }
 }
 
 /// The decision state: buckets (tokens used), escalation counts and bans.
@@ -173,6 +269,7 @@ pub struct Model {
     bans: HashMap<IpNet, usize>,
     pub verdicts: HashMap<Reason, u64>,
     pub shadow: HashMap<Reason, u64>,
+    pub malformed: HashMap<MalformedCause, u64>,
 }
 
 fn contains(net: &IpNet, addr: &IpAddr) -> bool {
@@ -210,6 +307,7 @@ impl Model {
             bans: HashMap::new(),
             verdicts: HashMap::new(),
             shadow: HashMap::new(),
+            malformed: HashMap::new(),
         }
     }
 
@@ -229,10 +327,15 @@ impl Model {
         }
     }
 
+    fn malformed(&mut self, cause: MalformedCause) -> (Action, Reason) {
+        *self.malformed.entry(cause).or_default() += 1;
+        self.finish(Reason::Malformed)
+    }
+
     pub fn judge(&mut self, frame: &[u8]) -> (Action, Reason) {
         let pkt = match parse(frame) {
             Parsed::NotIp => return self.finish(Reason::NotIp),
-            Parsed::Malformed => return self.finish(Reason::Malformed),
+            Parsed::Malformed(cause) => return self.malformed(cause),
             Parsed::Ip(pkt) => pkt,
         };
         if self.policy.allow.iter().any(|n| contains(n, &pkt.src)) {
@@ -261,8 +364,8 @@ impl Model {
         {
             return self.finish(Reason::Banned);
         }
-        if pkt.malformed {
-            return self.finish(Reason::Malformed);
+        if let Some(cause) = pkt.malformed {
+            return self.malformed(cause);
         }
         let mut matched = false;
         let kinds: &[Count] = if pkt.syn {

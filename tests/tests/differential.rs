@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use agent_common::Reason;
+use agent_common::{MalformedCause, Reason};
 use portcullis_tests::{
     frames::{ETH_P_8021AD, ETH_P_8021Q, Ext, FrameSpec, L4, non_ip},
     harness::Harness,
@@ -182,6 +182,14 @@ fn by_reason(get: impl Fn(Reason) -> u64) -> BTreeMap<&'static str, u64> {
         .collect()
 }
 
+fn by_cause(get: impl Fn(MalformedCause) -> u64) -> BTreeMap<&'static str, u64> {
+    MalformedCause::ALL
+        .iter()
+        .map(|&c| (c.name(), get(c)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
 #[test]
 fn kernel_agrees_with_the_reference_model_on_random_frames() {
     require_kernel!();
@@ -245,6 +253,13 @@ fn kernel_agrees_with_the_reference_model_on_random_frames() {
         assert_eq!(
             kernel_shadow, model_shadow,
             "{hook_name}: shadow counters by reason"
+        );
+        let kernel_causes = by_cause(|c| counters.malformed(c));
+        let model_causes = by_cause(|c| model.malformed.get(&c).copied().unwrap_or(0));
+        println!("{hook_name}: malformed by cause {kernel_causes:?}");
+        assert_eq!(
+            kernel_causes, model_causes,
+            "{hook_name}: malformed counters by cause"
         );
         assert!(judged >= needed, "{hook_name}: only {judged} frames judged");
         for reason in Reason::ALL

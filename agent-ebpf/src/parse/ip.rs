@@ -14,8 +14,8 @@ const IPPROTO_HIP: u8 = 139;
 const IPPROTO_SHIM6: u8 = 140;
 
 /// Extension headers walked before giving up. Real traffic carries one or two; a longer
-/// chain is treated as malformed so that stacking headers cannot hide the transport
-/// header from port-scoped rules.
+/// chain (another extension header after these) is treated as malformed so that stacking
+/// headers cannot hide the transport header from port-scoped rules.
 pub const MAX_IPV6_EXT_HEADERS: usize = 8;
 /// The longest extension header: a generic one with the largest length byte (255 + 1
 /// units of 8 bytes); AH's units are smaller.
@@ -133,13 +133,30 @@ enum Transport {
     LaterFragment(u8),
 }
 
-/// Moves the cursor past the extension headers. An error if one is truncated or there are
-/// more than `MAX_IPV6_EXT_HEADERS` (the last round can only find the transport header).
+/// True for the extension headers the walk knows (every other number is a transport
+/// protocol, or one we do not parse).
+#[inline(always)]
+fn is_extension_header(next: u8) -> bool {
+    matches!(
+        next,
+        IPPROTO_HOPOPTS
+            | IPPROTO_ROUTING
+            | IPPROTO_DSTOPTS
+            | IPPROTO_MH
+            | IPPROTO_HIP
+            | IPPROTO_SHIM6
+            | IPPROTO_AH
+            | IPPROTO_FRAGMENT
+    )
+}
+
+/// Moves the cursor past the extension headers. An error if one is truncated, or if
+/// another extension header follows the `MAX_IPV6_EXT_HEADERS`th (it is not read).
 #[inline(always)]
 fn walk_extension_headers(cursor: &mut Cursor, first: u8) -> Result<Transport, MalformedCause> {
     const TRUNCATED: MalformedCause = MalformedCause::TruncatedExtensionHeader;
     let mut next = first;
-    for _ in 0..=MAX_IPV6_EXT_HEADERS {
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH | IPPROTO_HIP
             | IPPROTO_SHIM6 => {
@@ -174,5 +191,8 @@ fn walk_extension_headers(cursor: &mut Cursor, first: u8) -> Result<Transport, M
             _ => return Ok(Transport::Header(next)),
         }
     }
-    Err(MalformedCause::TooManyExtensionHeaders)
+    if is_extension_header(next) {
+        return Err(MalformedCause::TooManyExtensionHeaders);
+    }
+    Ok(Transport::Header(next))
 }
