@@ -9,7 +9,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::Mode;
+use crate::{
+    policy::Mode,
+    state_file::{self, StateFileError},
+};
 
 /// Versions kept for rollback.
 pub const KEPT_VERSIONS: usize = 10;
@@ -38,27 +41,8 @@ pub struct History {
     path: Option<PathBuf>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum HistoryError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} is not a policy history: {source}")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
+/// Reading or saving the history failed.
+pub type HistoryError = StateFileError;
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -70,16 +54,7 @@ impl History {
     /// Loads the history saved in `state_dir`, or starts an empty one there.
     pub fn load(state_dir: &Path) -> Result<Self, HistoryError> {
         let path = state_dir.join(FILE_NAME);
-        let mut history = match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                serde_json::from_str::<History>(&text).map_err(|source| HistoryError::Parse {
-                    path: path.clone(),
-                    source,
-                })?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => History::default(),
-            Err(source) => return Err(HistoryError::Read { path, source }),
-        };
+        let mut history: History = state_file::load(&path, "a policy history")?.unwrap_or_default();
         history.path = Some(path);
         Ok(history)
     }
@@ -118,23 +93,11 @@ impl History {
         Ok(number)
     }
 
-    /// Writes a new file and renames it over the old one, so a crash never leaves half a
-    /// history behind.
     fn save(&self) -> Result<(), HistoryError> {
-        let Some(path) = &self.path else {
-            return Ok(());
-        };
-        let write = |source| HistoryError::Write {
-            path: path.clone(),
-            source,
-        };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(write)?;
+        match &self.path {
+            Some(path) => state_file::save(path, self),
+            None => Ok(()),
         }
-        let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_string_pretty(self).expect("history serializes");
-        std::fs::write(&tmp, text).map_err(write)?;
-        std::fs::rename(&tmp, path).map_err(write)
     }
 }
 

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod policy;
 pub mod rule_ids;
 pub mod run;
+pub mod state_file;
 pub mod tables;
 pub mod telemetry;
 pub mod watch;

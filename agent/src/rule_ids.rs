@@ -6,39 +6,23 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use agent_common::{BLOCK_RULE, RuleConfig};
 
-use crate::policy::CLI_BLOCK;
+use crate::{
+    policy::CLI_BLOCK,
+    state_file::{self, StateFileError},
+};
 
 /// The file in the state directory.
 const FILE_NAME: &str = "rule-ids.json";
 /// Where agents before `FILE_NAME` kept the ids: the `rule_ids` field of the history.
 const LEGACY_FILE_NAME: &str = "history.json";
 
-#[derive(Debug, thiserror::Error)]
-pub enum RuleIdsError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} does not hold rule ids: {source}")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
+/// Reading or saving the rule ids failed.
+pub type RuleIdsError = StateFileError;
 
 /// Stable rule ids by name, and epochs that change with a rule's definition.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -181,44 +165,17 @@ impl RuleIds {
             #[serde(default)]
             rule_ids: RuleIds,
         }
-        let path = state_dir.join(FILE_NAME);
-        if let Some(text) = read_if_present(&path)? {
-            return serde_json::from_str(&text)
-                .map_err(|source| RuleIdsError::Parse { path, source });
+        if let Some(ids) = state_file::load(&state_dir.join(FILE_NAME), "a set of rule ids")? {
+            return Ok(ids);
         }
-        let path = state_dir.join(LEGACY_FILE_NAME);
-        match read_if_present(&path)? {
-            Some(text) => serde_json::from_str::<Legacy>(&text)
-                .map(|legacy| legacy.rule_ids)
-                .map_err(|source| RuleIdsError::Parse { path, source }),
-            None => Ok(RuleIds::default()),
-        }
+        let legacy: Option<Legacy> =
+            state_file::load(&state_dir.join(LEGACY_FILE_NAME), "a policy history")?;
+        Ok(legacy.map(|legacy| legacy.rule_ids).unwrap_or_default())
     }
 
-    /// Saves the ids in `state_dir`: a new file renamed over the old one, so a crash never
-    /// leaves half of it.
+    /// Saves the ids in `state_dir`.
     pub fn save(&self, state_dir: &Path) -> Result<(), RuleIdsError> {
-        let path = state_dir.join(FILE_NAME);
-        let write = |source| RuleIdsError::Write {
-            path: path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(state_dir).map_err(write)?;
-        let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_string_pretty(self).expect("rule ids serialize");
-        std::fs::write(&tmp, text).map_err(write)?;
-        std::fs::rename(&tmp, &path).map_err(write)
-    }
-}
-
-fn read_if_present(path: &Path) -> Result<Option<String>, RuleIdsError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(RuleIdsError::Read {
-            path: path.to_path_buf(),
-            source,
-        }),
+        state_file::save(&state_dir.join(FILE_NAME), self)
     }
 }
 
@@ -291,7 +248,7 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    fn tempfile_dir(tag: &str) -> PathBuf {
+    fn tempfile_dir(tag: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("pc-rule-ids-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();

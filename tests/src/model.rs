@@ -13,8 +13,9 @@
 //!    upper-layer protocols and refuses a late hop-by-hop).
 //! 4. An AH header whose length field is 0 is walked as 8 bytes (etherparse refuses it).
 //! 5. Length fields are not read: headers are read as far as the frame goes (IPv4 total
-//!    length, IPv6 payload length, UDP length), and TCP options are not read, so a TCP
-//!    header of 20 bytes is whole whatever its data offset above 5 says.
+//!    length, IPv6 payload length, UDP length); TCP options are not read, so a TCP header of
+//!    20 bytes is whole whatever its data offset above 5 says; and an ICMP header is its
+//!    first 8 bytes, whatever the message type (etherparse wants a timestamp message whole).
 //! 6. The first fragment of a fragmented packet has its transport header read (its ports
 //!    count); a later fragment has none, and after an IPv6 fragment header with a non-zero
 //!    offset nothing more is walked.
@@ -178,19 +179,11 @@ fn parse_v6(ip: &[u8]) -> Parsed {
 }
 
 /// An AH header: (next header, length, false). Difference 4: a length field of 0 is walked
-/// as 8 bytes.
+/// as 8 bytes, where etherparse wants at least 12.
 fn auth_header(rest: &[u8]) -> Option<(IpNumber, usize, bool)> {
-    use err::ip_auth::{HeaderError, HeaderSliceError};
     match IpAuthHeaderSlice::from_slice(rest) {
         Ok(h) => Some((h.next_header(), h.slice().len(), false)),
-        Err(HeaderSliceError::Content(HeaderError::ZeroPayloadLen)) => {
-            Some((IpNumber(rest[0]), 8, false))
-        }
-        Err(HeaderSliceError::Len(e)) if rest.len() >= 8 && rest[1] == 0 => {
-            // Too short for etherparse's 12-byte minimum, long enough for a zero-length AH.
-            let _ = e;
-            Some((IpNumber(rest[0]), 8, false))
-        }
+        Err(_) if rest.len() >= 8 && rest[1] == 0 => Some((IpNumber(rest[0]), 8, false)),
         Err(_) => None,
     }
 }
@@ -229,10 +222,16 @@ fn transport(src: IpAddr, protocol: IpNumber, l4: &[u8], first_fragment: bool, v
             Err(_) => pkt.malformed = Some(MalformedCause::TruncatedUdp),
         },
         Class::Icmp => {
+            // Difference 5: only the 8-byte header must be there; etherparse also wants a
+            // timestamp message's body whole.
+            let header_whole = |result: Result<(), err::LenError>| match result {
+                Ok(()) => true,
+                Err(e) => !matches!(e.layer, err::Layer::Icmpv4 | err::Layer::Icmpv6),
+            };
             let whole = if v4 {
-                Icmpv4Slice::from_slice(l4).is_ok()
+                header_whole(Icmpv4Slice::from_slice(l4).map(drop))
             } else {
-                Icmpv6Slice::from_slice(l4).is_ok()
+                header_whole(Icmpv6Slice::from_slice(l4).map(drop))
             };
             if !whole {
                 pkt.malformed = Some(MalformedCause::TruncatedIcmp);

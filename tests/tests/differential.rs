@@ -174,20 +174,24 @@ fn policy(catch_all: bool) -> String {
     }
 }
 
-fn by_reason(get: impl Fn(Reason) -> u64) -> BTreeMap<&'static str, u64> {
-    Reason::ALL
-        .iter()
-        .map(|&r| (r.name(), get(r)))
+/// The counters that are not zero, by the name of what they count.
+fn nonzero<T: Copy>(
+    all: &[T],
+    name: fn(T) -> &'static str,
+    get: impl Fn(T) -> u64,
+) -> BTreeMap<&'static str, u64> {
+    all.iter()
+        .map(|&t| (name(t), get(t)))
         .filter(|(_, n)| *n > 0)
         .collect()
 }
 
+fn by_reason(get: impl Fn(Reason) -> u64) -> BTreeMap<&'static str, u64> {
+    nonzero(&Reason::ALL, Reason::name, get)
+}
+
 fn by_cause(get: impl Fn(MalformedCause) -> u64) -> BTreeMap<&'static str, u64> {
-    MalformedCause::ALL
-        .iter()
-        .map(|&c| (c.name(), get(c)))
-        .filter(|(_, n)| *n > 0)
-        .collect()
+    nonzero(&MalformedCause::ALL, MalformedCause::name, get)
 }
 
 #[test]
