@@ -17,7 +17,8 @@ use crate::tables::Tables;
 
 /// One of the two sets of policy maps (see `agent_common::maps`).
 pub(super) struct PolicySetMaps {
-    set: usize,
+    /// Names for errors.
+    specs: &'static Specs,
     acl_v4: LpmTrie<MapData, [u8; 4], AclEntry>,
     acl_v6: LpmTrie<MapData, [u8; 16], AclEntry>,
     port_rules: HashMap<MapData, u32, PortRules>,
@@ -30,13 +31,8 @@ impl PolicySetMaps {
         take: &mut impl FnMut(&'static str) -> Result<Map, MapsError>,
         specs: &'static Specs,
     ) -> Result<Self, MapsError> {
-        let set = if std::ptr::eq(specs, &names::POLICY_SETS[0]) {
-            0
-        } else {
-            1
-        };
         Ok(Self {
-            set,
+            specs,
             acl_v4: typed(specs.acl_v4.name, take(specs.acl_v4.name)?)?,
             acl_v6: typed(specs.acl_v6.name, take(specs.acl_v6.name)?)?,
             port_rules: typed(specs.port_rules.name, take(specs.port_rules.name)?)?,
@@ -47,24 +43,24 @@ impl PolicySetMaps {
 
     /// Moves this set from `old` to `new`, writing only what differs.
     fn write(&mut self, old: &Tables, new: &Tables) -> Result<(), MapsError> {
-        let set = self.set;
+        let specs = self.specs;
         sync_lpm(
             &mut self.acl_v4,
             &old.acl_v4,
             &new.acl_v4,
-            names::POLICY_SETS[set].acl_v4.name,
+            specs.acl_v4.name,
         )?;
         sync_lpm(
             &mut self.acl_v6,
             &old.acl_v6,
             &new.acl_v6,
-            names::POLICY_SETS[set].acl_v6.name,
+            specs.acl_v6.name,
         )?;
         for (port, rules) in &new.port_rules {
             if old.port_rules.get(port) != Some(rules) {
                 self.port_rules
                     .insert(port, rules, 0)
-                    .map_err(ctx(names::POLICY_SETS[set].port_rules.name))?;
+                    .map_err(ctx(specs.port_rules.name))?;
             }
         }
         for port in old
@@ -73,33 +69,33 @@ impl PolicySetMaps {
             .filter(|k| !new.port_rules.contains_key(k))
         {
             ignore_missing(self.port_rules.remove(port))
-                .map_err(ctx(names::POLICY_SETS[set].port_rules.name))?;
+                .map_err(ctx(specs.port_rules.name))?;
         }
         for (class, rules) in new.class_rules.iter().enumerate() {
             if old.class_rules[class] != *rules {
                 self.class_rules
                     .set(class as u32, rules, 0)
-                    .map_err(ctx(names::POLICY_SETS[set].class_rules.name))?;
+                    .map_err(ctx(specs.class_rules.name))?;
             }
         }
         for (id, config) in &new.rules {
             if old.rules.get(id) != Some(config) {
                 self.rules
                     .set(*id, config, 0)
-                    .map_err(ctx(names::POLICY_SETS[set].rules.name))?;
+                    .map_err(ctx(specs.rules.name))?;
             }
         }
         // A removed rule becomes inert (interval 0) and its bans void (epoch 0).
         for id in old.rules.keys().filter(|id| !new.rules.contains_key(id)) {
             self.rules
                 .set(*id, RuleConfig::default(), 0)
-                .map_err(ctx(names::POLICY_SETS[set].rules.name))?;
+                .map_err(ctx(specs.rules.name))?;
         }
         Ok(())
     }
 
     fn clear(&mut self) -> Result<(), MapsError> {
-        let set = self.set;
+        let specs = self.specs;
         macro_rules! clear_keyed {
             ($map:expr, $name:expr) => {{
                 let keys: Vec<_> = $map.keys().filter_map(Result::ok).collect();
@@ -108,18 +104,18 @@ impl PolicySetMaps {
                 }
             }};
         }
-        clear_keyed!(self.acl_v4, names::POLICY_SETS[set].acl_v4.name);
-        clear_keyed!(self.acl_v6, names::POLICY_SETS[set].acl_v6.name);
-        clear_keyed!(self.port_rules, names::POLICY_SETS[set].port_rules.name);
+        clear_keyed!(self.acl_v4, specs.acl_v4.name);
+        clear_keyed!(self.acl_v6, specs.acl_v6.name);
+        clear_keyed!(self.port_rules, specs.port_rules.name);
         for class in 0..agent_common::CLASS_COUNT {
             self.class_rules
                 .set(class, PortRules::default(), 0)
-                .map_err(ctx(names::POLICY_SETS[set].class_rules.name))?;
+                .map_err(ctx(specs.class_rules.name))?;
         }
         for id in 1..agent_common::MAX_RULES {
             self.rules
                 .set(id, RuleConfig::default(), 0)
-                .map_err(ctx(names::POLICY_SETS[set].rules.name))?;
+                .map_err(ctx(specs.rules.name))?;
         }
         Ok(())
     }
