@@ -68,8 +68,7 @@ impl PolicySetMaps {
             .keys()
             .filter(|k| !new.port_rules.contains_key(k))
         {
-            ignore_missing(self.port_rules.remove(port))
-                .map_err(ctx(specs.port_rules.name))?;
+            ignore_missing(self.port_rules.remove(port)).map_err(ctx(specs.port_rules.name))?;
         }
         for (class, rules) in new.class_rules.iter().enumerate() {
             if old.class_rules[class] != *rules {
