@@ -86,6 +86,17 @@ pub struct AclEntry {
 /// `AclEntry::mode` of an allow entry; not a `Mode` code (a test in `mode` checks).
 pub const ACL_ALLOW: u32 = 2;
 
+/// Value of `BLOCKS_V4` / `BLOCKS_V6`: an operator's block (`portcullis block`) of a
+/// prefix. Always enforced, and checked before escalation bans, which it never shares a map
+/// with: a ban cannot hide a block or take its room.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockEntry {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) time at which the block ends; `u64::MAX` for a
+    /// block until lifted.
+    pub expires_ns: u64,
+}
+
 /// Value of `BANS_V4` / `BANS_V6`: a temporary ban of a source group.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -164,6 +175,7 @@ const _: () = assert!(core::mem::size_of::<PortRules>() == 8);
 const _: () = assert!(core::mem::size_of::<RuleConfig>() == 72);
 const _: () = assert!(core::mem::size_of::<AclEntry>() == 8);
 const _: () = assert!(core::mem::size_of::<BanEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<BlockEntry>() == 8);
 const _: () = assert!(core::mem::size_of::<BucketKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Bucket>() == 32);
 const _: () = assert!(core::mem::size_of::<RuleCounters>() == 24);
@@ -180,6 +192,7 @@ mod pod {
     unsafe impl aya::Pod for RuleConfig {}
     unsafe impl aya::Pod for AclEntry {}
     unsafe impl aya::Pod for BanEntry {}
+    unsafe impl aya::Pod for BlockEntry {}
     unsafe impl aya::Pod for BucketKey {}
     unsafe impl aya::Pod for Bucket {}
     unsafe impl aya::Pod for RuleCounters {}

@@ -8,8 +8,8 @@
 use core::mem::size_of;
 
 use crate::{
-    AclEntry, BanEntry, Bucket, BucketKey, CLASS_COUNT, Event, EventBudget, IfaceCounters,
-    PortRules, RuleConfig, RuleCounters, Settings,
+    AclEntry, BanEntry, BlockEntry, Bucket, BucketKey, CLASS_COUNT, Event, EventBudget,
+    IfaceCounters, PortRules, RuleConfig, RuleCounters, Settings,
 };
 
 /// `BPF_MAP_TYPE_*` numbers from the kernel's uapi (include/uapi/linux/bpf.h).
@@ -32,8 +32,10 @@ pub struct Capacity {
     pub sources: u32,
     /// Entries per address family in each of the allow and deny lists.
     pub cidrs: u32,
-    /// Bans per address family.
+    /// Escalation bans per address family.
     pub bans: u32,
+    /// Operator blocks per address family, in maps of their own.
+    pub blocks: u32,
 }
 
 /// How many entries a map has.
@@ -45,6 +47,8 @@ pub enum Entries {
     Cidrs,
     /// `capacity.bans`.
     Bans,
+    /// `capacity.blocks`.
+    Blocks,
     /// `capacity.sources`.
     Sources,
 }
@@ -58,6 +62,7 @@ impl Entries {
             Entries::Fixed(count) => count,
             Entries::Cidrs => capacity.cidrs.saturating_mul(2),
             Entries::Bans => capacity.bans,
+            Entries::Blocks => capacity.blocks,
             Entries::Sources => capacity.sources,
         }
     }
@@ -219,7 +224,23 @@ pub const POLICY_SETS: [PolicySetMaps; 2] = [
 
 /// Array with one `u32`: 0 or 1, the policy set in force.
 pub const GENERATION: MapSpec = spec("GENERATION", MapKind::Array, 4, 4, Entries::Fixed(1));
-/// LPM trie, key IPv4 prefix of a source group, value `BanEntry`: bans and blocks.
+/// LPM trie, key IPv4 prefix, value `BlockEntry`: operator blocks, checked before bans.
+pub const BLOCKS_V4: MapSpec = spec(
+    "BLOCKS_V4",
+    MapKind::LpmTrie,
+    LPM_V4_KEY,
+    size_of::<BlockEntry>(),
+    Entries::Blocks,
+);
+/// LPM trie, key IPv6 prefix, value `BlockEntry`.
+pub const BLOCKS_V6: MapSpec = spec(
+    "BLOCKS_V6",
+    MapKind::LpmTrie,
+    LPM_V6_KEY,
+    size_of::<BlockEntry>(),
+    Entries::Blocks,
+);
+/// LPM trie, key IPv4 prefix of a source group, value `BanEntry`: escalation bans.
 pub const BANS_V4: MapSpec = spec(
     "BANS_V4",
     MapKind::LpmTrie,
@@ -301,7 +322,7 @@ pub const EVENTS: MapSpec = spec(
 );
 
 /// Every map of the agent's object.
-pub const ALL: [MapSpec; 21] = [
+pub const ALL: [MapSpec; 23] = [
     POLICY_SETS[0].acl_v4,
     POLICY_SETS[0].acl_v6,
     POLICY_SETS[0].port_rules,
@@ -313,6 +334,8 @@ pub const ALL: [MapSpec; 21] = [
     POLICY_SETS[1].class_rules,
     POLICY_SETS[1].rules,
     GENERATION,
+    BLOCKS_V4,
+    BLOCKS_V6,
     BANS_V4,
     BANS_V6,
     BUCKETS,
@@ -336,10 +359,12 @@ const _: () = {
 // A ring buffer record must fit the ring many times over.
 const _: () = assert!(size_of::<Event>() as u32 * 1024 <= EVENTS_BYTES);
 
-/// The rule id of bans made with `portcullis block`: an inert rule (no rate) that is in
-/// every policy set, so the kernel treats those bans like escalation bans.
+/// The rule id blocks are counted and reported under: an inert rule (no rate) that is in
+/// every policy set.
 pub const BLOCK_RULE: u32 = MAX_RULES - 1;
-/// The epoch of `BLOCK_RULE`, which never changes; rule epochs count up from 1.
+/// The epoch of `BLOCK_RULE`, which never changes; rule epochs count up from 1. Agents
+/// before `BLOCKS_V4` kept blocks in the ban maps under this rule and epoch; the agent moves
+/// such entries into the block maps when it takes their maps over.
 pub const BLOCK_EPOCH: u32 = u32::MAX;
 
 /// `COUNTERS` layout: `[0, REASON_SLOTS)` counts final verdicts by `Reason` code;
@@ -379,15 +404,18 @@ mod tests {
             sources: 10,
             cidrs: 20,
             bans: 30,
+            blocks: 40,
         };
         assert_eq!(BUCKETS.max_entries(&capacity), 10);
         assert_eq!(POLICY_SETS[1].acl_v6.max_entries(&capacity), 40);
         assert_eq!(BANS_V4.max_entries(&capacity), 30);
+        assert_eq!(BLOCKS_V6.max_entries(&capacity), 40);
         assert_eq!(RULE_COUNTERS.max_entries(&capacity), MAX_RULES);
         let huge = Capacity {
             sources: 1,
             cidrs: u32::MAX,
             bans: 1,
+            blocks: 1,
         };
         assert_eq!(POLICY_SETS[0].acl_v4.max_entries(&huge), u32::MAX);
     }

@@ -1,5 +1,6 @@
 //! Temporary bans of source groups, made by escalation. A ban expires by itself: the
-//! kernel ignores (and removes) a ban whose time is up, or whose rule has changed since.
+//! kernel ignores a ban whose time is up, or whose rule has changed since, and the agent's
+//! sweep removes it.
 
 use agent_common::{BanEntry, RuleConfig};
 use aya_ebpf::maps::lpm_trie::Key;
@@ -25,39 +26,23 @@ pub fn active(policy: PolicySet, pkt: &Packet) -> Option<ActiveBan> {
     } else {
         *BANS_V6.get(Key::new(128, pkt.src))?
     };
-    let current_rule = policy.rule(ban.rule).filter(|cfg| cfg.epoch == ban.epoch);
-    match current_rule {
-        // Ban times are seconds or more: the coarse clock (one tick behind at most) will do.
-        Some(cfg) if clock::coarse_ns() < ban.expires_ns => Some(ActiveBan {
-            rule: ban.rule,
-            mode: cfg.mode,
-        }),
-        _ => {
-            remove(policy, pkt, ban.rule);
-            None
-        }
-    }
-}
-
-/// Removes the stale ban covering `pkt`. The ban's prefix is its rule's grouping prefix; if
-/// the rule is gone the removal fails harmlessly and the agent's sweep removes it later.
-#[inline(always)]
-fn remove(policy: PolicySet, pkt: &Packet, rule: u32) {
-    if let Some(cfg) = policy.rule(rule) {
-        if pkt.v4 {
-            let _ = BANS_V4.remove(Key::new(cfg.prefix_v4, pkt.src[3] & cfg.mask_v4));
-        } else {
-            let group = ratelimit::group_v6(pkt, cfg);
-            let _ = BANS_V6.remove(Key::new(cfg.prefix_v6, group));
-        }
-    }
+    let cfg = policy.rule(ban.rule).filter(|cfg| cfg.epoch == ban.epoch)?;
+    // Ban times are seconds or more: the coarse clock (one tick behind at most) will do.
+    // An ended or void ban is ignored here, not removed: a lookup does not say which key
+    // matched, and guessing it from the rule's prefix could remove another entry (the
+    // rule may be gone). The agent's sweep removes it by its exact key.
+    (clock::coarse_ns() < ban.expires_ns).then_some(ActiveBan {
+        rule: ban.rule,
+        mode: cfg.mode,
+    })
 }
 
 /// Bans the source group of `pkt` under `rule` for the rule's ban time.
 #[inline(always)]
 pub fn start(pkt: &Packet, rule: u32, cfg: &RuleConfig, now: u64) {
     let ban = BanEntry {
-        expires_ns: now.wrapping_add(cfg.ban_for_ns),
+        // Saturating: a ban as long as time itself is a ban, not one that ended long ago.
+        expires_ns: now.saturating_add(cfg.ban_for_ns),
         rule,
         epoch: cfg.epoch,
     };

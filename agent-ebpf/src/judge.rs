@@ -1,11 +1,11 @@
-//! The decision, in order: allow list, deny list, bans, malformed headers, rate-limit
-//! rules, pass. Shared by the XDP and TC programs, which only translate the `Action`.
+//! The decision, in order: allow list, deny list, operator blocks, escalation bans,
+//! malformed headers, rate-limit rules, pass. Shared by the XDP and TC programs, which only translate the `Action`.
 //!
 //! A deny entry, ban or rule in shadow mode counts and reports what it would have dropped,
 //! then the packet goes on to the next step as if the entry did not exist.
 
 use crate::{
-    acl, bans, clock,
+    acl, bans, blocks, clock,
     counters::{self, RuleOutcome},
     events,
     parse::{Packet, Parsed},
@@ -13,7 +13,7 @@ use crate::{
     ratelimit::{self, Outcome},
 };
 use agent_common::{
-    ACL_ALLOW, Action, EventAction, MalformedCause, Mode, PortRules, Reason, port_key,
+    ACL_ALLOW, Action, BLOCK_RULE, EventAction, MalformedCause, Mode, PortRules, Reason, port_key,
 };
 
 /// The verdict on a parsed frame that arrived on `ifindex`, with its counters and events.
@@ -67,6 +67,17 @@ fn judge_ip(pkt: &Packet, ifindex: u32) -> Action {
         if enforce(pkt, Reason::Denied, entry.rule, entry.mode, ifindex) {
             return finish(Reason::Denied);
         }
+    }
+    if blocks::active(pkt)
+        && enforce(
+            pkt,
+            Reason::Banned,
+            BLOCK_RULE,
+            Mode::Enforce.code(),
+            ifindex,
+        )
+    {
+        return finish(Reason::Banned);
     }
     if let Some(ban) = bans::active(policy, pkt)
         && enforce(pkt, Reason::Banned, ban.rule, ban.mode, ifindex)

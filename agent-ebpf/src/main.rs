@@ -5,6 +5,7 @@
 
 mod acl;
 mod bans;
+mod blocks;
 mod clock;
 mod counters;
 mod events;

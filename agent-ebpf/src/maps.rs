@@ -4,8 +4,8 @@
 //! agent resizes the maps the policy sizes before loading.
 
 use agent_common::{
-    AclEntry, BanEntry, Bucket, BucketKey, EventBudget, IfaceCounters, PortRules, RuleConfig,
-    RuleCounters, Settings,
+    AclEntry, BanEntry, BlockEntry, Bucket, BucketKey, EventBudget, IfaceCounters, PortRules,
+    RuleConfig, RuleCounters, Settings,
     maps::{self as spec, MapSpec, POLICY_SETS, PolicySetMaps},
 };
 use aya_ebpf::{
@@ -58,6 +58,13 @@ pub static RULES_1: Array<RuleConfig> =
 #[map]
 pub static GENERATION: Array<u32> =
     Array::with_max_entries(entries(spec::GENERATION), spec::GENERATION.flags);
+
+#[map]
+pub static BLOCKS_V4: LpmTrie<u32, BlockEntry> =
+    LpmTrie::with_max_entries(entries(spec::BLOCKS_V4), spec::BLOCKS_V4.flags);
+#[map]
+pub static BLOCKS_V6: LpmTrie<[u32; 4], BlockEntry> =
+    LpmTrie::with_max_entries(entries(spec::BLOCKS_V6), spec::BLOCKS_V6.flags);
 
 #[map]
 pub static BANS_V4: LpmTrie<u32, BanEntry> =

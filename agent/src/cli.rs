@@ -193,8 +193,8 @@ pub fn bans(socket: &Path, json: bool) -> Result<(), CliError> {
         return Ok(());
     }
     println!(
-        "{:<44} {:<11} {:<20} {:>10}  reason",
-        "cidr", "kind", "rule", "time left"
+        "{:<44} {:<11} {:<20} {:<8} {:>12}  reason",
+        "cidr", "kind", "rule", "mode", "time left"
     );
     for ban in &list.bans {
         let left = match ban.seconds_left {
@@ -202,10 +202,11 @@ pub fn bans(socket: &Path, json: bool) -> Result<(), CliError> {
             None => "until lifted".into(),
         };
         println!(
-            "{:<44} {:<11} {:<20} {:>10}  {}",
+            "{:<44} {:<11} {:<20} {:<8} {:>12}  {}",
             ban.cidr,
             ban.kind.name(),
             ban.rule,
+            ban.mode.name(),
             left,
             ban.reason.as_deref().unwrap_or_default()
         );

@@ -10,7 +10,6 @@ use std::{
     time::Instant,
 };
 
-use agent_common::BLOCK_RULE;
 use anyhow::Context as _;
 use ipnet::IpNet;
 
@@ -21,7 +20,7 @@ use crate::{
     },
     enforcer::Enforcer,
     history::History,
-    maps::{BanMaps, MapsError, monotonic_now_ns},
+    maps::{BanMaps, MapsError, Origin, Swept, monotonic_now_ns},
     policy::{self, Mode, PolicyError, units},
     telemetry::{InForce, Telemetry},
 };
@@ -225,9 +224,17 @@ impl Daemon {
         }
     }
 
-    /// Removes bans whose time is up. Returns how many.
-    pub fn sweep_expired_bans(&mut self) -> Result<usize, MapsError> {
-        self.bans.sweep_expired_bans(monotonic_now_ns())
+    /// Removes ended blocks and ended or void bans (their rule was removed or changed),
+    /// and the reasons given for blocks that ended.
+    pub fn sweep_bans(&mut self) -> Result<Swept, MapsError> {
+        let rules = self.telemetry.in_force().rules.clone();
+        let swept = self.bans.sweep(monotonic_now_ns(), |rule, epoch| {
+            rules.ban_is_current(rule, epoch)
+        })?;
+        for net in &swept.blocks {
+            self.block_reasons.remove(net);
+        }
+        Ok(swept)
     }
 
     pub fn handle(&mut self, request: Request, uid: u32) -> Response {
@@ -332,6 +339,12 @@ impl Daemon {
         };
         let expires_ns = match ttl_secs {
             Some(0) => return Response::error(ErrorKind::BadRequest, "--ttl must be above zero"),
+            Some(secs) if secs.saturating_mul(1_000_000_000) > units::MAX_DURATION_NS => {
+                return Response::error(
+                    ErrorKind::BadRequest,
+                    "--ttl is at most 365d; block without --ttl for longer",
+                );
+            }
             Some(secs) => monotonic_now_ns().saturating_add(secs.saturating_mul(1_000_000_000)),
             None => u64::MAX,
         };
@@ -386,12 +399,15 @@ impl Daemon {
             .iter()
             .map(|b| BanInfo {
                 cidr: b.net.to_string(),
-                kind: if b.rule == BLOCK_RULE {
-                    BanKind::Block
-                } else {
-                    BanKind::Escalation
+                kind: match b.origin {
+                    Origin::Block => BanKind::Block,
+                    Origin::Escalation => BanKind::Escalation,
                 },
                 rule: rules.name(b.rule),
+                mode: match b.origin {
+                    Origin::Block => Mode::Enforce,
+                    Origin::Escalation => rules.mode(b.rule),
+                },
                 seconds_left: (b.expires_ns != u64::MAX)
                     .then(|| b.expires_ns.saturating_sub(now) / 1_000_000_000),
                 reason: self.block_reasons.get(&b.net).cloned(),

@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use agent_common::Mode;
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
@@ -108,6 +109,11 @@ impl Enforcer {
                 .rules
                 .iter()
                 .map(|(id, config)| (*id, config.epoch))
+                .collect(),
+            modes: tables
+                .rules
+                .iter()
+                .filter_map(|(id, config)| Some((*id, Mode::from_code(config.mode)?)))
                 .collect(),
         }
     }

@@ -95,6 +95,59 @@ pub fn format(
     .to_string()
 }
 
+/// Where event and summary lines go: stdout. Whoever reads it may go away (a closed pipe, a
+/// full disk behind a redirect); the agent then carries on enforcing and answering, counts
+/// the lines it could not write, and says so once in its log.
+pub struct Output {
+    stdout: std::io::Stdout,
+    failing: bool,
+}
+
+impl Output {
+    pub fn stdout() -> Self {
+        Self {
+            stdout: std::io::stdout(),
+            failing: false,
+        }
+    }
+
+    /// Writes `lines` and flushes; returns how many could not be written.
+    pub fn write(&mut self, lines: &[String]) -> u64 {
+        use std::io::Write as _;
+        if lines.is_empty() {
+            return 0;
+        }
+        let mut out = self.stdout.lock();
+        let mut unwritten = 0;
+        let mut error = None;
+        for line in lines {
+            if let Err(e) = writeln!(out, "{line}") {
+                unwritten += 1;
+                error = Some(e);
+            }
+        }
+        if let Err(e) = out.flush() {
+            error = Some(e);
+        }
+        match error {
+            Some(e) if !self.failing => {
+                self.failing = true;
+                tracing::error!(
+                    error = %e,
+                    "cannot write events to stdout; enforcement goes on, and lines not written are counted (portcullis_output_lines_unwritten_total)"
+                );
+            }
+            Some(_) => {}
+            None if self.failing => {
+                self.failing = false;
+                tracing::info!("writing events to stdout again");
+            }
+            None => {}
+        }
+        unwritten
+    }
+}
+
 /// How a drain of the ring buffer ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drained {

@@ -25,13 +25,20 @@ pub struct Snapshot {
     pub counters: Counters,
     pub rules: Vec<(String, RuleCounters)>,
     pub interfaces: Vec<(String, IfaceCounters)>,
+    /// Escalation bans in force.
     pub bans_active: usize,
+    /// Operator blocks in force.
+    pub blocks_active: usize,
     pub allow_entries: usize,
     pub deny_entries: usize,
     pub buckets: usize,
     pub capacity: Capacity,
     pub policy_version: u64,
     pub apply_failures: u64,
+    /// Errors the agent carried on after, by what failed.
+    pub runtime_errors: Vec<(String, u64)>,
+    /// Event and summary lines the agent could not write to stdout.
+    pub lines_unwritten: u64,
     pub programs: Vec<ProgramStats>,
     pub bpf_stats_enabled: bool,
 }
@@ -148,11 +155,27 @@ pub fn render(s: &Snapshot) -> String {
             .get_or_create(&labels(&[("outcome", outcome)]))
             .inc_by(value);
     }
+    counter(
+        &mut registry,
+        "output_lines_unwritten",
+        "Event and summary lines the agent could not write to stdout (closed or failing)",
+        s.lines_unwritten,
+    );
+    let errors = counter_family(
+        &mut registry,
+        "runtime_errors",
+        "Errors the agent met while running and carried on after, by what failed",
+    );
+    for (what, value) in &s.runtime_errors {
+        errors
+            .get_or_create(&labels(&[("what", what)]))
+            .inc_by(*value);
+    }
     gauge(
         &mut registry,
         "bans_active",
         "Bans in force (escalation and blocks)",
-        s.bans_active as u64,
+        (s.bans_active + s.blocks_active) as u64,
     );
     counter(
         &mut registry,
@@ -170,6 +193,7 @@ pub fn render(s: &Snapshot) -> String {
         ("allow", s.allow_entries, s.capacity.cidrs),
         ("deny", s.deny_entries, s.capacity.cidrs),
         ("bans", s.bans_active, s.capacity.bans),
+        ("blocks", s.blocks_active, s.capacity.blocks),
         ("buckets", s.buckets, s.capacity.sources),
     ] {
         entries
@@ -248,6 +272,7 @@ mod tests {
                 },
             )],
             bans_active: 1,
+            blocks_active: 2,
             allow_entries: 0,
             deny_entries: 4,
             buckets: 6,
@@ -255,9 +280,12 @@ mod tests {
                 sources: 100,
                 cidrs: 1000,
                 bans: 10,
+                blocks: 20,
             },
             policy_version: 3,
             apply_failures: 1,
+            runtime_errors: vec![("ban sweep".into(), 2)],
+            lines_unwritten: 9,
             programs: vec![],
             bpf_stats_enabled: false,
         });
@@ -270,9 +298,14 @@ mod tests {
             "portcullis_events_total{outcome=\"suppressed\"} 5",
             "portcullis_map_entries{map=\"deny\"} 4",
             "portcullis_map_capacity{map=\"buckets\"} 100",
+            "portcullis_map_entries{map=\"blocks\"} 2",
+            "portcullis_map_capacity{map=\"blocks\"} 20",
+            "portcullis_bans_active 3",
             "portcullis_bucket_evictions_total 4",
             "portcullis_policy_version 3",
             "portcullis_policy_apply_failures_total 1",
+            "portcullis_runtime_errors_total{what=\"ban sweep\"} 2",
+            "portcullis_output_lines_unwritten_total 9",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -3,7 +3,6 @@
 
 use std::{
     collections::HashMap,
-    io::Write as _,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -22,7 +21,7 @@ use crate::{
     control::server::{Call, Server},
     daemon::{Daemon, DaemonParts},
     enforcer::Enforcer,
-    events::{self, Clock},
+    events::{self, Clock, Output},
     history::History,
     http,
     loader::{self, Attachment, Hook, XdpModeOption},
@@ -274,6 +273,10 @@ async fn serve(
         .metrics
         .map(|listener| tokio::spawn(http::serve(listener, calls_tx.clone(), telemetry.clone())));
     let control = tokio::spawn(listeners.control.serve(calls_tx, followers.clone()));
+    // SAFETY: the ring buffer owns its fd and outlives the registration, which is dropped
+    // with it when the event loop ends.
+    let ring = unsafe { AsyncFd::register(ring) }.context("polling the event ring buffer")?;
+    let (_watcher, changes) = watch::watch(&options.policy)?;
     // Installed before "ready" is logged, so a SIGTERM right after start is a clean stop.
     let signals = Signals {
         term: tokio::signal::unix::signal(SignalKind::terminate())?,
@@ -287,11 +290,12 @@ async fn serve(
         "ready"
     );
 
-    let result = event_loop(
+    event_loop(
         options,
         &mut daemon,
         &telemetry,
         ring,
+        changes,
         &ifaces,
         calls,
         followers,
@@ -302,7 +306,6 @@ async fn serve(
     if let Some(metrics) = metrics {
         metrics.abort();
     }
-    result?;
     match options.on_exit {
         OnExit::Detach => {
             detach_all(attachments);
@@ -333,6 +336,13 @@ struct Signals {
     int: tokio::signal::unix::Signal,
 }
 
+/// After a failed read of the event ring, wait this long before the next, so a ring that
+/// keeps failing cannot spin the loop.
+const RING_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Runs until SIGTERM or SIGINT. An error in one of its jobs (reading the ring buffer, a
+/// summary, the ban sweep, writing to stdout) is logged and counted, and the loop goes on:
+/// nothing that happens at run time takes the programs away.
 #[expect(
     clippy::too_many_arguments,
     reason = "the loop's inputs, each used once; a struct would only rename them"
@@ -341,44 +351,53 @@ async fn event_loop(
     options: &RunOptions,
     daemon: &mut Daemon,
     telemetry: &Telemetry,
-    ring: RingBuf<MapData>,
+    mut ring: AsyncFd<RingBuf<MapData>>,
+    mut changes: mpsc::Receiver<()>,
     ifaces: &HashMap<u32, String>,
     mut calls: mpsc::Receiver<Call>,
     followers: broadcast::Sender<String>,
     mut signals: Signals,
-) -> Result<()> {
+) {
     let clock = Clock::new();
-    // SAFETY: the ring buffer owns its fd and outlives the registration, which is dropped
-    // with `ring` at the end of this function.
-    let mut ring = unsafe { AsyncFd::register(ring) }.context("polling the event ring buffer")?;
-    let (_watcher, mut changes) = watch::watch(&options.policy)?;
     let mut summary = tokio::time::interval(options.summary_interval);
     summary.set_missed_tick_behavior(MissedTickBehavior::Delay);
     summary.tick().await;
     let mut sweep = tokio::time::interval(BAN_SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_counters = Counters::default();
-    let stdout = std::io::stdout();
+    let mut output = Output::stdout();
+    let failed = |what: &'static str, error: &dyn std::fmt::Display| {
+        telemetry.count_runtime_error(what);
+        tracing::error!(%error, what, "failed; carrying on");
+    };
 
     loop {
         tokio::select! {
             _ = signals.term.recv() => break,
             _ = signals.int.recv() => break,
             guard = ring.readable_mut() => {
-                let mut guard = guard?;
+                let mut guard = match guard {
+                    Ok(guard) => guard,
+                    Err(e) => {
+                        failed("event ring", &e);
+                        tokio::time::sleep(RING_ERROR_PAUSE).await;
+                        continue;
+                    }
+                };
                 let ring = guard.get_inner_mut();
                 let in_force = telemetry.in_force();
-                let mut out = stdout.lock();
+                let mut lines = Vec::new();
                 while let Some(record) = ring.next() {
                     if let Some(event) = parse_event(&record) {
-                        let line = events::format(&event, &clock, &in_force.rules, ifaces);
-                        writeln!(out, "{line}")?;
-                        // Nobody following is the common case, not an error.
-                        let _ = followers.send(line);
+                        lines.push(events::format(&event, &clock, &in_force.rules, ifaces));
                     }
                 }
-                out.flush()?;
                 guard.clear_ready();
+                telemetry.count_unwritten_lines(output.write(&lines));
+                for line in lines {
+                    // Nobody following is the common case, not an error.
+                    let _ = followers.send(line);
+                }
             }
             Some(call) = calls.recv() => {
                 let response = daemon.handle(call.request, call.uid);
@@ -399,19 +418,26 @@ async fn event_loop(
                 }
             }
             _ = summary.tick() => {
-                let counters = telemetry.counters()?;
-                if counters != last_counters {
-                    let rules = telemetry.rule_counters()?;
-                    let mut out = stdout.lock();
-                    writeln!(out, "{}", events::summary(&counters, &last_counters, &rules))?;
-                    out.flush()?;
-                    last_counters = counters;
+                match summary_line(telemetry, &last_counters) {
+                    Ok(Some((line, counters))) => {
+                        telemetry.count_unwritten_lines(output.write(&[line]));
+                        last_counters = counters;
+                    }
+                    Ok(None) => {}
+                    Err(e) => failed("summary", &e),
                 }
             }
             _ = sweep.tick() => {
-                let removed = daemon.sweep_expired_bans()?;
-                if removed > 0 {
-                    tracing::debug!(removed, "expired bans removed");
+                match daemon.sweep_bans() {
+                    Ok(swept) => {
+                        if swept.moved > 0 {
+                            tracing::info!(moved = swept.moved, "blocks moved from the ban maps an earlier agent kept them in to the block maps");
+                        }
+                        if !swept.blocks.is_empty() || swept.bans > 0 {
+                            tracing::debug!(blocks = swept.blocks.len(), bans = swept.bans, "ended blocks and ended or void bans removed");
+                        }
+                    }
+                    Err(e) => failed("ban sweep", &e),
                 }
             }
         }
@@ -422,33 +448,34 @@ async fn event_loop(
     // (`--on-exit keep`) go on writing, so the ring may never be empty.
     let ring = ring.get_mut();
     let in_force = telemetry.in_force();
-    let mut out = stdout.lock();
+    let mut lines = Vec::new();
     let drained = events::drain(
         Instant::now() + DRAIN_DEADLINE,
         || ring.next().map(|record| parse_event(&record)),
-        |event| {
-            let _ = writeln!(
-                out,
-                "{}",
-                events::format(&event, &clock, &in_force.rules, ifaces)
-            );
-        },
+        |event| lines.push(events::format(&event, &clock, &in_force.rules, ifaces)),
     );
-    let _ = out.flush();
-    drop(out);
     if drained == events::Drained::DeadlinePassed {
         tracing::warn!("event drain deadline passed");
     }
+    match summary_line(telemetry, &last_counters) {
+        Ok(Some((line, _))) => lines.push(line),
+        Ok(None) => {}
+        Err(e) => failed("summary", &e),
+    }
+    telemetry.count_unwritten_lines(output.write(&lines));
+}
+
+/// The summary line, if the counters moved since `last`, with the counters it reports.
+fn summary_line(
+    telemetry: &Telemetry,
+    last: &Counters,
+) -> Result<Option<(String, Counters)>, crate::maps::MapsError> {
     let counters = telemetry.counters()?;
+    if counters == *last {
+        return Ok(None);
+    }
     let rules = telemetry.rule_counters()?;
-    let mut out = stdout.lock();
-    writeln!(
-        out,
-        "{}",
-        events::summary(&counters, &last_counters, &rules)
-    )?;
-    out.flush()?;
-    Ok(())
+    Ok(Some((events::summary(&counters, last, &rules), counters)))
 }
 
 fn parse_event(record: &[u8]) -> Option<agent_common::Event> {

@@ -12,12 +12,12 @@ use std::{
     },
 };
 
-use agent_common::{Capacity, MalformedCause, Reason, RuleCounters};
+use agent_common::{Capacity, MalformedCause, Mode, Reason, RuleCounters};
 
 use crate::{
     control::protocol::{CapacityStats, EventCounts, MapStats, RuleCounts, Stats},
     loader,
-    maps::{Ban, Counters, MapsError, TelemetryMaps, monotonic_now_ns},
+    maps::{Ban, Counters, MapsError, Origin, TelemetryMaps, monotonic_now_ns},
     metrics,
 };
 
@@ -43,6 +43,8 @@ pub struct RulesInForce {
     pub names: BTreeMap<u32, String>,
     /// Epoch of every rule with a configuration; a ban made under another epoch is void.
     pub epochs: BTreeMap<u32, u32>,
+    /// Mode of every rule with a configuration.
+    pub modes: BTreeMap<u32, Mode>,
 }
 
 impl RulesInForce {
@@ -58,6 +60,11 @@ impl RulesInForce {
     /// has not changed since. `portcullis block` bans always stand.
     pub fn ban_is_current(&self, rule: u32, epoch: u32) -> bool {
         self.epochs.get(&rule) == Some(&epoch)
+    }
+
+    /// The mode rule `id` acts in now (a ban of a rule in shadow mode drops nothing).
+    pub fn mode(&self, id: u32) -> Mode {
+        self.modes.get(&id).copied().unwrap_or_default()
     }
 }
 
@@ -77,6 +84,10 @@ pub struct Telemetry {
     in_force: RwLock<Arc<InForce>>,
     attached: RwLock<Arc<[Attached]>>,
     apply_failures: AtomicU64,
+    /// Errors the agent met at run time and carried on after, by what failed.
+    runtime_errors: RwLock<BTreeMap<&'static str, u64>>,
+    /// Event and summary lines the agent could not write (stdout closed or failing).
+    lines_unwritten: AtomicU64,
 }
 
 impl Telemetry {
@@ -86,7 +97,25 @@ impl Telemetry {
             in_force: RwLock::new(Arc::new(in_force)),
             attached: RwLock::new(Arc::from(Vec::new())),
             apply_failures: AtomicU64::new(0),
+            runtime_errors: RwLock::new(BTreeMap::new()),
+            lines_unwritten: AtomicU64::new(0),
         }
+    }
+
+    /// Counts an error the agent carried on after; `what` names what failed (a metric
+    /// label: a short fixed text).
+    pub fn count_runtime_error(&self, what: &'static str) {
+        *self
+            .runtime_errors
+            .write()
+            .expect("not poisoned")
+            .entry(what)
+            .or_default() += 1;
+    }
+
+    /// Counts event or summary lines that could not be written.
+    pub fn count_unwritten_lines(&self, lines: u64) {
+        self.lines_unwritten.fetch_add(lines, Ordering::Relaxed);
     }
 
     /// Replaces what telemetry knows of the policy in force.
@@ -167,6 +196,7 @@ impl Telemetry {
     /// The answer to `stats`.
     pub fn stats(&self) -> Result<Stats, MapsError> {
         let counters = self.counters()?;
+        let all_bans = self.maps.bans()?;
         let in_force = self.in_force();
         let by_reason = |count: &dyn Fn(Reason) -> u64| -> BTreeMap<String, u64> {
             Reason::ALL
@@ -201,13 +231,21 @@ impl Telemetry {
             maps: MapStats {
                 allow: in_force.allow_entries,
                 deny: in_force.deny_entries,
-                bans: self.maps.bans()?.len(),
+                bans: all_bans
+                    .iter()
+                    .filter(|b| b.origin == Origin::Escalation)
+                    .count(),
+                blocks: all_bans
+                    .iter()
+                    .filter(|b| b.origin == Origin::Block)
+                    .count(),
                 buckets: self.maps.bucket_count(),
                 bans_failed: counters.bans_failed,
                 capacity: CapacityStats {
                     sources: in_force.capacity.sources,
                     cidrs: in_force.capacity.cidrs,
                     bans: in_force.capacity.bans,
+                    blocks: in_force.capacity.blocks,
                 },
             },
         })
@@ -240,17 +278,30 @@ impl Telemetry {
             }
         }
         let bpf_stats_enabled = programs.iter().any(|p| p.run_count > 0);
+        let bans = self.bans()?;
         Ok(metrics::Snapshot {
             counters: self.counters()?,
             rules: self.rule_counters()?,
             interfaces,
-            bans_active: self.bans()?.len(),
+            bans_active: bans
+                .iter()
+                .filter(|b| b.origin == Origin::Escalation)
+                .count(),
+            blocks_active: bans.iter().filter(|b| b.origin == Origin::Block).count(),
             allow_entries: in_force.allow_entries,
             deny_entries: in_force.deny_entries,
             buckets: self.maps.bucket_count(),
             capacity: in_force.capacity,
             policy_version: in_force.version,
             apply_failures: self.apply_failures.load(Ordering::Relaxed),
+            runtime_errors: self
+                .runtime_errors
+                .read()
+                .expect("not poisoned")
+                .iter()
+                .map(|(what, count)| (what.to_string(), *count))
+                .collect(),
+            lines_unwritten: self.lines_unwritten.load(Ordering::Relaxed),
             programs,
             bpf_stats_enabled,
         })

@@ -99,6 +99,26 @@ impl Agent {
     /// Starts `portcullis run` in namespace `ns` with `args` (which choose the interfaces)
     /// and waits until it is attached.
     pub fn start_run(ns: &str, policy: &Path, args: &[&str]) -> Result<Self> {
+        Self::spawn(ns, policy, args, None)
+    }
+
+    /// As `start`, with the agent's stdout going to `stdout` instead of being collected.
+    pub fn start_with_stdout(
+        ns: &str,
+        iface: &str,
+        policy: &Path,
+        extra: &[&str],
+        stdout: Stdio,
+    ) -> Result<Self> {
+        Self::spawn(
+            ns,
+            policy,
+            &[&["--iface", iface], extra].concat(),
+            Some(stdout),
+        )
+    }
+
+    fn spawn(ns: &str, policy: &Path, args: &[&str], stdout: Option<Stdio>) -> Result<Self> {
         let AgentPaths {
             pin_dir,
             socket,
@@ -117,13 +137,15 @@ impl Agent {
             .arg(&state_dir)
             .args(["--summary-interval", "1"])
             .args(args)
-            .stdout(Stdio::piped())
+            .stdout(stdout.unwrap_or_else(Stdio::piped))
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", binary().display()))?;
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        collect(child.stdout.take().unwrap(), stdout.clone());
+        if let Some(child_stdout) = child.stdout.take() {
+            collect(child_stdout, stdout.clone());
+        }
         collect(child.stderr.take().unwrap(), stderr.clone());
         let mut agent = Self {
             child: Some(child),
@@ -169,6 +191,13 @@ impl Agent {
             .args(args)
             .output()
             .expect("run the portcullis CLI")
+    }
+
+    /// True while the agent process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
     /// The agent's process id.

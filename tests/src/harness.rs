@@ -12,7 +12,7 @@ use aya::{
 use portcullis::{
     enforcer::Enforcer,
     loader::{self, TC_PROGRAM, XDP_PROGRAM},
-    maps::{Counters, KernelMaps, TelemetryMaps},
+    maps::{BanMaps, Counters, KernelMaps, TelemetryMaps},
     policy,
 };
 
@@ -36,6 +36,7 @@ pub struct Programs {
 pub struct Harness {
     pub programs: Programs,
     pub enforcer: Enforcer,
+    pub bans: BanMaps,
     pub telemetry: TelemetryMaps,
 }
 
@@ -64,6 +65,7 @@ impl Harness {
                 test_programs: test_programs::load(&[test_programs::FLOOR])?,
             },
             enforcer,
+            bans: maps.bans,
             telemetry: maps.telemetry,
         })
     }

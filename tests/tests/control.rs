@@ -177,6 +177,7 @@ fn block_unblock_and_bans() {
     let ban = &bans["bans"][0];
     assert_eq!(ban["cidr"], "10.77.0.0/24");
     assert_eq!(ban["kind"], "block");
+    assert_eq!(ban["mode"], "enforce");
     assert_eq!(ban["reason"], "scanner");
     let left = ban["seconds_left"].as_u64().unwrap();
     assert!((590..=600).contains(&left), "{bans}");
@@ -232,6 +233,9 @@ fn cli_errors_are_clear_and_exit_non_zero() {
     assert!(err.contains("host bits are set"), "{err}");
     let err = run(&agent, &["block", "192.0.2.1", "--ttl", "soon"], 64);
     assert!(err.contains("invalid duration 'soon'"), "{err}");
+    // A block that long would have wrapped the kernel's clock; without --ttl it is forever.
+    let err = run(&agent, &["block", "192.0.2.1", "--ttl", "213503d"], 64);
+    assert!(err.contains("at most 365d"), "{err}");
 
     let nobody = Command::new(binary())
         .args(["--socket", "/nonexistent/control.sock", "status"])

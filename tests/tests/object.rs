@@ -40,6 +40,7 @@ fn every_map_of_the_object_is_as_the_table_says() {
         sources: 3000,
         cidrs: 700,
         bans: 500,
+        blocks: 300,
     };
     let ebpf = loader::load_unpinned(&capacity).unwrap();
     let mut seen = BTreeSet::new();
@@ -77,6 +78,7 @@ fn the_object_holds_only_the_agents_programs() {
         sources: 16,
         cidrs: 16,
         bans: 16,
+        blocks: 16,
     };
     let ebpf = loader::load_unpinned(&capacity).unwrap();
     let programs: BTreeSet<&str> = ebpf.programs().map(|(name, _)| name).collect();

@@ -8,6 +8,11 @@ use std::{
     time::Duration,
 };
 
+use agent_common::{BLOCK_EPOCH, BLOCK_RULE, BanEntry, maps};
+use aya::maps::{
+    Map, MapData,
+    lpm_trie::{Key, LpmTrie},
+};
 use portcullis_tests::{
     agent::{Agent, Leftovers, binary},
     netns::{CLIENT_V4, NetnsPair, SERVER_V4},
@@ -232,6 +237,116 @@ fn keep_on_exit_then_take_over_then_detach() {
             Duration::from_secs(2)
         ),
         "detach left the deny in force"
+    );
+}
+
+/// Agents before the block maps kept blocks in the ban maps, under the block rule and its
+/// epoch. A newer agent taking such maps over moves them into the block maps, where bans
+/// can no longer hide them, and enforces them all along.
+#[test]
+fn blocks_an_earlier_agent_kept_in_the_ban_maps_are_moved_to_the_block_maps() {
+    require_kernel!();
+    let (pair, _dir, policy) = setup();
+    let _leftovers = Leftovers::of(&pair.server_ns);
+    tcp_server(&pair, "0.0.0.0", 7000).unwrap();
+    std::fs::write(&policy, "deny: []\n").unwrap();
+    let mut first = Agent::start(
+        &pair.server_ns,
+        &pair.server_if,
+        &policy,
+        &["--on-exit", "keep"],
+    )
+    .unwrap();
+    first.keep_pins();
+    first.keep_state();
+    assert!(first.stop().unwrap().success());
+    let pin_dir = first.pin_dir.clone();
+    drop(first);
+    // A block as the earlier layout stored it, written into the pinned ban map.
+    let bans = MapData::from_pin(pin_dir.join("maps").join(maps::BANS_V4.name)).unwrap();
+    let mut bans: LpmTrie<MapData, [u8; 4], BanEntry> =
+        LpmTrie::try_from(Map::from_map_data(bans).unwrap()).unwrap();
+    let client: std::net::Ipv4Addr = CLIENT_V4.parse().unwrap();
+    let legacy = BanEntry {
+        expires_ns: u64::MAX,
+        rule: BLOCK_RULE,
+        epoch: BLOCK_EPOCH,
+    };
+    bans.insert(&Key::new(32, client.octets()), legacy, 0)
+        .unwrap();
+    drop(bans);
+
+    let second = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let listed = loop {
+        let out = second.cli(&["bans", "--json"]);
+        let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let moved = listed["bans"]
+            .as_array()
+            .is_some_and(|bans| bans.len() == 1 && bans[0]["kind"] == "block");
+        if moved || std::time::Instant::now() > deadline {
+            break listed;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(listed["bans"][0]["kind"], "block", "{listed}");
+    assert_eq!(
+        listed["bans"][0]["cidr"],
+        format!("{CLIENT_V4}/32"),
+        "{listed}"
+    );
+    assert_eq!(listed["bans"].as_array().unwrap().len(), 1, "{listed}");
+    assert!(
+        !tcp_connects(&pair, CLIENT_V4, SERVER_V4, 7000, SHORT),
+        "the moved block is not enforced"
+    );
+    let out = second.cli(&["unblock", &format!("{CLIENT_V4}/32")]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(tcp_connects(&pair, CLIENT_V4, SERVER_V4, 7000, SHORT));
+}
+
+/// Whoever reads the agent's stdout goes away (a log shipper restarts): writing events
+/// fails from then on. The agent keeps enforcing and answering, counts what it could not
+/// write, and a first start's clean-up does not take the programs away.
+#[test]
+fn a_closed_stdout_does_not_stop_enforcement() {
+    require_kernel!();
+    let (pair, _dir, policy) = setup();
+    let _leftovers = Leftovers::of(&pair.server_ns);
+    tcp_server(&pair, "0.0.0.0", 7000).unwrap();
+    std::fs::write(&policy, format!("deny: [{DENIED}]\n")).unwrap();
+    // Close-on-exec, so that the agent does not hold the reading end itself.
+    let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let mut agent = Agent::start_with_stdout(
+        &pair.server_ns,
+        &pair.server_if,
+        &policy,
+        &["--on-exit", "keep"],
+        std::process::Stdio::from(writer),
+    )
+    .unwrap();
+    drop(reader);
+    // Denied traffic makes events, and a summary comes every second: writes that fail.
+    for _ in 0..3 {
+        assert!(!tcp_connects(&pair, DENIED, SERVER_V4, 7000, SHORT));
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    assert!(
+        agent.is_running(),
+        "the agent exited:\n{}",
+        agent.stderr().join("\n")
+    );
+    assert!(
+        agent.stderr_contains("cannot write events to stdout"),
+        "{:?}",
+        agent.stderr()
+    );
+    let stats = agent.cli(&["stats", "--json"]);
+    assert!(stats.status.success(), "{}", output_text(&stats));
+    assert!(tcp_connects(&pair, CLIENT_V4, SERVER_V4, 7000, SHORT));
+    assert!(
+        !tcp_connects(&pair, DENIED, SERVER_V4, 7000, SHORT),
+        "enforcement stopped"
     );
 }
 

@@ -682,6 +682,91 @@ fn escalation_bans_the_source_for_everything() {
     );
 }
 
+/// A rule whose bans are rolled out in shadow mode, as the README advises for a new `ban:`.
+const SHADOW_BANS: &str = "rate_limits:\n  - {name: probe, protocol: udp, ports: [7], rate: 1/h, burst: 1, mode: shadow, ban: {after: 1, within: 1h, for: 1h}}\n";
+
+#[test]
+fn operator_blocks_win_over_escalation_bans() {
+    require_kernel!();
+    let mut h = Harness::new(SHADOW_BANS).unwrap();
+    let probe = FrameSpec::udp("203.0.113.9", 7).build();
+    check_xdp(&h, "within the burst", &probe, Reason::WithinLimit, &[]);
+    // Over the limit: a shadow ban of 203.0.113.9/32 starts; nothing is dropped.
+    check_xdp(
+        &h,
+        "over, shadow",
+        &probe,
+        Reason::WithinLimit,
+        &[Reason::RateLimited],
+    );
+    check_xdp(
+        &h,
+        "shadow-banned",
+        &probe,
+        Reason::WithinLimit,
+        &[Reason::Banned, Reason::RateLimited],
+    );
+    // A wider block of the same source is not hidden by the longer shadow ban.
+    let net = |cidr: &str| cidr.parse::<ipnet::IpNet>().unwrap();
+    h.bans.block(net("203.0.113.0/24"), u64::MAX).unwrap();
+    check_xdp(
+        &h,
+        "blocked /24 over a shadow /32 ban",
+        &probe,
+        Reason::Banned,
+        &[],
+    );
+    // A block of exactly the banned prefix is taken, not refused because of the ban.
+    h.bans.block(net("203.0.113.9/32"), u64::MAX).unwrap();
+    h.bans.unban(net("203.0.113.0/24")).unwrap();
+    check_xdp(&h, "blocked /32", &probe, Reason::Banned, &[]);
+    let bans = h.telemetry.bans().unwrap();
+    assert_eq!(
+        bans.len(),
+        2,
+        "the block and the shadow ban, side by side: {bans:?}"
+    );
+}
+
+#[test]
+fn a_void_ban_never_removes_a_block() {
+    require_kernel!();
+    let policy = "rate_limits:\n  - {name: probe, protocol: udp, ports: [7], rate: 1/h, burst: 1, ban: {after: 1, within: 1h, for: 1h}}\n";
+    let mut h = Harness::new(policy).unwrap();
+    let banned = FrameSpec::udp("203.0.113.9", 7).build();
+    check_xdp(&h, "within the burst", &banned, Reason::WithinLimit, &[]);
+    check_xdp(&h, "over: banned", &banned, Reason::RateLimited, &[]);
+    check_xdp(&h, "banned", &banned, Reason::Banned, &[]);
+    // An emergency block of everything, then the rule that made the ban goes away.
+    h.bans
+        .block("0.0.0.0/0".parse().unwrap(), u64::MAX)
+        .unwrap();
+    h.apply("").unwrap();
+    // The ban is void now; meeting it must not remove anything but itself (it used to
+    // remove the key its gone rule's all-zero prefix named: 0.0.0.0/0, the block).
+    for _ in 0..3 {
+        check_xdp(&h, "void ban, block stands", &banned, Reason::Banned, &[]);
+    }
+    let other = FrameSpec::udp("198.18.0.1", 9).build();
+    check_xdp(
+        &h,
+        "the block still stands for everyone",
+        &other,
+        Reason::Banned,
+        &[],
+    );
+    // The sweep removes the void ban by its exact key and leaves the block.
+    let rules = h.enforcer.rules_in_force();
+    let swept = h
+        .bans
+        .sweep(0, |rule, epoch| rules.ban_is_current(rule, epoch))
+        .unwrap();
+    assert_eq!((swept.bans, swept.blocks.len()), (1, 0), "{swept:?}");
+    let left = h.telemetry.bans().unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].net.to_string(), "0.0.0.0/0");
+}
+
 #[test]
 fn bucket_refills_and_ban_expires_over_time() {
     require_kernel!();

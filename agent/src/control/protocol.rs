@@ -164,6 +164,9 @@ pub struct BanInfo {
     pub kind: BanKind,
     /// The rule that made it (`block` for blocks).
     pub rule: String,
+    /// How it acts now: blocks always enforce; an escalation ban takes its rule's mode (a
+    /// shadow rule's ban drops nothing).
+    pub mode: Mode,
     /// `None`: until lifted.
     pub seconds_left: Option<u64>,
     /// What `block --reason` said.
@@ -223,7 +226,10 @@ pub struct EventCounts {
 pub struct MapStats {
     pub allow: usize,
     pub deny: usize,
+    /// Escalation bans in the maps.
     pub bans: usize,
+    /// Operator blocks in the maps.
+    pub blocks: usize,
     pub buckets: usize,
     pub bans_failed: u64,
     pub capacity: CapacityStats,
@@ -234,6 +240,7 @@ pub struct CapacityStats {
     pub sources: u32,
     pub cidrs: u32,
     pub bans: u32,
+    pub blocks: u32,
 }
 
 /// The answer to `status`.

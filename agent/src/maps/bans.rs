@@ -1,46 +1,64 @@
-//! Bans and blocks: `portcullis block` and `unblock`, and the sweep of expired bans. The
-//! kernel makes escalation bans itself; this is the agent's only writer of the ban maps.
+//! Blocks and bans: `portcullis block` and `unblock` (the block maps), and the sweep that
+//! removes ended blocks and ended or void escalation bans by their exact keys. The kernel
+//! makes escalation bans itself; this is the agent's only writer of these maps.
 
-use agent_common::BanEntry;
+use agent_common::{BLOCK_EPOCH, BLOCK_RULE, BanEntry, BlockEntry};
 use aya::maps::{
     MapData, MapError,
     lpm_trie::{Key, LpmTrie},
 };
 use ipnet::IpNet;
 
-use super::{BPF_NOEXIST, MapsError, ctx, ignore_missing, is_missing, names};
+use super::{BPF_NOEXIST, MapsError, ctx, ignore_missing, is_missing, lpm_entries, names};
 
 pub struct BanMaps {
+    pub(super) blocks_v4: LpmTrie<MapData, [u8; 4], BlockEntry>,
+    pub(super) blocks_v6: LpmTrie<MapData, [u8; 16], BlockEntry>,
     pub(super) bans_v4: LpmTrie<MapData, [u8; 4], BanEntry>,
     pub(super) bans_v6: LpmTrie<MapData, [u8; 16], BanEntry>,
 }
 
+/// What a sweep removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// The blocks that ended.
+    pub blocks: Vec<IpNet>,
+    pub bans: usize,
+    /// Blocks an earlier agent kept in the ban maps, moved to the block maps.
+    pub moved: usize,
+}
+
+fn v4_key(net: ipnet::Ipv4Net) -> Key<[u8; 4]> {
+    Key::new(net.prefix_len().into(), net.addr().octets())
+}
+
+fn v6_key(net: ipnet::Ipv6Net) -> Key<[u8; 16]> {
+    Key::new(net.prefix_len().into(), net.addr().octets())
+}
+
+/// `Ok(false)` for "no such key".
+fn removed(result: Result<(), MapsError>) -> Result<bool, MapsError> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(MapsError::Map { source, .. }) if is_missing(&source) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 impl BanMaps {
-    /// Bans `net` under `BLOCK_RULE` until `expires_ns`. Fails if that exact prefix is
-    /// already banned.
+    /// Blocks `net` until `expires_ns`. Fails if that exact prefix is already blocked; an
+    /// escalation ban of the same prefix does not stand in the way.
     pub fn block(&mut self, net: IpNet, expires_ns: u64) -> Result<(), MapsError> {
-        let ban = BanEntry {
-            expires_ns,
-            rule: agent_common::BLOCK_RULE,
-            epoch: agent_common::BLOCK_EPOCH,
-        };
+        let block = BlockEntry { expires_ns };
         let result = match net {
             IpNet::V4(n) => self
-                .bans_v4
-                .insert(
-                    &Key::new(n.prefix_len().into(), n.addr().octets()),
-                    ban,
-                    BPF_NOEXIST,
-                )
-                .map_err(ctx(names::BANS_V4.name)),
+                .blocks_v4
+                .insert(&v4_key(n), block, BPF_NOEXIST)
+                .map_err(ctx(names::BLOCKS_V4.name)),
             IpNet::V6(n) => self
-                .bans_v6
-                .insert(
-                    &Key::new(n.prefix_len().into(), n.addr().octets()),
-                    ban,
-                    BPF_NOEXIST,
-                )
-                .map_err(ctx(names::BANS_V6.name)),
+                .blocks_v6
+                .insert(&v6_key(n), block, BPF_NOEXIST)
+                .map_err(ctx(names::BLOCKS_V6.name)),
         };
         match result {
             Err(MapsError::Map {
@@ -53,49 +71,86 @@ impl BanMaps {
         }
     }
 
-    /// Lifts the ban on exactly `net`; false if there was none.
+    /// Lifts the block on exactly `net`, or if there is none the escalation ban on exactly
+    /// `net`; false if there was neither.
     pub fn unban(&mut self, net: IpNet) -> Result<bool, MapsError> {
-        let result = match net {
+        let block = match net {
+            IpNet::V4(n) => self
+                .blocks_v4
+                .remove(&v4_key(n))
+                .map_err(ctx(names::BLOCKS_V4.name)),
+            IpNet::V6(n) => self
+                .blocks_v6
+                .remove(&v6_key(n))
+                .map_err(ctx(names::BLOCKS_V6.name)),
+        };
+        if removed(block)? {
+            return Ok(true);
+        }
+        let ban = match net {
             IpNet::V4(n) => self
                 .bans_v4
-                .remove(&Key::new(n.prefix_len().into(), n.addr().octets()))
+                .remove(&v4_key(n))
                 .map_err(ctx(names::BANS_V4.name)),
             IpNet::V6(n) => self
                 .bans_v6
-                .remove(&Key::new(n.prefix_len().into(), n.addr().octets()))
+                .remove(&v6_key(n))
                 .map_err(ctx(names::BANS_V6.name)),
         };
-        match result {
-            Ok(()) => Ok(true),
-            Err(MapsError::Map { source, .. }) if is_missing(&source) => Ok(false),
-            Err(e) => Err(e),
+        removed(ban)
+    }
+
+    /// Removes blocks and bans that ended by `now_ns`, and bans `is_current` says no rule in
+    /// force stands behind (its rule was removed or changed), each by its exact key, so the
+    /// maps do not fill with dead entries (the kernel already ignores them). Moves the blocks
+    /// an earlier agent kept in the ban maps into the block maps.
+    pub fn sweep(
+        &mut self,
+        now_ns: u64,
+        is_current: impl Fn(u32, u32) -> bool,
+    ) -> Result<Swept, MapsError> {
+        let mut swept = Swept::default();
+        for (net, block) in lpm_entries(&self.blocks_v4, &self.blocks_v6)? {
+            if block.expires_ns <= now_ns {
+                self.remove_block(net)?;
+                swept.blocks.push(net);
+            }
+        }
+        for (net, ban) in lpm_entries(&self.bans_v4, &self.bans_v6)? {
+            let legacy_block = ban.rule == BLOCK_RULE && ban.epoch == BLOCK_EPOCH;
+            if legacy_block && ban.expires_ns > now_ns {
+                match self.block(net, ban.expires_ns) {
+                    Ok(()) | Err(MapsError::AlreadyBanned { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+                swept.moved += 1;
+            } else if ban.expires_ns > now_ns && is_current(ban.rule, ban.epoch) {
+                continue;
+            } else {
+                swept.bans += 1;
+            }
+            self.remove_ban(net)?;
+        }
+        Ok(swept)
+    }
+
+    fn remove_block(&mut self, net: IpNet) -> Result<(), MapsError> {
+        match net {
+            IpNet::V4(n) => ignore_missing(self.blocks_v4.remove(&v4_key(n)))
+                .map_err(ctx(names::BLOCKS_V4.name)),
+            IpNet::V6(n) => ignore_missing(self.blocks_v6.remove(&v6_key(n)))
+                .map_err(ctx(names::BLOCKS_V6.name)),
         }
     }
 
-    /// Removes bans whose time is up, so the map does not fill with dead entries (the
-    /// kernel already ignores them). Returns how many were removed.
-    pub fn sweep_expired_bans(&mut self, now_ns: u64) -> Result<usize, MapsError> {
-        let expired_v4: Vec<Key<[u8; 4]>> = self
-            .bans_v4
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, ban)| ban.expires_ns <= now_ns)
-            .map(|(key, _)| key)
-            .collect();
-        let expired_v6: Vec<Key<[u8; 16]>> = self
-            .bans_v6
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, ban)| ban.expires_ns <= now_ns)
-            .map(|(key, _)| key)
-            .collect();
-        let removed = expired_v4.len() + expired_v6.len();
-        for key in expired_v4 {
-            ignore_missing(self.bans_v4.remove(&key)).map_err(ctx(names::BANS_V4.name))?;
+    fn remove_ban(&mut self, net: IpNet) -> Result<(), MapsError> {
+        match net {
+            IpNet::V4(n) => {
+                ignore_missing(self.bans_v4.remove(&v4_key(n))).map_err(ctx(names::BANS_V4.name))
+            }
+            IpNet::V6(n) => {
+                ignore_missing(self.bans_v6.remove(&v6_key(n))).map_err(ctx(names::BANS_V6.name))
+            }
         }
-        for key in expired_v6 {
-            ignore_missing(self.bans_v6.remove(&key)).map_err(ctx(names::BANS_V6.name))?;
-        }
-        Ok(removed)
     }
 }

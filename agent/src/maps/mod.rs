@@ -12,9 +12,9 @@ use aya::{
     maps::{Map, MapData, MapError},
 };
 
-pub use bans::BanMaps;
+pub use bans::{BanMaps, Swept};
 pub use policy::PolicyMaps;
-pub use telemetry::{Ban, Counters, TelemetryMaps};
+pub use telemetry::{Ban, Counters, Origin, TelemetryMaps};
 
 use agent_common::maps as names;
 
@@ -66,6 +66,8 @@ impl KernelMaps {
         let rule_counters = take(names::RULE_COUNTERS.name)?;
         let bans_v4 = take(names::BANS_V4.name)?;
         let bans_v6 = take(names::BANS_V6.name)?;
+        let blocks_v4 = take(names::BLOCKS_V4.name)?;
+        let blocks_v6 = take(names::BLOCKS_V6.name)?;
         let telemetry = TelemetryMaps {
             counters: typed(names::COUNTERS.name, take(names::COUNTERS.name)?)?,
             malformed: typed(names::MALFORMED.name, take(names::MALFORMED.name)?)?,
@@ -77,6 +79,8 @@ impl KernelMaps {
             buckets: typed(names::BUCKETS.name, take(names::BUCKETS.name)?)?,
             bans_v4: typed(names::BANS_V4.name, second_handle(&bans_v4)?)?,
             bans_v6: typed(names::BANS_V6.name, second_handle(&bans_v6)?)?,
+            blocks_v4: typed(names::BLOCKS_V4.name, second_handle(&blocks_v4)?)?,
+            blocks_v6: typed(names::BLOCKS_V6.name, second_handle(&blocks_v6)?)?,
         };
         let policy = PolicyMaps {
             sets,
@@ -86,6 +90,8 @@ impl KernelMaps {
             cpus,
         };
         let bans = BanMaps {
+            blocks_v4: typed(names::BLOCKS_V4.name, blocks_v4)?,
+            blocks_v6: typed(names::BLOCKS_V6.name, blocks_v6)?,
             bans_v4: typed(names::BANS_V4.name, bans_v4)?,
             bans_v6: typed(names::BANS_V6.name, bans_v6)?,
         };
@@ -95,6 +101,27 @@ impl KernelMaps {
             telemetry,
         })
     }
+}
+
+/// Every entry of an IPv4 and an IPv6 LPM trie, by prefix.
+pub(crate) fn lpm_entries<V: aya::Pod>(
+    v4: &aya::maps::LpmTrie<MapData, [u8; 4], V>,
+    v6: &aya::maps::LpmTrie<MapData, [u8; 16], V>,
+) -> Result<Vec<(ipnet::IpNet, V)>, MapsError> {
+    let mut entries = Vec::new();
+    for entry in v4.iter() {
+        let (key, value) = entry.map_err(ctx("an IPv4 LPM trie"))?;
+        let net = ipnet::Ipv4Net::new(key.data().into(), key.prefix_len() as u8)
+            .expect("the kernel only stores valid prefixes");
+        entries.push((net.into(), value));
+    }
+    for entry in v6.iter() {
+        let (key, value) = entry.map_err(ctx("an IPv6 LPM trie"))?;
+        let net = ipnet::Ipv6Net::new(key.data().into(), key.prefix_len() as u8)
+            .expect("the kernel only stores valid prefixes");
+        entries.push((net.into(), value));
+    }
+    Ok(entries)
 }
 
 /// A map as its typed handle.

@@ -3,22 +3,33 @@
 //! summaries without going through the agent's main loop.
 
 use agent_common::{
-    BanEntry, Bucket, BucketKey, IfaceCounters, MALFORMED_SLOTS, MalformedCause, REASON_SLOTS,
-    Reason, RuleCounters,
+    BLOCK_EPOCH, BLOCK_RULE, BanEntry, BlockEntry, Bucket, BucketKey, IfaceCounters,
+    MALFORMED_SLOTS, MalformedCause, REASON_SLOTS, Reason, RuleCounters,
 };
 use aya::maps::{HashMap, MapData, PerCpuArray, lpm_trie::LpmTrie};
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 
-use super::{MapsError, ctx, names};
+use super::{MapsError, ctx, lpm_entries, names};
 
 /// One entry of `BANS_V4` / `BANS_V6`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ban {
     pub net: IpNet,
+    pub origin: Origin,
+    /// The rule it is counted under (`BLOCK_RULE` for blocks).
     pub rule: u32,
     pub epoch: u32,
     /// `CLOCK_MONOTONIC` nanoseconds; `u64::MAX` for a ban without an end.
     pub expires_ns: u64,
+}
+
+/// Who made a ban.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// An operator, with `portcullis block`.
+    Block,
+    /// A rule's escalation, in the kernel.
+    Escalation,
 }
 
 /// Totals over all CPUs of the `COUNTERS` map.
@@ -59,6 +70,8 @@ pub struct TelemetryMaps {
     pub(super) buckets: HashMap<MapData, BucketKey, Bucket>,
     pub(super) bans_v4: LpmTrie<MapData, [u8; 4], BanEntry>,
     pub(super) bans_v6: LpmTrie<MapData, [u8; 16], BanEntry>,
+    pub(super) blocks_v4: LpmTrie<MapData, [u8; 4], BlockEntry>,
+    pub(super) blocks_v6: LpmTrie<MapData, [u8; 16], BlockEntry>,
 }
 
 impl TelemetryMaps {
@@ -136,27 +149,26 @@ impl TelemetryMaps {
         self.buckets.keys().filter(Result::is_ok).count()
     }
 
-    /// Every ban in the maps, expired or not (the sweep removes expired ones).
+    /// Every block and ban in the maps, ended or not (the sweep removes ended ones).
     pub fn bans(&self) -> Result<Vec<Ban>, MapsError> {
-        let ban = |net: IpNet, entry: BanEntry| Ban {
-            net,
-            rule: entry.rule,
-            epoch: entry.epoch,
-            expires_ns: entry.expires_ns,
-        };
-        let mut bans = Vec::new();
-        for entry in self.bans_v4.iter() {
-            let (key, entry) = entry.map_err(ctx(names::BANS_V4.name))?;
-            let net = Ipv4Net::new(key.data().into(), key.prefix_len() as u8)
-                .expect("the kernel only stores valid prefixes");
-            bans.push(ban(net.into(), entry));
-        }
-        for entry in self.bans_v6.iter() {
-            let (key, entry) = entry.map_err(ctx(names::BANS_V6.name))?;
-            let net = Ipv6Net::new(key.data().into(), key.prefix_len() as u8)
-                .expect("the kernel only stores valid prefixes");
-            bans.push(ban(net.into(), entry));
-        }
-        Ok(bans)
+        let blocks = lpm_entries(&self.blocks_v4, &self.blocks_v6)?
+            .into_iter()
+            .map(|(net, block)| Ban {
+                net,
+                origin: Origin::Block,
+                rule: BLOCK_RULE,
+                epoch: BLOCK_EPOCH,
+                expires_ns: block.expires_ns,
+            });
+        let bans = lpm_entries(&self.bans_v4, &self.bans_v6)?
+            .into_iter()
+            .map(|(net, ban)| Ban {
+                net,
+                origin: Origin::Escalation,
+                rule: ban.rule,
+                epoch: ban.epoch,
+                expires_ns: ban.expires_ns,
+            });
+        Ok(blocks.chain(bans).collect())
     }
 }

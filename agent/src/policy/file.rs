@@ -171,4 +171,5 @@ pub struct CapacitySection {
     pub sources: Option<u32>,
     pub cidrs: Option<u32>,
     pub bans: Option<u32>,
+    pub blocks: Option<u32>,
 }

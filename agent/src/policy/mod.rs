@@ -24,6 +24,9 @@ pub const DEFAULT_SOURCES: u32 = 131_072;
 pub const DEFAULT_CIDRS: u32 = 1_048_576;
 /// Default for `capacity.bans`: escalation bans per address family.
 pub const DEFAULT_BANS: u32 = 65_536;
+/// Default for `capacity.blocks`: operator blocks per address family, in maps escalation
+/// cannot fill.
+pub const DEFAULT_BLOCKS: u32 = 65_536;
 /// Default for `ban.within`.
 pub const DEFAULT_BAN_WINDOW_NS: u64 = 60_000_000_000;
 /// Name under which deny entries without a name are counted and reported.

@@ -89,7 +89,8 @@ capacity:
         Capacity {
             sources: 1000,
             cidrs: super::DEFAULT_CIDRS,
-            bans: super::DEFAULT_BANS
+            bans: super::DEFAULT_BANS,
+            blocks: super::DEFAULT_BLOCKS,
         }
     );
 }
@@ -204,6 +205,55 @@ fn invalid_policies_name_the_line_and_the_problem() {
             2,
             |p| matches!(p, Problem::Unit(UnitError::DurationZero(_))),
         ),
+        (
+            "rate_limits:\n  - {name: a, protocol: udp, rate: 1/s, ban: {after: 1, for: 213503d}}",
+            2,
+            |p| matches!(p, Problem::Unit(UnitError::DurationTooLong(_))),
+        ),
+        (
+            "rate_limits:\n  - {name: a, protocol: udp, rate: 1/s, ban: {after: 1, within: 400d, for: 1h}}",
+            2,
+            |p| matches!(p, Problem::Unit(UnitError::DurationTooLong(_))),
+        ),
+        (
+            "rate_limits:\n  - {name: a, protocol: udp, rate: 1/s, prefix_v4: 0, ban: {after: 1, for: 1h}}",
+            2,
+            |p| {
+                matches!(
+                    p,
+                    Problem::BanPrefixTooWide {
+                        field: "prefix_v4",
+                        value: 0,
+                        max: 16,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "rate_limits:\n  - {name: a, protocol: udp, rate: 1/s, prefix_v6: 24, ban: {after: 1, for: 1h}}",
+            2,
+            |p| {
+                matches!(
+                    p,
+                    Problem::BanPrefixTooWide {
+                        field: "prefix_v6",
+                        value: 24,
+                        max: 32,
+                        ..
+                    }
+                )
+            },
+        ),
+        ("capacity: {blocks: 0}", 1, |p| {
+            matches!(
+                p,
+                Problem::Capacity {
+                    field: "blocks",
+                    ..
+                }
+            )
+        }),
         (
             "rate_limits:\n  - {name: Login, protocol: udp, rate: 1/s}",
             2,

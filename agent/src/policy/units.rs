@@ -21,6 +21,8 @@ pub enum UnitError {
     DurationSyntax(String),
     #[error("invalid duration '{0}': must be above zero")]
     DurationZero(String),
+    #[error("invalid duration '{0}': at most 365d")]
+    DurationTooLong(String),
     #[error("invalid port range '{0}': expected a port (1-65535) or a range like 8000-8080")]
     PortSyntax(String),
     #[error("invalid port range '{0}': the first port is above the last")]
@@ -32,6 +34,9 @@ pub enum UnitError {
 }
 
 const NS_PER_SEC: u64 = 1_000_000_000;
+/// The longest duration anything takes (a ban, its window, a block's `--ttl`): a year. A
+/// block meant to last longer is a block without `--ttl`.
+pub const MAX_DURATION_NS: u64 = 365 * 86_400 * NS_PER_SEC;
 
 /// A rate as "one token every `interval_ns`", the form the kernel uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +72,7 @@ pub fn parse_rate(text: &str) -> Result<Rate, UnitError> {
     })
 }
 
-/// Parses `500ms`, `30s`, `10m`, `2h`, `1d` into nanoseconds.
+/// Parses `500ms`, `30s`, `10m`, `2h`, `1d` into nanoseconds, at most `MAX_DURATION_NS`.
 pub fn parse_duration(text: &str) -> Result<u64, UnitError> {
     let syntax = || UnitError::DurationSyntax(text.to_string());
     let text_trimmed = text.trim();
@@ -87,7 +92,10 @@ pub fn parse_duration(text: &str) -> Result<u64, UnitError> {
     if number == 0 {
         return Err(UnitError::DurationZero(text.to_string()));
     }
-    number.checked_mul(unit_ns).ok_or_else(syntax)
+    match number.checked_mul(unit_ns) {
+        Some(ns) if ns <= MAX_DURATION_NS => Ok(ns),
+        _ => Err(UnitError::DurationTooLong(text.to_string())),
+    }
 }
 
 /// Parses `443` or `8000-8080` into an inclusive range.
@@ -175,9 +183,13 @@ mod tests {
             ("s", Err(UnitError::DurationSyntax("s".into()))),
             ("10 m", Err(UnitError::DurationSyntax("10 m".into()))),
             ("1w", Err(UnitError::DurationSyntax("1w".into()))),
+            ("365d", Ok(365 * 86_400_000_000_000)),
+            // A year at most: the kernel adds these to a clock and must not wrap.
+            ("366d", Err(UnitError::DurationTooLong("366d".into()))),
+            ("213503d", Err(UnitError::DurationTooLong("213503d".into()))),
             (
                 "99999999999999999d",
-                Err(UnitError::DurationSyntax("99999999999999999d".into())),
+                Err(UnitError::DurationTooLong("99999999999999999d".into())),
             ),
         ];
         for (text, want) in cases {

@@ -8,9 +8,9 @@ use ipnet::IpNet;
 use serde_saphyr::Spanned;
 
 use super::{
-    Ban, CLI_BLOCK, Capacity, Count, DEFAULT_BAN_WINDOW_NS, DEFAULT_BANS, DEFAULT_CIDRS,
-    DEFAULT_EVENTS_PER_SECOND, DEFAULT_SOURCES, DenyRule, Policy, PolicyError, Protocol, RateLimit,
-    UNNAMED_DENY,
+    Ban, CLI_BLOCK, Capacity, Count, DEFAULT_BAN_WINDOW_NS, DEFAULT_BANS, DEFAULT_BLOCKS,
+    DEFAULT_CIDRS, DEFAULT_EVENTS_PER_SECOND, DEFAULT_SOURCES, DenyRule, Policy, PolicyError,
+    Protocol, RateLimit, UNNAMED_DENY,
     file::{PolicyFile, RateLimitItem},
     units::{self, UnitError},
 };
@@ -60,6 +60,15 @@ pub enum Problem {
     BurstTooLarge { rule: String, burst: u64 },
     #[error("rule '{rule}': ban.after must be at least 1")]
     BanAfterZero { rule: String },
+    #[error(
+        "rule '{rule}': with ban:, {field} must be {max} or longer, got {value}; one abusive source must not ban a whole network"
+    )]
+    BanPrefixTooWide {
+        rule: String,
+        field: &'static str,
+        value: u8,
+        max: u8,
+    },
     #[error("{list} has {count} {family} entries, more than capacity.cidrs ({capacity}) allows")]
     TooManyCidrs {
         list: &'static str,
@@ -83,6 +92,10 @@ pub enum Problem {
 const MAX_SOURCES: u32 = 16 * 1024 * 1024;
 const MAX_CIDRS: u32 = 16 * 1024 * 1024;
 const MAX_BANS: u32 = 4 * 1024 * 1024;
+const MAX_BLOCKS: u32 = 4 * 1024 * 1024;
+/// The widest source groups a rule with `ban:` may use: /16 (IPv4) and /32 (IPv6).
+const MIN_BAN_PREFIX_V4: u8 = 16;
+const MIN_BAN_PREFIX_V6: u8 = 32;
 
 pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
     let options = serde_saphyr::options! {
@@ -195,6 +208,7 @@ impl Validator<'_> {
                 sources: DEFAULT_SOURCES,
                 cidrs: DEFAULT_CIDRS,
                 bans: DEFAULT_BANS,
+                blocks: DEFAULT_BLOCKS,
             });
         };
         let line = line_of(section);
@@ -222,6 +236,7 @@ impl Validator<'_> {
             )?,
             cidrs: field("cidrs", section.value.cidrs, DEFAULT_CIDRS, MAX_CIDRS)?,
             bans: field("bans", section.value.bans, DEFAULT_BANS, MAX_BANS)?,
+            blocks: field("blocks", section.value.blocks, DEFAULT_BLOCKS, MAX_BLOCKS)?,
         })
     }
 
@@ -365,6 +380,19 @@ impl Validator<'_> {
             Some(ban) => {
                 if ban.after == 0 {
                     return Err(Problem::BanAfterZero { rule: rule() });
+                }
+                for (field, value, max) in [
+                    ("prefix_v4", prefix_v4, MIN_BAN_PREFIX_V4),
+                    ("prefix_v6", prefix_v6, MIN_BAN_PREFIX_V6),
+                ] {
+                    if value < max {
+                        return Err(Problem::BanPrefixTooWide {
+                            rule: rule(),
+                            field,
+                            value,
+                            max,
+                        });
+                    }
                 }
                 Some(Ban {
                     after: ban.after,
