@@ -287,6 +287,12 @@ pub fn status(socket: &Path, json: bool) -> Result<(), CliError> {
     if !status.ready {
         println!("not ready: {}", status.problems.join("; "));
     }
+    if let Some(error) = &status.policy_file_error {
+        println!(
+            "the policy file is not in force, version {} is: {error}",
+            status.policy_version
+        );
+    }
     println!(
         "uptime {} s, agent {}",
         status.uptime_secs, status.agent_version

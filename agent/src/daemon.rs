@@ -10,7 +10,6 @@ use std::{
     time::Instant,
 };
 
-use anyhow::Context as _;
 use ipnet::IpNet;
 
 use crate::{
@@ -36,6 +35,8 @@ pub struct Daemon {
     file_text: String,
     /// Run-time mode switches on top of the current version's text.
     modes: BTreeMap<String, Mode>,
+    /// Why the policy file is not in force (it is invalid or unreadable), with its line.
+    file_error: Option<String>,
     block_reasons: BTreeMap<IpNet, String>,
     pin_dir: PathBuf,
     started: Instant,
@@ -50,8 +51,12 @@ pub struct DaemonParts {
     pub telemetry: Arc<Telemetry>,
     pub history: History,
     pub policy_path: PathBuf,
-    /// The text of the policy file, already applied by `enforcer`.
+    /// The text `enforcer` put in force, and its run-time mode switches.
+    pub text: String,
+    pub modes: BTreeMap<String, Mode>,
+    /// The policy file's text as read, and why it is not what is in force, if it is not.
     pub file_text: String,
+    pub file_error: Option<String>,
     pub pin_dir: PathBuf,
     pub took_over_maps: bool,
 }
@@ -102,35 +107,40 @@ impl Daemon {
             telemetry,
             mut history,
             policy_path,
+            text,
+            modes,
             file_text,
+            file_error,
             pin_dir,
             took_over_maps,
         } = parts;
         let same = history
             .current()
-            .is_some_and(|v| v.text == file_text && v.modes.is_empty());
+            .is_some_and(|v| v.text == text && v.modes == modes);
         if !same {
-            history
-                .record(
-                    format!("file {}", policy_path.display()),
-                    file_text.clone(),
-                    BTreeMap::new(),
-                )
-                .context("saving the policy history")?;
+            history.record(
+                format!("file {}", policy_path.display()),
+                text,
+                modes.clone(),
+            );
         }
-        let daemon = Self {
+        let mut daemon = Self {
             enforcer,
             bans,
             telemetry,
             history,
             policy_path,
             file_text,
-            modes: BTreeMap::new(),
+            modes,
+            file_error,
             block_reasons: BTreeMap::new(),
             pin_dir,
             started: Instant::now(),
             took_over_maps,
         };
+        if !same {
+            daemon.save_history();
+        }
         daemon.publish();
         Ok(daemon)
     }
@@ -139,11 +149,24 @@ impl Daemon {
         self.history.current().map_or(0, |v| v.number)
     }
 
+    /// Writes the history; a failure is a warning (what is in force does not depend on it),
+    /// counted, and tried again with the next apply.
+    fn save_history(&mut self) {
+        if let Err(e) = self.history.save() {
+            self.telemetry.count_runtime_error("state save");
+            tracing::warn!(
+                error = %e,
+                "the policy history was not saved; the policy is in force, but a restart will not know this version"
+            );
+        }
+    }
+
     /// Tells telemetry what is in force now.
     fn publish(&self) {
         let policy = self.enforcer.policy();
         self.telemetry.publish(InForce {
             version: self.version(),
+            file_error: self.file_error.clone(),
             rules: self.enforcer.rules_in_force(),
             allow_entries: policy.allow.len(),
             deny_entries: policy.deny.len(),
@@ -186,14 +209,14 @@ impl Daemon {
         }
         let applied = self.enforcer.apply(policy);
         // Published whatever happened: a failed write leaves the old set in force.
-        let recorded = applied.and_then(|()| {
+        let recorded = applied.map(|()| {
             self.modes = modes.clone();
-            Ok(self
-                .history
-                .record(origin.clone(), text.to_string(), modes)?)
+            self.history.record(origin.clone(), text.to_string(), modes)
         });
         self.publish();
         let version = recorded.map_err(ApplyError::Failed)?;
+        // The policy is in force whether or not the history reaches the disk.
+        self.save_history();
         tracing::info!(
             version,
             origin,
@@ -213,13 +236,23 @@ impl Daemon {
         }
         let origin = format!("file {}", self.policy_path.display());
         let path = self.policy_path.clone();
-        // Remembered whether or not it applies: a broken edit is reported once, not again
-        // on every unrelated event in the directory, and retried when the file changes.
-        self.file_text = text.clone();
         match self.apply_version(&text, BTreeMap::new(), origin, &path) {
-            Ok((version, _)) => Ok(Some(version)),
-            Err(ApplyError::Invalid(e)) => Err(e.into()),
+            Ok((version, _)) => {
+                self.file_text = text;
+                self.file_error = None;
+                self.publish();
+                Ok(Some(version))
+            }
+            // An invalid text stays invalid: it is remembered, so it is reported once and
+            // not again on every unrelated event in the directory.
+            Err(ApplyError::Invalid(e)) => {
+                self.file_text = text;
+                self.file_error = Some(e.to_string());
+                self.publish();
+                Err(e.into())
+            }
             Err(ApplyError::UnknownRule(m)) => Err(anyhow::anyhow!(m)),
+            // Not remembered: the next event in the directory tries the same text again.
             Err(ApplyError::Failed(e)) => Err(e),
         }
     }
@@ -439,6 +472,7 @@ impl Daemon {
             ready: problems.is_empty(),
             problems,
             took_over_maps: self.took_over_maps,
+            policy_file_error: self.file_error.clone(),
         }
     }
 }

@@ -66,7 +66,7 @@ impl Enforcer {
             last_switch: Instant::now(),
             cpus,
         };
-        enforcer.save_ids()?;
+        enforcer.save_ids();
         Ok(enforcer)
     }
 
@@ -75,7 +75,7 @@ impl Enforcer {
     /// the previous agent's policy until then; unchanged rules keep their buckets and bans.
     pub fn adopt(maps: PolicyMaps, policy: Policy, cpus: u32, state_dir: &Path) -> Result<Self> {
         let active = maps.generation()?;
-        let ids = RuleIds::load(state_dir)?;
+        let ids = RuleIds::load_or_fresh(state_dir);
         let mut enforcer = Self {
             maps,
             policy: policy.clone(),
@@ -161,13 +161,20 @@ impl Enforcer {
         self.active = next;
         self.ids = ids;
         self.policy = policy;
-        self.save_ids()
+        self.save_ids();
+        Ok(())
     }
 
-    fn save_ids(&self) -> Result<()> {
-        if let Some(dir) = &self.state_dir {
-            self.ids.save(dir).context("saving the rule ids")?;
+    /// Saves the rule ids. A failure is a warning: the policy is in force either way, and
+    /// only a restart that takes the maps over loses the state of unchanged rules.
+    fn save_ids(&self) {
+        if let Some(dir) = &self.state_dir
+            && let Err(e) = self.ids.save(dir)
+        {
+            tracing::warn!(
+                error = %e,
+                "the rule ids were not saved; an agent that takes these maps over will start every rule afresh"
+            );
         }
-        Ok(())
     }
 }

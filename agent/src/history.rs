@@ -51,12 +51,40 @@ fn now_secs() -> u64 {
 }
 
 impl History {
-    /// Loads the history saved in `state_dir`, or starts an empty one there.
-    pub fn load(state_dir: &Path) -> Result<Self, HistoryError> {
+    /// Loads the history saved in `state_dir`, or starts an empty one there. A history that
+    /// cannot be used is no reason to leave a node unprotected: a corrupt one is moved
+    /// aside (to `history.json.corrupt-<unix seconds>`, kept for a post-mortem), an
+    /// unreadable one is left where it is, and either way the agent starts with an empty
+    /// history and says so.
+    pub fn load(state_dir: &Path) -> Self {
         let path = state_dir.join(FILE_NAME);
-        let mut history: History = state_file::load(&path, "a policy history")?.unwrap_or_default();
-        history.path = Some(path);
-        Ok(history)
+        let history = match state_file::load::<History>(&path, "a policy history") {
+            Ok(history) => history.unwrap_or_default(),
+            Err(e @ StateFileError::Parse { .. }) => {
+                let aside = path.with_extension(format!("json.corrupt-{}", now_secs()));
+                match std::fs::rename(&path, &aside) {
+                    Ok(()) => tracing::error!(
+                        error = %e,
+                        moved_to = %aside.display(),
+                        "the policy history is corrupt: moved aside, starting with an empty history"
+                    ),
+                    Err(move_error) => tracing::error!(
+                        error = %e,
+                        %move_error,
+                        "the policy history is corrupt and could not be moved aside; starting with an empty history"
+                    ),
+                }
+                History::default()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the policy history cannot be read; starting with an empty history");
+                History::default()
+            }
+        };
+        History {
+            path: Some(path),
+            ..history
+        }
     }
 
     pub fn current(&self) -> Option<&Version> {
@@ -71,13 +99,8 @@ impl History {
         self.versions.iter().find(|v| v.number == number)
     }
 
-    /// Records a newly applied version and saves the history. Returns its number.
-    pub fn record(
-        &mut self,
-        origin: String,
-        text: String,
-        modes: BTreeMap<String, Mode>,
-    ) -> Result<u64, HistoryError> {
+    /// Records a newly applied version. Returns its number. `save` writes it to disk.
+    pub fn record(&mut self, origin: String, text: String, modes: BTreeMap<String, Mode>) -> u64 {
         let number = self.current().map_or(1, |v| v.number + 1);
         self.versions.push(Version {
             number,
@@ -89,11 +112,11 @@ impl History {
         if self.versions.len() > KEPT_VERSIONS {
             self.versions.remove(0);
         }
-        self.save()?;
-        Ok(number)
+        number
     }
 
-    fn save(&self) -> Result<(), HistoryError> {
+    /// Writes the history to the state directory.
+    pub fn save(&self) -> Result<(), HistoryError> {
         match &self.path {
             Some(path) => state_file::save(path, self),
             None => Ok(()),
@@ -109,15 +132,14 @@ mod tests {
     fn keeps_the_last_versions_and_survives_a_reload() {
         let dir = std::env::temp_dir().join(format!("pc-history-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut history = History::load(&dir).unwrap();
+        let mut history = History::load(&dir);
         assert!(history.current().is_none());
         for i in 0..(KEPT_VERSIONS + 3) {
-            let n = history
-                .record(format!("test {i}"), format!("# {i}\n"), BTreeMap::new())
-                .unwrap();
+            let n = history.record(format!("test {i}"), format!("# {i}\n"), BTreeMap::new());
+            history.save().unwrap();
             assert_eq!(n, i as u64 + 1);
         }
-        let reloaded = History::load(&dir).unwrap();
+        let reloaded = History::load(&dir);
         assert_eq!(reloaded.versions().len(), KEPT_VERSIONS);
         assert_eq!(reloaded.current().unwrap().number, KEPT_VERSIONS as u64 + 3);
         assert_eq!(reloaded.versions()[0].number, 4);
@@ -127,14 +149,24 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_history_is_an_error_not_an_empty_history() {
+    fn a_corrupt_history_is_moved_aside_and_the_agent_starts_empty() {
         let dir = std::env::temp_dir().join(format!("pc-history-bad-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(FILE_NAME), "{not json").unwrap();
-        assert!(matches!(
-            History::load(&dir),
-            Err(HistoryError::Parse { .. })
-        ));
+        let history = History::load(&dir);
+        assert!(history.current().is_none());
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(names[0].starts_with("history.json.corrupt-"), "{names:?}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join(&names[0])).unwrap(),
+            "{not json",
+            "kept for a post-mortem"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -73,9 +73,21 @@ async fn healthz(State(endpoint): State<Endpoint>) -> impl IntoResponse {
 
 async fn readyz(State(endpoint): State<Endpoint>) -> impl IntoResponse {
     let telemetry = endpoint.telemetry.clone();
-    match tokio::task::spawn_blocking(move || telemetry.readiness_problems()).await {
-        Ok(problems) if problems.is_empty() => (StatusCode::OK, "ready\n".to_string()),
-        Ok(problems) => (
+    let readiness = move || {
+        let in_force = telemetry.in_force();
+        let file_error = in_force.file_error.clone().map(|e| (in_force.version, e));
+        (telemetry.readiness_problems(), file_error)
+    };
+    match tokio::task::spawn_blocking(readiness).await {
+        Ok((problems, None)) if problems.is_empty() => (StatusCode::OK, "ready\n".to_string()),
+        // Enforcing a good policy, which is what ready means; but say which, and why.
+        Ok((problems, Some((version, error)))) if problems.is_empty() => (
+            StatusCode::OK,
+            format!(
+                "ready, with version {version} in force: the policy file is not usable: {error}\n"
+            ),
+        ),
+        Ok((problems, _)) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {}\n", problems.join("; ")),
         ),

@@ -229,8 +229,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 }
             }
             // Everything is validated before the kernel is touched.
-            let text = policy::read(&policy)?;
-            let loaded = policy::parse(&policy, &text)?;
+            let start = run::start_policy(&policy, &state_dir)?;
             let options = RunOptions {
                 ifaces,
                 policy,
@@ -248,7 +247,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(run::run(options, loaded, text))?;
+            runtime.block_on(run::run(options, start))?;
         }
         Command::Policy { command } => match command {
             PolicyCommand::Validate { file } => {

@@ -34,6 +34,8 @@ pub struct Snapshot {
     pub buckets: usize,
     pub capacity: Capacity,
     pub policy_version: u64,
+    /// False while the policy file is invalid or unreadable (an earlier version is in force).
+    pub policy_file_valid: bool,
     pub apply_failures: u64,
     /// Errors the agent carried on after, by what failed.
     pub runtime_errors: Vec<(String, u64)>,
@@ -215,6 +217,12 @@ pub fn render(s: &Snapshot) -> String {
         "Version of the policy in force",
         s.policy_version,
     );
+    gauge(
+        &mut registry,
+        "policy_file_valid",
+        "1 when the policy file is what is in force, 0 while it is invalid or unreadable and an earlier version enforces",
+        u64::from(s.policy_file_valid),
+    );
     counter(
         &mut registry,
         "policy_apply_failures",
@@ -283,6 +291,7 @@ mod tests {
                 blocks: 20,
             },
             policy_version: 3,
+            policy_file_valid: true,
             apply_failures: 1,
             runtime_errors: vec![("ban sweep".into(), 2)],
             lines_unwritten: 9,

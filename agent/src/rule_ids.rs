@@ -173,6 +173,47 @@ impl RuleIds {
         Ok(legacy.map(|legacy| legacy.rule_ids).unwrap_or_default())
     }
 
+    /// As `load`, but ids that cannot be read, or are not valid, give way to fresh ones
+    /// (every rule starts afresh: its buckets and bans made under old epochs are void),
+    /// with an error in the log: a broken state file must not keep the agent from starting.
+    pub fn load_or_fresh(state_dir: &Path) -> Self {
+        match Self::load(state_dir).map(|ids| ids.validate().map(|()| ids)) {
+            Ok(Ok(ids)) => ids,
+            Ok(Err(problem)) => {
+                tracing::error!(%problem, "the saved rule ids are not valid; every rule starts afresh");
+                RuleIds::default()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the saved rule ids cannot be read; every rule starts afresh");
+                RuleIds::default()
+            }
+        }
+    }
+
+    /// Ids the kernel's tables can take: each between 1 and the block rule's (exclusive),
+    /// no two rules sharing one, and no epoch above the next one to give out.
+    fn validate(&self) -> Result<(), String> {
+        let mut seen = BTreeSet::new();
+        for (name, assigned) in &self.by_name {
+            if assigned.id == 0 || assigned.id >= BLOCK_RULE {
+                return Err(format!(
+                    "rule '{name}' has id {}, outside 1..{BLOCK_RULE}",
+                    assigned.id
+                ));
+            }
+            if !seen.insert(assigned.id) {
+                return Err(format!("id {} is given to two rules", assigned.id));
+            }
+            if assigned.epoch > self.next_epoch {
+                return Err(format!(
+                    "rule '{name}' has epoch {}, past the next one to give out ({})",
+                    assigned.epoch, self.next_epoch
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Saves the ids in `state_dir`.
     pub fn save(&self, state_dir: &Path) -> Result<(), RuleIdsError> {
         state_file::save(&state_dir.join(FILE_NAME), self)
@@ -245,6 +286,48 @@ mod tests {
             RuleIds::load(&dir),
             Err(RuleIdsError::Parse { .. })
         ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn invalid_saved_ids_give_way_to_fresh_ones() {
+        let dir = tempfile_dir("invalid");
+        for (bad, why) in [
+            (
+                r#"{"by_name":{"a":{"id":0,"epoch":1}},"next_epoch":1}"#,
+                "id 0 disables a rule",
+            ),
+            (
+                r#"{"by_name":{"a":{"id":1023,"epoch":1}},"next_epoch":1}"#,
+                "the block rule's id",
+            ),
+            (
+                r#"{"by_name":{"a":{"id":1024,"epoch":1}},"next_epoch":1}"#,
+                "past the rule table",
+            ),
+            (
+                r#"{"by_name":{"a":{"id":3,"epoch":1},"b":{"id":3,"epoch":1}},"next_epoch":1}"#,
+                "one id for two rules",
+            ),
+            (
+                r#"{"by_name":{"a":{"id":3,"epoch":9}},"next_epoch":1}"#,
+                "an epoch from the future",
+            ),
+            ("{", "not JSON"),
+        ] {
+            std::fs::write(dir.join(FILE_NAME), bad).unwrap();
+            assert_eq!(RuleIds::load_or_fresh(&dir), RuleIds::default(), "{why}");
+        }
+        std::fs::write(
+            dir.join(FILE_NAME),
+            r#"{"by_name":{"a":{"id":3,"epoch":1}},"next_epoch":1}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            RuleIds::load_or_fresh(&dir).id("a"),
+            3,
+            "a valid file is kept"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -2,7 +2,8 @@
 //! reloads and summaries until SIGTERM or SIGINT, and detach what we attached.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
+    path::Path,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -26,7 +27,7 @@ use crate::{
     http,
     loader::{self, Attachment, Hook, XdpModeOption},
     maps::{self, Counters, KernelMaps},
-    policy::Policy,
+    policy::{self, Mode, Policy, PolicyError},
     telemetry::{Attached, InForce, Telemetry},
     watch,
 };
@@ -69,8 +70,65 @@ pub enum OnExit {
     Keep,
 }
 
-/// Runs the agent with an already validated policy and the text it came from.
-pub async fn run(options: RunOptions, policy: Policy, policy_text: String) -> Result<()> {
+/// The policy an agent starts with.
+pub struct StartPolicy {
+    pub policy: Policy,
+    /// The text in force: the file's, or a kept version's.
+    pub text: String,
+    /// Run-time mode switches of a kept version.
+    pub modes: BTreeMap<String, Mode>,
+    /// The policy file's text as read (empty if it could not be read).
+    pub file_text: String,
+    /// Why the file is not what is in force: its error, with the line.
+    pub file_error: Option<String>,
+}
+
+/// The policy to start with: the file's; or, if the file cannot be read or is invalid and
+/// the state directory keeps a version, the last version that was in force (loudly: the log,
+/// `status` and `/readyz` say which version runs and why). With no kept version, the file's
+/// error.
+pub fn start_policy(path: &Path, state_dir: &Path) -> Result<StartPolicy, PolicyError> {
+    let file = policy::read(path);
+    let file_text = file.as_ref().cloned().unwrap_or_default();
+    let error = match file.and_then(|text| policy::parse(path, &text).map(|p| (p, text))) {
+        Ok((policy, text)) => {
+            return Ok(StartPolicy {
+                policy,
+                text,
+                modes: BTreeMap::new(),
+                file_text,
+                file_error: None,
+            });
+        }
+        Err(e) => e,
+    };
+    let history = History::load(state_dir);
+    let Some(kept) = history.current() else {
+        return Err(error);
+    };
+    let source = PathBuf::from(format!("version {}", kept.number));
+    let Ok(policy) = policy::parse(&source, &kept.text)
+        .map_err(|_| ())
+        .and_then(|p| p.with_modes(&kept.modes).map_err(|_| ()))
+    else {
+        return Err(error);
+    };
+    tracing::error!(
+        error = %error,
+        version = kept.number,
+        "the policy file is not usable; starting with the last version that was in force"
+    );
+    Ok(StartPolicy {
+        policy,
+        text: kept.text.clone(),
+        modes: kept.modes.clone(),
+        file_text,
+        file_error: Some(error.to_string()),
+    })
+}
+
+/// Runs the agent with the policy to start with.
+pub async fn run(options: RunOptions, start: StartPolicy) -> Result<()> {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         interfaces = ?options.ifaces,
@@ -92,8 +150,7 @@ pub async fn run(options: RunOptions, policy: Policy, policy_text: String) -> Re
     // enforcing until ours replaces it.
     let adopting = loader::maps_pinned(&options.pin_dir);
     let start = Start {
-        policy,
-        policy_text,
+        policy: start,
         adopting,
     };
     match start_and_serve(&options, start, ifindexes).await {
@@ -115,9 +172,9 @@ async fn start_and_serve(
 ) -> Result<Exit> {
     let maps_dir = loader::maps_dir(&options.pin_dir);
     if start.adopting {
-        loader::check_pinned_maps(&maps_dir, &start.policy.capacity)?;
+        loader::check_pinned_maps(&maps_dir, &start.policy.policy.capacity)?;
     }
-    let history = History::load(&options.state_dir)?;
+    let history = History::load(&options.state_dir);
     let server = Server::bind(&options.control_socket).await?;
     let metrics = match options.metrics {
         Some(addr) => Some(http::bind(addr).await?),
@@ -127,7 +184,7 @@ async fn start_and_serve(
         control: server,
         metrics,
     };
-    let mut ebpf = loader::load(&start.policy.capacity, &maps_dir)?;
+    let mut ebpf = loader::load(&start.policy.policy.capacity, &maps_dir)?;
     serve(options, start, history, listeners, &mut ebpf, ifindexes).await
 }
 
@@ -139,8 +196,7 @@ struct Listeners {
 }
 
 struct Start {
-    policy: Policy,
-    policy_text: String,
+    policy: StartPolicy,
     adopting: bool,
 }
 
@@ -158,8 +214,14 @@ async fn serve(
     ifaces: HashMap<u32, String>,
 ) -> Result<Exit> {
     let Start {
-        policy,
-        policy_text,
+        policy:
+            StartPolicy {
+                policy,
+                text,
+                modes,
+                file_text,
+                file_error,
+            },
         adopting,
     } = start;
     let ring: RingBuf<MapData> = ebpf
@@ -184,6 +246,7 @@ async fn serve(
         telemetry,
         InForce {
             version: 0,
+            file_error: None,
             rules: enforcer.rules_in_force(),
             allow_entries: 0,
             deny_entries: 0,
@@ -196,7 +259,10 @@ async fn serve(
         telemetry: telemetry.clone(),
         history,
         policy_path: options.policy.clone(),
-        file_text: policy_text,
+        text,
+        modes,
+        file_text,
+        file_error,
         pin_dir: options.pin_dir.clone(),
         took_over_maps: adopting,
     })?;

@@ -73,6 +73,9 @@ impl RulesInForce {
 pub struct InForce {
     /// 0 before any policy is in force.
     pub version: u64,
+    /// Why the policy file is not what is in force (invalid or unreadable), with its line;
+    /// `None` when it is.
+    pub file_error: Option<String>,
     pub rules: RulesInForce,
     pub allow_entries: usize,
     pub deny_entries: usize,
@@ -293,6 +296,7 @@ impl Telemetry {
             buckets: self.maps.bucket_count(),
             capacity: in_force.capacity,
             policy_version: in_force.version,
+            policy_file_valid: in_force.file_error.is_none(),
             apply_failures: self.apply_failures.load(Ordering::Relaxed),
             runtime_errors: self
                 .runtime_errors

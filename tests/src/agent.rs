@@ -64,7 +64,16 @@ impl Drop for Leftovers {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0.pin_dir);
         let _ = std::fs::remove_file(&self.0.socket);
-        let _ = std::fs::remove_dir_all(&self.0.state_dir);
+        remove_state(&self.0.state_dir);
+    }
+}
+
+/// Removes a state directory, or what a test put in its place.
+fn remove_state(path: &Path) {
+    if path.is_dir() {
+        let _ = std::fs::remove_dir_all(path);
+    } else {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -334,7 +343,7 @@ impl Drop for Agent {
             let _ = std::fs::remove_dir_all(&self.pin_dir);
         }
         if !self.keep_state {
-            let _ = std::fs::remove_dir_all(&self.state_dir);
+            remove_state(&self.state_dir);
         }
     }
 }

@@ -14,9 +14,9 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
 };
 use portcullis_tests::{
-    agent::{Agent, Leftovers, binary},
+    agent::{Agent, AgentPaths, Leftovers, binary},
     netns::{CLIENT_V4, NetnsPair, SERVER_V4},
-    output_text, require_kernel,
+    output_text, replace_file, require_kernel,
     traffic::{UdpCounter, tcp_connects, tcp_reachable_within, tcp_server, udp_send},
 };
 
@@ -348,6 +348,102 @@ fn a_closed_stdout_does_not_stop_enforcement() {
         !tcp_connects(&pair, DENIED, SERVER_V4, 7000, SHORT),
         "enforcement stopped"
     );
+}
+
+/// A policy file broken while no agent ran: the next agent starts with the last version
+/// that was in force, and says so, instead of leaving the node unprotected.
+#[test]
+fn an_invalid_policy_file_at_start_runs_the_last_good_version() {
+    require_kernel!();
+    let (pair, _dir, policy) = setup();
+    let _leftovers = Leftovers::of(&pair.server_ns);
+    tcp_server(&pair, "0.0.0.0", 7000).unwrap();
+    std::fs::write(&policy, format!("deny: [{DENIED}]\n")).unwrap();
+    let mut first = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]).unwrap();
+    first.keep_state();
+    assert!(first.stop().unwrap().success());
+    drop(first);
+
+    std::fs::write(&policy, "deny: [10.77.0.66/8]\n").unwrap();
+    let second = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]).unwrap();
+    let status = second.status().unwrap();
+    assert_eq!(status["policy_version"], 1, "{status}");
+    let error = status["policy_file_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(":1:") && error.contains("host bits are set"),
+        "{status}"
+    );
+    assert!(!tcp_connects(&pair, DENIED, SERVER_V4, 7000, SHORT));
+    assert!(tcp_connects(&pair, CLIENT_V4, SERVER_V4, 7000, SHORT));
+    // Fixed, the file is applied, and the error is gone.
+    replace_file(&policy, "deny: []\n").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while second.status().unwrap()["policy_file_error"] != serde_json::Value::Null
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = second.status().unwrap();
+    assert_eq!(
+        status["policy_file_error"],
+        serde_json::Value::Null,
+        "{status}"
+    );
+    assert!(tcp_connects(&pair, DENIED, SERVER_V4, 7000, SHORT));
+}
+
+/// A state directory that cannot be written (here: a file where the directory should be)
+/// costs the policy history, not protection: the agent starts, enforces and applies.
+#[test]
+fn an_unusable_state_directory_does_not_stop_the_agent() {
+    require_kernel!();
+    let (pair, dir, policy) = setup();
+    let _leftovers = Leftovers::of(&pair.server_ns);
+    tcp_server(&pair, "0.0.0.0", 7000).unwrap();
+    std::fs::write(&policy, format!("deny: [{DENIED}]\n")).unwrap();
+    let state_dir = AgentPaths::of(&pair.server_ns).state_dir;
+    std::fs::write(&state_dir, "a file, not a directory").unwrap();
+    let agent = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]).unwrap();
+    assert!(!tcp_connects(&pair, DENIED, SERVER_V4, 7000, SHORT));
+    assert!(
+        agent.stderr_contains("the policy history was not saved"),
+        "{:?}",
+        agent.stderr()
+    );
+    let next = dir.path().join("next.yaml");
+    std::fs::write(&next, "deny: []\n").unwrap();
+    let out = agent.cli(&["policy", "apply", next.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(tcp_connects(&pair, DENIED, SERVER_V4, 7000, SHORT));
+}
+
+/// A reload that failed for a reason other than the text (here the kernel's maps cannot
+/// take a new capacity) is tried again at the next change in the directory, not skipped
+/// as already seen.
+#[test]
+fn a_failed_reload_is_tried_again_at_the_next_change() {
+    require_kernel!();
+    let (pair, dir, policy) = setup();
+    let _leftovers = Leftovers::of(&pair.server_ns);
+    std::fs::write(&policy, "deny: []\n").unwrap();
+    let agent = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]).unwrap();
+    let failures = || {
+        agent
+            .stderr()
+            .iter()
+            .filter(|line| line.contains("policy not reloaded"))
+            .count()
+    };
+    replace_file(&policy, "capacity: {sources: 1000}\n").unwrap();
+    assert!(agent.wait_for_stderr("policy not reloaded", Duration::from_secs(5)));
+    assert_eq!(failures(), 1);
+    // Another file in the directory changes: the same text is tried again.
+    std::fs::write(dir.path().join("unrelated"), "x").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while failures() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(failures(), 2, "{:?}", agent.stderr());
 }
 
 #[test]

@@ -262,6 +262,9 @@ pub struct Status {
     /// True when this agent took over the maps a previous one pinned (with their bans,
     /// buckets and policy) instead of starting empty.
     pub took_over_maps: bool,
+    /// Why the policy file is not what is in force (it is invalid or unreadable, and
+    /// `policy_version` is the last good one), with the file's error and line.
+    pub policy_file_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
