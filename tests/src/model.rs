@@ -120,7 +120,12 @@ fn parse_v6(ip: &[u8]) -> Parsed {
             return Parsed::Malformed(MalformedCause::BadIpv6Version);
         }
     };
-    let src = header.source_addr().into();
+    // Not a parser choice but the policy's: an IPv4-mapped source is judged as the IPv4
+    // host it names.
+    let src = match header.source_addr().to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(header.source_addr()),
+    };
     let mut next = header.next_header();
     let mut rest = &ip[header.slice().len()..];
     let malformed = |cause| {

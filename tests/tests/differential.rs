@@ -60,7 +60,7 @@ const RUNS: [(&str, bool, usize, usize); 3] = [
 fn source(rng: &mut StdRng) -> String {
     let n = rng.random_range(0..=255u8);
     let m = rng.random_range(0..8u8);
-    match rng.random_range(0..14) {
+    match rng.random_range(0..15) {
         0 => format!("10.1.{m}.{n}"),
         1 => format!("10.{}.{m}.{n}", rng.random_range(2..=255u8)),
         2 => format!("192.0.2.{n}"),
@@ -71,6 +71,11 @@ fn source(rng: &mut StdRng) -> String {
         8 => format!("2001:db8:bad:{}::{n:x}", rng.random_range(0..3u8)),
         9 | 10 => format!("2001:db8:5:{m}::{:x}", rng.random_range(0..4u8)),
         11 => format!("2001:db8:{m}:1::{n:x}"),
+        // IPv4-mapped IPv6 sources, judged as the IPv4 hosts they name.
+        12 => format!(
+            "::ffff:{}.{m}.{n}",
+            ["10.1", "10.9", "192.0", "203.0"][rng.random_range(0..4)]
+        ),
         _ => format!(
             "{}.{}.{}.{}",
             rng.random_range(1..224u8),

@@ -398,6 +398,41 @@ fn causes_moved(before: &Counters, after: &Counters) -> Vec<(MalformedCause, u64
         .collect()
 }
 
+/// An IPv6 packet from an IPv4-mapped address (::ffff:a.b.c.d) is judged as the IPv4 host
+/// it names: the IPv4 allow and deny lists apply, and it shares that host's bucket.
+#[test]
+fn ipv4_mapped_sources_are_judged_as_ipv4() {
+    require_kernel!();
+    let h = Harness::new(POLICY).unwrap();
+    check_both(
+        &h,
+        "mapped source in an IPv4 deny entry",
+        &FrameSpec::udp("::ffff:10.5.0.1", 9999).build(),
+        Reason::Denied,
+        &[],
+    );
+    check_both(
+        &h,
+        "mapped source in an IPv4 allow entry",
+        &FrameSpec::udp("::ffff:10.1.0.1", 9999).build(),
+        Reason::Allowed,
+        &[],
+    );
+    // The DNS rule (burst 3) counts the IPv4 host and its mapped form as one source.
+    let v4 = FrameSpec::udp("203.0.113.77", 53).build();
+    let mapped = FrameSpec::udp("::ffff:203.0.113.77", 53).build();
+    for (i, frame) in [&v4, &mapped, &v4].iter().enumerate() {
+        check_xdp(&h, &format!("token {i}"), frame, Reason::WithinLimit, &[]);
+    }
+    check_xdp(
+        &h,
+        "the mapped form is over the same limit",
+        &mapped,
+        Reason::RateLimited,
+        &[],
+    );
+}
+
 #[test]
 fn malformed_frames_are_counted_by_cause() {
     require_kernel!();

@@ -123,6 +123,12 @@ pub fn parse_v6(cursor: &mut Cursor) -> Parsed {
         }
         Err(cause) => pkt.malformed = Some(cause),
     }
+    // An IPv4-mapped source (::ffff:a.b.c.d) is judged as the IPv4 host it names: by the
+    // IPv4 lists, bans and buckets, which its address already has the key layout of. Set
+    // after the transport header, which is parsed as IPv6's (ICMPv6, not ICMP).
+    if hdr.saddr[0] == 0 && hdr.saddr[1] == 0 && hdr.saddr[2] == V4_MAPPED_WORD {
+        pkt.v4 = true;
+    }
     Parsed::Ip(pkt)
 }
 

@@ -12,6 +12,8 @@ pub mod l4;
 pub struct Packet {
     /// Source address; IPv4 as IPv4-mapped IPv6, bytes in network order.
     pub src: [u32; 4],
+    /// The source is an IPv4 host: an IPv4 packet, or an IPv6 one from an IPv4-mapped
+    /// address. Lookups go to the IPv4 maps with `src[3]`.
     pub v4: bool,
     /// IP protocol number of the transport header (after IPv6 extension headers).
     pub protocol: u8,

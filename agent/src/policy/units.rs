@@ -31,6 +31,10 @@ pub enum UnitError {
     CidrSyntax(String),
     #[error("invalid CIDR '{given}': host bits are set; did you mean {network}?")]
     CidrHostBits { given: String, network: IpNet },
+    #[error(
+        "invalid CIDR '{given}': IPv4-mapped IPv6 addresses are judged as the IPv4 hosts they name; write {ipv4}"
+    )]
+    CidrV4Mapped { given: String, ipv4: String },
 }
 
 const NS_PER_SEC: u64 = 1_000_000_000;
@@ -137,6 +141,17 @@ pub fn parse_cidr(text: &str) -> Result<IpNet, UnitError> {
             network: net.trunc(),
         });
     }
+    // Sources in ::ffff:0:0/96 are looked up as IPv4: an entry written in that range would
+    // never match.
+    if let IpNet::V6(v6) = net
+        && v6.prefix_len() >= 96
+        && let Some(ipv4) = v6.addr().to_ipv4_mapped()
+    {
+        return Err(UnitError::CidrV4Mapped {
+            given: text.to_string(),
+            ipv4: format!("{ipv4}/{}", v6.prefix_len() - 96),
+        });
+    }
     Ok(net)
 }
 
@@ -236,6 +251,21 @@ mod tests {
                 network: "10.0.0.0/8".parse().unwrap()
             })
         );
+        // IPv4-mapped sources are looked up as IPv4: such an entry would never match.
+        for (given, ipv4) in [
+            ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+            ("::ffff:192.0.2.1", "192.0.2.1/32"),
+            ("::ffff:0:0/96", "0.0.0.0/0"),
+        ] {
+            assert_eq!(
+                parse_cidr(given),
+                Err(UnitError::CidrV4Mapped {
+                    given: given.into(),
+                    ipv4: ipv4.into()
+                }),
+                "{given}"
+            );
+        }
         for bad in [
             "10.0.0.0/33",
             "300.1.1.1",
