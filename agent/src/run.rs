@@ -338,7 +338,10 @@ async fn serve(
     let metrics = listeners
         .metrics
         .map(|listener| tokio::spawn(http::serve(listener, calls_tx.clone(), telemetry.clone())));
-    let control = tokio::spawn(listeners.control.serve(calls_tx, followers.clone()));
+    let server = listeners.control;
+    let control_followers = followers.clone();
+    // The server moves into the task, so aborting it at exit removes the socket file.
+    let control = tokio::spawn(async move { server.serve(calls_tx, control_followers).await });
     // SAFETY: the ring buffer owns its fd and outlives the registration, which is dropped
     // with it when the event loop ends.
     let ring = unsafe { AsyncFd::register(ring) }.context("polling the event ring buffer")?;

@@ -9,7 +9,7 @@ use std::{
 };
 
 use portcullis_tests::{
-    agent::{Agent, binary},
+    agent::{Agent, AgentPaths, Leftovers, binary},
     netns::{CLIENT_V4, NetnsPair, SERVER_V4},
     require_kernel,
     traffic::{tcp_connects, tcp_server},
@@ -365,4 +365,130 @@ fn events_follow_streams_json_lines() {
     assert_eq!(event["reason"], "denied");
     assert_eq!(event["source"], CLIENT_V4);
     assert_eq!(event["verdict"], "drop");
+}
+
+/// Connects to `socket` (as nobody, or as root), sends nothing, and returns what the agent
+/// answered within `wait` (with the client's errors), and how long it took.
+fn silent_client(socket: &std::path::Path, as_nobody: bool, wait: Duration) -> (String, Duration) {
+    let script = "import socket, sys\n\
+        s = socket.socket(socket.AF_UNIX)\n\
+        s.connect(sys.argv[1])\n\
+        s.settimeout(float(sys.argv[2]))\n\
+        try:\n    print(s.recv(4096).decode(), end='')\n\
+        except socket.timeout:\n    print('timed out', end='')\n";
+    // Debian's python3 (setup installs it): a user of one's own may not reach another.
+    let python = "/usr/bin/python3";
+    let mut command = if as_nobody {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", python]);
+        c
+    } else {
+        Command::new(python)
+    };
+    let started = Instant::now();
+    let out = command
+        .args(["-c", script])
+        .arg(socket)
+        .arg(wait.as_secs_f64().to_string())
+        .output()
+        .unwrap();
+    (portcullis_tests::output_text(&out), started.elapsed())
+}
+
+/// A client is judged at accept, before a byte is read; one that sends nothing is answered
+/// after a deadline; the connections held at once are capped, and the agent answers again
+/// once they go.
+#[test]
+fn the_control_socket_refuses_early_times_out_and_caps_connections() {
+    require_kernel!();
+    let s = Setup::new();
+    let agent = s.start("{}\n");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&agent.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (said, took) = silent_client(&agent.socket, true, Duration::from_secs(3));
+    assert!(said.contains("refused: uid 65534 is not root"), "{said:?}");
+    assert!(took < Duration::from_secs(2), "refused after {took:?}");
+
+    let (said, took) = silent_client(&agent.socket, false, Duration::from_secs(10));
+    assert!(said.contains("no request within 5 s"), "{said:?}");
+    assert!(took < Duration::from_secs(8), "answered after {took:?}");
+
+    let held: Vec<_> = (0..32)
+        .map(|_| std::os::unix::net::UnixStream::connect(&agent.socket).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let busy = run(&agent, &["status"], 1);
+    assert!(busy.contains("busy: 32 control connections"), "{busy}");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    run(&agent, &["status"], 0);
+}
+
+/// At exit the agent removes the socket it created, and nothing else that is at the path.
+#[test]
+fn the_agent_removes_only_its_own_socket() {
+    require_kernel!();
+    let s = Setup::new();
+    let mut agent = s.start("{}\n");
+    let socket = agent.socket.clone();
+    std::fs::rename(&socket, s.dir.path().join("moved.sock")).unwrap();
+    std::fs::write(&socket, "someone else's").unwrap();
+    assert!(agent.stop().unwrap().success());
+    assert_eq!(std::fs::read_to_string(&socket).unwrap(), "someone else's");
+    std::fs::remove_file(&socket).unwrap();
+}
+
+/// A socket directory another user could tamper with is refused at start, with why.
+#[test]
+fn an_unsafe_socket_directory_is_refused() {
+    require_kernel!();
+    let s = Setup::new();
+    let _leftovers = Leftovers::of(&s.pair.server_ns);
+    let pin_dir = AgentPaths::of(&s.pair.server_ns).pin_dir;
+    let policy = s.file("policy.yaml", "{}\n");
+    let real = s.dir.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    let link = s.dir.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let open = s.dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    for (dir, why) in [
+        (&link, "is not a directory"),
+        (&open, "is writable by other users"),
+    ] {
+        let mut agent = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", s.pair.server_ns))
+            .arg(binary())
+            .args(["run", "--iface", &s.pair.server_if, "--policy", &policy])
+            .arg("--pin-dir")
+            .arg(&pin_dir)
+            .arg("--state-dir")
+            .arg(s.dir.path().join("state"))
+            .arg("--socket")
+            .arg(dir.join("control.sock"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Bounded: an agent that accepts the directory runs until stopped.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while agent.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if agent.try_wait().unwrap().is_none() {
+            let _ = Command::new("kill").arg(agent.id().to_string()).status();
+            let _ = agent.wait();
+            panic!("the agent started with its socket in {}", dir.display());
+        }
+        let out = agent.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(why), "{stderr}");
+    }
+    assert!(
+        s.client_gets_through(),
+        "a refused start left something attached"
+    );
 }

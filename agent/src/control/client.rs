@@ -56,27 +56,42 @@ fn send(stream: &mut UnixStream, path: &Path, request: &Request) -> Result<(), C
 /// Sends one request and waits for its response.
 pub fn call(path: &Path, request: &Request) -> Result<Response, ClientError> {
     let mut stream = connect(path)?;
-    send(&mut stream, path, request)?;
+    // The agent may answer and close before reading a word (a refused or busy client): the
+    // send then fails, and its answer is still there to read.
+    let sent = send(&mut stream, path, request);
     let mut line = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut line)
-        .map_err(|source| ClientError::Io {
+    let read = BufReader::new(&stream).read_line(&mut line);
+    match (sent, read) {
+        (_, Ok(n)) if n > 0 => {
+            serde_json::from_str(&line).map_err(|source| ClientError::Protocol { source })
+        }
+        (Err(e), _) => Err(e),
+        (Ok(()), Err(source)) => Err(ClientError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
-    serde_json::from_str(&line).map_err(|source| ClientError::Protocol { source })
+        }),
+        (Ok(()), Ok(_)) => Err(ClientError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the agent closed the connection without an answer",
+            ),
+        }),
+    }
 }
 
 /// Streams event lines to `out` until the agent goes away. The first line may be an
 /// error response (a refused connection).
 pub fn follow_events(path: &Path, mut out: impl std::io::Write) -> Result<(), ClientError> {
     let mut stream = connect(path)?;
-    send(&mut stream, path, &Request::Events)?;
+    // As in `call`: a refusal may come back before the request could be sent.
+    let mut sent = send(&mut stream, path, &Request::Events);
     for line in BufReader::new(&stream).lines() {
         let line = line.map_err(|source| ClientError::Io {
             path: path.to_path_buf(),
             source,
         })?;
+        sent = Ok(());
         if let Ok(response) = serde_json::from_str::<Response>(&line)
             && !response.ok
         {
@@ -87,5 +102,5 @@ pub fn follow_events(path: &Path, mut out: impl std::io::Write) -> Result<(), Cl
             return Ok(());
         }
     }
-    Ok(())
+    sent
 }
