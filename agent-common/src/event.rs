@@ -27,24 +27,6 @@ impl EventAction {
     /// Codes once used and retired: never given to a new action.
     pub const RETIRED: [u8; 0] = [];
 
-    /// A drop under `mode`: dropped, or would have been.
-    #[inline(always)]
-    pub const fn drop(mode: Mode) -> EventAction {
-        match mode {
-            Mode::Enforce => EventAction::Dropped,
-            Mode::Shadow => EventAction::WouldDrop,
-        }
-    }
-
-    /// A ban under `mode`: started, or would have.
-    #[inline(always)]
-    pub const fn ban(mode: Mode) -> EventAction {
-        match mode {
-            Mode::Enforce => EventAction::Banned,
-            Mode::Shadow => EventAction::WouldBan,
-        }
-    }
-
     pub const fn code(self) -> u8 {
         self as u8
     }

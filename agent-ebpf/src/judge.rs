@@ -1,5 +1,6 @@
 //! The decision, in order: allow list, deny list, operator blocks, escalation bans,
-//! malformed headers, rate-limit rules, pass. Shared by the XDP and TC programs, which only translate the `Action`.
+//! malformed headers, rate-limit rules, pass. Shared by the XDP and TC programs, which only
+//! translate the `Action`.
 //!
 //! A deny entry, ban or rule in shadow mode counts and reports what it would have dropped,
 //! then the packet goes on to the next step as if the entry did not exist.

@@ -170,17 +170,26 @@ fn parse_v6(ip: &[u8]) -> Parsed {
         }
     }
     // The chain is as long as allowed: only a transport header may come now.
-    match next {
-        IpNumber::IPV6_HEADER_HOP_BY_HOP
-        | IpNumber::IPV6_ROUTE_HEADER
-        | IpNumber::IPV6_DESTINATION_OPTIONS
-        | IpNumber::MOBILITY_HEADER
-        | IpNumber::HIP
-        | IpNumber::SHIM6
-        | IpNumber::AUTHENTICATION_HEADER
-        | IpNumber::IPV6_FRAGMENTATION_HEADER => malformed(MalformedCause::TooManyExtensionHeaders),
-        _ => Parsed::Ip(transport(src, next, rest, true, false)),
+    if is_extension_header(next) {
+        return malformed(MalformedCause::TooManyExtensionHeaders);
     }
+    Parsed::Ip(transport(src, next, rest, true, false))
+}
+
+/// The extension headers the model walks (difference 3: the generic layout for all but AH
+/// and fragments).
+fn is_extension_header(next: IpNumber) -> bool {
+    matches!(
+        next,
+        IpNumber::IPV6_HEADER_HOP_BY_HOP
+            | IpNumber::IPV6_ROUTE_HEADER
+            | IpNumber::IPV6_DESTINATION_OPTIONS
+            | IpNumber::MOBILITY_HEADER
+            | IpNumber::HIP
+            | IpNumber::SHIM6
+            | IpNumber::AUTHENTICATION_HEADER
+            | IpNumber::IPV6_FRAGMENTATION_HEADER
+    )
 }
 
 /// An AH header: (next header, length, false). Difference 4: a length field of 0 is walked

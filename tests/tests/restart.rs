@@ -46,6 +46,18 @@ fn setup() -> (NetnsPair, tempfile::TempDir, std::path::PathBuf) {
     (pair, dir, policy)
 }
 
+/// `setup` with a TCP server on port 7000 and `policy_text` as the policy, and the guard
+/// that removes what the test's agents leave behind.
+fn serving(
+    policy_text: impl AsRef<str>,
+) -> (NetnsPair, tempfile::TempDir, std::path::PathBuf, Leftovers) {
+    let (pair, dir, policy) = setup();
+    let leftovers = Leftovers::of(&pair.server_ns);
+    tcp_server(&pair, "0.0.0.0", 7000).unwrap();
+    std::fs::write(&policy, policy_text.as_ref()).unwrap();
+    (pair, dir, policy, leftovers)
+}
+
 #[test]
 fn sigkill_and_restart_leave_no_gap_and_keep_bans_and_buckets() {
     require_kernel!();
@@ -167,10 +179,7 @@ fn sigkill_and_restart_leave_no_gap_and_keep_bans_and_buckets() {
 #[test]
 fn keep_on_exit_then_take_over_then_detach() {
     require_kernel!();
-    let (pair, _dir, policy) = setup();
-    let _leftovers = Leftovers::of(&pair.server_ns);
-    tcp_server(&pair, "0.0.0.0", 7000).unwrap();
-    std::fs::write(&policy, format!("deny: [{CLIENT_V4}]\n")).unwrap();
+    let (pair, _dir, policy, _leftovers) = serving(format!("deny: [{CLIENT_V4}]\n"));
     let mut first = Agent::start(
         &pair.server_ns,
         &pair.server_if,
@@ -246,10 +255,7 @@ fn keep_on_exit_then_take_over_then_detach() {
 #[test]
 fn blocks_an_earlier_agent_kept_in_the_ban_maps_are_moved_to_the_block_maps() {
     require_kernel!();
-    let (pair, _dir, policy) = setup();
-    let _leftovers = Leftovers::of(&pair.server_ns);
-    tcp_server(&pair, "0.0.0.0", 7000).unwrap();
-    std::fs::write(&policy, "deny: []\n").unwrap();
+    let (pair, _dir, policy, _leftovers) = serving("deny: []\n");
     let mut first = Agent::start(
         &pair.server_ns,
         &pair.server_if,
@@ -311,10 +317,7 @@ fn blocks_an_earlier_agent_kept_in_the_ban_maps_are_moved_to_the_block_maps() {
 #[test]
 fn a_closed_stdout_does_not_stop_enforcement() {
     require_kernel!();
-    let (pair, _dir, policy) = setup();
-    let _leftovers = Leftovers::of(&pair.server_ns);
-    tcp_server(&pair, "0.0.0.0", 7000).unwrap();
-    std::fs::write(&policy, format!("deny: [{DENIED}]\n")).unwrap();
+    let (pair, _dir, policy, _leftovers) = serving(format!("deny: [{DENIED}]\n"));
     // Close-on-exec, so that the agent does not hold the reading end itself.
     let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     let mut agent = Agent::start_with_stdout(
@@ -355,10 +358,7 @@ fn a_closed_stdout_does_not_stop_enforcement() {
 #[test]
 fn an_invalid_policy_file_at_start_runs_the_last_good_version() {
     require_kernel!();
-    let (pair, _dir, policy) = setup();
-    let _leftovers = Leftovers::of(&pair.server_ns);
-    tcp_server(&pair, "0.0.0.0", 7000).unwrap();
-    std::fs::write(&policy, format!("deny: [{DENIED}]\n")).unwrap();
+    let (pair, _dir, policy, _leftovers) = serving(format!("deny: [{DENIED}]\n"));
     let mut first = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]).unwrap();
     first.keep_state();
     assert!(first.stop().unwrap().success());
@@ -397,10 +397,7 @@ fn an_invalid_policy_file_at_start_runs_the_last_good_version() {
 #[test]
 fn an_unusable_state_directory_does_not_stop_the_agent() {
     require_kernel!();
-    let (pair, dir, policy) = setup();
-    let _leftovers = Leftovers::of(&pair.server_ns);
-    tcp_server(&pair, "0.0.0.0", 7000).unwrap();
-    std::fs::write(&policy, format!("deny: [{DENIED}]\n")).unwrap();
+    let (pair, dir, policy, _leftovers) = serving(format!("deny: [{DENIED}]\n"));
     let state_dir = AgentPaths::of(&pair.server_ns).state_dir;
     std::fs::write(&state_dir, "a file, not a directory").unwrap();
     let agent = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]).unwrap();

@@ -9,7 +9,7 @@ use aya::maps::{
 };
 use ipnet::IpNet;
 
-use super::{BPF_NOEXIST, MapsError, ctx, ignore_missing, is_missing, lpm_entries, names};
+use super::{BPF_NOEXIST, MapsError, ctx, is_missing, lpm_entries, names};
 
 pub struct BanMaps {
     pub(super) blocks_v4: LpmTrie<MapData, [u8; 4], BlockEntry>,
@@ -36,14 +36,28 @@ fn v6_key(net: ipnet::Ipv6Net) -> Key<[u8; 16]> {
     Key::new(net.prefix_len().into(), net.addr().octets())
 }
 
-/// `Ok(false)` for "no such key".
-fn removed(result: Result<(), MapsError>) -> Result<bool, MapsError> {
+/// Removes exactly `net` from the IPv4 or IPv6 trie of a pair, whose map names are
+/// `names`; false if it was not there.
+fn remove<V: aya::Pod>(
+    v4: &mut LpmTrie<MapData, [u8; 4], V>,
+    v6: &mut LpmTrie<MapData, [u8; 16], V>,
+    names: [&'static str; 2],
+    net: IpNet,
+) -> Result<bool, MapsError> {
+    let (result, name) = match net {
+        IpNet::V4(n) => (v4.remove(&v4_key(n)), names[0]),
+        IpNet::V6(n) => (v6.remove(&v6_key(n)), names[1]),
+    };
     match result {
         Ok(()) => Ok(true),
-        Err(MapsError::Map { source, .. }) if is_missing(&source) => Ok(false),
-        Err(e) => Err(e),
+        Err(e) if is_missing(&e) => Ok(false),
+        Err(source) => Err(MapsError::Map { name, source }),
     }
 }
+
+/// The map names of each pair.
+const BLOCKS: [&str; 2] = [names::BLOCKS_V4.name, names::BLOCKS_V6.name];
+const BANS: [&str; 2] = [names::BANS_V4.name, names::BANS_V6.name];
 
 impl BanMaps {
     /// Blocks `net` until `expires_ns`. Fails if that exact prefix is already blocked; an
@@ -74,30 +88,10 @@ impl BanMaps {
     /// Lifts the block on exactly `net`, or if there is none the escalation ban on exactly
     /// `net`; false if there was neither.
     pub fn unban(&mut self, net: IpNet) -> Result<bool, MapsError> {
-        let block = match net {
-            IpNet::V4(n) => self
-                .blocks_v4
-                .remove(&v4_key(n))
-                .map_err(ctx(names::BLOCKS_V4.name)),
-            IpNet::V6(n) => self
-                .blocks_v6
-                .remove(&v6_key(n))
-                .map_err(ctx(names::BLOCKS_V6.name)),
-        };
-        if removed(block)? {
-            return Ok(true);
-        }
-        let ban = match net {
-            IpNet::V4(n) => self
-                .bans_v4
-                .remove(&v4_key(n))
-                .map_err(ctx(names::BANS_V4.name)),
-            IpNet::V6(n) => self
-                .bans_v6
-                .remove(&v6_key(n))
-                .map_err(ctx(names::BANS_V6.name)),
-        };
-        removed(ban)
+        Ok(
+            remove(&mut self.blocks_v4, &mut self.blocks_v6, BLOCKS, net)?
+                || remove(&mut self.bans_v4, &mut self.bans_v6, BANS, net)?,
+        )
     }
 
     /// Removes blocks and bans that ended by `now_ns`, and bans `is_current` says no rule in
@@ -112,7 +106,7 @@ impl BanMaps {
         let mut swept = Swept::default();
         for (net, block) in lpm_entries(&self.blocks_v4, &self.blocks_v6)? {
             if block.expires_ns <= now_ns {
-                self.remove_block(net)?;
+                remove(&mut self.blocks_v4, &mut self.blocks_v6, BLOCKS, net)?;
                 swept.blocks.push(net);
             }
         }
@@ -129,28 +123,8 @@ impl BanMaps {
             } else {
                 swept.bans += 1;
             }
-            self.remove_ban(net)?;
+            remove(&mut self.bans_v4, &mut self.bans_v6, BANS, net)?;
         }
         Ok(swept)
-    }
-
-    fn remove_block(&mut self, net: IpNet) -> Result<(), MapsError> {
-        match net {
-            IpNet::V4(n) => ignore_missing(self.blocks_v4.remove(&v4_key(n)))
-                .map_err(ctx(names::BLOCKS_V4.name)),
-            IpNet::V6(n) => ignore_missing(self.blocks_v6.remove(&v6_key(n)))
-                .map_err(ctx(names::BLOCKS_V6.name)),
-        }
-    }
-
-    fn remove_ban(&mut self, net: IpNet) -> Result<(), MapsError> {
-        match net {
-            IpNet::V4(n) => {
-                ignore_missing(self.bans_v4.remove(&v4_key(n))).map_err(ctx(names::BANS_V4.name))
-            }
-            IpNet::V6(n) => {
-                ignore_missing(self.bans_v6.remove(&v6_key(n))).map_err(ctx(names::BANS_V6.name))
-            }
-        }
     }
 }
