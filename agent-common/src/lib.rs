@@ -44,8 +44,8 @@ pub struct PortRules {
 
 /// One rate-limit rule as the kernel sees it, indexed by rule id in `RULES`.
 ///
-/// The token bucket is kept in nanoseconds of credit so the per-packet path only adds,
-/// compares and subtracts: a packet costs `interval_ns` (1 s / rate), and a full bucket holds
+/// The token bucket is kept in nanoseconds so the per-packet path only adds, compares and
+/// subtracts: a packet costs `interval_ns` (1 s / rate), and a full bucket holds
 /// `capacity_ns` (burst * interval_ns).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -118,13 +118,19 @@ pub struct BucketKey {
     pub addr: [u32; 4],
 }
 
-/// Value of `BUCKETS`.
+/// Value of `BUCKETS`: a rule's limit for one source group, kept as a GCRA theoretical
+/// arrival time so that one compare-and-exchange of one word takes a token.
+///
+/// The layout keeps the 32 bytes and field offsets of the earlier token bucket (credit,
+/// last update, window, excess, epoch), so an upgraded agent takes the pinned map over: an
+/// old credit read as `tat_ns` lies in the past and only means a full bucket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Bucket {
-    /// Unused credit in nanoseconds, at most the rule's `capacity_ns`.
-    pub credit_ns: u64,
-    pub last_ns: u64,
+    /// The time at which the bucket is full again; a packet passes when, after adding its
+    /// cost (`interval_ns`), this lies at most `capacity_ns` ahead of now.
+    pub tat_ns: u64,
+    pub _reserved: u64,
     /// Start of the current escalation window.
     pub window_start_ns: u64,
     /// Over-limit packets in the current window.
@@ -178,6 +184,10 @@ const _: () = assert!(core::mem::size_of::<BanEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<BlockEntry>() == 8);
 const _: () = assert!(core::mem::size_of::<BucketKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Bucket>() == 32);
+// The kernel counts `excess` by compare-and-exchange of the aligned word it shares with
+// `epoch` (excess in the low half, little-endian).
+const _: () = assert!(core::mem::offset_of!(Bucket, excess) == 24);
+const _: () = assert!(core::mem::offset_of!(Bucket, epoch) == 28);
 const _: () = assert!(core::mem::size_of::<RuleCounters>() == 24);
 const _: () = assert!(core::mem::size_of::<IfaceCounters>() == 16);
 const _: () = assert!(core::mem::size_of::<Settings>() == 8);

@@ -2,8 +2,12 @@
 //! translate its verdict for their hook.
 #![no_std]
 #![no_main]
+// The bucket update needs compare-and-exchange, which the BPF target only offers this way.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod acl;
+mod atomic;
 mod bans;
 mod blocks;
 mod clock;

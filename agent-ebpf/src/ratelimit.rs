@@ -1,13 +1,18 @@
 //! Per-source token buckets, one per (rule, source group), in an LRU map.
 //!
-//! Known race: two CPUs can read and write the same bucket at once, so under a flood spread
-//! over several queues a source may get a few more packets than its burst. aya-ebpf 0.2's
-//! legacy map definitions carry no BTF, so `bpf_spin_lock` is not available; Cilium's
-//! `bpf/lib/ratelimit.h` accepts the same approximation.
-
+//! Each bucket is one word, a GCRA theoretical arrival time (TAT): the time at which the
+//! bucket is full again. A packet passes when moving the TAT on by its cost keeps it within
+//! the burst of now, and the move is one compare-and-exchange, so two CPUs judging the same
+//! source at once can never both spend the same token nor credit elapsed time twice: a
+//! source spread over every receive queue gets its rate, not a multiple of it. (A token
+//! bucket of credit and last-update time, written back with plain stores, can move its
+//! clock backwards when CPUs interleave and so hands out elapsed time twice.)
+//!
+//! The escalation count beside it is an atomic add; its window restart is a plain store, so
+//! two CPUs restarting the window at once can each lose the other's last few counts.
 use agent_common::{Bucket, BucketKey, RuleConfig, maps::COUNTER_BUCKETS_CREATED};
 
-use crate::{counters, maps::BUCKETS, parse::Packet};
+use crate::{atomic, counters, maps::BUCKETS, parse::Packet};
 
 pub enum Outcome {
     /// The packet took a token.
@@ -28,12 +33,16 @@ pub fn group_v6(pkt: &Packet, cfg: &RuleConfig) -> [u32; 4] {
     ]
 }
 
+/// Compare-and-exchange attempts before a packet that keeps losing the race to other CPUs
+/// judging the same source is counted as over the limit (they took the tokens meanwhile).
+const CAS_TRIES: u32 = 4;
+
 #[inline(always)]
 fn fresh_bucket(cfg: &RuleConfig, now: u64) -> Bucket {
     Bucket {
         // A new source starts with a full bucket, minus this packet.
-        credit_ns: cfg.capacity_ns - cfg.interval_ns,
-        last_ns: now,
+        tat_ns: now.saturating_add(cfg.interval_ns),
+        _reserved: 0,
         window_start_ns: now,
         excess: 0,
         epoch: cfg.epoch,
@@ -56,35 +65,81 @@ pub fn take(rule: u32, cfg: &RuleConfig, pkt: &Packet, now: u64) -> Outcome {
         }
         return Outcome::Within;
     };
-    // SAFETY: the pointer comes from a successful lookup; see the race note above.
-    let bucket = unsafe { &mut *bucket };
-    if bucket.epoch != cfg.epoch {
-        *bucket = fresh_bucket(cfg, now);
-        return Outcome::Within;
+    // SAFETY: the pointer comes from a successful lookup and stays valid for this program
+    // run; the fields other CPUs write concurrently are only accessed atomically below.
+    unsafe {
+        if (*bucket).epoch != cfg.epoch {
+            // The rule changed: start over. Racing CPUs write the same fresh state.
+            *bucket = fresh_bucket(cfg, now);
+            return Outcome::Within;
+        }
+        if take_token(&raw mut (*bucket).tat_ns, cfg, now) {
+            return Outcome::Within;
+        }
+        if cfg.ban_for_ns == 0 {
+            return Outcome::Over { escalate: false };
+        }
+        escalation(bucket, cfg, now)
     }
-    let elapsed = now.saturating_sub(bucket.last_ns);
-    let credit = bucket
-        .credit_ns
-        .saturating_add(elapsed)
-        .min(cfg.capacity_ns);
-    bucket.last_ns = now;
-    if credit >= cfg.interval_ns {
-        bucket.credit_ns = credit - cfg.interval_ns;
-        return Outcome::Within;
+}
+
+/// Moves the TAT on by one packet's cost if that stays within the burst; false when the
+/// bucket is empty (or, after `CAS_TRIES` lost races, emptied by other CPUs).
+///
+/// # Safety
+/// `tat` points into a bucket from a successful lookup.
+#[inline(always)]
+unsafe fn take_token(tat: *mut u64, cfg: &RuleConfig, now: u64) -> bool {
+    // SAFETY: as the caller promises; a torn read is impossible for an aligned u64.
+    let mut seen = unsafe { core::ptr::read_volatile(tat) };
+    for _ in 0..CAS_TRIES {
+        // A TAT in the past is a full bucket: time beyond full earns nothing.
+        let next = seen.max(now).saturating_add(cfg.interval_ns);
+        if next.saturating_sub(now) > cfg.capacity_ns {
+            return false;
+        }
+        // SAFETY: as above.
+        match unsafe { atomic::compare_exchange(tat, seen, next) } {
+            Ok(_) => return true,
+            Err(current) => seen = current,
+        }
     }
-    bucket.credit_ns = credit;
-    if cfg.ban_for_ns == 0 {
-        return Outcome::Over { escalate: false };
+    false
+}
+
+/// Counts one over-limit packet in the rule's escalation window; the packet that completes
+/// `ban_after` of them (exactly one, whatever the CPUs) escalates and restarts the count.
+///
+/// # Safety
+/// `bucket` comes from a successful lookup.
+#[inline(always)]
+unsafe fn escalation(bucket: *mut Bucket, cfg: &RuleConfig, now: u64) -> Outcome {
+    // SAFETY: as the caller promises. `excess` and `epoch` share one aligned 8-byte word
+    // (offset 24, const-asserted in agent-common), so the count moves by compare-and-exchange
+    // of that word with the epoch half unchanged.
+    unsafe {
+        if now.saturating_sub((*bucket).window_start_ns) >= cfg.ban_window_ns {
+            (*bucket).window_start_ns = now;
+            (*bucket).excess = 0;
+        }
+        let word = (&raw mut (*bucket).excess).cast::<u64>();
+        let mut seen = core::ptr::read_volatile(word);
+        for _ in 0..CAS_TRIES {
+            let count = (seen as u32).wrapping_add(1);
+            let escalate = count >= cfg.ban_after;
+            let next_count = if escalate { 0 } else { count };
+            let next = (seen & !u64::from(u32::MAX)) | u64::from(next_count);
+            match atomic::compare_exchange(word, seen, next) {
+                Ok(_) => {
+                    if escalate {
+                        (*bucket).window_start_ns = now;
+                    }
+                    return Outcome::Over { escalate };
+                }
+                Err(current) => seen = current,
+            }
+        }
     }
-    if now.saturating_sub(bucket.window_start_ns) >= cfg.ban_window_ns {
-        bucket.window_start_ns = now;
-        bucket.excess = 0;
-    }
-    bucket.excess += 1;
-    if bucket.excess < cfg.ban_after {
-        return Outcome::Over { escalate: false };
-    }
-    bucket.excess = 0;
-    bucket.window_start_ns = now;
-    Outcome::Over { escalate: true }
+    // Other CPUs counted this source's excess meanwhile; one of them escalates.
+    Outcome::Over { escalate: false }
 }
