@@ -5,6 +5,7 @@
 //! written out and its size asserted at compile time.
 #![cfg_attr(not(test), no_std)]
 
+pub mod admission;
 pub mod event;
 pub mod malformed;
 pub mod maps;
@@ -69,6 +70,14 @@ pub struct RuleConfig {
     /// Network-order masks for the prefixes above, precomputed so the kernel only ANDs.
     pub mask_v4: u32,
     pub mask_v6: [u32; 4],
+    /// Ban aggregation (`ban.aggregate`): this many bans of the rule inside one wider group
+    /// (within a ban's duration) and the next ban is of the wider group; 0 never widens.
+    pub aggregate_after: u32,
+    /// The wider prefixes, 0 for a family that does not widen, and their masks.
+    pub aggregate_prefix_v4: u32,
+    pub aggregate_prefix_v6: u32,
+    pub aggregate_mask_v4: u32,
+    pub aggregate_mask_v6: [u32; 4],
 }
 
 /// Value of `ACL_V4` / `ACL_V6`: an allow entry or a deny entry. Both lists share one trie,
@@ -139,6 +148,18 @@ pub struct Bucket {
     pub epoch: u32,
 }
 
+/// Value of `BAN_GROUPS`, keyed like a bucket (a rule and a source group, here the wider
+/// group of ban aggregation): the bans the rule made inside the group lately.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BanGroup {
+    /// Start of the count; it restarts once a ban's duration has passed.
+    pub window_start_ns: u64,
+    pub bans: u32,
+    /// `RuleConfig::epoch` the count was made under.
+    pub epoch: u32,
+}
+
 /// Per-rule packet counters, a per-CPU array indexed by rule id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -178,12 +199,13 @@ pub struct EventBudget {
 }
 
 const _: () = assert!(core::mem::size_of::<PortRules>() == 8);
-const _: () = assert!(core::mem::size_of::<RuleConfig>() == 72);
+const _: () = assert!(core::mem::size_of::<RuleConfig>() == 104);
 const _: () = assert!(core::mem::size_of::<AclEntry>() == 8);
 const _: () = assert!(core::mem::size_of::<BanEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<BlockEntry>() == 8);
 const _: () = assert!(core::mem::size_of::<BucketKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Bucket>() == 32);
+const _: () = assert!(core::mem::size_of::<BanGroup>() == 16);
 // The kernel counts `excess` by compare-and-exchange of the aligned word it shares with
 // `epoch` (excess in the low half, little-endian).
 const _: () = assert!(core::mem::offset_of!(Bucket, excess) == 24);

@@ -8,7 +8,7 @@
 use core::mem::size_of;
 
 use crate::{
-    AclEntry, BanEntry, BlockEntry, Bucket, BucketKey, CLASS_COUNT, Event, EventBudget,
+    AclEntry, BanEntry, BanGroup, BlockEntry, Bucket, BucketKey, CLASS_COUNT, Event, EventBudget,
     IfaceCounters, PortRules, RuleConfig, RuleCounters, Settings,
 };
 
@@ -78,6 +78,22 @@ pub struct MapSpec {
     /// `BPF_F_*` map flags.
     pub flags: u32,
     pub entries: Entries,
+    pub contents: Contents,
+}
+
+/// What a map holds, which says what a starting agent may do with a pinned map of another
+/// layout (an upgrade changed it, or the policy's `capacity`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contents {
+    /// State the agent cannot rebuild (blocks, bans, buckets): the start is refused, as
+    /// replacing the map would lift what it holds.
+    State,
+    /// Derived from the policy (the two policy sets and `GENERATION`): all of them are
+    /// replaced together and filled before the new programs attach, while the old programs
+    /// keep reading their own maps until then.
+    Policy,
+    /// Counters, settings and buffers: replaced on their own (counters start from zero).
+    Disposable,
 }
 
 impl MapSpec {
@@ -119,6 +135,13 @@ const fn spec(
             _ => 0,
         },
         entries,
+        contents: Contents::State,
+    }
+}
+
+impl MapSpec {
+    const fn holding(self, contents: Contents) -> MapSpec {
+        MapSpec { contents, ..self }
     }
 }
 
@@ -170,14 +193,16 @@ const fn policy_set(
             LPM_V4_KEY,
             size_of::<AclEntry>(),
             Entries::Cidrs,
-        ),
+        )
+        .holding(Contents::Policy),
         acl_v6: spec(
             acl_v6,
             MapKind::LpmTrie,
             LPM_V6_KEY,
             size_of::<AclEntry>(),
             Entries::Cidrs,
-        ),
+        )
+        .holding(Contents::Policy),
         port_rules: MapSpec {
             flags: BPF_F_NO_PREALLOC,
             ..spec(
@@ -187,6 +212,7 @@ const fn policy_set(
                 size_of::<PortRules>(),
                 Entries::Fixed(MAX_PORT_ENTRIES),
             )
+            .holding(Contents::Policy)
         },
         class_rules: spec(
             class_rules,
@@ -194,14 +220,16 @@ const fn policy_set(
             4,
             size_of::<PortRules>(),
             Entries::Fixed(CLASS_COUNT),
-        ),
+        )
+        .holding(Contents::Policy),
         rules: spec(
             rules,
             MapKind::Array,
             4,
             size_of::<RuleConfig>(),
             Entries::Fixed(MAX_RULES),
-        ),
+        )
+        .holding(Contents::Policy),
     }
 }
 
@@ -223,7 +251,8 @@ pub const POLICY_SETS: [PolicySetMaps; 2] = [
 ];
 
 /// Array with one `u32`: 0 or 1, the policy set in force.
-pub const GENERATION: MapSpec = spec("GENERATION", MapKind::Array, 4, 4, Entries::Fixed(1));
+pub const GENERATION: MapSpec =
+    spec("GENERATION", MapKind::Array, 4, 4, Entries::Fixed(1)).holding(Contents::Policy);
 /// LPM trie, key IPv4 prefix, value `BlockEntry`: operator blocks, checked before bans.
 pub const BLOCKS_V4: MapSpec = spec(
     "BLOCKS_V4",
@@ -256,6 +285,16 @@ pub const BANS_V6: MapSpec = spec(
     size_of::<BanEntry>(),
     Entries::Bans,
 );
+/// LRU hash, key `BucketKey` (a rule and a wider source group), value `BanGroup`: bans
+/// counted for ban aggregation. Losing a count only delays a wider ban.
+pub const BAN_GROUPS: MapSpec = spec(
+    "BAN_GROUPS",
+    MapKind::LruHash,
+    size_of::<BucketKey>(),
+    size_of::<BanGroup>(),
+    Entries::Bans,
+)
+.holding(Contents::Disposable);
 /// LRU hash, key `BucketKey`, value `Bucket`: per-source token buckets.
 pub const BUCKETS: MapSpec = spec(
     "BUCKETS",
@@ -264,6 +303,16 @@ pub const BUCKETS: MapSpec = spec(
     size_of::<Bucket>(),
     Entries::Sources,
 );
+/// Array of `u64`, `admission::SLOTS` of them: first packets of source groups that have no
+/// bucket yet (see `admission`).
+pub const ADMISSION: MapSpec = spec(
+    "ADMISSION",
+    MapKind::Array,
+    4,
+    8,
+    Entries::Fixed(crate::admission::SLOTS),
+)
+.holding(Contents::Disposable);
 /// Per-CPU array of `u64`, laid out as the `COUNTER_*` constants say.
 pub const COUNTERS: MapSpec = spec(
     "COUNTERS",
@@ -271,7 +320,8 @@ pub const COUNTERS: MapSpec = spec(
     4,
     8,
     Entries::Fixed(COUNTER_SLOTS),
-);
+)
+.holding(Contents::Disposable);
 /// Per-CPU array indexed by rule id, value `RuleCounters`.
 pub const RULE_COUNTERS: MapSpec = spec(
     "RULE_COUNTERS",
@@ -279,7 +329,8 @@ pub const RULE_COUNTERS: MapSpec = spec(
     4,
     size_of::<RuleCounters>(),
     Entries::Fixed(MAX_RULES),
-);
+)
+.holding(Contents::Disposable);
 /// Per-CPU array of `IfaceCounters`, indexed by `ifindex % IFACE_SLOTS`.
 pub const IFACE_COUNTERS: MapSpec = spec(
     "IFACE_COUNTERS",
@@ -287,7 +338,8 @@ pub const IFACE_COUNTERS: MapSpec = spec(
     4,
     size_of::<IfaceCounters>(),
     Entries::Fixed(IFACE_SLOTS),
-);
+)
+.holding(Contents::Disposable);
 /// Array with one `Settings`.
 pub const SETTINGS: MapSpec = spec(
     "SETTINGS",
@@ -295,7 +347,8 @@ pub const SETTINGS: MapSpec = spec(
     4,
     size_of::<Settings>(),
     Entries::Fixed(1),
-);
+)
+.holding(Contents::Disposable);
 /// Per-CPU array with one `EventBudget`.
 pub const EVENT_BUDGET: MapSpec = spec(
     "EVENT_BUDGET",
@@ -303,7 +356,8 @@ pub const EVENT_BUDGET: MapSpec = spec(
     4,
     size_of::<EventBudget>(),
     Entries::Fixed(1),
-);
+)
+.holding(Contents::Disposable);
 /// Per-CPU array of `u64`: malformed frames by `MalformedCause` code.
 pub const MALFORMED: MapSpec = spec(
     "MALFORMED",
@@ -311,7 +365,8 @@ pub const MALFORMED: MapSpec = spec(
     4,
     8,
     Entries::Fixed(MALFORMED_SLOTS),
-);
+)
+.holding(Contents::Disposable);
 /// Ring buffer of `Event` records; its size is in bytes, and it has no keys or values.
 pub const EVENTS: MapSpec = spec(
     "EVENTS",
@@ -319,10 +374,11 @@ pub const EVENTS: MapSpec = spec(
     0,
     0,
     Entries::Fixed(EVENTS_BYTES),
-);
+)
+.holding(Contents::Disposable);
 
 /// Every map of the agent's object.
-pub const ALL: [MapSpec; 23] = [
+pub const ALL: [MapSpec; 25] = [
     POLICY_SETS[0].acl_v4,
     POLICY_SETS[0].acl_v6,
     POLICY_SETS[0].port_rules,
@@ -338,7 +394,9 @@ pub const ALL: [MapSpec; 23] = [
     BLOCKS_V6,
     BANS_V4,
     BANS_V6,
+    BAN_GROUPS,
     BUCKETS,
+    ADMISSION,
     COUNTERS,
     RULE_COUNTERS,
     IFACE_COUNTERS,
@@ -381,7 +439,10 @@ pub const COUNTER_EVENTS_LOST: u32 = COUNTER_EVENTS_WRITTEN + 2;
 pub const COUNTER_BANS_FAILED: u32 = COUNTER_EVENTS_WRITTEN + 3;
 /// Token buckets created; minus the buckets in the LRU map, the number it evicted.
 pub const COUNTER_BUCKETS_CREATED: u32 = COUNTER_EVENTS_WRITTEN + 4;
-pub const COUNTER_SLOTS: u32 = COUNTER_EVENTS_WRITTEN + 5;
+/// Packets of sources not given a bucket yet: first packets within a rule's burst window,
+/// which is every packet of a flood of one-packet (spoofed) sources.
+pub const COUNTER_UNADMITTED: u32 = COUNTER_EVENTS_WRITTEN + 5;
+pub const COUNTER_SLOTS: u32 = COUNTER_EVENTS_WRITTEN + 6;
 /// Slots of `MALFORMED`, one per `MalformedCause` code.
 pub const MALFORMED_SLOTS: u32 = 32;
 

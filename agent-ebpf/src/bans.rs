@@ -1,13 +1,18 @@
 //! Temporary bans of source groups, made by escalation. A ban expires by itself: the
 //! kernel ignores a ban whose time is up, or whose rule has changed since, and the agent's
 //! sweep removes it.
+//!
+//! Bans aggregate: once a rule has banned `aggregate_after` groups inside one wider group
+//! (a /24, a /48) within a ban's duration, its next ban there is of the wider group. The
+//! count is kept with plain stores: bans are rare, and two CPUs racing only delay the
+//! wider ban by one.
 
-use agent_common::{BanEntry, RuleConfig};
+use agent_common::{BanEntry, BanGroup, BucketKey, RuleConfig};
 use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::{
     clock, counters,
-    maps::{BANS_V4, BANS_V6},
+    maps::{BAN_GROUPS, BANS_V4, BANS_V6},
     parse::Packet,
     policy_set::PolicySet,
     ratelimit,
@@ -37,7 +42,8 @@ pub fn active(policy: PolicySet, pkt: &Packet) -> Option<ActiveBan> {
     })
 }
 
-/// Bans the source group of `pkt` under `rule` for the rule's ban time.
+/// Bans the source group of `pkt` under `rule` for the rule's ban time, or its wider group
+/// when the rule has banned enough groups inside that one.
 #[inline(always)]
 pub fn start(pkt: &Packet, rule: u32, cfg: &RuleConfig, now: u64) {
     let ban = BanEntry {
@@ -47,12 +53,65 @@ pub fn start(pkt: &Packet, rule: u32, cfg: &RuleConfig, now: u64) {
         epoch: cfg.epoch,
     };
     let stored = if pkt.v4 {
-        BANS_V4.insert(Key::new(cfg.prefix_v4, pkt.src[3] & cfg.mask_v4), ban, 0)
+        let wide = [0, 0, 0, pkt.src[3] & cfg.aggregate_mask_v4];
+        let prefix = if widens(rule, cfg, cfg.aggregate_prefix_v4, wide, now) {
+            cfg.aggregate_prefix_v4
+        } else {
+            cfg.prefix_v4
+        };
+        let mask = if prefix == cfg.prefix_v4 {
+            cfg.mask_v4
+        } else {
+            cfg.aggregate_mask_v4
+        };
+        BANS_V4.insert(Key::new(prefix, pkt.src[3] & mask), ban, 0)
     } else {
         let group = ratelimit::group_v6(pkt, cfg);
-        BANS_V6.insert(Key::new(cfg.prefix_v6, group), ban, 0)
+        let m = cfg.aggregate_mask_v6;
+        let wide = [
+            group[0] & m[0],
+            group[1] & m[1],
+            group[2] & m[2],
+            group[3] & m[3],
+        ];
+        if widens(rule, cfg, cfg.aggregate_prefix_v6, wide, now) {
+            BANS_V6.insert(Key::new(cfg.aggregate_prefix_v6, wide), ban, 0)
+        } else {
+            BANS_V6.insert(Key::new(cfg.prefix_v6, group), ban, 0)
+        }
     };
     if stored.is_err() {
         counters::bump(agent_common::maps::COUNTER_BANS_FAILED);
     }
+}
+
+/// Counts a ban of `rule` inside the wider group `wide` (of prefix `prefix`, 0 when the
+/// family does not widen); true when this ban should be of the wider group.
+#[inline(always)]
+fn widens(rule: u32, cfg: &RuleConfig, prefix: u32, wide: [u32; 4], now: u64) -> bool {
+    if prefix == 0 || cfg.aggregate_after == 0 {
+        return false;
+    }
+    let key = BucketKey { rule, addr: wide };
+    let Some(group) = BAN_GROUPS.get_ptr_mut(key) else {
+        let first = BanGroup {
+            window_start_ns: now,
+            bans: 1,
+            epoch: cfg.epoch,
+        };
+        // A failed insert only delays the wider ban.
+        let _ = BAN_GROUPS.insert(key, first, 0);
+        return false;
+    };
+    // SAFETY: a pointer from a successful lookup; see the module's note on races.
+    let group = unsafe { &mut *group };
+    if group.epoch != cfg.epoch || now.saturating_sub(group.window_start_ns) >= cfg.ban_for_ns {
+        *group = BanGroup {
+            window_start_ns: now,
+            bans: 0,
+            epoch: cfg.epoch,
+        };
+    }
+    group.bans = group.bans.saturating_add(1);
+    group.bans > cfg.aggregate_after
 }

@@ -7,6 +7,7 @@
 #![allow(internal_features)]
 
 mod acl;
+mod admission;
 mod atomic;
 mod bans;
 mod blocks;

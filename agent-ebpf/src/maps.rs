@@ -4,8 +4,8 @@
 //! agent resizes the maps the policy sizes before loading.
 
 use agent_common::{
-    AclEntry, BanEntry, BlockEntry, Bucket, BucketKey, EventBudget, IfaceCounters, PortRules,
-    RuleConfig, RuleCounters, Settings,
+    AclEntry, BanEntry, BanGroup, BlockEntry, Bucket, BucketKey, EventBudget, IfaceCounters,
+    PortRules, RuleConfig, RuleCounters, Settings,
     maps::{self as spec, MapSpec, POLICY_SETS, PolicySetMaps},
 };
 use aya_ebpf::{
@@ -74,8 +74,16 @@ pub static BANS_V6: LpmTrie<[u32; 4], BanEntry> =
     LpmTrie::with_max_entries(entries(spec::BANS_V6), spec::BANS_V6.flags);
 
 #[map]
+pub static BAN_GROUPS: LruHashMap<BucketKey, BanGroup> =
+    LruHashMap::with_max_entries(entries(spec::BAN_GROUPS), spec::BAN_GROUPS.flags);
+
+#[map]
 pub static BUCKETS: LruHashMap<BucketKey, Bucket> =
     LruHashMap::with_max_entries(entries(spec::BUCKETS), spec::BUCKETS.flags);
+
+#[map]
+pub static ADMISSION: Array<u64> =
+    Array::with_max_entries(entries(spec::ADMISSION), spec::ADMISSION.flags);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> =

@@ -8,11 +8,18 @@
 //! bucket of credit and last-update time, written back with plain stores, can move its
 //! clock backwards when CPUs interleave and so hands out elapsed time twice.)
 //!
-//! The escalation count beside it is an atomic add; its window restart is a plain store, so
-//! two CPUs restarting the window at once can each lose the other's last few counts.
-use agent_common::{Bucket, BucketKey, RuleConfig, maps::COUNTER_BUCKETS_CREATED};
+//! The escalation count beside it moves by compare-and-exchange too; its window restart is
+//! a plain store, so two CPUs restarting the window at once can lose a few counts.
+//!
+//! A group gets a bucket only from its second packet within the burst window (see `admit`
+//! and `agent_common::admission`), so the LRU map holds sources that came back.
 
-use crate::{atomic, counters, maps::BUCKETS, parse::Packet};
+use agent_common::{
+    Bucket, BucketKey, RuleConfig,
+    maps::{COUNTER_BUCKETS_CREATED, COUNTER_UNADMITTED},
+};
+
+use crate::{admission, atomic, counters, maps::BUCKETS, parse::Packet};
 
 pub enum Outcome {
     /// The packet took a token.
@@ -37,10 +44,10 @@ pub fn group_v6(pkt: &Packet, cfg: &RuleConfig) -> [u32; 4] {
 /// judging the same source is counted as over the limit (they took the tokens meanwhile).
 const CAS_TRIES: u32 = 4;
 
+/// A bucket made at `now` (a rule change), full but for this packet.
 #[inline(always)]
 fn fresh_bucket(cfg: &RuleConfig, now: u64) -> Bucket {
     Bucket {
-        // A new source starts with a full bucket, minus this packet.
         tat_ns: now.saturating_add(cfg.interval_ns),
         _reserved: 0,
         window_start_ns: now,
@@ -58,12 +65,7 @@ pub fn take(rule: u32, cfg: &RuleConfig, pkt: &Packet, now: u64) -> Outcome {
     };
     let key = BucketKey { rule, addr };
     let Some(bucket) = BUCKETS.get_ptr_mut(key) else {
-        // If the insert fails (another CPU raced us), this packet still passes: the next
-        // one finds the bucket.
-        if BUCKETS.insert(key, fresh_bucket(cfg, now), 0).is_ok() {
-            counters::bump(COUNTER_BUCKETS_CREATED);
-        }
-        return Outcome::Within;
+        return admit(key, cfg, now);
     };
     // SAFETY: the pointer comes from a successful lookup and stays valid for this program
     // run; the fields other CPUs write concurrently are only accessed atomically below.
@@ -80,6 +82,39 @@ pub fn take(rule: u32, cfg: &RuleConfig, pkt: &Packet, now: u64) -> Outcome {
             return Outcome::Over { escalate: false };
         }
         escalation(bucket, cfg, now)
+    }
+}
+
+/// A packet of a group without a bucket. Its first packet within the burst window only
+/// leaves a mark in the admission sketch and passes: a full bucket would have let it pass,
+/// and a one-packet source (a spoofed flood) so never takes a bucket's room. The second
+/// gets the bucket the first would have left, and its own turn at it.
+#[inline(always)]
+fn admit(key: BucketKey, cfg: &RuleConfig, now: u64) -> Outcome {
+    let Some(first) = admission::previous_packet(&key, cfg.capacity_ns, now) else {
+        counters::bump(COUNTER_UNADMITTED);
+        return Outcome::Within;
+    };
+    let after_first = first.saturating_add(cfg.interval_ns);
+    let next = after_first.max(now).saturating_add(cfg.interval_ns);
+    let within = next.saturating_sub(now) <= cfg.capacity_ns;
+    // Over the limit already (a burst of 1): this packet is the window's first excess.
+    let escalating = cfg.ban_for_ns != 0 && !within;
+    let escalate = escalating && cfg.ban_after <= 1;
+    let bucket = Bucket {
+        tat_ns: if within { next } else { after_first },
+        excess: u32::from(escalating && !escalate),
+        ..fresh_bucket(cfg, now)
+    };
+    // If another CPU inserted the bucket meanwhile, this one replaces it: one packet's
+    // difference, once per source.
+    if BUCKETS.insert(key, bucket, 0).is_ok() {
+        counters::bump(COUNTER_BUCKETS_CREATED);
+    }
+    if within {
+        Outcome::Within
+    } else {
+        Outcome::Over { escalate }
     }
 }
 

@@ -211,6 +211,14 @@ pub fn render(s: &Snapshot) -> String {
         "Token buckets the LRU map evicted to make room (created minus present)",
         s.counters.buckets_created.saturating_sub(s.buckets as u64),
     );
+    counter(
+        &mut registry,
+        "unadmitted_packets",
+        "Rate-limited packets of sources without a bucket yet: first packets within a rule's \
+         burst window, which passed and left a mark in the admission sketch (a flood of \
+         one-packet, spoofed sources counts here)",
+        s.counters.unadmitted,
+    );
     gauge(
         &mut registry,
         "policy_version",
@@ -262,6 +270,7 @@ mod tests {
         counters.shadow[Reason::RateLimited as usize] = 2;
         counters.events_suppressed = 5;
         counters.buckets_created = 10;
+        counters.unadmitted = 3;
         let text = render(&Snapshot {
             counters,
             rules: vec![(
@@ -311,6 +320,7 @@ mod tests {
             "portcullis_map_capacity{map=\"blocks\"} 20",
             "portcullis_bans_active 3",
             "portcullis_bucket_evictions_total 4",
+            "portcullis_unadmitted_packets_total 3",
             "portcullis_policy_version 3",
             "portcullis_policy_apply_failures_total 1",
             "portcullis_runtime_errors_total{what=\"ban sweep\"} 2",

@@ -171,9 +171,11 @@ async fn start_and_serve(
     ifindexes: HashMap<u32, String>,
 ) -> Result<Exit> {
     let maps_dir = loader::maps_dir(&options.pin_dir);
-    if start.adopting {
-        loader::check_pinned_maps(&maps_dir, &start.policy.policy.capacity)?;
-    }
+    let replaced = if start.adopting {
+        loader::check_pinned_maps(&maps_dir, &start.policy.policy.capacity)?
+    } else {
+        Vec::new()
+    };
     let history = History::load(&options.state_dir);
     let server = Server::bind(&options.control_socket).await?;
     let metrics = match options.metrics {
@@ -184,6 +186,15 @@ async fn start_and_serve(
         control: server,
         metrics,
     };
+    if !replaced.is_empty() {
+        tracing::warn!(
+            maps = %replaced.join(", "),
+            "pinned maps of another layout (another version, or a changed capacity) are \
+             replaced by fresh ones; the running programs keep theirs until ours replace them \
+             (counters in them start from zero)"
+        );
+        loader::unpin_replaced(&maps_dir, &replaced)?;
+    }
     let mut ebpf = loader::load(&start.policy.policy.capacity, &maps_dir)?;
     serve(options, start, history, listeners, &mut ebpf, ifindexes).await
 }
@@ -502,8 +513,8 @@ async fn event_loop(
                         if swept.moved > 0 {
                             tracing::info!(moved = swept.moved, "blocks moved from the ban maps an earlier agent kept them in to the block maps");
                         }
-                        if !swept.blocks.is_empty() || swept.bans > 0 {
-                            tracing::debug!(blocks = swept.blocks.len(), bans = swept.bans, "ended blocks and ended or void bans removed");
+                        if !swept.blocks.is_empty() || swept.bans > 0 || swept.covered > 0 {
+                            tracing::debug!(blocks = swept.blocks.len(), bans = swept.bans, covered = swept.covered, "ended blocks, ended or void bans and bans a wider one covers removed");
                         }
                     }
                     Err(e) => failed("ban sweep", &e),

@@ -75,6 +75,32 @@ fn rule_config(rule: &RateLimit) -> RuleConfig {
         prefix_v6: rule.prefix_v6 as u32,
         mask_v4: mask_v4(rule.prefix_v4),
         mask_v6: mask_v6(rule.prefix_v6),
+        ..aggregation(rule)
+    }
+}
+
+/// The rule's ban aggregation; a family widens only to a prefix wider than its groups.
+fn aggregation(rule: &RateLimit) -> RuleConfig {
+    let Some(aggregate) = rule.ban.map(|ban| ban.aggregate).filter(|a| a.after > 0) else {
+        return RuleConfig::default();
+    };
+    let v4 = if aggregate.prefix_v4 < rule.prefix_v4 {
+        aggregate.prefix_v4
+    } else {
+        0
+    };
+    let v6 = if aggregate.prefix_v6 < rule.prefix_v6 {
+        aggregate.prefix_v6
+    } else {
+        0
+    };
+    RuleConfig {
+        aggregate_after: aggregate.after,
+        aggregate_prefix_v4: u32::from(v4),
+        aggregate_prefix_v6: u32::from(v6),
+        aggregate_mask_v4: mask_v4(v4),
+        aggregate_mask_v6: mask_v6(v6),
+        ..RuleConfig::default()
     }
 }
 

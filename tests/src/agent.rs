@@ -172,6 +172,10 @@ impl Agent {
                 return Ok(agent);
             }
             if let Some(status) = agent.child.as_mut().unwrap().try_wait()? {
+                // What is pinned now is a previous agent's (a failed start removes what it
+                // attached itself): it must go on enforcing, as without this guard.
+                agent.keep_pins = true;
+                agent.keep_state = true;
                 std::thread::sleep(Duration::from_millis(100));
                 bail!(
                     "agent exited with {status} before it was ready:\n{}",

@@ -9,7 +9,7 @@ use std::{
 
 use crate::{
     netns::{NetnsPair, SERVER_V4},
-    test_programs::{self, FLOOD, FLOOD_SPOOFED},
+    test_programs::{self, FLOOD, FLOOD_SEQUENTIAL, FLOOD_SPOOFED},
 };
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -30,6 +30,9 @@ pub enum Sources {
     One,
     /// A random source address per frame in the /12 of the frame's own (1,048,576 sources).
     Spoofed,
+    /// The next address of the frame's /12 per frame: 1,048,576 one-packet sources before
+    /// any source repeats.
+    Sequential,
 }
 
 /// A 60-byte UDP frame (64 on a wire, with the checksum) from `source` to the server
@@ -85,7 +88,7 @@ const PACING_CHUNK: Duration = Duration::from_millis(50);
 impl Generator {
     pub fn new() -> Result<Self> {
         Ok(Self {
-            ebpf: test_programs::load(&[FLOOD, FLOOD_SPOOFED])?,
+            ebpf: test_programs::load(&[FLOOD, FLOOD_SPOOFED, FLOOD_SEQUENTIAL])?,
         })
     }
 
@@ -102,6 +105,7 @@ impl Generator {
         let name = match sources {
             Sources::One => FLOOD,
             Sources::Spoofed => FLOOD_SPOOFED,
+            Sources::Sequential => FLOOD_SEQUENTIAL,
         };
         let program: &Xdp = self
             .ebpf

@@ -21,11 +21,14 @@
 //!    offset nothing more is walked.
 //!
 //! Rate limits are modelled without refill, so the model only accepts policies whose rates
-//! are at most one token per hour: within a test run, no bucket gains a token.
+//! are at most one token per hour: within a test run, no bucket gains a token. A group gets
+//! a bucket at its second packet, through the kernel's admission sketch
+//! (`agent_common::admission`, shared code): the model keeps the sketch's slots too, since
+//! two groups sharing a slot can each cost the other its mark.
 
 use std::{collections::HashMap, net::IpAddr};
 
-use agent_common::{Action, MalformedCause, Reason};
+use agent_common::{Action, BucketKey, MalformedCause, Reason, admission};
 use etherparse::{
     EtherType, Ethernet2Slice, Icmpv4Slice, Icmpv6Slice, IpAuthHeaderSlice, IpNumber,
     Ipv4HeaderSlice, Ipv6FragmentHeaderSlice, Ipv6HeaderSlice, Ipv6RawExtHeaderSlice,
@@ -279,6 +282,10 @@ pub struct Model {
     policy: Policy,
     used: HashMap<(usize, IpNet), u64>,
     excess: HashMap<(usize, IpNet), u32>,
+    /// The admission sketch: the tag each slot holds.
+    admission: HashMap<u32, u64>,
+    /// Kernel rule id of each rate limit, by index: the sketch's slots depend on it.
+    rule_ids: Vec<u32>,
     bans: HashMap<IpNet, usize>,
     pub verdicts: HashMap<Reason, u64>,
     pub shadow: HashMap<Reason, u64>,
@@ -298,8 +305,24 @@ fn group(rule: &RateLimit, src: IpAddr) -> IpNet {
     IpNet::new(src, prefix).unwrap().trunc()
 }
 
+/// The kernel's bucket key of `group` under rule id `rule`: IPv4 groups as IPv4-mapped IPv6,
+/// address words as they lie in memory (network order).
+fn bucket_key(rule: u32, group: &IpNet) -> BucketKey {
+    let octets = match group.network() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    let word = |i: usize| u32::from_ne_bytes(octets[4 * i..4 * i + 4].try_into().unwrap());
+    BucketKey {
+        rule,
+        addr: [word(0), word(1), word(2), word(3)],
+    }
+}
+
 impl Model {
-    pub fn new(policy: Policy) -> Self {
+    /// The model of `policy`, whose rate limits the agent gave the ids in `rule_ids` (by
+    /// name).
+    pub fn new(policy: Policy, rule_ids: &HashMap<String, u32>) -> Self {
         for rule in &policy.rate_limits {
             assert!(
                 rule.interval_ns >= HOUR_NS,
@@ -313,10 +336,17 @@ impl Model {
                 );
             }
         }
+        let rule_ids = policy
+            .rate_limits
+            .iter()
+            .map(|rule| rule_ids[&rule.name])
+            .collect();
         Self {
             policy,
             used: HashMap::new(),
             excess: HashMap::new(),
+            admission: HashMap::new(),
+            rule_ids,
             bans: HashMap::new(),
             verdicts: HashMap::new(),
             shadow: HashMap::new(),
@@ -432,6 +462,16 @@ impl Model {
     fn take(&mut self, index: usize, pkt: &Packet) -> bool {
         let rule = self.policy.rate_limits[index].clone();
         let key = (index, group(&rule, pkt.src));
+        if !self.used.contains_key(&key) {
+            let (slot, tag) = admission::slot(&bucket_key(self.rule_ids[index], &key.1));
+            if self.admission.get(&slot) != Some(&tag) {
+                // The group's first packet: a mark in the sketch, and it passes.
+                self.admission.insert(slot, tag);
+                return false;
+            }
+            self.admission.remove(&slot);
+            self.used.insert(key, 1);
+        }
         let used = self.used.entry(key).or_default();
         if *used < rule.burst {
             *used += 1;

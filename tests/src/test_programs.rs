@@ -17,8 +17,11 @@ pub const FLOOD: &str = "portcullis_flood";
 /// The flood generator with a random source in the frame's /12.
 pub const FLOOD_SPOOFED: &str = "portcullis_flood_spoofed";
 
+/// The flood generator with each frame from the next source of the frame's /12.
+pub const FLOOD_SEQUENTIAL: &str = "portcullis_flood_sequential";
+
 /// Every program of the object.
-pub const ALL: [&str; 4] = [FLOOR, DROP_ALL, FLOOD, FLOOD_SPOOFED];
+pub const ALL: [&str; 5] = [FLOOR, DROP_ALL, FLOOD, FLOOD_SPOOFED, FLOOD_SEQUENTIAL];
 
 /// The object with the XDP programs `names` loaded.
 pub fn load(names: &[&str]) -> Result<Ebpf> {

@@ -212,8 +212,17 @@ fn kernel_agrees_with_the_reference_model_on_random_frames() {
         let mut rng = StdRng::seed_from_u64(seed);
         let policy = policy(catch_all);
         let h = Harness::new(&policy).unwrap();
-        let mut model =
-            Model::new(portcullis::policy::parse(Path::new("differential.yaml"), &policy).unwrap());
+        let rule_ids = h
+            .enforcer
+            .rules_in_force()
+            .names
+            .into_iter()
+            .map(|(id, name)| (name, id))
+            .collect();
+        let mut model = Model::new(
+            portcullis::policy::parse(Path::new("differential.yaml"), &policy).unwrap(),
+            &rule_ids,
+        );
         let hook_name = if catch_all {
             format!("{hook} with catch-all")
         } else {

@@ -249,6 +249,111 @@ fn keep_on_exit_then_take_over_then_detach() {
     );
 }
 
+/// An upgrade or a new `capacity` can change a map's layout. A starting agent replaces
+/// pinned policy maps (all of them, with GENERATION) and counters of another layout, with
+/// the old programs enforcing the old policy until the new ones replace them, and keeps
+/// the maps holding state; a changed layout of one of those refuses the start, and the
+/// previous programs go on enforcing.
+#[test]
+fn maps_of_another_layout_are_replaced_unless_they_hold_state() {
+    require_kernel!();
+    let policy_with = |capacity: &str| format!("deny: [{DENIED}]\ncapacity: {{{capacity}}}\n");
+    let (pair, _dir, policy, _leftovers) = serving(policy_with("cidrs: 1000"));
+    let mut first = Agent::start(
+        &pair.server_ns,
+        &pair.server_if,
+        &policy,
+        &["--on-exit", "keep"],
+    )
+    .unwrap();
+    first.cli(&["block", FLOODER]);
+    first.keep_pins();
+    first.keep_state();
+    assert!(first.stop().unwrap().success(), "{:?}", first.stderr());
+    drop(first);
+
+    // Twice the CIDR room: ten policy maps and GENERATION are replaced.
+    replace_file(&policy, &policy_with("cidrs: 2000")).unwrap();
+    let denied_sink = UdpCounter::bind(&pair, "0.0.0.0", 9100).unwrap();
+    let blocked_sink = UdpCounter::bind(&pair, "0.0.0.0", 9101).unwrap();
+    let stop = AtomicBool::new(false);
+    let (mut second, sent) = std::thread::scope(|scope| {
+        let senders = [(DENIED, 9100), (FLOODER, 9101)].map(|(src, port)| {
+            let (pair, stop) = (&pair, &stop);
+            scope.spawn(move || {
+                let mut sent = 0;
+                for _ in 0..200 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    sent += udp_send(pair, src, SERVER_V4, port, 100, Duration::from_micros(200))
+                        .unwrap();
+                }
+                sent
+            })
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let second = Agent::start(
+            &pair.server_ns,
+            &pair.server_if,
+            &policy,
+            &["--on-exit", "keep"],
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        let sent: u64 = senders.map(|s| s.join().unwrap()).iter().sum();
+        (second, sent)
+    });
+    assert!(sent > 1000, "senders too slow: {sent}");
+    assert!(
+        second.stderr_contains("replaced by fresh ones"),
+        "{:?}",
+        second.stderr()
+    );
+    let status = second.status().unwrap();
+    assert_eq!(status["took_over_maps"], true, "{status}");
+    for (sink, what) in [(&denied_sink, "denied"), (&blocked_sink, "blocked")] {
+        assert_eq!(
+            sink.count(Duration::from_millis(300), Duration::from_secs(3)),
+            0,
+            "{what} packets got through while the policy maps were replaced"
+        );
+    }
+    let bans = second.cli(&["bans", "--json"]);
+    assert!(
+        String::from_utf8_lossy(&bans.stdout).contains(FLOODER),
+        "the block did not survive: {}",
+        output_text(&bans)
+    );
+    second.keep_pins();
+    second.keep_state();
+    assert!(second.stop().unwrap().success());
+    drop(second);
+
+    udp_send(&pair, DENIED, SERVER_V4, 9100, 20, Duration::from_millis(1)).unwrap();
+    assert_eq!(
+        denied_sink.count(Duration::from_millis(300), Duration::from_secs(3)),
+        0,
+        "the programs left attached stopped enforcing"
+    );
+
+    // Another ban room would drop the bans: refused, and the programs keep enforcing.
+    replace_file(&policy, &policy_with("cidrs: 2000, bans: 777")).unwrap();
+    let refused = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]);
+    let error = format!("{:#}", refused.err().expect("the start was refused"));
+    assert!(
+        error.contains("BANS_V4") && error.contains("portcullis detach"),
+        "{error}"
+    );
+    udp_send(&pair, DENIED, SERVER_V4, 9100, 20, Duration::from_millis(1)).unwrap();
+    assert_eq!(
+        denied_sink.count(Duration::from_millis(300), Duration::from_secs(3)),
+        0,
+        "the refused start stopped enforcement"
+    );
+}
+
 /// Agents before the block maps kept blocks in the ban maps, under the block rule and its
 /// epoch. A newer agent taking such maps over moves them into the block maps, where bans
 /// can no longer hide them, and enforces them all along.

@@ -957,3 +957,90 @@ fn applies_are_atomic_per_packet() {
     println!("{judged} frames judged during {applies} applies, none by a mix");
     assert!(applies > 100, "only {applies} applies in 4 s");
 }
+
+/// One IPv6 /48 sprays its /64 groups at a banning rule: after `aggregate.after` bans the
+/// next is of the whole /48, and once the sweep removes the bans it covers, one /48 ban is
+/// all the map holds. The same for IPv4 /32 groups in a /24.
+#[test]
+fn bans_sprayed_over_one_network_end_as_one_wider_ban() {
+    require_kernel!();
+    let policy = "rate_limits:\n  - {name: probe, protocol: udp, ports: [7], rate: 1/h, burst: 1, \
+                  ban: {after: 1, within: 1h, for: 1h, aggregate: {after: 4}}}\n";
+    let mut h = Harness::new(policy).unwrap();
+    for (family, sources, wide) in [
+        (
+            "IPv6",
+            (0..200)
+                .map(|i| format!("2001:db8:77:{i:x}::1"))
+                .collect::<Vec<_>>(),
+            "2001:db8:77::/48",
+        ),
+        (
+            "IPv4",
+            (1..200).map(|i| format!("198.18.5.{i}")).collect(),
+            "198.18.5.0/24",
+        ),
+    ] {
+        let mut banned_groups = 0;
+        for source in &sources {
+            let frame = FrameSpec::udp(source, 7).build();
+            // The first packet of a group passes; a second, if the group is not banned by
+            // then, is over the burst and bans.
+            if h.xdp(&frame).unwrap() == Action::Pass && h.xdp(&frame).unwrap() == Action::Drop {
+                banned_groups += 1;
+            }
+            check_xdp(
+                &h,
+                &format!("{family} {source}"),
+                &frame,
+                Reason::Banned,
+                &[],
+            );
+        }
+        let of_family = |bans: Vec<portcullis::maps::Ban>| -> Vec<String> {
+            bans.iter()
+                .map(|ban| ban.net.to_string())
+                .filter(|net| net.contains(if family == "IPv6" { ':' } else { '.' }))
+                .collect()
+        };
+        let bans = of_family(h.telemetry.bans().unwrap());
+        assert!(bans.len() <= 5, "{family}: {} bans: {bans:?}", bans.len());
+        assert_eq!(
+            banned_groups, 5,
+            "{family}: 4 narrow bans, then the wide one"
+        );
+        let epochs = h.enforcer.rules_in_force().epochs;
+        let swept = h
+            .bans
+            .sweep(portcullis::maps::monotonic_now_ns(), |rule, epoch| {
+                epochs.get(&rule) == Some(&epoch)
+            })
+            .unwrap();
+        assert_eq!(swept.covered, 4, "{family}: {swept:?}");
+        let nets = of_family(h.telemetry.bans().unwrap());
+        assert_eq!(nets, vec![wide.to_string()], "{family}");
+    }
+}
+
+/// Escalation can fill its ban map; operator blocks have maps of their own and still apply.
+#[test]
+fn blocks_apply_with_the_ban_map_full() {
+    require_kernel!();
+    let policy = "rate_limits:\n  - {name: probe, protocol: udp, ports: [7], rate: 1/h, burst: 1, \
+                  ban: {after: 1, within: 1h, for: 1h, aggregate: {after: 0}}}\n\
+                  capacity: {bans: 8}\n";
+    let mut h = Harness::new(policy).unwrap();
+    let frame = |i: u32| FrameSpec::udp(&format!("198.18.{i}.1"), 7).build();
+    for i in 0..12 {
+        h.xdp(&frame(i)).unwrap();
+        h.xdp(&frame(i)).unwrap();
+    }
+    let counters = h.counters().unwrap();
+    assert_eq!(counters.bans_failed, 4, "8 bans fit, 4 did not");
+    // Source 11 was not banned (the map was full); a block takes it all the same.
+    check_xdp(&h, "unbanned", &frame(11), Reason::RateLimited, &[]);
+    h.bans
+        .block("198.18.11.0/24".parse().unwrap(), u64::MAX)
+        .unwrap();
+    check_xdp(&h, "blocked", &frame(11), Reason::Banned, &[]);
+}

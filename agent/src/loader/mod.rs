@@ -12,6 +12,8 @@ mod takeover;
 
 pub use attach::{Attachment, Hook, XdpModeOption, attach, ifindex};
 pub use bpffs::ensure_bpffs;
-pub use object::{EBPF_OBJECT, TC_PROGRAM, XDP_PROGRAM, check_pinned_maps, load, load_unpinned};
+pub use object::{
+    EBPF_OBJECT, TC_PROGRAM, XDP_PROGRAM, check_pinned_maps, load, load_unpinned, unpin_replaced,
+};
 pub use pin_dir::{DEFAULT_PIN_DIR, PinDirLock, links_dir, maps_dir, maps_pinned, remove_pins};
 pub use takeover::{attached_program, detach_others};

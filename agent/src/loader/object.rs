@@ -3,7 +3,10 @@
 
 use std::{fs, path::Path};
 
-use agent_common::{Capacity, maps};
+use agent_common::{
+    Capacity,
+    maps::{self, Contents},
+};
 use anyhow::{Context as _, Result, bail};
 use aya::{Ebpf, EbpfLoader, maps::MapData};
 
@@ -16,10 +19,14 @@ pub const XDP_PROGRAM: &str = "portcullis_xdp";
 /// The TC ingress entry point.
 pub const TC_PROGRAM: &str = "portcullis_tc";
 
-/// Checks that the maps pinned in `maps_dir` are the ones this agent would create, so they
+/// Checks the maps pinned in `maps_dir` against the ones this agent would create, so they
 /// can be taken over. A map not pinned there is one this version added: the loader creates
-/// it. The error says what differs and how to start afresh.
-pub fn check_pinned_maps(maps_dir: &Path, capacity: &Capacity) -> Result<()> {
+/// it. A pinned map of another layout (another version, or a changed `capacity`) holding
+/// state (blocks, bans, buckets) refuses the start, with how to start afresh; the others
+/// are listed for `unpin_replaced`: counters and buffers alone, the policy maps all
+/// together (see `maps::Contents`).
+pub fn check_pinned_maps(maps_dir: &Path, capacity: &Capacity) -> Result<Vec<&'static str>> {
+    let mut replaced = Vec::new();
     for spec in maps::ALL {
         let path = maps_dir.join(spec.name);
         if !path.exists() {
@@ -30,7 +37,10 @@ pub fn check_pinned_maps(maps_dir: &Path, capacity: &Capacity) -> Result<()> {
             .with_context(|| format!("{} is missing or unreadable", path.display()))?;
         let pinned = (info.key_size(), info.value_size(), info.max_entries());
         let wanted = (spec.key_size, spec.value_size, spec.max_entries(capacity));
-        if pinned != wanted {
+        if pinned == wanted {
+            continue;
+        }
+        if spec.contents == Contents::State {
             bail!(
                 "pinned map {} has key/value sizes and capacity {pinned:?}, this agent needs \
                  {wanted:?} (another version, or a changed `capacity`); run `portcullis detach` \
@@ -38,6 +48,30 @@ pub fn check_pinned_maps(maps_dir: &Path, capacity: &Capacity) -> Result<()> {
                 spec.name
             );
         }
+        replaced.push(spec.name);
+    }
+    // The programs running now keep their own policy maps until ours replace them, so a
+    // new policy set needs a new GENERATION too: flipping the shared one would send them
+    // to a set of theirs that holds an older policy.
+    if maps::ALL
+        .iter()
+        .any(|spec| spec.contents == Contents::Policy && replaced.contains(&spec.name))
+    {
+        for spec in maps::ALL.iter().filter(|s| s.contents == Contents::Policy) {
+            if !replaced.contains(&spec.name) && maps_dir.join(spec.name).exists() {
+                replaced.push(spec.name);
+            }
+        }
+    }
+    Ok(replaced)
+}
+
+/// Removes the pins of `names` in `maps_dir`, so the loader creates those maps afresh; the
+/// programs attached now keep theirs until they are replaced.
+pub fn unpin_replaced(maps_dir: &Path, names: &[&str]) -> Result<()> {
+    for name in names {
+        let path = maps_dir.join(name);
+        fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
     }
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! removes ended blocks and ended or void escalation bans by their exact keys. The kernel
 //! makes escalation bans itself; this is the agent's only writer of these maps.
 
+use std::collections::{BTreeSet, HashMap};
+
 use agent_common::{BLOCK_EPOCH, BLOCK_RULE, BanEntry, BlockEntry};
 use aya::maps::{
     MapData, MapError,
@@ -24,6 +26,8 @@ pub struct Swept {
     /// The blocks that ended.
     pub blocks: Vec<IpNet>,
     pub bans: usize,
+    /// Bans a wider ban of the same rule now covers (ban aggregation), removed.
+    pub covered: usize,
     /// Blocks an earlier agent kept in the ban maps, moved to the block maps.
     pub moved: usize,
 }
@@ -110,6 +114,7 @@ impl BanMaps {
                 swept.blocks.push(net);
             }
         }
+        let mut live = HashMap::new();
         for (net, ban) in lpm_entries(&self.bans_v4, &self.bans_v6)? {
             let legacy_block = ban.rule == BLOCK_RULE && ban.epoch == BLOCK_EPOCH;
             if legacy_block && ban.expires_ns > now_ns {
@@ -119,12 +124,45 @@ impl BanMaps {
                 }
                 swept.moved += 1;
             } else if ban.expires_ns > now_ns && is_current(ban.rule, ban.epoch) {
+                live.insert(net, ban);
                 continue;
             } else {
                 swept.bans += 1;
             }
             remove(&mut self.bans_v4, &mut self.bans_v6, BANS, net)?;
         }
+        for net in covered(&live) {
+            remove(&mut self.bans_v4, &mut self.bans_v6, BANS, net)?;
+            swept.covered += 1;
+        }
         Ok(swept)
     }
+}
+
+/// The bans in `live` that a wider ban of the same rule and epoch covers until at least
+/// their own end. Only prefix lengths the rule's bans use are tried, so this is one or two
+/// lookups a ban.
+fn covered(live: &HashMap<IpNet, BanEntry>) -> Vec<IpNet> {
+    let mut lengths: HashMap<(u32, bool), BTreeSet<u8>> = HashMap::new();
+    for (net, ban) in live {
+        let v4 = matches!(net, IpNet::V4(_));
+        lengths
+            .entry((ban.rule, v4))
+            .or_default()
+            .insert(net.prefix_len());
+    }
+    live.iter()
+        .filter(|(net, ban)| {
+            let v4 = matches!(net, IpNet::V4(_));
+            lengths[&(ban.rule, v4)]
+                .range(..net.prefix_len())
+                .any(|&len| {
+                    let wider = IpNet::new(net.addr(), len).expect("shorter than a valid prefix");
+                    live.get(&wider.trunc()).is_some_and(|w| {
+                        w.rule == ban.rule && w.epoch == ban.epoch && w.expires_ns >= ban.expires_ns
+                    })
+                })
+        })
+        .map(|(net, _)| *net)
+        .collect()
 }

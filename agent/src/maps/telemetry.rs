@@ -46,6 +46,8 @@ pub struct Counters {
     pub events_lost: u64,
     pub bans_failed: u64,
     pub buckets_created: u64,
+    /// Packets of sources without a bucket (see `agent_common::admission`).
+    pub unadmitted: u64,
 }
 
 impl Counters {
@@ -100,6 +102,7 @@ impl TelemetryMaps {
         counters.events_lost = total(names::COUNTER_EVENTS_LOST)?;
         counters.bans_failed = total(names::COUNTER_BANS_FAILED)?;
         counters.buckets_created = total(names::COUNTER_BUCKETS_CREATED)?;
+        counters.unadmitted = total(names::COUNTER_UNADMITTED)?;
         Ok(counters)
     }
 

@@ -156,6 +156,19 @@ pub struct BanSection {
     /// How long the ban lasts.
     #[serde(rename = "for")]
     pub duration: String,
+    /// When to ban a wider prefix instead of one more group inside it.
+    pub aggregate: Option<AggregateSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateSection {
+    /// Bans of the rule inside one wider prefix (within a ban's duration) after which the
+    /// next ban there is of the wider prefix; 0 never widens. Defaults to 16.
+    pub after: Option<u32>,
+    /// The wider prefixes; default 24 (IPv4) and 48 (IPv6).
+    pub prefix_v4: Option<u8>,
+    pub prefix_v6: Option<u8>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -29,6 +29,10 @@ pub const DEFAULT_BANS: u32 = 65_536;
 pub const DEFAULT_BLOCKS: u32 = 65_536;
 /// Default for `ban.within`.
 pub const DEFAULT_BAN_WINDOW_NS: u64 = 60_000_000_000;
+/// Defaults for `ban.aggregate`.
+pub const DEFAULT_AGGREGATE_AFTER: u32 = 16;
+pub const DEFAULT_AGGREGATE_PREFIX_V4: u8 = 24;
+pub const DEFAULT_AGGREGATE_PREFIX_V6: u8 = 48;
 /// Name under which deny entries without a name are counted and reported.
 pub const UNNAMED_DENY: &str = "deny";
 /// Name under which `portcullis block` bans are counted and reported.
@@ -73,6 +77,29 @@ pub struct Ban {
     pub after: u32,
     pub within_ns: u64,
     pub for_ns: u64,
+    pub aggregate: Aggregate,
+}
+
+/// Ban aggregation: after `after` bans of the rule inside one wider prefix within a ban's
+/// duration, the next ban there is of the wider prefix, so one network spraying its addresses
+/// (an IPv6 /48 holds 65,536 /64 groups) takes one ban entry, not the whole map. A family
+/// whose wider prefix is not wider than the rule's own groups does not widen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Aggregate {
+    /// 0: never widen.
+    pub after: u32,
+    pub prefix_v4: u8,
+    pub prefix_v6: u8,
+}
+
+impl Default for Aggregate {
+    fn default() -> Self {
+        Self {
+            after: DEFAULT_AGGREGATE_AFTER,
+            prefix_v4: DEFAULT_AGGREGATE_PREFIX_V4,
+            prefix_v6: DEFAULT_AGGREGATE_PREFIX_V6,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

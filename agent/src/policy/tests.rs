@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use super::{
-    Ban, Capacity, Count, DenyRule, Mode, Policy, PolicyError, Problem, Protocol, RateLimit, parse,
-    units::UnitError,
+    Aggregate, Ban, Capacity, Count, DenyRule, Mode, Policy, PolicyError, Problem, Protocol,
+    RateLimit, parse, units::UnitError,
 };
 
 fn check(yaml: &str) -> Result<Policy, PolicyError> {
@@ -75,7 +75,12 @@ capacity:
             ban: Some(Ban {
                 after: 10,
                 within_ns: 60_000_000_000,
-                for_ns: 600_000_000_000
+                for_ns: 600_000_000_000,
+                aggregate: Aggregate {
+                    after: 16,
+                    prefix_v4: 24,
+                    prefix_v6: 48
+                },
             }),
             mode: Mode::Enforce,
         }
@@ -214,6 +219,35 @@ fn invalid_policies_name_the_line_and_the_problem() {
             "rate_limits:\n  - {name: a, protocol: udp, rate: 1/s, ban: {after: 1, within: 400d, for: 1h}}",
             2,
             |p| matches!(p, Problem::Unit(UnitError::DurationTooLong(_))),
+        ),
+        (
+            "rate_limits:\n  - {name: a, protocol: udp, rate: 1/s, ban: {after: 1, for: 1h, aggregate: {prefix_v4: 8}}}",
+            2,
+            |p| {
+                matches!(
+                    p,
+                    Problem::AggregatePrefix {
+                        field: "ban.aggregate.prefix_v4",
+                        value: 8,
+                        min: 16,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "rate_limits:\n  - {name: a, protocol: udp, rate: 1/s, ban: {after: 1, for: 1h, aggregate: {prefix_v6: 129}}}",
+            2,
+            |p| {
+                matches!(
+                    p,
+                    Problem::AggregatePrefix {
+                        value: 129,
+                        max: 128,
+                        ..
+                    }
+                )
+            },
         ),
         (
             "rate_limits:\n  - {name: a, protocol: udp, rate: 1/s, prefix_v4: 0, ban: {after: 1, for: 1h}}",
@@ -364,6 +398,11 @@ fn syntax_errors_name_line_column_and_what_was_wrong() {
         ),
         ("deny:\n  - {cidr: 10.0.0.0/8, mode: block}\n", 2, "block"),
         ("rate_limits: 5\n", 1, "sequence"),
+        (
+            "rate_limits:\n  - {name: a, protocol: udp, rate: 1/s, ban: {after: 1, for: 1h, aggregate: {count: 3}}}\n",
+            2,
+            "unknown field `count`",
+        ),
         ("allow: [10.0.0.0/8]\n\t- x\n", 2, ""),
     ];
     for (text, line, needle) in cases {

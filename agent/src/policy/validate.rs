@@ -8,10 +8,10 @@ use ipnet::IpNet;
 use serde_saphyr::Spanned;
 
 use super::{
-    Ban, CLI_BLOCK, Capacity, Count, DEFAULT_BAN_WINDOW_NS, DEFAULT_BANS, DEFAULT_BLOCKS,
-    DEFAULT_CIDRS, DEFAULT_EVENTS_PER_SECOND, DEFAULT_SOURCES, DenyRule, Policy, PolicyError,
-    Protocol, RateLimit, UNNAMED_DENY,
-    file::{PolicyFile, RateLimitItem},
+    Aggregate, Ban, CLI_BLOCK, Capacity, Count, DEFAULT_BAN_WINDOW_NS, DEFAULT_BANS,
+    DEFAULT_BLOCKS, DEFAULT_CIDRS, DEFAULT_EVENTS_PER_SECOND, DEFAULT_SOURCES, DenyRule, Policy,
+    PolicyError, Protocol, RateLimit, UNNAMED_DENY,
+    file::{AggregateSection, PolicyFile, RateLimitItem},
     units::{self, UnitError},
 };
 
@@ -61,6 +61,16 @@ pub enum Problem {
     #[error("rule '{rule}': ban.after must be at least 1")]
     BanAfterZero { rule: String },
     #[error(
+        "rule '{rule}': {field} must be between {min} and {max}, got {value}; one abusive network must not ban a wider one"
+    )]
+    AggregatePrefix {
+        rule: String,
+        field: &'static str,
+        value: u8,
+        min: u8,
+        max: u8,
+    },
+    #[error(
         "rule '{rule}': with ban:, {field} must be {max} or longer, got {value}; one abusive source must not ban a whole network"
     )]
     BanPrefixTooWide {
@@ -96,6 +106,47 @@ const MAX_BLOCKS: u32 = 4 * 1024 * 1024;
 /// The widest source groups a rule with `ban:` may use: /16 (IPv4) and /32 (IPv6).
 const MIN_BAN_PREFIX_V4: u8 = 16;
 const MIN_BAN_PREFIX_V6: u8 = 32;
+
+/// `ban.aggregate`, with its defaults; the wider prefixes obey the ban prefix bounds.
+fn aggregate(
+    section: Option<&AggregateSection>,
+    rule: &dyn Fn() -> String,
+) -> Result<Aggregate, Problem> {
+    let defaults = Aggregate::default();
+    let Some(section) = section else {
+        return Ok(defaults);
+    };
+    let aggregate = Aggregate {
+        after: section.after.unwrap_or(defaults.after),
+        prefix_v4: section.prefix_v4.unwrap_or(defaults.prefix_v4),
+        prefix_v6: section.prefix_v6.unwrap_or(defaults.prefix_v6),
+    };
+    for (field, value, min, max) in [
+        (
+            "ban.aggregate.prefix_v4",
+            aggregate.prefix_v4,
+            MIN_BAN_PREFIX_V4,
+            32,
+        ),
+        (
+            "ban.aggregate.prefix_v6",
+            aggregate.prefix_v6,
+            MIN_BAN_PREFIX_V6,
+            128,
+        ),
+    ] {
+        if !(min..=max).contains(&value) {
+            return Err(Problem::AggregatePrefix {
+                rule: rule(),
+                field,
+                value,
+                min,
+                max,
+            });
+        }
+    }
+    Ok(aggregate)
+}
 
 pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
     let options = serde_saphyr::options! {
@@ -401,6 +452,7 @@ impl Validator<'_> {
                         None => DEFAULT_BAN_WINDOW_NS,
                     },
                     for_ns: units::parse_duration(&ban.duration)?,
+                    aggregate: aggregate(ban.aggregate.as_ref(), &rule)?,
                 })
             }
         };

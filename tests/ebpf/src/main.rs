@@ -4,7 +4,11 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_get_prandom_u32, macros::xdp, programs::XdpContext,
+    bindings::xdp_action,
+    helpers::bpf_get_prandom_u32,
+    macros::{map, xdp},
+    maps::Array,
+    programs::XdpContext,
 };
 
 /// The floor: an XDP program that only passes. The benchmark reports the real program's
@@ -51,6 +55,33 @@ const SPOOFED_BITS: u32 = 0x000f_ffff;
 /// fixed so that the kernel's IP stack (iptables, nftables) accepts it too.
 #[xdp]
 pub fn portcullis_flood_spoofed(ctx: XdpContext) -> u32 {
+    // SAFETY: a helper without arguments.
+    set_source_bits(&ctx, unsafe { bpf_get_prandom_u32() })
+}
+
+/// Frames the sequential generator has sent, the next source's low bits.
+#[map]
+static SEQUENCE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// As `portcullis_flood_spoofed`, but the sources follow each other through the /12: each
+/// of its 1,048,576 addresses sends one frame before any sends a second.
+#[xdp]
+pub fn portcullis_flood_sequential(ctx: XdpContext) -> u32 {
+    let Some(next) = SEQUENCE.get_ptr_mut(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: a pointer from a successful lookup; one generator thread runs at a time.
+    let n = unsafe {
+        let n = *next;
+        *next = n.wrapping_add(1);
+        n
+    };
+    set_source_bits(&ctx, n)
+}
+
+/// Puts `bits` in the low bits of the frame's IPv4 source, fixes its checksum and sends it.
+#[inline(always)]
+fn set_source_bits(ctx: &XdpContext, bits: u32) -> u32 {
     let data = ctx.data();
     if data + IPV4_SOURCE + 4 > ctx.data_end() {
         return xdp_action::XDP_ABORTED;
@@ -60,7 +91,7 @@ pub fn portcullis_flood_spoofed(ctx: XdpContext) -> u32 {
         let source = (data + IPV4_SOURCE) as *mut u32;
         let checksum = (data + IPV4_CHECKSUM) as *mut u16;
         let old = u32::from_be(source.read_unaligned());
-        let new = (old & !SPOOFED_BITS) | (bpf_get_prandom_u32() & SPOOFED_BITS);
+        let new = (old & !SPOOFED_BITS) | (bits & SPOOFED_BITS);
         source.write_unaligned(new.to_be());
         let sum = u16::from_be(checksum.read_unaligned());
         checksum.write_unaligned(checksum_update(sum, old, new).to_be());
