@@ -309,10 +309,7 @@ impl Daemon {
             } => self.block(&cidr, ttl_secs, reason),
             Request::Unblock { cidr } => self.unblock(&cidr),
             Request::Bans => self.bans(),
-            Request::Stats => match self.telemetry.stats() {
-                Ok(stats) => Response::ok(&stats),
-                Err(e) => failed(e),
-            },
+            Request::Stats => self.telemetry.stats_response(),
             Request::Status => Response::ok(&self.status()),
             Request::Events => Response::error(
                 ErrorKind::BadRequest,

@@ -2,6 +2,7 @@
 //! socket, events.
 
 pub mod bpf_stats;
+pub mod census;
 pub mod cli;
 pub mod control;
 pub mod daemon;

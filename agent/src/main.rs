@@ -244,7 +244,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 bpf_stats,
                 summary_interval: Duration::from_secs(summary_interval.max(1)),
             };
-            let runtime = tokio::runtime::Builder::new_current_thread()
+            // Two threads: the HTTP endpoint, the control socket and the event reader go on
+            // while the main loop applies a policy (which it does with block_in_place).
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
                 .enable_all()
                 .build()?;
             runtime.block_on(run::run(options, start))?;

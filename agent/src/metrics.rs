@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub allow_entries: usize,
     pub deny_entries: usize,
     pub buckets: usize,
+    /// Seconds since bans, blocks and buckets were counted (see `census`).
+    pub census_age_secs: u64,
     pub capacity: Capacity,
     pub policy_version: u64,
     /// False while the policy file is invalid or unreadable (an earlier version is in force).
@@ -211,6 +213,13 @@ pub fn render(s: &Snapshot) -> String {
         "Token buckets the LRU map evicted to make room (created minus present)",
         s.counters.buckets_created.saturating_sub(s.buckets as u64),
     );
+    gauge(
+        &mut registry,
+        "map_count_age_seconds",
+        "Seconds since the bans, blocks and buckets in map_entries were counted (on a \
+         thread of its own, about every second; longer apart while the bucket map is large)",
+        s.census_age_secs,
+    );
     counter(
         &mut registry,
         "unadmitted_packets",
@@ -293,6 +302,7 @@ mod tests {
             allow_entries: 0,
             deny_entries: 4,
             buckets: 6,
+            census_age_secs: 1,
             capacity: Capacity {
                 sources: 100,
                 cidrs: 1000,
@@ -321,6 +331,7 @@ mod tests {
             "portcullis_bans_active 3",
             "portcullis_bucket_evictions_total 4",
             "portcullis_unadmitted_packets_total 3",
+            "portcullis_map_count_age_seconds 1",
             "portcullis_policy_version 3",
             "portcullis_policy_apply_failures_total 1",
             "portcullis_runtime_errors_total{what=\"ban sweep\"} 2",

@@ -14,11 +14,13 @@ use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::SignalKind,
-    sync::{broadcast, mpsc},
+    sync::{broadcast, mpsc, oneshot},
+    task::block_in_place,
     time::MissedTickBehavior,
 };
 
 use crate::{
+    census,
     control::server::{Call, Server},
     daemon::{Daemon, DaemonParts},
     enforcer::Enforcer,
@@ -134,6 +136,7 @@ pub async fn run(options: RunOptions, start: StartPolicy) -> Result<()> {
         interfaces = ?options.ifaces,
         "portcullis starting"
     );
+    raise_open_file_limit();
     loader::ensure_bpffs(&options.pin_dir)?;
     let mut ifindexes = HashMap::new();
     for iface in &options.ifaces {
@@ -162,6 +165,31 @@ pub async fn run(options: RunOptions, start: StartPolicy) -> Result<()> {
             let _ = loader::remove_pins(&options.pin_dir);
             Err(e)
         }
+    }
+}
+
+/// Raises the soft open-file limit to the hard one: every connection to the metrics
+/// endpoint and the control socket holds a descriptor, and the soft default (often 1024)
+/// is soon reached. Failing that is logged; the connection caps still hold.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit for the call to fill and then read.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+        }
+    };
+    if raised {
+        tracing::debug!(open_files = limit.rlim_cur, "open-file limit raised");
+    } else {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "the open-file limit could not be raised"
+        );
     }
 }
 
@@ -330,6 +358,7 @@ async fn serve(
         .map(|a| (a.iface.clone(), a.ifindex))
         .collect();
     telemetry.set_attached(attached);
+    census::spawn(&telemetry);
     for (a, b) in maps::shared_counter_slots(&counted) {
         tracing::warn!(
             a,
@@ -348,11 +377,16 @@ async fn serve(
     let (followers, _) = broadcast::channel(EVENT_FOLLOWERS_BUFFER);
     let metrics = listeners
         .metrics
-        .map(|listener| tokio::spawn(http::serve(listener, calls_tx.clone(), telemetry.clone())));
+        .map(|listener| tokio::spawn(http::serve(listener, telemetry.clone())));
     let server = listeners.control;
     let control_followers = followers.clone();
     // The server moves into the task, so aborting it at exit removes the socket file.
-    let control = tokio::spawn(async move { server.serve(calls_tx, control_followers).await });
+    let control_telemetry = telemetry.clone();
+    let control = tokio::spawn(async move {
+        server
+            .serve(calls_tx, control_followers, control_telemetry)
+            .await
+    });
     // SAFETY: the ring buffer owns its fd and outlives the registration, which is dropped
     // with it when the event loop ends.
     let ring = unsafe { AsyncFd::register(ring) }.context("polling the event ring buffer")?;
@@ -370,18 +404,21 @@ async fn serve(
         "ready"
     );
 
-    event_loop(
-        options,
-        &mut daemon,
-        &telemetry,
+    let (stop_reporting, stopped) = oneshot::channel();
+    let reporting = tokio::spawn(report(
         ring,
-        changes,
-        &ifaces,
-        calls,
+        telemetry.clone(),
+        ifaces.clone(),
         followers,
-        signals,
-    )
-    .await;
+        options.summary_interval,
+        stopped,
+    ));
+    main_loop(&mut daemon, &telemetry, options, changes, calls, signals).await;
+    tracing::info!("shutting down");
+    let _ = stop_reporting.send(());
+    if let Err(e) = reporting.await {
+        tracing::error!(error = %e, "the event task failed");
+    }
     control.abort();
     if let Some(metrics) = metrics {
         metrics.abort();
@@ -420,30 +457,84 @@ struct Signals {
 /// keeps failing cannot spin the loop.
 const RING_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// Runs until SIGTERM or SIGINT. An error in one of its jobs (reading the ring buffer, a
-/// summary, the ban sweep, writing to stdout) is logged and counted, and the loop goes on:
-/// nothing that happens at run time takes the programs away.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the loop's inputs, each used once; a struct would only rename them"
-)]
-async fn event_loop(
-    options: &RunOptions,
+/// How often the main loop comes round at least, for liveness.
+const BEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs until SIGTERM or SIGINT: control requests, reloads and the ban sweep, each on this
+/// loop one at a time (they change what is in force), with the synchronous work off the
+/// runtime's async threads. An error is logged and counted, and the loop goes on: nothing
+/// that happens at run time takes the programs away.
+async fn main_loop(
     daemon: &mut Daemon,
     telemetry: &Telemetry,
-    mut ring: AsyncFd<RingBuf<MapData>>,
+    options: &RunOptions,
     mut changes: mpsc::Receiver<()>,
-    ifaces: &HashMap<u32, String>,
     mut calls: mpsc::Receiver<Call>,
-    followers: broadcast::Sender<String>,
     mut signals: Signals,
 ) {
-    let clock = Clock::new();
-    let mut summary = tokio::time::interval(options.summary_interval);
-    summary.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    summary.tick().await;
     let mut sweep = tokio::time::interval(BAN_SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut beat = tokio::time::interval(BEAT_INTERVAL);
+    beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        telemetry.beat();
+        tokio::select! {
+            _ = signals.term.recv() => break,
+            _ = signals.int.recv() => break,
+            _ = beat.tick() => {}
+            Some(call) = calls.recv() => {
+                let response = block_in_place(|| daemon.handle(call.request, call.uid));
+                let _ = call.reply.send(response);
+            }
+            Some(()) = changes.recv() => {
+                tokio::time::sleep(RELOAD_SETTLE).await;
+                while changes.try_recv().is_ok() {}
+                match block_in_place(|| daemon.reload_file()) {
+                    Ok(Some(version)) => {
+                        tracing::info!(policy = %options.policy.display(), version, "policy reloaded");
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(
+                        error = format!("{e:#}"),
+                        "policy not reloaded; the previous policy stays in force"
+                    ),
+                }
+            }
+            _ = sweep.tick() => {
+                match block_in_place(|| daemon.sweep_bans()) {
+                    Ok(swept) => {
+                        if swept.moved > 0 {
+                            tracing::info!(moved = swept.moved, "blocks moved from the ban maps an earlier agent kept them in to the block maps");
+                        }
+                        if !swept.blocks.is_empty() || swept.bans > 0 || swept.covered > 0 {
+                            tracing::debug!(blocks = swept.blocks.len(), bans = swept.bans, covered = swept.covered, "ended blocks, ended or void bans and bans a wider one covers removed");
+                        }
+                    }
+                    Err(e) => {
+                        telemetry.count_runtime_error("ban sweep");
+                        tracing::error!(error = %e, what = "ban sweep", "failed; carrying on");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads the event ring and writes events and summaries to stdout (and to `events
+/// --follow` clients), on a task of its own so that a long apply cannot let the ring
+/// overflow. Once `stop` fires it drains what the kernel already wrote, within a deadline.
+async fn report(
+    mut ring: AsyncFd<RingBuf<MapData>>,
+    telemetry: Arc<Telemetry>,
+    ifaces: HashMap<u32, String>,
+    followers: broadcast::Sender<String>,
+    summary_interval: Duration,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let clock = Clock::new();
+    let mut summary = tokio::time::interval(summary_interval);
+    summary.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    summary.tick().await;
     let mut last_counters = Counters::default();
     let mut output = Output::stdout();
     let failed = |what: &'static str, error: &dyn std::fmt::Display| {
@@ -453,8 +544,7 @@ async fn event_loop(
 
     loop {
         tokio::select! {
-            _ = signals.term.recv() => break,
-            _ = signals.int.recv() => break,
+            _ = &mut stop => break,
             guard = ring.readable_mut() => {
                 let mut guard = match guard {
                     Ok(guard) => guard,
@@ -469,7 +559,7 @@ async fn event_loop(
                 let mut lines = Vec::new();
                 while let Some(record) = ring.next() {
                     if let Some(event) = parse_event(&record) {
-                        lines.push(events::format(&event, &clock, &in_force.rules, ifaces));
+                        lines.push(events::format(&event, &clock, &in_force.rules, &ifaces));
                     }
                 }
                 guard.clear_ready();
@@ -479,26 +569,8 @@ async fn event_loop(
                     let _ = followers.send(line);
                 }
             }
-            Some(call) = calls.recv() => {
-                let response = daemon.handle(call.request, call.uid);
-                let _ = call.reply.send(response);
-            }
-            Some(()) = changes.recv() => {
-                tokio::time::sleep(RELOAD_SETTLE).await;
-                while changes.try_recv().is_ok() {}
-                match daemon.reload_file() {
-                    Ok(Some(version)) => {
-                        tracing::info!(policy = %options.policy.display(), version, "policy reloaded");
-                    }
-                    Ok(None) => {}
-                    Err(e) => tracing::error!(
-                        error = format!("{e:#}"),
-                        "policy not reloaded; the previous policy stays in force"
-                    ),
-                }
-            }
             _ = summary.tick() => {
-                match summary_line(telemetry, &last_counters) {
+                match block_in_place(|| summary_line(&telemetry, &last_counters)) {
                     Ok(Some((line, counters))) => {
                         telemetry.count_unwritten_lines(output.write(&[line]));
                         last_counters = counters;
@@ -507,23 +579,9 @@ async fn event_loop(
                     Err(e) => failed("summary", &e),
                 }
             }
-            _ = sweep.tick() => {
-                match daemon.sweep_bans() {
-                    Ok(swept) => {
-                        if swept.moved > 0 {
-                            tracing::info!(moved = swept.moved, "blocks moved from the ban maps an earlier agent kept them in to the block maps");
-                        }
-                        if !swept.blocks.is_empty() || swept.bans > 0 || swept.covered > 0 {
-                            tracing::debug!(blocks = swept.blocks.len(), bans = swept.bans, covered = swept.covered, "ended blocks, ended or void bans and bans a wider one covers removed");
-                        }
-                    }
-                    Err(e) => failed("ban sweep", &e),
-                }
-            }
         }
     }
 
-    tracing::info!("shutting down");
     // Drain what the kernel already wrote, within the deadline: programs left attached
     // (`--on-exit keep`) go on writing, so the ring may never be empty.
     let ring = ring.get_mut();
@@ -532,12 +590,12 @@ async fn event_loop(
     let drained = events::drain(
         Instant::now() + DRAIN_DEADLINE,
         || ring.next().map(|record| parse_event(&record)),
-        |event| lines.push(events::format(&event, &clock, &in_force.rules, ifaces)),
+        |event| lines.push(events::format(&event, &clock, &in_force.rules, &ifaces)),
     );
     if drained == events::Drained::DeadlinePassed {
         tracing::warn!("event drain deadline passed");
     }
-    match summary_line(telemetry, &last_counters) {
+    match summary_line(&telemetry, &last_counters) {
         Ok(Some((line, _))) => lines.push(line),
         Ok(None) => {}
         Err(e) => failed("summary", &e),

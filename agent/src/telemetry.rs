@@ -15,9 +15,12 @@ use std::{
 use agent_common::{Capacity, MalformedCause, Mode, Reason, RuleCounters};
 
 use crate::{
-    control::protocol::{CapacityStats, EventCounts, MapStats, RuleCounts, Stats},
+    census::{self, Census},
+    control::protocol::{
+        CapacityStats, ErrorKind, EventCounts, MapStats, Response, RuleCounts, Stats,
+    },
     loader,
-    maps::{Ban, Counters, MapsError, Origin, TelemetryMaps, monotonic_now_ns},
+    maps::{Ban, Counters, MapsError, TelemetryMaps, monotonic_now_ns},
     metrics,
 };
 
@@ -91,6 +94,10 @@ pub struct Telemetry {
     runtime_errors: RwLock<BTreeMap<&'static str, u64>>,
     /// Event and summary lines the agent could not write (stdout closed or failing).
     lines_unwritten: AtomicU64,
+    /// How full the maps were at the last count (see `census`).
+    census: RwLock<Census>,
+    /// When the main loop last came round (monotonic nanoseconds): what liveness reads.
+    main_loop_beat_ns: AtomicU64,
 }
 
 impl Telemetry {
@@ -102,7 +109,46 @@ impl Telemetry {
             apply_failures: AtomicU64::new(0),
             runtime_errors: RwLock::new(BTreeMap::new()),
             lines_unwritten: AtomicU64::new(0),
+            census: RwLock::new(Census::default()),
+            main_loop_beat_ns: AtomicU64::new(monotonic_now_ns()),
         }
+    }
+
+    /// Records that the main loop came round.
+    pub fn beat(&self) {
+        self.main_loop_beat_ns
+            .store(monotonic_now_ns(), Ordering::Relaxed);
+    }
+
+    /// How long ago the main loop last came round.
+    pub fn since_beat(&self) -> std::time::Duration {
+        let beat = self.main_loop_beat_ns.load(Ordering::Relaxed);
+        std::time::Duration::from_nanos(monotonic_now_ns().saturating_sub(beat))
+    }
+
+    /// The answer to `stats`, as the control socket sends it.
+    pub fn stats_response(&self) -> Response {
+        match self.stats() {
+            Ok(stats) => Response::ok(&stats),
+            Err(e) => Response::error(ErrorKind::Failed, e.to_string()),
+        }
+    }
+
+    /// The read-only map handles (for the census).
+    pub fn maps(&self) -> &TelemetryMaps {
+        &self.maps
+    }
+
+    /// Counts the maps again (see `census`); run by the census thread, and by the harness.
+    pub fn refresh_census(&self) {
+        let previous = self.census();
+        let census = census::take(self, &previous);
+        *self.census.write().expect("not poisoned") = census;
+    }
+
+    /// How full the maps were at the last count.
+    pub fn census(&self) -> Census {
+        *self.census.read().expect("not poisoned")
     }
 
     /// Counts an error the agent carried on after; `what` names what failed (a metric
@@ -199,7 +245,7 @@ impl Telemetry {
     /// The answer to `stats`.
     pub fn stats(&self) -> Result<Stats, MapsError> {
         let counters = self.counters()?;
-        let all_bans = self.maps.bans()?;
+        let census = self.census();
         let in_force = self.in_force();
         let by_reason = |count: &dyn Fn(Reason) -> u64| -> BTreeMap<String, u64> {
             Reason::ALL
@@ -234,15 +280,9 @@ impl Telemetry {
             maps: MapStats {
                 allow: in_force.allow_entries,
                 deny: in_force.deny_entries,
-                bans: all_bans
-                    .iter()
-                    .filter(|b| b.origin == Origin::Escalation)
-                    .count(),
-                blocks: all_bans
-                    .iter()
-                    .filter(|b| b.origin == Origin::Block)
-                    .count(),
-                buckets: self.maps.bucket_count(),
+                bans: census.bans,
+                blocks: census.blocks,
+                buckets: census.buckets,
                 bans_failed: counters.bans_failed,
                 capacity: CapacityStats {
                     sources: in_force.capacity.sources,
@@ -281,19 +321,17 @@ impl Telemetry {
             }
         }
         let bpf_stats_enabled = programs.iter().any(|p| p.run_count > 0);
-        let bans = self.bans()?;
+        let census = self.census();
         Ok(metrics::Snapshot {
             counters: self.counters()?,
             rules: self.rule_counters()?,
             interfaces,
-            bans_active: bans
-                .iter()
-                .filter(|b| b.origin == Origin::Escalation)
-                .count(),
-            blocks_active: bans.iter().filter(|b| b.origin == Origin::Block).count(),
+            bans_active: census.bans,
+            blocks_active: census.blocks,
             allow_entries: in_force.allow_entries,
             deny_entries: in_force.deny_entries,
-            buckets: self.maps.bucket_count(),
+            buckets: census.buckets,
+            census_age_secs: census.at.map_or(0, |at| at.elapsed().as_secs()),
             capacity: in_force.capacity,
             policy_version: in_force.version,
             policy_file_valid: in_force.file_error.is_none(),

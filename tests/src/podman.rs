@@ -26,6 +26,8 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 #[derive(Clone)]
 pub struct Node {
     pub netns: String,
+    /// The node's address, what `status.hostIP` gives.
+    pub host_ip: String,
     pub seccomp_root: PathBuf,
     pub host_paths: HashMap<String, PathBuf>,
     pub config_maps: HashMap<String, PathBuf>,
@@ -116,7 +118,7 @@ impl Podman {
         // conmon would get a cgroup of its own under a global parent.
         run.arg("--cgroups=no-conmon");
         run.args(pod_run_args(pod, container, node));
-        run.arg(image).args(strings(&container["args"]));
+        run.arg(image).args(container_args(container, node));
         if let Err(e) = checked(&mut run) {
             panic!("starting {name}: {e:#}");
         }
@@ -253,6 +255,42 @@ fn strings(value: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The container's environment as the kubelet sets it on `node`; only plain values and
+/// `status.hostIP` are reproduced.
+fn container_env(container: &Value, node: &Node) -> Vec<(String, String)> {
+    container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|var| {
+            let name = var["name"].as_str().unwrap().to_string();
+            let value = if let Some(value) = var["value"].as_str() {
+                value.to_string()
+            } else {
+                match var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                    Some("status.hostIP") => node.host_ip.clone(),
+                    other => panic!("env {name}: {other:?} is not reproduced"),
+                }
+            };
+            (name, value)
+        })
+        .collect()
+}
+
+/// The container's args with `$(NAME)` references to its environment expanded, as the
+/// kubelet expands them.
+fn container_args(container: &Value, node: &Node) -> Vec<String> {
+    let env = container_env(container, node);
+    strings(&container["args"])
+        .into_iter()
+        .map(|arg| {
+            env.iter().fold(arg, |arg, (name, value)| {
+                arg.replace(&format!("$({name})"), value)
+            })
+        })
+        .collect()
+}
+
 /// The `podman run` options for `container` of `pod`, from the manifest, on `node`.
 /// Anything in the spec this cannot reproduce is a panic, not silently dropped.
 pub fn pod_run_args(pod: &Value, container: &Value, node: &Node) -> Vec<String> {
@@ -349,6 +387,9 @@ pub fn pod_run_args(pod: &Value, container: &Value, node: &Node) -> Vec<String> 
         ));
     }
 
+    for (name, value) in container_env(container, node) {
+        args.push(format!("--env={name}={value}"));
+    }
     let command = strings(&container["command"]);
     if !command.is_empty() {
         args.push(format!(

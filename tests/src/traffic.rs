@@ -141,7 +141,7 @@ pub fn tcp_server(pair: &NetnsPair, ip: &str, port: u16) -> Result<()> {
 
 /// A TCP connection from `src` (in the client namespace) to `dst:port`, or `None` if it
 /// was not established within `timeout`. Reads time out after `timeout` too.
-fn connect_from(
+pub fn connect_from(
     pair: &NetnsPair,
     src: &str,
     dst: &str,

@@ -12,8 +12,8 @@ use portcullis_tests::{
     agent::{Agent, Leftovers},
     flood::{Flood, Generator, Sources, udp_frame},
     netns::{NetnsPair, SERVER_V4},
-    require_kernel,
-    traffic::{UdpCounter, udp_send},
+    output_text, require_kernel,
+    traffic::{UdpCounter, http_fetch, udp_send},
 };
 
 const OFFENDER: &str = "10.77.0.99";
@@ -35,32 +35,40 @@ rate_limits:
 capacity: {sources: 4096}
 "#;
 
+const METRICS: &str = "127.0.0.1:9478";
+
 struct Bed {
     pair: NetnsPair,
-    _agent: Agent,
+    agent: Agent,
     _leftovers: Leftovers,
     _dir: tempfile::TempDir,
 }
 
-fn bed(policy_text: &str) -> Bed {
+fn bed(policy_text: &str, extra: &[&str]) -> Bed {
     let pair = NetnsPair::new().unwrap();
     pair.add_client_addr(OFFENDER).unwrap();
     let leftovers = Leftovers::of(&pair.server_ns);
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, policy_text).unwrap();
-    let agent = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]).unwrap();
+    let agent = Agent::start(&pair.server_ns, &pair.server_if, &policy, extra).unwrap();
     Bed {
         pair,
-        _agent: agent,
+        agent,
         _leftovers: leftovers,
         _dir: dir,
     }
 }
 
-/// Floods the rule's port 9000 with `SPOOFED_FRAMES` spoofed one-packet sources while
-/// `during` runs; returns the frames sent and what `during` returned.
-fn while_flooded<T: Send>(bed: &Bed, during: impl FnOnce(&AtomicBool) -> T + Send) -> (u64, T) {
+/// Floods the rule's port 9000 with `frames` frames from spoofed `sources` (for `limit` at
+/// most) while `during` runs; returns the frames sent and what `during` returned.
+fn while_flooded<T: Send>(
+    bed: &Bed,
+    sources: Sources,
+    frames: u64,
+    limit: Duration,
+    during: impl FnOnce(&AtomicBool) -> T + Send,
+) -> (u64, T) {
     let generator = Generator::new().unwrap();
     let frame = udp_frame(bed.pair.server_mac().unwrap(), SPOOFED_BASE, 9000).unwrap();
     let flooding = AtomicBool::new(true);
@@ -71,9 +79,9 @@ fn while_flooded<T: Send>(bed: &Bed, during: impl FnOnce(&AtomicBool) -> T + Sen
                 &bed.pair.client_if,
                 &Flood {
                     frame: &frame,
-                    sources: Sources::Sequential,
-                    frames: SPOOFED_FRAMES,
-                    limit: Duration::from_secs(30),
+                    sources,
+                    frames,
+                    limit,
                     per_second: None,
                     realtime: false,
                 },
@@ -95,25 +103,31 @@ fn while_flooded<T: Send>(bed: &Bed, during: impl FnOnce(&AtomicBool) -> T + Sen
 #[test]
 fn a_steady_offender_stays_limited_while_spoofed_sources_flood_the_rule() {
     require_kernel!();
-    let bed = bed(POLICY);
+    let bed = bed(POLICY, &[]);
     let offender_sink = UdpCounter::bind(&bed.pair, "0.0.0.0", 9001).unwrap();
-    let (spoofed, (offered, took)) = while_flooded(&bed, |flooding| {
-        let started = Instant::now();
-        let mut offered = 0;
-        // At most 10 s of packets 10 ms apart.
-        while flooding.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(10) {
-            offered += udp_send(
-                &bed.pair,
-                OFFENDER,
-                SERVER_V4,
-                9001,
-                1,
-                Duration::from_millis(10),
-            )
-            .unwrap();
-        }
-        (offered, started.elapsed())
-    });
+    let (spoofed, (offered, took)) = while_flooded(
+        &bed,
+        Sources::Sequential,
+        SPOOFED_FRAMES,
+        Duration::from_secs(30),
+        |flooding| {
+            let started = Instant::now();
+            let mut offered = 0;
+            // At most 10 s of packets 10 ms apart.
+            while flooding.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(10) {
+                offered += udp_send(
+                    &bed.pair,
+                    OFFENDER,
+                    SERVER_V4,
+                    9001,
+                    1,
+                    Duration::from_millis(10),
+                )
+                .unwrap();
+            }
+            (offered, started.elapsed())
+        },
+    );
     let passed = offender_sink.count(Duration::from_millis(300), Duration::from_secs(3));
     let allowed = BURST + RATE_PER_SEC * took.as_secs_f64();
     println!(
@@ -132,5 +146,80 @@ fn a_steady_offender_stays_limited_while_spoofed_sources_flood_the_rule() {
     assert!(
         passed as f64 >= BURST,
         "only {passed} of the offender's packets passed"
+    );
+}
+
+/// How long `f` took, and what it returned.
+fn timed<T>(f: impl FnOnce() -> T) -> (Duration, T) {
+    let started = Instant::now();
+    let value = f();
+    (started.elapsed(), value)
+}
+
+/// While 2^20 spoofed sources flood a rate-limited port (a third of them come back within
+/// the burst window and take buckets: the million-entry bucket map fills and churns), the
+/// control plane answers: a block takes effect, and `stats` and `/metrics` answer, within
+/// a quarter of a second (the bar is a second; an agent that walks the bucket map per
+/// request took 0.75 s here, and more the larger the map), and `/healthz` stays 200.
+#[test]
+fn the_control_plane_answers_during_a_spoofed_flood() {
+    require_kernel!();
+    let bed = bed(
+        "rate_limits:\n  - {name: api, protocol: udp, ports: [9000], rate: 5/s, burst: 5}\n\
+         capacity: {sources: 1000000}\n",
+        &["--metrics", METRICS],
+    );
+    let blocked_sink = UdpCounter::bind(&bed.pair, "0.0.0.0", 9002).unwrap();
+    let (spoofed, checks) = while_flooded(
+        &bed,
+        Sources::Spoofed,
+        u64::MAX,
+        Duration::from_secs(10),
+        |flooding| {
+            // Let the flood fill the bucket map first.
+            std::thread::sleep(Duration::from_millis(500));
+            let mut healthz = Vec::new();
+            let mut slowest = Duration::ZERO;
+            let mut took = |what: &str, d: Duration| {
+                println!("{what}: {d:?}");
+                slowest = slowest.max(d);
+            };
+            let (d, blocked) = timed(|| bed.agent.cli(&["block", OFFENDER]));
+            took("block", d);
+            assert!(blocked.status.success(), "{}", output_text(&blocked));
+            udp_send(
+                &bed.pair,
+                OFFENDER,
+                SERVER_V4,
+                9002,
+                20,
+                Duration::from_millis(1),
+            )
+            .unwrap();
+            for _ in 0..3 {
+                let (d, stats) = timed(|| bed.agent.cli(&["stats", "--json"]));
+                took("stats", d);
+                assert!(stats.status.success(), "{}", output_text(&stats));
+                let (d, metrics) = timed(|| http_fetch(&bed.pair.server_ns, METRICS, "/metrics"));
+                took("/metrics", d);
+                assert_eq!(metrics.map(|(status, _)| status), Some(200));
+                healthz.push(http_fetch(&bed.pair.server_ns, METRICS, "/healthz").map(|(s, _)| s));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            (slowest, healthz, flooding.load(Ordering::Relaxed))
+        },
+    );
+    let (slowest, healthz, still_flooding) = checks;
+    println!("{spoofed} spoofed frames; slowest answer {slowest:?}; healthz {healthz:?}");
+    assert!(still_flooding, "the flood ended before the checks did");
+    assert!(
+        slowest < Duration::from_millis(250),
+        "an answer took {slowest:?}"
+    );
+    assert!(healthz.iter().all(|s| *s == Some(200)), "{healthz:?}");
+    assert_eq!(
+        blocked_sink.count(Duration::from_millis(300), Duration::from_secs(3)),
+        0,
+        "the block did not take effect"
     );
 }

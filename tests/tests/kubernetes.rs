@@ -214,10 +214,14 @@ impl TestNode {
         let name = config_map["metadata"]["name"].as_str().unwrap().to_string();
         let node = Node {
             netns: pair.server_ns.clone(),
+            host_ip: SERVER_V4.to_string(),
             // As README tells: the profile goes to /var/lib/kubelet/seccomp on each node.
             seccomp_root: deploy_dir().join("seccomp"),
             host_paths: HashMap::from([
-                ("/sys/fs/bpf".to_string(), bpffs.path.clone()),
+                (
+                    "/sys/fs/bpf/portcullis".to_string(),
+                    bpffs.path.join("portcullis"),
+                ),
                 ("/run/portcullis".to_string(), dir.path().join("run")),
                 ("/var/lib/portcullis".to_string(), dir.path().join("state")),
             ]),
@@ -274,6 +278,35 @@ fn daemonset_pod_enforces_the_configmap_and_hands_over_on_upgrade() {
     let container = &pod["containers"][0];
     let config_map = object(&documents, "ConfigMap", "portcullis-policy");
     let grace = Duration::from_secs(pod["terminationGracePeriodSeconds"].as_u64().unwrap());
+
+    // Both DaemonSets see only Portcullis's own directory of the node's bpffs, never other
+    // tools' pins; the metrics endpoint listens on the node's own address only.
+    let (_, uninstall_documents) = render(&tools, &deploy_dir().join("uninstall")).unwrap();
+    for ds in [
+        daemonset,
+        object(&uninstall_documents, "DaemonSet", "portcullis-uninstall"),
+    ] {
+        for volume in ds["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+        {
+            let path = volume["hostPath"]["path"].as_str().unwrap_or_default();
+            assert!(
+                !path.starts_with("/sys/fs/bpf") || path == "/sys/fs/bpf/portcullis",
+                "{} mounts {path}",
+                ds["metadata"]["name"]
+            );
+        }
+    }
+    assert!(
+        container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|arg| arg == "--metrics=$(HOST_IP):9477"),
+        "{}",
+        container["args"]
+    );
 
     let pair = NetnsPair::new().unwrap();
     let mut node = TestNode::new(&pair, config_map);
@@ -397,12 +430,18 @@ fn daemonset_pod_enforces_the_configmap_and_hands_over_on_upgrade() {
         ),
         "still enforcing after the uninstall"
     );
-    let pins: Vec<_> = std::fs::read_dir(&node.bpffs.path)
+    // The pin directory was the remover's mount point: emptied, and left in place.
+    let pins: Vec<_> = std::fs::read_dir(node.bpffs.path.join("portcullis"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|name| !name.ends_with(".debug"))
         .collect();
     assert!(pins.is_empty(), "left pinned: {pins:?}");
+    let others: Vec<_> = std::fs::read_dir(&node.bpffs.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| !name.ends_with(".debug") && name != "portcullis")
+        .collect();
+    assert!(others.is_empty(), "left in the node's bpffs: {others:?}");
 }
 
 #[test]
@@ -466,7 +505,7 @@ fn each_added_capability_the_seccomp_profile_and_bpffs_are_needed() {
     let mut no_bpffs = node.node.clone();
     no_bpffs
         .host_paths
-        .insert("/sys/fs/bpf".into(), plain.path().to_path_buf());
+        .insert("/sys/fs/bpf/portcullis".into(), plain.path().to_path_buf());
     let (code, output) = podman.run_to_end(
         "no-bpffs",
         &image,
@@ -477,7 +516,7 @@ fn each_added_capability_the_seccomp_profile_and_bpffs_are_needed() {
     );
     assert_ne!(code, 0, "{output}");
     assert!(
-        output.contains("/sys/fs/bpf/portcullis is not on a BPF filesystem"),
+        output.contains("/sys/fs/bpf is not on a BPF filesystem"),
         "{output}"
     );
 }

@@ -22,6 +22,7 @@ use tokio::{
 };
 
 use super::protocol::{ErrorKind, Request, Response};
+use crate::telemetry::Telemetry;
 
 /// A request from a connection, with the caller's uid, and where to send the answer.
 pub struct Call {
@@ -128,7 +129,14 @@ impl Server {
     }
 
     /// Accepts connections until the task is dropped.
-    pub async fn serve(&self, calls: mpsc::Sender<Call>, events: broadcast::Sender<String>) {
+    /// Serves connections: `stats` is answered from `telemetry` on a blocking thread, every
+    /// other request goes to the main loop through `calls`, `events` streams from `events`.
+    pub async fn serve(
+        &self,
+        calls: mpsc::Sender<Call>,
+        events: broadcast::Sender<String>,
+        telemetry: Arc<Telemetry>,
+    ) {
         loop {
             let mut stream = match self.listener.accept().await {
                 Ok((stream, _)) => stream,
@@ -140,6 +148,7 @@ impl Server {
             };
             let (calls, events) = (calls.clone(), events.clone());
             let streams = self.streams.clone();
+            let telemetry = telemetry.clone();
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
                 tokio::spawn(async move {
                     let busy = Response::error(
@@ -151,7 +160,7 @@ impl Server {
                 continue;
             };
             tokio::spawn(async move {
-                if let Err(e) = connection(stream, calls, events, streams).await {
+                if let Err(e) = connection(stream, calls, events, streams, telemetry).await {
                     tracing::debug!(error = format!("{e:#}"), "control connection ended");
                 }
                 drop(permit);
@@ -183,6 +192,7 @@ async fn connection(
     calls: mpsc::Sender<Call>,
     events: broadcast::Sender<String>,
     streams: Arc<Semaphore>,
+    telemetry: Arc<Telemetry>,
 ) -> Result<()> {
     // Who is calling is known at accept: refuse before reading anything.
     let uid = stream.peer_cred()?.uid();
@@ -225,6 +235,13 @@ async fn connection(
             return reply(&mut stream, &response).await;
         }
     };
+    if request == Request::Stats {
+        // Counters and the last census: nothing the main loop must be free for.
+        let response = tokio::task::spawn_blocking(move || telemetry.stats_response())
+            .await
+            .unwrap_or_else(|e| Response::error(ErrorKind::Failed, e.to_string()));
+        return reply(&mut stream, &response).await;
+    }
     if request == Request::Events {
         let Ok(_stream_permit) = streams.try_acquire_owned() else {
             let busy = Response::error(

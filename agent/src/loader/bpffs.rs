@@ -48,7 +48,8 @@ fn on_bpffs(path: &Path) -> bool {
     ok && stat.f_type as i64 == BPF_FS_MAGIC
 }
 
-fn mounted_at(path: &Path) -> Result<bool> {
+/// True if something is mounted at exactly `path`.
+pub(super) fn mounted_at(path: &Path) -> Result<bool> {
     let mounts = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
     Ok(mounts
         .lines()

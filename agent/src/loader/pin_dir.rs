@@ -50,12 +50,27 @@ impl PinDirLock {
 }
 
 /// Removes everything under a pin directory: pinned links (which detaches their programs)
-/// and pinned maps. Only the agent's own directory is touched.
+/// and pinned maps, then the directory itself unless it is a mount point (a container
+/// given only this directory of the node's bpffs). Only the agent's own directory is
+/// touched.
 pub fn remove_pins(pin_dir: &Path) -> Result<()> {
     if !pin_dir.exists() {
         return Ok(());
     }
-    fs::remove_dir_all(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))
+    if !super::bpffs::mounted_at(pin_dir)? {
+        return fs::remove_dir_all(pin_dir)
+            .with_context(|| format!("removing {}", pin_dir.display()));
+    }
+    for entry in fs::read_dir(pin_dir).with_context(|| format!("reading {}", pin_dir.display()))? {
+        let path = entry?.path();
+        let removed = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        removed.with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// True if a previous agent left maps pinned under `pin_dir`.

@@ -2,6 +2,8 @@
 //! the ban listing, occupancy. Read-only: shared by `stats`, `/metrics`, readiness and the
 //! summaries without going through the agent's main loop.
 
+use std::time::Instant;
+
 use agent_common::{
     BLOCK_EPOCH, BLOCK_RULE, BanEntry, BlockEntry, Bucket, BucketKey, IfaceCounters,
     MALFORMED_SLOTS, MalformedCause, REASON_SLOTS, Reason, RuleCounters,
@@ -147,9 +149,24 @@ impl TelemetryMaps {
             }))
     }
 
-    /// Token buckets in the LRU map now (one key walk: fine for a scrape, not a hot path).
-    pub fn bucket_count(&self) -> usize {
-        self.buckets.keys().filter(Result::is_ok).count()
+    /// Token buckets in the LRU map, counted key by key until `deadline`, at most `limit`
+    /// (a walk the kernel restarts because its current key was evicted can count some
+    /// twice); `None` when the deadline came first. For the census only: a walk under a
+    /// flood of new sources can take long.
+    pub fn count_buckets(&self, deadline: Instant, limit: usize) -> Option<usize> {
+        let mut count = 0;
+        for key in self.buckets.keys() {
+            if key.is_ok() {
+                count += 1;
+            }
+            if count >= limit {
+                return Some(limit);
+            }
+            if count % 256 == 0 && Instant::now() >= deadline {
+                return None;
+            }
+        }
+        Some(count)
     }
 
     /// Every block and ban in the maps, ended or not (the sweep removes ended ones).
