@@ -53,40 +53,52 @@ struct Endpoint {
     rendering: Arc<Semaphore>,
 }
 
+/// Runs `render` on a blocking thread once `slot` is free, or gives up (`None`) when that
+/// takes longer than `wait`.
+async fn render_when_free<T: Send + 'static>(
+    slot: &Arc<Semaphore>,
+    wait: Duration,
+    render: impl FnOnce() -> T + Send + 'static,
+) -> Option<Result<T, tokio::task::JoinError>> {
+    let permit = tokio::time::timeout(wait, slot.clone().acquire_owned())
+        .await
+        .ok()?
+        .ok()?;
+    Some(
+        tokio::task::spawn_blocking(move || {
+            let rendered = render();
+            drop(permit);
+            rendered
+        })
+        .await,
+    )
+}
+
 async fn metrics(State(endpoint): State<Endpoint>) -> impl IntoResponse {
     let text_plain = [("content-type", "text/plain")];
-    let waited = tokio::time::timeout(
-        METRICS_QUEUE_TIMEOUT,
-        endpoint.rendering.clone().acquire_owned(),
-    )
-    .await;
-    let Ok(Ok(slot)) = waited else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            text_plain,
-            "busy: another scrape is being answered; try again\n".to_string(),
-        );
-    };
     // Reading the maps is a string of system calls: on a blocking thread.
     let telemetry = endpoint.telemetry.clone();
-    let rendered = tokio::task::spawn_blocking(move || {
-        let text = telemetry.metrics();
-        drop(slot);
-        text
+    let rendered = render_when_free(&endpoint.rendering, METRICS_QUEUE_TIMEOUT, move || {
+        telemetry.metrics()
     })
     .await;
     match rendered {
-        Ok(Ok(text)) => (
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            text_plain,
+            "busy: another scrape is being answered; try again\n".to_string(),
+        ),
+        Some(Ok(Ok(text))) => (
             StatusCode::OK,
             [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
             text,
         ),
-        Ok(Err(e)) => (
+        Some(Ok(Err(e))) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             text_plain,
             format!("reading the kernel's counters: {e}\n"),
         ),
-        Err(e) => (
+        Some(Err(e)) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             text_plain,
             format!("{e}\n"),
@@ -239,5 +251,33 @@ pub async fn serve(listener: tokio::net::TcpListener, telemetry: Arc<Telemetry>)
             }
             drop(slot);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scrape that waits longer than its bound for a slow one is turned away, and the
+    /// next one after the slow one ends is served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_scrape_queued_behind_a_slow_one_is_shed() {
+        let slot = Arc::new(Semaphore::new(1));
+        let slow = {
+            let slot = slot.clone();
+            tokio::spawn(async move {
+                render_when_free(&slot, Duration::from_secs(5), || {
+                    std::thread::sleep(Duration::from_millis(600));
+                    "slow"
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let queued = render_when_free(&slot, Duration::from_millis(200), || "queued").await;
+        assert!(queued.is_none(), "a scrape waited past its bound");
+        assert_eq!(slow.await.unwrap().unwrap().unwrap(), "slow");
+        let next = render_when_free(&slot, Duration::from_millis(200), || "next").await;
+        assert_eq!(next.unwrap().unwrap(), "next");
     }
 }
