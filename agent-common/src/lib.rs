@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod event;
+pub mod http;
 pub mod malformed;
 pub mod maps;
 pub mod mode;

@@ -50,6 +50,7 @@ impl Enforcer {
         cpus: u32,
         state_dir: Option<&Path>,
     ) -> Result<Self> {
+        enforceable(&policy)?;
         let mut ids = RuleIds::default();
         let tables = tables::build(&policy, &mut ids, cpus);
         let empty = Tables::default();
@@ -134,6 +135,7 @@ impl Enforcer {
 
     /// Writes `policy` into the set not in force and switches to it.
     fn put_in_force(&mut self, policy: Policy) -> Result<()> {
+        enforceable(&policy)?;
         let mut ids = self.ids.clone();
         let tables = tables::build(&policy, &mut ids, self.cpus);
         let next = 1 - self.active;
@@ -177,4 +179,16 @@ impl Enforcer {
             );
         }
     }
+}
+
+/// Refuses what this version validates but does not enforce yet, rather than accepting a
+/// policy and silently leaving part of it out.
+fn enforceable(policy: &Policy) -> Result<()> {
+    if policy.http.is_some() {
+        bail!(
+            "the http section is validated (`portcullis policy validate`) but this version does \
+             not enforce it yet; remove it to put the rest of the policy in force"
+        );
+    }
+    Ok(())
 }

@@ -15,6 +15,7 @@ pub mod loader;
 pub mod maps;
 pub mod metrics;
 pub mod policy;
+pub mod routes;
 pub mod rule_ids;
 pub mod run;
 pub mod state_file;

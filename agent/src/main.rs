@@ -262,6 +262,15 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                     loaded.deny.len(),
                     loaded.rate_limits.len()
                 );
+                if let Some(http) = &loaded.http {
+                    println!(
+                        "http: {} routes and {} response rules on ports {:?}; not enforced by \
+                         this version yet, which refuses to apply a policy with them",
+                        http.routes.len(),
+                        http.responses.len(),
+                        http.ports
+                    );
+                }
             }
             PolicyCommand::Apply { file } => cli::policy_apply(socket, &file)?,
             PolicyCommand::Diff { file } => cli::policy_diff(socket, &file)?,

@@ -32,6 +32,53 @@ fn validate_accepts_the_shipped_examples() {
     }
 }
 
+/// The `http:` section is validated now, and said not to be enforced yet.
+#[test]
+fn validate_checks_the_http_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(
+        &dir,
+        "http.yaml",
+        "http:\n  ports: [80]\n  routes:\n    - {name: login, methods: [POST], path: /api/login, rate: 5/m}\n",
+    );
+    let (code, stdout, stderr) = portcullis(&["policy", "validate", &good]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("http: 1 routes and 0 response rules on ports [80]; not enforced"),
+        "{stdout}"
+    );
+    // The commented-out section of the shipped example is valid as written.
+    let example = std::fs::read_to_string(format!(
+        "{}/../examples/policy.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let section: String = example
+        .lines()
+        .skip_while(|line| *line != "# http:")
+        .map(|line| format!("{}\n", line.strip_prefix("# ").unwrap_or("")))
+        .collect();
+    assert!(
+        section.starts_with("http:"),
+        "no http section in the example"
+    );
+    let uncommented = write(&dir, "example-http.yaml", &section);
+    let (code, stdout, stderr) = portcullis(&["policy", "validate", &uncommented]);
+    assert_eq!(code, 0, "{section}\n{stderr}");
+    assert!(stdout.contains("2 routes and 1 response rules"), "{stdout}");
+    let bad = write(
+        &dir,
+        "route.yaml",
+        "http:\n  ports: [80]\n  routes:\n    - {name: login, path: api/login, rate: 5/m}\n",
+    );
+    let (code, _, stderr) = portcullis(&["policy", "validate", &bad]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("route.yaml:4: route 'login': path \"api/login\" must start with /"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn validate_rejects_bad_files_with_exit_64_file_and_line() {
     let dir = tempfile::tempdir().unwrap();

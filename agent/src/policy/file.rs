@@ -20,6 +20,8 @@ pub struct PolicyFile {
     pub events: Option<Spanned<EventsSection>>,
     #[serde(default)]
     pub capacity: Option<Spanned<CapacitySection>>,
+    #[serde(default)]
+    pub http: Option<Spanned<HttpSection>>,
 }
 
 pub use agent_common::Mode;
@@ -185,4 +187,50 @@ pub struct CapacitySection {
     pub cidrs: Option<u32>,
     pub bans: Option<u32>,
     pub blocks: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// TCP destination ports carrying plaintext HTTP/1.x.
+    #[serde(default)]
+    pub ports: Vec<u32>,
+    /// Defaults to true.
+    pub strict: Option<bool>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RouteItem>>,
+    #[serde(default)]
+    pub responses: Vec<Spanned<ResponseItem>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteItem {
+    pub name: String,
+    /// Default: every method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    pub path: String,
+    /// Either a rate (with burst, ban and prefixes as for rate_limits) or `deny: true`.
+    pub rate: Option<String>,
+    pub burst: Option<u64>,
+    pub ban: Option<BanSection>,
+    pub prefix_v4: Option<u8>,
+    pub prefix_v6: Option<u8>,
+    #[serde(default)]
+    pub deny: bool,
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseItem {
+    pub name: String,
+    pub status: Vec<u16>,
+    pub ban: BanSection,
+    pub prefix_v4: Option<u8>,
+    pub prefix_v6: Option<u8>,
+    #[serde(default)]
+    pub mode: Mode,
 }

@@ -3,6 +3,7 @@
 
 pub mod diff;
 mod file;
+pub mod http;
 pub mod units;
 mod validate;
 
@@ -46,6 +47,8 @@ pub struct Policy {
     pub rate_limits: Vec<RateLimit>,
     pub events_per_second: u32,
     pub capacity: Capacity,
+    /// The `http:` section, if the file has one.
+    pub http: Option<http::Http>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

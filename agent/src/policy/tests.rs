@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::{
     Aggregate, Ban, Capacity, Count, DenyRule, Mode, Policy, PolicyError, Problem, Protocol,
-    RateLimit, parse, units::UnitError,
+    RateLimit, http::RouteAction, parse, units::UnitError,
 };
 
 fn check(yaml: &str) -> Result<Policy, PolicyError> {
@@ -432,4 +432,157 @@ fn errors_display_file_and_line() {
         err.to_string(),
         "p.yaml:2: invalid CIDR '10.0.0.0/33': expected an IPv4 or IPv6 address with an optional /prefix"
     );
+}
+
+const HTTP: &str = r#"
+http:
+  ports: [80, 8080]
+  routes:
+    - name: login
+      methods: [POST]
+      path: /api/login
+      rate: 5/m
+      burst: 5
+      ban: {after: 20, within: 10m, for: 1h}
+    - name: hidden
+      path: /admin
+      deny: true
+      mode: shadow
+  responses:
+    - name: auth-failures
+      status: [401, 403]
+      ban: {after: 10, within: 1m, for: 15m}
+"#;
+
+#[test]
+fn the_http_section_parses_with_defaults_filled_in() {
+    let http = check(HTTP).unwrap().http.expect("an http section");
+    assert_eq!(http.ports, vec![80, 8080]);
+    assert!(http.strict, "strict by default");
+    assert_eq!(http.routes.len(), 2);
+    let login = &http.routes[0];
+    assert_eq!(login.methods, vec![agent_common::http::Method::Post]);
+    assert_eq!(login.path, "/api/login");
+    match &login.action {
+        RouteAction::Limit {
+            interval_ns,
+            burst,
+            prefix_v4,
+            prefix_v6,
+            ban,
+        } => {
+            assert_eq!((*interval_ns, *burst), (12_000_000_000, 5));
+            assert_eq!((*prefix_v4, *prefix_v6), (32, 64));
+            assert_eq!(ban.unwrap().after, 20);
+        }
+        other => panic!("login: {other:?}"),
+    }
+    let hidden = &http.routes[1];
+    assert!(hidden.methods.is_empty(), "every method");
+    assert_eq!(
+        (&hidden.action, hidden.mode),
+        (&RouteAction::Deny, Mode::Shadow)
+    );
+    let failures = &http.responses[0];
+    assert_eq!(failures.statuses, vec![401, 403]);
+    assert_eq!(failures.ban.for_ns, 15 * 60 * 1_000_000_000);
+    assert!(check("").unwrap().http.is_none());
+}
+
+/// Tells whether a validation problem is the one a case expects.
+type IsProblem = fn(&Problem) -> bool;
+
+#[test]
+fn invalid_http_sections_name_the_line_and_the_problem() {
+    let route =
+        |fields: &str| format!("http:\n  ports: [80]\n  routes:\n    - {{name: r, {fields}}}\n");
+    let response =
+        |fields: &str| format!("http:\n  ports: [80]\n  responses:\n    - {{name: r, {fields}}}\n");
+    let cases: Vec<(String, u32, IsProblem)> = vec![
+        ("http:\n  ports: [0]\n".into(), 2, |p| {
+            matches!(p, Problem::HttpPort { value: 0 })
+        }),
+        ("http:\n  ports: [70000]\n".into(), 2, |p| {
+            matches!(p, Problem::HttpPort { value: 70000 })
+        }),
+        ("http:\n  ports: [80, 80]\n".into(), 2, |p| {
+            matches!(p, Problem::HttpPortTwice { port: 80 })
+        }),
+        (
+            "http:\n  routes:\n    - {name: r, path: /x, deny: true}\n".into(),
+            2,
+            |p| matches!(p, Problem::HttpNoPorts),
+        ),
+        (route("path: x, deny: true"), 4, |p| {
+            matches!(p, Problem::RoutePath { why: "must start with /", .. })
+        }),
+        (route(&format!("path: /{}, deny: true", "a".repeat(191))), 4, |p| {
+            matches!(p, Problem::RoutePath { .. })
+        }),
+        (route("path: \"/a b\", deny: true"), 4, |p| {
+            matches!(p, Problem::RoutePath { .. })
+        }),
+        (route("path: \"/a?b\", deny: true"), 4, |p| {
+            matches!(p, Problem::RoutePath { .. })
+        }),
+        (route("path: /x, methods: [get], deny: true"), 4, |p| {
+            matches!(p, Problem::UnknownMethod { .. })
+        }),
+        (route("path: /x, methods: [GET, GET], deny: true"), 4, |p| {
+            matches!(p, Problem::MethodTwice { method: "GET", .. })
+        }),
+        (route("path: /x"), 4, |p| matches!(p, Problem::RouteAction { .. })),
+        (route("path: /x, deny: true, rate: 1/s"), 4, |p| {
+            matches!(p, Problem::RouteAction { .. })
+        }),
+        (route("path: /x, deny: true, burst: 3"), 4, |p| {
+            matches!(p, Problem::RouteAction { .. })
+        }),
+        (route("path: /x, rate: 1/s, burst: 0"), 4, |p| {
+            matches!(p, Problem::BurstZero { .. })
+        }),
+        (
+            route("path: /x, rate: 1/s, prefix_v4: 8, ban: {after: 1, for: 1h}"),
+            4,
+            |p| matches!(p, Problem::BanPrefixTooWide { .. }),
+        ),
+        (
+            "http:\n  ports: [80]\n  routes:\n    - {name: a, path: /x, deny: true}\n    - {name: b, path: /x, methods: [GET], deny: true}\n    - {name: c, path: /x, deny: true}\n".into(),
+            6,
+            |p| matches!(p, Problem::DuplicateRoute { first_line: 4, .. }),
+        ),
+        (
+            "rate_limits:\n  - {name: r, protocol: udp, rate: 1/s}\nhttp:\n  ports: [80]\n  routes:\n    - {name: r, path: /x, deny: true}\n".into(),
+            6,
+            |p| matches!(p, Problem::DuplicateName { first_line: 2, .. }),
+        ),
+        (response("status: [99], ban: {after: 1, for: 1h}"), 4, |p| {
+            matches!(p, Problem::ResponseStatus { value: 99, .. })
+        }),
+        (response("status: [404, 404], ban: {after: 1, for: 1h}"), 4, |p| {
+            matches!(p, Problem::ResponseStatuses { .. })
+        }),
+        (response("status: [], ban: {after: 1, for: 1h}"), 4, |p| {
+            matches!(p, Problem::ResponseStatuses { .. })
+        }),
+        (response("status: [401], ban: {after: 0, for: 1h}"), 4, |p| {
+            matches!(p, Problem::BanAfterZero { .. })
+        }),
+    ];
+    for (text, line, want) in &cases {
+        match check(text) {
+            Err(PolicyError::Invalid {
+                line: got, problem, ..
+            }) => {
+                assert!(want(&problem), "{text:?}: unexpected problem {problem:?}");
+                assert_eq!(got, *line, "{text:?}: line of {problem}");
+            }
+            other => panic!("{text:?}: expected a validation error, got {other:?}"),
+        }
+    }
+    // A response rule without a ban is a syntax error (the field is required).
+    assert!(matches!(
+        check(&response("status: [401]")),
+        Err(PolicyError::Syntax { .. })
+    ));
 }

@@ -3,7 +3,10 @@
 
 use std::{collections::HashMap, path::Path};
 
-use agent_common::MAX_RULES;
+use agent_common::{
+    MAX_RULES,
+    http::{MAX_ROUTE_PATH, Method},
+};
 use ipnet::IpNet;
 use serde_saphyr::Spanned;
 
@@ -11,7 +14,10 @@ use super::{
     Aggregate, Ban, CLI_BLOCK, Capacity, Count, DEFAULT_BAN_WINDOW_NS, DEFAULT_BANS,
     DEFAULT_BLOCKS, DEFAULT_CIDRS, DEFAULT_EVENTS_PER_SECOND, DEFAULT_SOURCES, DenyRule, Policy,
     PolicyError, Protocol, RateLimit, UNNAMED_DENY,
-    file::{AggregateSection, PolicyFile, RateLimitItem},
+    file::{AggregateSection, BanSection, PolicyFile, RateLimitItem, ResponseItem, RouteItem},
+    http::{
+        DEFAULT_STRICT, Http, MAX_RESPONSE_RULES, MAX_ROUTES, ResponseRule, Route, RouteAction,
+    },
     units::{self, UnitError},
 };
 
@@ -79,6 +85,49 @@ pub enum Problem {
         value: u8,
         max: u8,
     },
+    #[error("http.ports: {value} is not a TCP port (1-65535)")]
+    HttpPort { value: u32 },
+    #[error("http.ports lists {port} twice")]
+    HttpPortTwice { port: u16 },
+    #[error(
+        "http: routes and responses need http.ports, the TCP ports that carry plaintext HTTP/1.x"
+    )]
+    HttpNoPorts,
+    #[error("http.{what} has {count} entries, at most {max} are supported")]
+    TooManyHttpRules {
+        what: &'static str,
+        count: usize,
+        max: usize,
+    },
+    #[error("route '{rule}': path {path:?} {why}")]
+    RoutePath {
+        rule: String,
+        path: String,
+        why: &'static str,
+    },
+    #[error("route '{rule}': unknown method {method:?}; methods are {known}")]
+    UnknownMethod {
+        rule: String,
+        method: String,
+        known: String,
+    },
+    #[error("route '{rule}': method {method} is listed twice")]
+    MethodTwice { rule: String, method: &'static str },
+    #[error(
+        "route '{rule}': give either rate (with burst, ban, prefix_v4, prefix_v6 as for rate_limits) or deny: true"
+    )]
+    RouteAction { rule: String },
+    #[error("route '{rule}': {method} {path} is already a route on line {first_line}")]
+    DuplicateRoute {
+        rule: String,
+        method: String,
+        path: String,
+        first_line: u32,
+    },
+    #[error("response rule '{rule}': status {value} is not between 100 and 599")]
+    ResponseStatus { rule: String, value: u16 },
+    #[error("response rule '{rule}': status lists no status, or one twice")]
+    ResponseStatuses { rule: String },
     #[error("{list} has {count} {family} entries, more than capacity.cidrs ({capacity}) allows")]
     TooManyCidrs {
         list: &'static str,
@@ -211,6 +260,7 @@ impl Validator<'_> {
         let allow = self.allow(&file)?;
         let deny = self.deny(&file, &allow)?;
         let rate_limits = self.rate_limits(&file)?;
+        let http = self.http(&file)?;
         self.check_names(&file)?;
         self.check_overlaps(&file, &rate_limits)?;
         let allow: Vec<IpNet> = allow.into_iter().map(|(net, _)| net).collect();
@@ -250,6 +300,7 @@ impl Validator<'_> {
             rate_limits,
             events_per_second,
             capacity,
+            http,
         })
     }
 
@@ -402,60 +453,13 @@ impl Validator<'_> {
         if item.count == Count::Connections && item.protocol != Protocol::Tcp {
             return Err(Problem::ConnectionsNeedTcp { rule: rule() });
         }
-        let burst = item.burst.unwrap_or(rate.count);
-        if burst == 0 {
-            return Err(Problem::BurstZero { rule: rule() });
-        }
-        if burst.checked_mul(rate.interval_ns).is_none() {
-            return Err(Problem::BurstTooLarge {
-                rule: rule(),
-                burst,
-            });
-        }
-        let prefix_v4 = item.prefix_v4.unwrap_or(32);
-        if prefix_v4 > 32 {
-            return Err(Problem::PrefixV4 {
-                rule: rule(),
-                value: prefix_v4,
-            });
-        }
-        let prefix_v6 = item.prefix_v6.unwrap_or(64);
-        if prefix_v6 > 128 {
-            return Err(Problem::PrefixV6 {
-                rule: rule(),
-                value: prefix_v6,
-            });
-        }
-        let ban = match &item.ban {
-            None => None,
-            Some(ban) => {
-                if ban.after == 0 {
-                    return Err(Problem::BanAfterZero { rule: rule() });
-                }
-                for (field, value, max) in [
-                    ("prefix_v4", prefix_v4, MIN_BAN_PREFIX_V4),
-                    ("prefix_v6", prefix_v6, MIN_BAN_PREFIX_V6),
-                ] {
-                    if value < max {
-                        return Err(Problem::BanPrefixTooWide {
-                            rule: rule(),
-                            field,
-                            value,
-                            max,
-                        });
-                    }
-                }
-                Some(Ban {
-                    after: ban.after,
-                    within_ns: match &ban.within {
-                        Some(within) => units::parse_duration(within)?,
-                        None => DEFAULT_BAN_WINDOW_NS,
-                    },
-                    for_ns: units::parse_duration(&ban.duration)?,
-                    aggregate: aggregate(ban.aggregate.as_ref(), &rule)?,
-                })
-            }
-        };
+        let burst = burst(rate, item.burst, &rule)?;
+        let (prefix_v4, prefix_v6) = grouping(item.prefix_v4, item.prefix_v6, &rule)?;
+        let ban = item
+            .ban
+            .as_ref()
+            .map(|section| ban(section, prefix_v4, prefix_v6, &rule))
+            .transpose()?;
         Ok(RateLimit {
             name: item.name.clone(),
             protocol: item.protocol,
@@ -468,6 +472,72 @@ impl Validator<'_> {
             ban,
             mode: item.mode,
         })
+    }
+
+    fn http(&self, file: &PolicyFile) -> Result<Option<Http>, PolicyError> {
+        let Some(spanned) = &file.http else {
+            return Ok(None);
+        };
+        let line = line_of(spanned);
+        let section = &spanned.value;
+        let mut ports = Vec::new();
+        for &value in &section.ports {
+            let port = u16::try_from(value)
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| self.invalid(line, Problem::HttpPort { value }))?;
+            if ports.contains(&port) {
+                return Err(self.invalid(line, Problem::HttpPortTwice { port }));
+            }
+            ports.push(port);
+        }
+        if ports.is_empty() && !(section.routes.is_empty() && section.responses.is_empty()) {
+            return Err(self.invalid(line, Problem::HttpNoPorts));
+        }
+        for (what, count, max) in [
+            ("routes", section.routes.len(), MAX_ROUTES),
+            ("responses", section.responses.len(), MAX_RESPONSE_RULES),
+        ] {
+            if count > max {
+                return Err(self.invalid(line, Problem::TooManyHttpRules { what, count, max }));
+            }
+        }
+        // Method (None: every method) and path, to the line that routed them first.
+        let mut routed: HashMap<(Option<Method>, &str), u32> = HashMap::new();
+        let mut routes = Vec::with_capacity(section.routes.len());
+        for item in &section.routes {
+            let line = line_of(item);
+            let route = route(&item.value).map_err(|p| self.invalid(line, p))?;
+            let methods: Vec<Option<Method>> = if route.methods.is_empty() {
+                vec![None]
+            } else {
+                route.methods.iter().copied().map(Some).collect()
+            };
+            for method in methods {
+                if let Some(&first_line) = routed.get(&(method, item.value.path.as_str())) {
+                    let problem = Problem::DuplicateRoute {
+                        rule: route.name.clone(),
+                        method: method.map_or("every method", Method::name).to_string(),
+                        path: route.path.clone(),
+                        first_line,
+                    };
+                    return Err(self.invalid(line, problem));
+                }
+                routed.insert((method, item.value.path.as_str()), line);
+            }
+            routes.push(route);
+        }
+        let responses = section
+            .responses
+            .iter()
+            .map(|item| response(&item.value).map_err(|p| self.invalid(line_of(item), p)))
+            .collect::<Result<_, _>>()?;
+        Ok(Some(Http {
+            ports,
+            strict: section.strict.unwrap_or(DEFAULT_STRICT),
+            routes,
+            responses,
+        }))
     }
 
     /// Rule names and deny names share one namespace: they label counters and events.
@@ -493,6 +563,31 @@ impl Validator<'_> {
                 ));
             }
             names.insert(&item.value.name, line);
+        }
+        let http_names = file.http.iter().flat_map(|http| {
+            let routes = http
+                .value
+                .routes
+                .iter()
+                .map(|r| (r.value.name.as_str(), line_of(r)));
+            let responses = http
+                .value
+                .responses
+                .iter()
+                .map(|r| (r.value.name.as_str(), line_of(r)));
+            routes.chain(responses)
+        });
+        for (name, line) in http_names {
+            if let Some(&first_line) = names.get(name) {
+                return Err(self.invalid(
+                    line,
+                    Problem::DuplicateName {
+                        name: name.to_string(),
+                        first_line,
+                    },
+                ));
+            }
+            names.insert(name, line);
         }
         // Id 0 is never used, and the last id is `portcullis block`'s.
         if names.len() > MAX_RULES as usize - 1 {
@@ -560,6 +655,189 @@ fn protocol_name(protocol: Protocol) -> &'static str {
         Protocol::Icmp => "icmp",
         Protocol::Any => "any",
     }
+}
+
+/// A rule's burst: as given, or the rate's count; at least 1, and small enough that the
+/// kernel's bucket (burst x interval nanoseconds) fits a u64.
+fn burst(rate: units::Rate, burst: Option<u64>, rule: &dyn Fn() -> String) -> Result<u64, Problem> {
+    let burst = burst.unwrap_or(rate.count);
+    if burst == 0 {
+        return Err(Problem::BurstZero { rule: rule() });
+    }
+    if burst.checked_mul(rate.interval_ns).is_none() {
+        return Err(Problem::BurstTooLarge {
+            rule: rule(),
+            burst,
+        });
+    }
+    Ok(burst)
+}
+
+/// A rule's source groups: `prefix_v4` (default 32) and `prefix_v6` (default 64).
+fn grouping(
+    v4: Option<u8>,
+    v6: Option<u8>,
+    rule: &dyn Fn() -> String,
+) -> Result<(u8, u8), Problem> {
+    let prefix_v4 = v4.unwrap_or(32);
+    if prefix_v4 > 32 {
+        return Err(Problem::PrefixV4 {
+            rule: rule(),
+            value: prefix_v4,
+        });
+    }
+    let prefix_v6 = v6.unwrap_or(64);
+    if prefix_v6 > 128 {
+        return Err(Problem::PrefixV6 {
+            rule: rule(),
+            value: prefix_v6,
+        });
+    }
+    Ok((prefix_v4, prefix_v6))
+}
+
+/// A `ban:` section of a rule whose source groups are `prefix_v4` and `prefix_v6`, which
+/// must not be wider than one abusive source should be able to ban.
+fn ban(
+    section: &BanSection,
+    prefix_v4: u8,
+    prefix_v6: u8,
+    rule: &dyn Fn() -> String,
+) -> Result<Ban, Problem> {
+    if section.after == 0 {
+        return Err(Problem::BanAfterZero { rule: rule() });
+    }
+    for (field, value, max) in [
+        ("prefix_v4", prefix_v4, MIN_BAN_PREFIX_V4),
+        ("prefix_v6", prefix_v6, MIN_BAN_PREFIX_V6),
+    ] {
+        if value < max {
+            return Err(Problem::BanPrefixTooWide {
+                rule: rule(),
+                field,
+                value,
+                max,
+            });
+        }
+    }
+    Ok(Ban {
+        after: section.after,
+        within_ns: match &section.within {
+            Some(within) => units::parse_duration(within)?,
+            None => DEFAULT_BAN_WINDOW_NS,
+        },
+        for_ns: units::parse_duration(&section.duration)?,
+        aggregate: aggregate(section.aggregate.as_ref(), rule)?,
+    })
+}
+
+fn route(item: &RouteItem) -> Result<Route, Problem> {
+    check_name(&item.name)?;
+    let rule = || item.name.clone();
+    check_route_path(&item.path, &rule)?;
+    let mut methods = Vec::new();
+    for name in &item.methods {
+        let method = Method::from_name(name).ok_or_else(|| Problem::UnknownMethod {
+            rule: rule(),
+            method: name.clone(),
+            known: Method::ALL.map(Method::name).join(", "),
+        })?;
+        if methods.contains(&method) {
+            return Err(Problem::MethodTwice {
+                rule: rule(),
+                method: method.name(),
+            });
+        }
+        methods.push(method);
+    }
+    let limited = item.burst.is_some()
+        || item.ban.is_some()
+        || item.prefix_v4.is_some()
+        || item.prefix_v6.is_some();
+    let action = match &item.rate {
+        None if item.deny && !limited => RouteAction::Deny,
+        Some(rate) if !item.deny => {
+            let rate = units::parse_rate(rate)?;
+            let burst = burst(rate, item.burst, &rule)?;
+            let (prefix_v4, prefix_v6) = grouping(item.prefix_v4, item.prefix_v6, &rule)?;
+            let ban = item
+                .ban
+                .as_ref()
+                .map(|section| ban(section, prefix_v4, prefix_v6, &rule))
+                .transpose()?;
+            RouteAction::Limit {
+                interval_ns: rate.interval_ns,
+                burst,
+                prefix_v4,
+                prefix_v6,
+                ban,
+            }
+        }
+        _ => return Err(Problem::RouteAction { rule: rule() }),
+    };
+    Ok(Route {
+        name: item.name.clone(),
+        methods,
+        path: item.path.clone(),
+        action,
+        mode: item.mode,
+    })
+}
+
+/// A route path is matched byte for byte against the request target the kernel reads, so
+/// it must be something a request line can carry, and fit the kernel's window.
+fn check_route_path(path: &str, rule: &dyn Fn() -> String) -> Result<(), Problem> {
+    let why = if !path.starts_with('/') {
+        Some("must start with /")
+    } else if path.len() > MAX_ROUTE_PATH {
+        Some("is longer than the 191 bytes of the target the kernel reads")
+    } else if !path.bytes().all(|b| b.is_ascii_graphic()) {
+        Some(
+            "may hold visible ASCII only (no spaces or control characters; percent-encode the rest)",
+        )
+    } else if path.contains(['?', '#']) {
+        Some("is a path prefix: it may not hold ? or #")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(Problem::RoutePath {
+            rule: rule(),
+            path: path.to_string(),
+            why,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn response(item: &ResponseItem) -> Result<ResponseRule, Problem> {
+    check_name(&item.name)?;
+    let rule = || item.name.clone();
+    let mut statuses: Vec<u16> = Vec::new();
+    for &status in &item.status {
+        if !(100..=599).contains(&status) {
+            return Err(Problem::ResponseStatus {
+                rule: rule(),
+                value: status,
+            });
+        }
+        if statuses.contains(&status) {
+            return Err(Problem::ResponseStatuses { rule: rule() });
+        }
+        statuses.push(status);
+    }
+    if statuses.is_empty() {
+        return Err(Problem::ResponseStatuses { rule: rule() });
+    }
+    let (prefix_v4, prefix_v6) = grouping(item.prefix_v4, item.prefix_v6, &rule)?;
+    Ok(ResponseRule {
+        name: item.name.clone(),
+        statuses,
+        prefix_v4,
+        prefix_v6,
+        ban: ban(&item.ban, prefix_v4, prefix_v6, &rule)?,
+        mode: item.mode,
+    })
 }
 
 fn check_name(name: &str) -> Result<(), Problem> {

@@ -1,0 +1,116 @@
+//! What the kernel and the agent share about HTTP requests: the method codes, the window of
+//! the request target the kernel reads, and the key routes are looked up by.
+//!
+//! A route lookup key is the method code followed by the first `TARGET_WINDOW` bytes after
+//! "METHOD " in the segment, in an LPM trie: the longest stored prefix is the most specific
+//! route. The agent stores each route's path followed by each byte that may end a path
+//! segment (space, `/`, `?`), so `/api/login` matches `/api/login`, `/api/login/x` and
+//! `/api/login?next=/` but not `/api/loginx`.
+
+/// Bytes of the request target the kernel reads, starting right after "METHOD ".
+pub const TARGET_WINDOW: usize = 192;
+/// The longest route path: it must leave room in the window for the byte after it.
+pub const MAX_ROUTE_PATH: usize = TARGET_WINDOW - 1;
+/// Bytes of a route key after its prefix length: the method code, then the window.
+pub const ROUTE_KEY_BYTES: usize = 1 + TARGET_WINDOW;
+// An LPM trie key holds at most 256 bytes of data (kernel/bpf/lpm_trie.c).
+const _: () = assert!(ROUTE_KEY_BYTES <= 256);
+
+/// An HTTP/1.x request method. Codes are stable: they are in pinned route maps.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Method {
+    Get = 1,
+    Head = 2,
+    Post = 3,
+    Put = 4,
+    Delete = 5,
+    Connect = 6,
+    Options = 7,
+    Trace = 8,
+    Patch = 9,
+}
+
+impl Method {
+    pub const ALL: [Method; 9] = [
+        Method::Get,
+        Method::Head,
+        Method::Post,
+        Method::Put,
+        Method::Delete,
+        Method::Connect,
+        Method::Options,
+        Method::Trace,
+        Method::Patch,
+    ];
+    /// Codes once used and retired: never given to a new method.
+    pub const RETIRED: [u8; 0] = [];
+
+    pub const fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The method as it starts a request line (case-sensitive, RFC 9110 9.1).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Connect => "CONNECT",
+            Method::Options => "OPTIONS",
+            Method::Trace => "TRACE",
+            Method::Patch => "PATCH",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    pub const fn from_code(code: u8) -> Option<Method> {
+        match code {
+            1 => Some(Method::Get),
+            2 => Some(Method::Head),
+            3 => Some(Method::Post),
+            4 => Some(Method::Put),
+            5 => Some(Method::Delete),
+            6 => Some(Method::Connect),
+            7 => Some(Method::Options),
+            8 => Some(Method::Trace),
+            9 => Some(Method::Patch),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Method codes are in pinned maps: changing one breaks take-over by a newer agent.
+    #[test]
+    fn codes_and_names_are_stable() {
+        let pinned = [
+            (1, "GET"),
+            (2, "HEAD"),
+            (3, "POST"),
+            (4, "PUT"),
+            (5, "DELETE"),
+            (6, "CONNECT"),
+            (7, "OPTIONS"),
+            (8, "TRACE"),
+            (9, "PATCH"),
+        ];
+        assert_eq!(Method::ALL.len(), pinned.len());
+        for (method, (code, name)) in Method::ALL.into_iter().zip(pinned) {
+            assert_eq!((method.code(), method.name()), (code, name));
+            assert_eq!(Method::from_code(code), Some(method));
+            assert_eq!(Method::from_name(name), Some(method));
+            assert!(!Method::RETIRED.contains(&code));
+        }
+        assert_eq!(Method::from_code(0), None);
+        assert_eq!(Method::from_name("get"), None, "methods are case-sensitive");
+    }
+}

@@ -1,0 +1,61 @@
+//! The `http:` section, validated: routes judged on the target of plaintext HTTP/1.x
+//! requests, and rules on the status of the server's responses.
+
+use agent_common::{Mode, http::Method};
+
+use super::Ban;
+
+/// `http.strict` when the file does not say.
+pub const DEFAULT_STRICT: bool = true;
+/// Routes at most (each takes a rule id, and up to 27 route keys).
+pub const MAX_ROUTES: usize = 256;
+/// Response rules at most.
+pub const MAX_RESPONSE_RULES: usize = 32;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Http {
+    /// TCP destination ports that carry plaintext HTTP/1.x; responses leave from them.
+    pub ports: Vec<u16>,
+    /// Requests shaped to slip past the route lookup are judged `http_evasion`.
+    pub strict: bool,
+    pub routes: Vec<Route>,
+    pub responses: Vec<ResponseRule>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub name: String,
+    /// Empty: every method.
+    pub methods: Vec<Method>,
+    /// Starts with `/`; matches itself and what follows it after `/`, `?` or the end of
+    /// the target (a path-segment prefix, as NGINX's prefix locations).
+    pub path: String,
+    pub action: RouteAction,
+    pub mode: Mode,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteAction {
+    /// Refused for every source not on the allow list.
+    Deny,
+    /// A token bucket per source group, as for `rate_limits`.
+    Limit {
+        interval_ns: u64,
+        burst: u64,
+        prefix_v4: u8,
+        prefix_v6: u8,
+        ban: Option<Ban>,
+    },
+}
+
+/// Counts the server's responses with one of `statuses` per client source group; past the
+/// ban's `after` within its `within`, the group is banned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResponseRule {
+    pub name: String,
+    pub statuses: Vec<u16>,
+    pub prefix_v4: u8,
+    pub prefix_v6: u8,
+    pub ban: Ban,
+    pub mode: Mode,
+}
