@@ -35,6 +35,19 @@ rate_limits:
     ban: {after: 3, within: 1h, for: 1h}
 "#;
 
+/// Sends UDP from `src` to the server's `port` in rounds of 100 until `stop` is set, at
+/// most 20,000 packets; returns how many left.
+fn send_until(pair: &NetnsPair, src: &str, port: u16, stop: &AtomicBool) -> u64 {
+    let mut sent = 0;
+    for _ in 0..200 {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        sent += udp_send(pair, src, SERVER_V4, port, 100, Duration::from_micros(200)).unwrap();
+    }
+    sent
+}
+
 fn setup() -> (NetnsPair, tempfile::TempDir, std::path::PathBuf) {
     let pair = NetnsPair::new().unwrap();
     for addr in [DENIED, FLOODER] {
@@ -103,18 +116,7 @@ fn sigkill_and_restart_leave_no_gap_and_keep_bans_and_buckets() {
     let (second, sent_denied, sent_banned) = std::thread::scope(|scope| {
         let senders = [(DENIED, 9100), (FLOODER, 9101)].map(|(src, port)| {
             let (pair, stop) = (&pair, &stop);
-            scope.spawn(move || {
-                let mut sent = 0;
-                // At most 20,000 packets, or until told to stop.
-                for _ in 0..200 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    sent += udp_send(pair, src, SERVER_V4, port, 100, Duration::from_micros(200))
-                        .unwrap();
-                }
-                sent
-            })
+            scope.spawn(move || send_until(pair, src, port, stop))
         });
         std::thread::sleep(Duration::from_millis(300));
         first.kill_hard();
@@ -280,17 +282,7 @@ fn maps_of_another_layout_are_replaced_unless_they_hold_state() {
     let (mut second, sent) = std::thread::scope(|scope| {
         let senders = [(DENIED, 9100), (FLOODER, 9101)].map(|(src, port)| {
             let (pair, stop) = (&pair, &stop);
-            scope.spawn(move || {
-                let mut sent = 0;
-                for _ in 0..200 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    sent += udp_send(pair, src, SERVER_V4, port, 100, Duration::from_micros(200))
-                        .unwrap();
-                }
-                sent
-            })
+            scope.spawn(move || send_until(pair, src, port, stop))
         });
         std::thread::sleep(Duration::from_millis(200));
         let second = Agent::start(

@@ -39,13 +39,18 @@ pub enum RouteAction {
     /// Refused for every source not on the allow list.
     Deny,
     /// A token bucket per source group, as for `rate_limits`.
-    Limit {
-        interval_ns: u64,
-        burst: u64,
-        prefix_v4: u8,
-        prefix_v6: u8,
-        ban: Option<Ban>,
-    },
+    Limit(Limit),
+}
+
+/// A rate limit's bucket, source groups and escalation, as a route or rule states them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limit {
+    /// One token every `interval_ns`.
+    pub interval_ns: u64,
+    pub burst: u64,
+    pub prefix_v4: u8,
+    pub prefix_v6: u8,
+    pub ban: Option<Ban>,
 }
 
 /// Counts the server's responses with one of `statuses` per client source group; past the

@@ -464,16 +464,10 @@ fn the_http_section_parses_with_defaults_filled_in() {
     assert_eq!(login.methods, vec![agent_common::http::Method::Post]);
     assert_eq!(login.path, "/api/login");
     match &login.action {
-        RouteAction::Limit {
-            interval_ns,
-            burst,
-            prefix_v4,
-            prefix_v6,
-            ban,
-        } => {
-            assert_eq!((*interval_ns, *burst), (12_000_000_000, 5));
-            assert_eq!((*prefix_v4, *prefix_v6), (32, 64));
-            assert_eq!(ban.unwrap().after, 20);
+        RouteAction::Limit(limit) => {
+            assert_eq!((limit.interval_ns, limit.burst), (12_000_000_000, 5));
+            assert_eq!((limit.prefix_v4, limit.prefix_v6), (32, 64));
+            assert_eq!(limit.ban.unwrap().after, 20);
         }
         other => panic!("login: {other:?}"),
     }

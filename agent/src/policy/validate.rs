@@ -16,7 +16,8 @@ use super::{
     PolicyError, Protocol, RateLimit, UNNAMED_DENY,
     file::{AggregateSection, BanSection, PolicyFile, RateLimitItem, ResponseItem, RouteItem},
     http::{
-        DEFAULT_STRICT, Http, MAX_RESPONSE_RULES, MAX_ROUTES, ResponseRule, Route, RouteAction,
+        DEFAULT_STRICT, Http, Limit, MAX_RESPONSE_RULES, MAX_ROUTES, ResponseRule, Route,
+        RouteAction,
     },
     units::{self, UnitError},
 };
@@ -438,7 +439,6 @@ impl Validator<'_> {
     fn rate_limit(&self, item: &RateLimitItem) -> Result<RateLimit, Problem> {
         check_name(&item.name)?;
         let rule = || item.name.clone();
-        let rate = units::parse_rate(&item.rate)?;
         let ports = item
             .ports
             .iter()
@@ -453,19 +453,26 @@ impl Validator<'_> {
         if item.count == Count::Connections && item.protocol != Protocol::Tcp {
             return Err(Problem::ConnectionsNeedTcp { rule: rule() });
         }
-        let burst = burst(rate, item.burst, &rule)?;
-        let (prefix_v4, prefix_v6) = grouping(item.prefix_v4, item.prefix_v6, &rule)?;
-        let ban = item
-            .ban
-            .as_ref()
-            .map(|section| ban(section, prefix_v4, prefix_v6, &rule))
-            .transpose()?;
+        let Limit {
+            interval_ns,
+            burst,
+            prefix_v4,
+            prefix_v6,
+            ban,
+        } = limit(
+            &item.rate,
+            item.burst,
+            item.prefix_v4,
+            item.prefix_v6,
+            item.ban.as_ref(),
+            &rule,
+        )?;
         Ok(RateLimit {
             name: item.name.clone(),
             protocol: item.protocol,
             ports,
             count: item.count,
-            interval_ns: rate.interval_ns,
+            interval_ns,
             burst,
             prefix_v4,
             prefix_v6,
@@ -657,6 +664,28 @@ fn protocol_name(protocol: Protocol) -> &'static str {
     }
 }
 
+/// The bucket, source groups and escalation of a rule with a rate (a rate limit, a route).
+fn limit(
+    rate: &str,
+    burst_given: Option<u64>,
+    v4: Option<u8>,
+    v6: Option<u8>,
+    ban_section: Option<&BanSection>,
+    rule: &dyn Fn() -> String,
+) -> Result<Limit, Problem> {
+    let rate = units::parse_rate(rate)?;
+    let (prefix_v4, prefix_v6) = grouping(v4, v6, rule)?;
+    Ok(Limit {
+        interval_ns: rate.interval_ns,
+        burst: burst(rate, burst_given, rule)?,
+        prefix_v4,
+        prefix_v6,
+        ban: ban_section
+            .map(|section| ban(section, prefix_v4, prefix_v6, rule))
+            .transpose()?,
+    })
+}
+
 /// A rule's burst: as given, or the rate's count; at least 1, and small enough that the
 /// kernel's bucket (burst x interval nanoseconds) fits a u64.
 fn burst(rate: units::Rate, burst: Option<u64>, rule: &dyn Fn() -> String) -> Result<u64, Problem> {
@@ -756,23 +785,14 @@ fn route(item: &RouteItem) -> Result<Route, Problem> {
         || item.prefix_v6.is_some();
     let action = match &item.rate {
         None if item.deny && !limited => RouteAction::Deny,
-        Some(rate) if !item.deny => {
-            let rate = units::parse_rate(rate)?;
-            let burst = burst(rate, item.burst, &rule)?;
-            let (prefix_v4, prefix_v6) = grouping(item.prefix_v4, item.prefix_v6, &rule)?;
-            let ban = item
-                .ban
-                .as_ref()
-                .map(|section| ban(section, prefix_v4, prefix_v6, &rule))
-                .transpose()?;
-            RouteAction::Limit {
-                interval_ns: rate.interval_ns,
-                burst,
-                prefix_v4,
-                prefix_v6,
-                ban,
-            }
-        }
+        Some(rate) if !item.deny => RouteAction::Limit(limit(
+            rate,
+            item.burst,
+            item.prefix_v4,
+            item.prefix_v6,
+            item.ban.as_ref(),
+            &rule,
+        )?),
         _ => return Err(Problem::RouteAction { rule: rule() }),
     };
     Ok(Route {
