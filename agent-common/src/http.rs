@@ -16,6 +16,32 @@ pub const ROUTE_KEY_BYTES: usize = 1 + TARGET_WINDOW;
 // An LPM trie key holds at most 256 bytes of data (kernel/bpf/lpm_trie.c).
 const _: () = assert!(ROUTE_KEY_BYTES <= 256);
 
+/// Route trie keys at most: 256 routes, each for up to 9 methods and 3 segment ends.
+pub const MAX_ROUTE_KEYS: u32 = 8192;
+
+/// `RouteEntry::kind` of a rate-limited route: its rule's bucket decides.
+pub const ROUTE_LIMIT: u32 = 0;
+/// `RouteEntry::kind` of a denied route.
+pub const ROUTE_DENY: u32 = 1;
+
+/// Value of the route trie: the route's rule id (its `RuleConfig` has the rate and mode)
+/// and its kind.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub rule: u32,
+    pub kind: u32,
+}
+
+/// The per-CPU scratch a route lookup key is built in (too large for the BPF stack), laid
+/// out as an LPM trie key: the prefix length in bits, then the method code and the window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteLookup {
+    pub prefix_len: u32,
+    pub data: [u8; ROUTE_KEY_BYTES],
+}
+
 /// An HTTP/1.x request method. Codes are stable: they are in pinned route maps.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -42,6 +42,9 @@ pub struct PortRules {
     pub packet_rule: u32,
     /// Rule that counts new TCP connections (SYN without ACK).
     pub connection_rule: u32,
+    /// 1 when the port carries plaintext HTTP (`http.ports`): request starts on it are
+    /// looked up in the route trie.
+    pub http: u32,
 }
 
 /// One rate-limit rule as the kernel sees it, indexed by rule id in `RULES`.
@@ -199,7 +202,7 @@ pub struct EventBudget {
     pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<PortRules>() == 8);
+const _: () = assert!(core::mem::size_of::<PortRules>() == 12);
 const _: () = assert!(core::mem::size_of::<RuleConfig>() == 104);
 const _: () = assert!(core::mem::size_of::<AclEntry>() == 8);
 const _: () = assert!(core::mem::size_of::<BanEntry>() == 16);
@@ -207,6 +210,7 @@ const _: () = assert!(core::mem::size_of::<BlockEntry>() == 8);
 const _: () = assert!(core::mem::size_of::<BucketKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Bucket>() == 32);
 const _: () = assert!(core::mem::size_of::<BanGroup>() == 16);
+const _: () = assert!(core::mem::size_of::<http::RouteEntry>() == 8);
 // The kernel counts `excess` by compare-and-exchange of the aligned word it shares with
 // `epoch` (excess in the low half, little-endian).
 const _: () = assert!(core::mem::offset_of!(Bucket, excess) == 24);
@@ -233,4 +237,5 @@ mod pod {
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for EventBudget {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for crate::http::RouteEntry {}
 }

@@ -10,6 +10,7 @@ use core::mem::size_of;
 use crate::{
     AclEntry, BanEntry, BanGroup, BlockEntry, Bucket, BucketKey, CLASS_COUNT, Event, EventBudget,
     IfaceCounters, PortRules, RuleConfig, RuleCounters, Settings,
+    http::{MAX_ROUTE_KEYS, ROUTE_KEY_BYTES, RouteEntry, RouteLookup},
 };
 
 /// `BPF_MAP_TYPE_*` numbers from the kernel's uapi (include/uapi/linux/bpf.h).
@@ -177,6 +178,9 @@ pub struct PolicySetMaps {
     pub class_rules: MapSpec,
     /// Array indexed by rule id, value `RuleConfig`.
     pub rules: MapSpec,
+    /// LPM trie, key a method code and a request-target prefix (`agent_common::http`),
+    /// value `RouteEntry`: HTTP routes.
+    pub routes: MapSpec,
 }
 
 const fn policy_set(
@@ -185,6 +189,7 @@ const fn policy_set(
     port_rules: &'static str,
     class_rules: &'static str,
     rules: &'static str,
+    routes: &'static str,
 ) -> PolicySetMaps {
     PolicySetMaps {
         acl_v4: spec(
@@ -230,6 +235,14 @@ const fn policy_set(
             Entries::Fixed(MAX_RULES),
         )
         .holding(Contents::Policy),
+        routes: spec(
+            routes,
+            MapKind::LpmTrie,
+            4 + ROUTE_KEY_BYTES,
+            size_of::<RouteEntry>(),
+            Entries::Fixed(MAX_ROUTE_KEYS),
+        )
+        .holding(Contents::Policy),
     }
 }
 
@@ -240,6 +253,7 @@ pub const POLICY_SETS: [PolicySetMaps; 2] = [
         "PORT_RULES_0",
         "CLASS_RULES_0",
         "RULES_0",
+        "ROUTES_0",
     ),
     policy_set(
         "ACL_V4_1",
@@ -247,6 +261,7 @@ pub const POLICY_SETS: [PolicySetMaps; 2] = [
         "PORT_RULES_1",
         "CLASS_RULES_1",
         "RULES_1",
+        "ROUTES_1",
     ),
 ];
 
@@ -311,6 +326,15 @@ pub const ADMISSION: MapSpec = spec(
     4,
     8,
     Entries::Fixed(crate::admission::SLOTS),
+)
+.holding(Contents::Disposable);
+/// Per-CPU array with one `RouteLookup`: where a route lookup key is built.
+pub const ROUTE_SCRATCH: MapSpec = spec(
+    "ROUTE_SCRATCH",
+    MapKind::PerCpuArray,
+    4,
+    size_of::<RouteLookup>(),
+    Entries::Fixed(1),
 )
 .holding(Contents::Disposable);
 /// Per-CPU array of `u64`, laid out as the `COUNTER_*` constants say.
@@ -378,17 +402,19 @@ pub const EVENTS: MapSpec = spec(
 .holding(Contents::Disposable);
 
 /// Every map of the agent's object.
-pub const ALL: [MapSpec; 25] = [
+pub const ALL: [MapSpec; 28] = [
     POLICY_SETS[0].acl_v4,
     POLICY_SETS[0].acl_v6,
     POLICY_SETS[0].port_rules,
     POLICY_SETS[0].class_rules,
     POLICY_SETS[0].rules,
+    POLICY_SETS[0].routes,
     POLICY_SETS[1].acl_v4,
     POLICY_SETS[1].acl_v6,
     POLICY_SETS[1].port_rules,
     POLICY_SETS[1].class_rules,
     POLICY_SETS[1].rules,
+    POLICY_SETS[1].routes,
     GENERATION,
     BLOCKS_V4,
     BLOCKS_V6,
@@ -397,6 +423,7 @@ pub const ALL: [MapSpec; 25] = [
     BAN_GROUPS,
     BUCKETS,
     ADMISSION,
+    ROUTE_SCRATCH,
     COUNTERS,
     RULE_COUNTERS,
     IFACE_COUNTERS,

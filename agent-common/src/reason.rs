@@ -23,10 +23,14 @@ pub enum Reason {
     RateLimited = 6,
     /// Dropped: the frame claims to be IP but its headers are truncated or invalid.
     Malformed = 7,
+    /// Refused: an HTTP request for a route that is denied (`deny: true`).
+    RouteDenied = 8,
+    /// Refused: an HTTP request over its route's rate.
+    RouteLimited = 9,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 10] = [
         Reason::NoMatch,
         Reason::NotIp,
         Reason::Allowed,
@@ -35,6 +39,8 @@ impl Reason {
         Reason::Banned,
         Reason::RateLimited,
         Reason::Malformed,
+        Reason::RouteDenied,
+        Reason::RouteLimited,
     ];
     /// Codes once used and retired: never given to a new reason.
     pub const RETIRED: [u32; 0] = [];
@@ -50,6 +56,8 @@ impl Reason {
             Reason::Banned => "banned",
             Reason::RateLimited => "rate_limited",
             Reason::Malformed => "malformed",
+            Reason::RouteDenied => "route_denied",
+            Reason::RouteLimited => "route_limited",
         }
     }
 
@@ -63,6 +71,8 @@ impl Reason {
             5 => Some(Reason::Banned),
             6 => Some(Reason::RateLimited),
             7 => Some(Reason::Malformed),
+            8 => Some(Reason::RouteDenied),
+            9 => Some(Reason::RouteLimited),
             _ => None,
         }
     }
@@ -71,9 +81,12 @@ impl Reason {
     pub const fn action(self) -> Action {
         match self {
             Reason::NoMatch | Reason::NotIp | Reason::Allowed | Reason::WithinLimit => Action::Pass,
-            Reason::Denied | Reason::Banned | Reason::RateLimited | Reason::Malformed => {
-                Action::Drop
-            }
+            Reason::Denied
+            | Reason::Banned
+            | Reason::RateLimited
+            | Reason::Malformed
+            | Reason::RouteDenied
+            | Reason::RouteLimited => Action::Drop,
         }
     }
 }
@@ -115,6 +128,8 @@ mod tests {
             (5, "banned", Action::Drop),
             (6, "rate_limited", Action::Drop),
             (7, "malformed", Action::Drop),
+            (8, "route_denied", Action::Drop),
+            (9, "route_limited", Action::Drop),
         ];
         assert_eq!(Reason::ALL.len(), pinned.len());
         for (reason, (code, name, action)) in Reason::ALL.into_iter().zip(pinned) {
@@ -125,6 +140,6 @@ mod tests {
             assert_eq!(Reason::from_code(code), Some(reason));
             assert!(!Reason::RETIRED.contains(&code), "{code} is retired");
         }
-        assert_eq!(Reason::from_code(8), None);
+        assert_eq!(Reason::from_code(10), None);
     }
 }

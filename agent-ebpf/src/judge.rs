@@ -1,5 +1,5 @@
 //! The decision, in order: allow list, deny list, operator blocks, escalation bans,
-//! malformed headers, rate-limit rules, pass. Shared by the XDP and TC programs, which only
+//! malformed headers, rate-limit rules, HTTP routes, pass. Shared by the XDP and TC programs, which only
 //! translate the `Action`.
 //!
 //! A deny entry, ban or rule in shadow mode counts and reports what it would have dropped,
@@ -9,21 +9,25 @@ use crate::{
     acl, bans, blocks, clock,
     counters::{self, RuleOutcome},
     events,
+    http::{self, Frame},
     parse::{Packet, Parsed},
     policy_set::PolicySet,
     ratelimit::{self, Outcome},
 };
 use agent_common::{
-    ACL_ALLOW, Action, BLOCK_RULE, EventAction, MalformedCause, Mode, PortRules, Reason, port_key,
+    ACL_ALLOW, Action, BLOCK_RULE, EventAction, MalformedCause, Mode, PortRules, Reason,
+    http::{ROUTE_DENY, RouteEntry},
+    port_key,
 };
 
 /// The verdict on a parsed frame that arrived on `ifindex`, with its counters and events.
+/// `frame` gives the bytes past the headers (an HTTP request's target).
 #[inline(always)]
-pub fn judge(parsed: &Parsed, ifindex: u32) -> Action {
+pub fn judge<F: Frame>(frame: &F, parsed: &Parsed, ifindex: u32) -> Action {
     let action = match parsed {
         Parsed::NotIp => finish(Reason::NotIp),
         Parsed::Malformed(cause) => malformed(*cause),
-        Parsed::Ip(pkt) => judge_ip(pkt, ifindex),
+        Parsed::Ip(pkt) => judge_ip(frame, pkt, ifindex),
     };
     counters::interface(ifindex, action);
     action
@@ -59,7 +63,7 @@ fn enforce(pkt: &Packet, reason: Reason, rule: u32, mode: u32, ifindex: u32) -> 
 }
 
 #[inline(always)]
-fn judge_ip(pkt: &Packet, ifindex: u32) -> Action {
+fn judge_ip<F: Frame>(frame: &F, pkt: &Packet, ifindex: u32) -> Action {
     let policy = PolicySet::current();
     if let Some(entry) = acl::lookup(policy, pkt) {
         if entry.mode == ACL_ALLOW {
@@ -89,29 +93,68 @@ fn judge_ip(pkt: &Packet, ifindex: u32) -> Action {
         return malformed(cause);
     }
     let rules = rules_for(policy, pkt);
-    if rules.connection_rule == 0 && rules.packet_rule == 0 {
+    if rules.connection_rule == 0 && rules.packet_rule == 0 && rules.http == 0 {
         return finish(Reason::NoMatch);
     }
-    // Token buckets need the precise clock; nothing before them does.
-    let now = clock::precise_ns();
     let mut matched = false;
-    if pkt.syn && rules.connection_rule != 0 {
-        if limit(policy, pkt, rules.connection_rule, ifindex, now) {
-            return finish(Reason::RateLimited);
+    if rules.connection_rule != 0 || rules.packet_rule != 0 {
+        // Token buckets need the precise clock; nothing before them does.
+        let now = clock::precise_ns();
+        if pkt.syn && rules.connection_rule != 0 {
+            if limit(
+                policy,
+                pkt,
+                rules.connection_rule,
+                Reason::RateLimited,
+                ifindex,
+                now,
+            ) {
+                return finish(Reason::RateLimited);
+            }
+            matched = true;
         }
-        matched = true;
+        if rules.packet_rule != 0 {
+            if limit(
+                policy,
+                pkt,
+                rules.packet_rule,
+                Reason::RateLimited,
+                ifindex,
+                now,
+            ) {
+                return finish(Reason::RateLimited);
+            }
+            matched = true;
+        }
     }
-    if rules.packet_rule != 0 {
-        if limit(policy, pkt, rules.packet_rule, ifindex, now) {
-            return finish(Reason::RateLimited);
+    if rules.http != 0
+        && let Some(route) = http::route(frame, policy, pkt)
+    {
+        if let Some(reason) = judge_route(policy, pkt, route, ifindex) {
+            return finish(reason);
         }
-        matched = true;
+        // As for rate limits, a request its route's bucket took counts as within a limit;
+        // a denied route in shadow mode is as if it were not there.
+        matched |= route.kind != ROUTE_DENY;
     }
     finish(if matched {
         Reason::WithinLimit
     } else {
         Reason::NoMatch
     })
+}
+
+/// A request for `route`: the reason it is refused for, or `None` when it goes on.
+#[inline(always)]
+fn judge_route(policy: PolicySet, pkt: &Packet, route: RouteEntry, ifindex: u32) -> Option<Reason> {
+    if route.kind == ROUTE_DENY {
+        let mode = policy.rule(route.rule)?.mode;
+        return enforce(pkt, Reason::RouteDenied, route.rule, mode, ifindex)
+            .then_some(Reason::RouteDenied);
+    }
+    let now = clock::precise_ns();
+    limit(policy, pkt, route.rule, Reason::RouteLimited, ifindex, now)
+        .then_some(Reason::RouteLimited)
 }
 
 /// Rules scoped to the packet's port take precedence over rules for its whole class; the
@@ -131,9 +174,16 @@ fn rules_for(policy: PolicySet, pkt: &Packet) -> PortRules {
         .unwrap_or_default()
 }
 
-/// Runs the packet through one rule's bucket; true when it must be dropped.
+/// Runs the packet through one rule's bucket; true when it must be dropped (for `reason`).
 #[inline(always)]
-fn limit(policy: PolicySet, pkt: &Packet, rule: u32, ifindex: u32, now: u64) -> bool {
+fn limit(
+    policy: PolicySet,
+    pkt: &Packet,
+    rule: u32,
+    reason: Reason,
+    ifindex: u32,
+    now: u64,
+) -> bool {
     let Some(cfg) = policy.rule(rule) else {
         return false;
     };
@@ -155,7 +205,7 @@ fn limit(policy: PolicySet, pkt: &Packet, rule: u32, ifindex: u32, now: u64) -> 
                 };
                 events::report(pkt, Reason::Banned, rule, action, ifindex);
             }
-            enforce(pkt, Reason::RateLimited, rule, cfg.mode, ifindex)
+            enforce(pkt, reason, rule, cfg.mode, ifindex)
         }
     }
 }

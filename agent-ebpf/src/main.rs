@@ -14,6 +14,7 @@ mod blocks;
 mod clock;
 mod counters;
 mod events;
+mod http;
 mod judge;
 mod maps;
 mod parse;
@@ -31,7 +32,8 @@ use aya_ebpf::{
 #[xdp]
 pub fn portcullis_xdp(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
-    match judge::judge(&parse::parse(ctx.data(), ctx.data_end()), ifindex) {
+    let parsed = parse::parse(ctx.data(), ctx.data_end());
+    match judge::judge(&http::Xdp(&ctx), &parsed, ifindex) {
         Action::Pass => xdp_action::XDP_PASS,
         Action::Drop => xdp_action::XDP_DROP,
     }
@@ -64,7 +66,8 @@ pub fn portcullis_tc(ctx: TcContext) -> i32 {
     }
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let action = judge::judge(&parse::parse(ctx.data(), ctx.data_end()), ifindex);
+    let parsed = parse::parse(ctx.data(), ctx.data_end());
+    let action = judge::judge(&http::Tc(&ctx), &parsed, ifindex);
     match action {
         Action::Pass => TC_ACT_UNSPEC,
         Action::Drop => TC_ACT_SHOT,

@@ -6,6 +6,7 @@
 use agent_common::{
     AclEntry, BanEntry, BanGroup, BlockEntry, Bucket, BucketKey, EventBudget, IfaceCounters,
     PortRules, RuleConfig, RuleCounters, Settings,
+    http::{ROUTE_KEY_BYTES, RouteEntry, RouteLookup},
     maps::{self as spec, MapSpec, POLICY_SETS, PolicySetMaps},
 };
 use aya_ebpf::{
@@ -56,6 +57,12 @@ pub static RULES_0: Array<RuleConfig> =
 pub static RULES_1: Array<RuleConfig> =
     Array::with_max_entries(entries(SET_1.rules), SET_1.rules.flags);
 #[map]
+pub static ROUTES_0: LpmTrie<[u8; ROUTE_KEY_BYTES], RouteEntry> =
+    LpmTrie::with_max_entries(entries(SET_0.routes), SET_0.routes.flags);
+#[map]
+pub static ROUTES_1: LpmTrie<[u8; ROUTE_KEY_BYTES], RouteEntry> =
+    LpmTrie::with_max_entries(entries(SET_1.routes), SET_1.routes.flags);
+#[map]
 pub static GENERATION: Array<u32> =
     Array::with_max_entries(entries(spec::GENERATION), spec::GENERATION.flags);
 
@@ -84,6 +91,10 @@ pub static BUCKETS: LruHashMap<BucketKey, Bucket> =
 #[map]
 pub static ADMISSION: Array<u64> =
     Array::with_max_entries(entries(spec::ADMISSION), spec::ADMISSION.flags);
+
+#[map]
+pub static ROUTE_SCRATCH: PerCpuArray<RouteLookup> =
+    PerCpuArray::with_max_entries(entries(spec::ROUTE_SCRATCH), spec::ROUTE_SCRATCH.flags);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> =

@@ -264,8 +264,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 );
                 if let Some(http) = &loaded.http {
                     println!(
-                        "http: {} routes and {} response rules on ports {:?}; not enforced by \
-                         this version yet, which refuses to apply a policy with them",
+                        "http: {} routes and {} response rules on ports {:?}; this version \
+                         judges routes in shadow mode only and does not enforce response \
+                         rules: it refuses to apply anything else",
                         http.routes.len(),
                         http.responses.len(),
                         http.ports

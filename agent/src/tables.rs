@@ -1,16 +1,22 @@
 //! The policy as the kernel's map contents: LPM entries, port and class rule tables, rule
-//! configurations, under the ids and epochs `RuleIds` gives each rule.
+//! configurations, the route trie, under the ids and epochs `RuleIds` gives each rule.
 
 use std::collections::BTreeMap;
 
 use agent_common::{
     ACL_ALLOW, AclEntry, BLOCK_EPOCH, BLOCK_RULE, CLASS_COUNT, CLASS_ICMP, CLASS_OTHER, CLASS_TCP,
-    CLASS_UDP, PortRules, RuleConfig, Settings, port_key,
+    CLASS_UDP, PortRules, RuleConfig, Settings,
+    http::{ROUTE_DENY, ROUTE_KEY_BYTES, ROUTE_LIMIT, RouteEntry},
+    port_key,
 };
 use ipnet::IpNet;
 
 use crate::{
-    policy::{Count, Mode, Policy, Protocol, RateLimit},
+    policy::{
+        Count, Mode, Policy, Protocol, RateLimit,
+        http::{Http, Limit, Route, RouteAction},
+    },
+    routes,
     rule_ids::RuleIds,
 };
 
@@ -27,6 +33,8 @@ pub struct Tables {
     pub class_rules: [PortRules; CLASS_COUNT as usize],
     /// Rule configurations by id; deny groups have an id (for counters) but no entry here.
     pub rules: BTreeMap<u32, RuleConfig>,
+    /// The route trie: (prefix bits, method and target bytes) to the route.
+    pub routes: BTreeMap<(u32, [u8; ROUTE_KEY_BYTES]), RouteEntry>,
     pub settings: Settings,
 }
 
@@ -63,33 +71,45 @@ fn block_rule() -> RuleConfig {
 }
 
 fn rule_config(rule: &RateLimit) -> RuleConfig {
-    RuleConfig {
+    let limit = Limit {
         interval_ns: rule.interval_ns,
-        capacity_ns: rule.burst * rule.interval_ns,
-        ban_window_ns: rule.ban.map_or(0, |b| b.within_ns),
-        ban_for_ns: rule.ban.map_or(0, |b| b.for_ns),
-        ban_after: rule.ban.map_or(0, |b| b.after),
-        mode: rule.mode.code(),
+        burst: rule.burst,
+        prefix_v4: rule.prefix_v4,
+        prefix_v6: rule.prefix_v6,
+        ban: rule.ban,
+    };
+    limit_config(&limit, rule.mode)
+}
+
+/// The kernel's configuration of a rate limit or a rate-limited route.
+fn limit_config(limit: &Limit, mode: Mode) -> RuleConfig {
+    RuleConfig {
+        interval_ns: limit.interval_ns,
+        capacity_ns: limit.burst * limit.interval_ns,
+        ban_window_ns: limit.ban.map_or(0, |b| b.within_ns),
+        ban_for_ns: limit.ban.map_or(0, |b| b.for_ns),
+        ban_after: limit.ban.map_or(0, |b| b.after),
+        mode: mode.code(),
         epoch: 0,
-        prefix_v4: rule.prefix_v4 as u32,
-        prefix_v6: rule.prefix_v6 as u32,
-        mask_v4: mask_v4(rule.prefix_v4),
-        mask_v6: mask_v6(rule.prefix_v6),
-        ..aggregation(rule)
+        prefix_v4: limit.prefix_v4 as u32,
+        prefix_v6: limit.prefix_v6 as u32,
+        mask_v4: mask_v4(limit.prefix_v4),
+        mask_v6: mask_v6(limit.prefix_v6),
+        ..aggregation(limit)
     }
 }
 
 /// The rule's ban aggregation; a family widens only to a prefix wider than its groups.
-fn aggregation(rule: &RateLimit) -> RuleConfig {
-    let Some(aggregate) = rule.ban.map(|ban| ban.aggregate).filter(|a| a.after > 0) else {
+fn aggregation(limit: &Limit) -> RuleConfig {
+    let Some(aggregate) = limit.ban.map(|ban| ban.aggregate).filter(|a| a.after > 0) else {
         return RuleConfig::default();
     };
-    let v4 = if aggregate.prefix_v4 < rule.prefix_v4 {
+    let v4 = if aggregate.prefix_v4 < limit.prefix_v4 {
         aggregate.prefix_v4
     } else {
         0
     };
-    let v6 = if aggregate.prefix_v6 < rule.prefix_v6 {
+    let v6 = if aggregate.prefix_v6 < limit.prefix_v6 {
         aggregate.prefix_v6
     } else {
         0
@@ -101,6 +121,18 @@ fn aggregation(rule: &RateLimit) -> RuleConfig {
         aggregate_mask_v4: mask_v4(v4),
         aggregate_mask_v6: mask_v6(v6),
         ..RuleConfig::default()
+    }
+}
+
+/// The kernel's configuration of a route: its rate limit, or for a denied route only its
+/// mode (no rate: the route entry says it is refused).
+fn route_config(route: &Route) -> RuleConfig {
+    match &route.action {
+        RouteAction::Limit(limit) => limit_config(limit, route.mode),
+        RouteAction::Deny => RuleConfig {
+            mode: route.mode.code(),
+            ..RuleConfig::default()
+        },
     }
 }
 
@@ -130,6 +162,10 @@ pub fn build(policy: &Policy, ids: &mut RuleIds, cpus: u32) -> Tables {
     }
     for rule in &policy.rate_limits {
         wanted.push(rule.name.clone());
+    }
+    let http = policy.http.as_ref();
+    for route in http.iter().flat_map(|http| &http.routes) {
+        wanted.push(route.name.clone());
     }
     ids.assign(&wanted);
 
@@ -192,11 +228,43 @@ pub fn build(policy: &Policy, ids: &mut RuleIds, cpus: u32) -> Tables {
             }
         }
     }
+    if let Some(http) = http {
+        add_http(&mut tables, http, ids);
+    }
     tables.settings = Settings {
         events_per_cpu_per_sec: policy.events_per_second.div_ceil(cpus.max(1)),
         _pad: 0,
     };
     tables
+}
+
+/// HTTP ports (their port entries say so, inheriting the TCP class's rules where no rate
+/// limit names the port), route rules, and the route trie.
+fn add_http(tables: &mut Tables, http: &Http, ids: &mut RuleIds) {
+    for &port in &http.ports {
+        let inherited = tables.class_rules[CLASS_TCP as usize];
+        tables
+            .port_rules
+            .entry(port_key(CLASS_TCP, port))
+            .or_insert(inherited)
+            .http = 1;
+    }
+    for route in &http.routes {
+        let mut config = route_config(route);
+        config.epoch = ids.epoch(&route.name, &config);
+        tables.rules.insert(ids.id(&route.name), config);
+    }
+    for (key, index) in routes::compile(&http.routes) {
+        let route = &http.routes[index];
+        let entry = RouteEntry {
+            rule: ids.id(&route.name),
+            kind: match route.action {
+                RouteAction::Deny => ROUTE_DENY,
+                RouteAction::Limit(_) => ROUTE_LIMIT,
+            },
+        };
+        tables.routes.insert((key.bits, key.data), entry);
+    }
 }
 
 #[cfg(test)]
@@ -261,7 +329,8 @@ mod tests {
             t.port_rules[&port_key(CLASS_TCP, 80)],
             PortRules {
                 packet_rule: web,
-                connection_rule: conns
+                connection_rule: conns,
+                http: 0,
             }
         );
         assert_eq!(t.port_rules.len(), 1);
@@ -269,21 +338,24 @@ mod tests {
             t.class_rules[CLASS_TCP as usize],
             PortRules {
                 packet_rule: all,
-                connection_rule: conns
+                connection_rule: conns,
+                http: 0,
             }
         );
         assert_eq!(
             t.class_rules[CLASS_UDP as usize],
             PortRules {
                 packet_rule: all,
-                connection_rule: 0
+                connection_rule: 0,
+                http: 0,
             }
         );
         assert_eq!(
             t.class_rules[CLASS_OTHER as usize],
             PortRules {
                 packet_rule: all,
-                connection_rule: 0
+                connection_rule: 0,
+                http: 0,
             }
         );
     }
@@ -310,5 +382,41 @@ mod tests {
             "a changed rule starts fresh"
         );
         assert_eq!(changed.rules[&b].epoch, first.rules[&b].epoch);
+    }
+
+    #[test]
+    fn http_ports_routes_and_their_rules() {
+        let mut ids = RuleIds::default();
+        let t = tables(
+            "rate_limits:\n  - {name: syn, protocol: tcp, count: connections, rate: 10/s}\n\
+             http:\n  ports: [80]\n  routes:\n\
+             \x20   - {name: login, methods: [POST], path: /api/login, rate: 5/m, mode: shadow}\n\
+             \x20   - {name: hidden, path: /admin/, deny: true, mode: shadow}\n",
+            &mut ids,
+        );
+        // The HTTP port keeps the TCP class's rules and says it carries HTTP.
+        let port = t.port_rules[&port_key(CLASS_TCP, 80)];
+        assert_eq!(
+            (port.connection_rule, port.http),
+            (ids.id("syn"), 1),
+            "{port:?}"
+        );
+        assert_eq!(t.class_rules[CLASS_TCP as usize].http, 0);
+        let login = t.rules[&ids.id("login")];
+        assert_eq!(login.interval_ns, 12_000_000_000);
+        assert_eq!(login.mode, Mode::Shadow.code());
+        let hidden = t.rules[&ids.id("hidden")];
+        assert_eq!((hidden.interval_ns, hidden.mode), (0, Mode::Shadow.code()));
+        // POST /api/login with 3 segment ends; /admin/ for every method, as it is.
+        assert_eq!(t.routes.len(), 3 + agent_common::http::Method::ALL.len());
+        let kinds: Vec<(u32, u32)> = t.routes.values().map(|e| (e.rule, e.kind)).collect();
+        assert_eq!(
+            kinds
+                .iter()
+                .filter(|(rule, kind)| *rule == ids.id("login") && *kind == ROUTE_LIMIT)
+                .count(),
+            3
+        );
+        assert!(kinds.contains(&(ids.id("hidden"), ROUTE_DENY)));
     }
 }

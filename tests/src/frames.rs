@@ -56,6 +56,8 @@ pub struct FrameSpec {
     pub ipv4_fragment: (u16, bool),
     pub ipv6_exts: Vec<Ext>,
     pub payload: usize,
+    /// The payload's bytes; `None` is `payload` filler bytes.
+    pub content: Option<Vec<u8>>,
 }
 
 impl FrameSpec {
@@ -68,7 +70,15 @@ impl FrameSpec {
             ipv4_fragment: (0, false),
             ipv6_exts: Vec::new(),
             payload: 16,
+            content: None,
         }
+    }
+
+    /// Carries `content` as its payload (an HTTP request, say).
+    pub fn content(mut self, content: &[u8]) -> Self {
+        self.payload = content.len();
+        self.content = Some(content.to_vec());
+        self
     }
 
     pub fn udp(src: &str, dport: u16) -> Self {
@@ -118,7 +128,10 @@ impl FrameSpec {
             }
             L4::Raw { protocol } => IpNumber(*protocol),
         };
-        transport.extend(std::iter::repeat_n(0xab, self.payload));
+        match &self.content {
+            Some(content) => transport.extend_from_slice(content),
+            None => transport.extend(std::iter::repeat_n(0xab, self.payload)),
+        }
 
         let (ether_type, network) = match self.src {
             IpAddr::V4(src) => (

@@ -25,17 +25,25 @@
 //! a bucket at its second packet, through the kernel's admission sketch
 //! (`agent_common::admission`, shared code): the model keeps the sketch's slots too, since
 //! two groups sharing a slot can each cost the other its mark.
+//!
+//! HTTP routes are matched as the README states their semantics (a path, then the end of
+//! the target, `/` or `?`; the longest path; a named method before none), on the TCP
+//! payload from the data offset the header states, within the 192 target bytes the kernel
+//! reads: not through the agent's route compiler.
 
 use std::{collections::HashMap, net::IpAddr};
 
-use agent_common::{Action, BucketKey, MalformedCause, Reason, admission};
+use agent_common::{
+    Action, BucketKey, MalformedCause, Reason, admission,
+    http::{Method, TARGET_WINDOW},
+};
 use etherparse::{
     EtherType, Ethernet2Slice, Icmpv4Slice, Icmpv6Slice, IpAuthHeaderSlice, IpNumber,
     Ipv4HeaderSlice, Ipv6FragmentHeaderSlice, Ipv6HeaderSlice, Ipv6RawExtHeaderSlice,
     SingleVlanSlice, TcpHeaderSlice, UdpHeaderSlice, err,
 };
 use ipnet::IpNet;
-use portcullis::policy::{Count, Mode, Policy, Protocol, RateLimit};
+use portcullis::policy::{Count, Mode, Policy, Protocol, http::RouteAction};
 
 const HOUR_NS: u64 = 3_600_000_000_000;
 /// Difference 1.
@@ -58,6 +66,8 @@ pub struct Packet {
     port: Option<u16>,
     syn: bool,
     malformed: Option<MalformedCause>,
+    /// TCP payload: from the data offset the header states to the end of the frame.
+    payload: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]
@@ -138,6 +148,7 @@ fn parse_v6(ip: &[u8]) -> Parsed {
             port: None,
             syn: false,
             malformed: Some(cause),
+            payload: None,
         })
     };
     for _ in 0..MAX_IPV6_EXT_HEADERS {
@@ -222,6 +233,7 @@ fn transport(src: IpAddr, protocol: IpNumber, l4: &[u8], first_fragment: bool, v
         port: None,
         syn: false,
         malformed: None,
+        payload: None,
     };
     if !first_fragment {
         return pkt;
@@ -231,6 +243,8 @@ fn transport(src: IpAddr, protocol: IpNumber, l4: &[u8], first_fragment: bool, v
             Ok((port, syn)) => {
                 pkt.port = Some(port);
                 pkt.syn = syn;
+                let data_offset = usize::from(l4[12] >> 4) * 4;
+                pkt.payload = l4.get(data_offset..).map(<[u8]>::to_vec);
             }
             Err(cause) => pkt.malformed = Some(cause),
         },
@@ -284,7 +298,8 @@ pub struct Model {
     excess: HashMap<(usize, IpNet), u32>,
     /// The admission sketch: the tag each slot holds.
     admission: HashMap<u32, u64>,
-    /// Kernel rule id of each rate limit, by index: the sketch's slots depend on it.
+    /// Kernel rule id of each rate limit, then of each route, by bucket owner index (see
+    /// `Limited`): the sketch's slots depend on it.
     rule_ids: Vec<u32>,
     bans: HashMap<IpNet, usize>,
     pub verdicts: HashMap<Reason, u64>,
@@ -294,15 +309,6 @@ pub struct Model {
 
 fn contains(net: &IpNet, addr: &IpAddr) -> bool {
     net.contains(addr)
-}
-
-fn group(rule: &RateLimit, src: IpAddr) -> IpNet {
-    let prefix = if src.is_ipv4() {
-        rule.prefix_v4
-    } else {
-        rule.prefix_v6
-    };
-    IpNet::new(src, prefix).unwrap().trunc()
 }
 
 /// The kernel's bucket key of `group` under rule id `rule`: IPv4 groups as IPv4-mapped IPv6,
@@ -336,10 +342,18 @@ impl Model {
                 );
             }
         }
+        let routes = policy.http.iter().flat_map(|http| &http.routes);
+        for route in routes.clone() {
+            if let RouteAction::Limit(limit) = &route.action {
+                assert!(limit.interval_ns >= HOUR_NS, "route {} refills", route.name);
+                assert!(limit.ban.is_none(), "the model does not ban from routes");
+            }
+        }
         let rule_ids = policy
             .rate_limits
             .iter()
             .map(|rule| rule_ids[&rule.name])
+            .chain(routes.map(|route| rule_ids[&route.name]))
             .collect();
         Self {
             policy,
@@ -401,7 +415,7 @@ impl Model {
             .iter()
             .filter(|(net, _)| contains(net, &pkt.src))
             .max_by_key(|(net, _)| net.prefix_len())
-            .map(|(_, &rule)| self.policy.rate_limits[rule].mode);
+            .map(|(_, &owner)| self.owner_mode(owner));
         if let Some(mode) = ban_mode
             && self.decide(Reason::Banned, mode)
         {
@@ -419,8 +433,33 @@ impl Model {
         for &count in kinds {
             if let Some(rule) = self.rule_for(&pkt, count) {
                 matched = true;
-                if self.take(rule, &pkt) {
+                if self.take(self.rate_limit(rule), &pkt) {
                     return self.finish(Reason::RateLimited);
+                }
+            }
+        }
+        if let Some(index) = self.route_for(&pkt) {
+            let route = self.policy.http.as_ref().expect("routes").routes[index].clone();
+            match &route.action {
+                RouteAction::Deny => {
+                    if self.decide(Reason::RouteDenied, route.mode) {
+                        return self.finish(Reason::RouteDenied);
+                    }
+                }
+                RouteAction::Limit(limit) => {
+                    matched = true;
+                    let limited = Limited {
+                        owner: self.policy.rate_limits.len() + index,
+                        burst: limit.burst,
+                        prefix_v4: limit.prefix_v4,
+                        prefix_v6: limit.prefix_v6,
+                        ban_after: None,
+                        mode: route.mode,
+                        reason: Reason::RouteLimited,
+                    };
+                    if self.take(limited, &pkt) {
+                        return self.finish(Reason::RouteLimited);
+                    }
                 }
             }
         }
@@ -458,12 +497,73 @@ impl Model {
             .map(|(i, _)| i)
     }
 
+    fn rate_limit(&self, index: usize) -> Limited {
+        let rule = &self.policy.rate_limits[index];
+        Limited {
+            owner: index,
+            burst: rule.burst,
+            prefix_v4: rule.prefix_v4,
+            prefix_v6: rule.prefix_v6,
+            ban_after: rule.ban.map(|ban| ban.after),
+            mode: rule.mode,
+            reason: Reason::RateLimited,
+        }
+    }
+
+    /// The route of the request the packet's payload starts, if it is on an HTTP port and
+    /// a route matches: the route with the longest path, one naming the method before one
+    /// that does not. Matched as the README states it, independently of the agent's route
+    /// compiler: the path, then the end of the target, `/` or `?` (a path ending in `/` is
+    /// a boundary itself), within the 192 bytes of target the kernel reads.
+    fn route_for(&self, pkt: &Packet) -> Option<usize> {
+        let http = self.policy.http.as_ref()?;
+        if pkt.class != Class::Tcp || !http.ports.contains(&pkt.port?) {
+            return None;
+        }
+        let payload = pkt.payload.as_deref()?;
+        // The kernel reads a payload's first eight bytes at once: a shorter one starts no
+        // request (a request line is longer than that).
+        if payload.len() < 8 {
+            return None;
+        }
+        let (method, rest) = Method::ALL.into_iter().find_map(|m| {
+            let start = format!("{} ", m.name());
+            payload.strip_prefix(start.as_bytes()).map(|rest| (m, rest))
+        })?;
+        let window = &rest[..rest.len().min(TARGET_WINDOW)];
+        http.routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.methods.is_empty() || r.methods.contains(&method))
+            .filter(|(_, r)| {
+                let path = r.path.as_bytes();
+                window.starts_with(path)
+                    && (path.ends_with(b"/")
+                        || matches!(window.get(path.len()), Some(b' ' | b'/' | b'?')))
+            })
+            .max_by_key(|(_, r)| (r.path.len(), !r.methods.is_empty()))
+            .map(|(i, _)| i)
+    }
+
+    /// The mode of the rule or route that owns bucket `owner`.
+    fn owner_mode(&self, owner: usize) -> Mode {
+        let limits = &self.policy.rate_limits;
+        match limits.get(owner) {
+            Some(rule) => rule.mode,
+            None => self.policy.http.as_ref().expect("routes").routes[owner - limits.len()].mode,
+        }
+    }
+
     /// Takes a token; true when the packet must be dropped.
-    fn take(&mut self, index: usize, pkt: &Packet) -> bool {
-        let rule = self.policy.rate_limits[index].clone();
-        let key = (index, group(&rule, pkt.src));
+    fn take(&mut self, limited: Limited, pkt: &Packet) -> bool {
+        let prefix = if pkt.src.is_ipv4() {
+            limited.prefix_v4
+        } else {
+            limited.prefix_v6
+        };
+        let key = (limited.owner, IpNet::new(pkt.src, prefix).unwrap().trunc());
         if !self.used.contains_key(&key) {
-            let (slot, tag) = admission::slot(&bucket_key(self.rule_ids[index], &key.1));
+            let (slot, tag) = admission::slot(&bucket_key(self.rule_ids[limited.owner], &key.1));
             if self.admission.get(&slot) != Some(&tag) {
                 // The group's first packet: a mark in the sketch, and it passes.
                 self.admission.insert(slot, tag);
@@ -473,18 +573,31 @@ impl Model {
             self.used.insert(key, 1);
         }
         let used = self.used.entry(key).or_default();
-        if *used < rule.burst {
+        if *used < limited.burst {
             *used += 1;
             return false;
         }
-        if let Some(ban) = rule.ban {
+        if let Some(after) = limited.ban_after {
             let excess = self.excess.entry(key).or_default();
             *excess += 1;
-            if *excess >= ban.after {
+            if *excess >= after {
                 *excess = 0;
-                self.bans.insert(key.1, index);
+                self.bans.insert(key.1, limited.owner);
             }
         }
-        self.decide(Reason::RateLimited, rule.mode)
+        self.decide(limited.reason, limited.mode)
     }
+}
+
+/// What a bucket needs of its owner, a rate limit (owner = its index) or a route (owner =
+/// the number of rate limits + its index).
+#[derive(Debug, Clone, Copy)]
+struct Limited {
+    owner: usize,
+    burst: u64,
+    prefix_v4: u8,
+    prefix_v6: u8,
+    ban_after: Option<u32>,
+    mode: Mode,
+    reason: Reason,
 }

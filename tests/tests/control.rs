@@ -236,16 +236,23 @@ fn cli_errors_are_clear_and_exit_non_zero() {
     // A block that long would have wrapped the kernel's clock; without --ttl it is forever.
     let err = run(&agent, &["block", "192.0.2.1", "--ttl", "213503d"], 64);
     assert!(err.contains("at most 365d"), "{err}");
-    // Validated but not enforced yet: refused as a whole, not applied in part.
+    // Routes are judged in shadow mode only for now, and response rules not at all: a
+    // policy asking for more is refused as a whole, not applied in part.
     let http = s.file(
         "http.yaml",
         "http:\n  ports: [80]\n  routes:\n    - {name: hidden, path: /admin, deny: true}\n",
     );
     let err = run(&agent, &["policy", "apply", &http], 1);
     assert!(
-        err.contains("this version does not enforce it yet"),
+        err.contains("route 'hidden': this version judges routes in shadow mode only"),
         "{err}"
     );
+    let responses = s.file(
+        "responses.yaml",
+        "http:\n  ports: [80]\n  responses:\n    - {name: auth, status: [401], ban: {after: 5, for: 1m}}\n",
+    );
+    let err = run(&agent, &["policy", "apply", &responses], 1);
+    assert!(err.contains("response rule 'auth'"), "{err}");
     let status = json(&agent, &["status", "--json"]);
     assert_eq!(status["policy_version"], 1, "{status}");
 

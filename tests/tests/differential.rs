@@ -44,6 +44,12 @@ rate_limits:
   - {name: syslog-by-24, protocol: udp, ports: [514], rate: 1/h, burst: 2, prefix_v4: 24}
   - {name: tcp-all, protocol: tcp, rate: 1/h, burst: 40}
   - {name: icmp-all, protocol: icmp, rate: 1/h, burst: 20, ban: {after: 5, within: 1h, for: 1h}}
+http:
+  ports: [80, 8080]
+  routes:
+    - {name: r-login, methods: [POST], path: /api/login, rate: 1/h, burst: 2, mode: shadow}
+    - {name: r-api, path: /api, rate: 1/h, burst: 4, prefix_v4: 24, mode: shadow}
+    - {name: r-admin, path: /admin/, deny: true, mode: shadow}
 "#;
 
 /// A rule for every protocol catches all IP traffic no other rule takes, so with it no
@@ -87,12 +93,39 @@ fn source(rng: &mut StdRng) -> String {
 }
 
 fn port(rng: &mut StdRng) -> u16 {
-    const PORTS: [u16; 8] = [53, 443, 8005, 8080, 5353, 514, 9999, 8010];
+    const PORTS: [u16; 9] = [53, 443, 8005, 8080, 5353, 514, 9999, 8010, 80];
     if rng.random_bool(0.85) {
         PORTS[rng.random_range(0..PORTS.len())]
     } else {
         rng.random_range(1..=65535)
     }
+}
+
+/// A request line, or something that looks almost like one: methods, case, paths on and
+/// off segment boundaries, cut short.
+fn request(rng: &mut StdRng) -> Vec<u8> {
+    const METHODS: [&str; 7] = ["GET", "POST", "HEAD", "DELETE", "OPTIONS", "post", "GETX"];
+    const PATHS: [&str; 10] = [
+        "/api/login",
+        "/api/login/reset",
+        "/api/loginx",
+        "/api",
+        "/api/items?page=2",
+        "/admin/",
+        "/admin",
+        "/admin/users",
+        "/",
+        "*",
+    ];
+    const ENDS: [&str; 4] = [" HTTP/1.1\r\nHost: shop\r\n\r\n", "?next=/", "/", ""];
+    let method = METHODS[rng.random_range(0..METHODS.len())];
+    let path = PATHS[rng.random_range(0..PATHS.len())];
+    let end = ENDS[rng.random_range(0..ENDS.len())];
+    let mut line = format!("{method} {path}{end}").into_bytes();
+    if rng.random_bool(0.1) {
+        line.truncate(rng.random_range(0..=line.len()));
+    }
+    line
 }
 
 fn ext(rng: &mut StdRng) -> Ext {
@@ -139,8 +172,12 @@ fn random_frame(rng: &mut StdRng, shape: &mut Shape) -> Vec<u8> {
             protocol: [47, 50, 132, 59, 1, 58][rng.random_range(0..6)],
         },
     };
+    let tcp = matches!(l4, L4::Tcp { .. });
     let mut spec = FrameSpec::new(&src, l4);
     spec.payload = rng.random_range(0..40);
+    if tcp && rng.random_bool(0.4) {
+        spec = spec.content(&request(rng));
+    }
     spec.vlans = match rng.random_range(0..10) {
         0 => vec![ETH_P_8021Q],
         1 => vec![ETH_P_8021AD, ETH_P_8021Q],
@@ -173,7 +210,8 @@ fn random_frame(rng: &mut StdRng, shape: &mut Shape) -> Vec<u8> {
 
 fn policy(catch_all: bool) -> String {
     if catch_all {
-        format!("{POLICY}{CATCH_ALL}")
+        // The catch-all joins the rate limits, before the http section.
+        POLICY.replacen("http:\n", &format!("{CATCH_ALL}http:\n"), 1)
     } else {
         POLICY.to_string()
     }
@@ -280,13 +318,22 @@ fn kernel_agrees_with_the_reference_model_on_random_frames() {
             "{hook_name}: malformed counters by cause"
         );
         assert!(judged >= needed, "{hook_name}: only {judged} frames judged");
+        // Routes are judged in shadow mode only in this version: their reasons show as
+        // shadow hits, never as verdicts.
+        let routes = [Reason::RouteDenied, Reason::RouteLimited];
         for reason in Reason::ALL
             .into_iter()
-            .filter(|&r| !(catch_all && r == Reason::NoMatch))
+            .filter(|&r| !(routes.contains(&r) || catch_all && r == Reason::NoMatch))
         {
             assert!(
                 counters.verdict(reason) > 0,
                 "{hook_name}: the random frames never produced {reason:?}; the generator needs widening"
+            );
+        }
+        for reason in routes {
+            assert!(
+                counters.shadowed(reason) > 0,
+                "{hook_name}: the random frames never hit {reason:?}; the generator needs widening"
             );
         }
     }

@@ -75,6 +75,7 @@ fn packet(src: [u32; 4], v4: bool, protocol: u8) -> Packet {
         dport: 0,
         syn: false,
         malformed: None,
+        payload_off: 0,
     }
 }
 

@@ -57,6 +57,7 @@ pub fn parse(cursor: &mut Cursor, pkt: &mut Packet, first_fragment: bool) {
             if !first_fragment {
                 return;
             }
+            let header_off = cursor.pos - cursor.start;
             let Some(tcp) = cursor.take::<TcpHdr>() else {
                 pkt.malformed = Some(MalformedCause::TruncatedTcp);
                 return;
@@ -70,6 +71,8 @@ pub fn parse(cursor: &mut Cursor, pkt: &mut Packet, first_fragment: bool) {
             pkt.has_port = true;
             pkt.dport = u16::from_be(tcp.dport);
             pkt.syn = tcp.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+            // At most MAX_HEADER_BYTES + 60: fits a u16.
+            pkt.payload_off = (header_off + usize::from(tcp.doff_reserved >> 4) * 4) as u16;
         }
         IPPROTO_UDP => {
             pkt.class = CLASS_UDP;

@@ -27,6 +27,9 @@ pub struct Packet {
     pub syn: bool,
     /// The source is known but the headers after it are truncated or invalid, and why.
     pub malformed: Option<MalformedCause>,
+    /// Offset of the TCP payload from the frame's start (past the TCP options); 0 for
+    /// other protocols and fragments without the TCP header.
+    pub payload_off: u16,
 }
 
 /// The most bytes the parser reads: Ethernet, two VLAN tags, IPv6, the longest chain of
@@ -60,6 +63,7 @@ impl Parsed {
 #[inline(always)]
 pub fn parse(data: usize, data_end: usize) -> Parsed {
     let mut cursor = Cursor {
+        start: data,
         pos: data,
         end: data_end,
     };
@@ -73,6 +77,8 @@ pub fn parse(data: usize, data_end: usize) -> Parsed {
 
 /// A read position in the frame.
 pub struct Cursor {
+    /// The frame's first byte, to tell offsets.
+    pub start: usize,
     pub pos: usize,
     pub end: usize,
 }

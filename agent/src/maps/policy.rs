@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use agent_common::{
     AclEntry, PortRules, RuleConfig, RuleCounters, Settings,
+    http::{ROUTE_KEY_BYTES, RouteEntry},
     maps::{self as names, PolicySetMaps as Specs},
 };
 use aya::maps::{
@@ -24,6 +25,7 @@ pub(super) struct PolicySetMaps {
     port_rules: HashMap<MapData, u32, PortRules>,
     class_rules: Array<MapData, PortRules>,
     rules: Array<MapData, RuleConfig>,
+    routes: LpmTrie<MapData, [u8; ROUTE_KEY_BYTES], RouteEntry>,
 }
 
 impl PolicySetMaps {
@@ -38,6 +40,7 @@ impl PolicySetMaps {
             port_rules: typed(specs.port_rules.name, take(specs.port_rules.name)?)?,
             class_rules: typed(specs.class_rules.name, take(specs.class_rules.name)?)?,
             rules: typed(specs.rules.name, take(specs.rules.name)?)?,
+            routes: typed(specs.routes.name, take(specs.routes.name)?)?,
         })
     }
 
@@ -63,6 +66,12 @@ impl PolicySetMaps {
                     .map_err(ctx(specs.port_rules.name))?;
             }
         }
+        sync_lpm(
+            &mut self.routes,
+            &old.routes,
+            &new.routes,
+            specs.routes.name,
+        )?;
         for port in old
             .port_rules
             .keys()
@@ -106,6 +115,7 @@ impl PolicySetMaps {
         clear_keyed!(self.acl_v4, specs.acl_v4.name);
         clear_keyed!(self.acl_v6, specs.acl_v6.name);
         clear_keyed!(self.port_rules, specs.port_rules.name);
+        clear_keyed!(self.routes, specs.routes.name);
         for class in 0..agent_common::CLASS_COUNT {
             self.class_rules
                 .set(class, PortRules::default(), 0)

@@ -1,0 +1,134 @@
+//! HTTP/1.x requests on HTTP ports: a segment whose payload starts a request line
+//! ("METHOD target ...") has its method and the first `TARGET_WINDOW` bytes of its target
+//! looked up in the route trie (`agent_common::http`), one lookup whatever the number of
+//! routes. Segments that start no request (ACKs, body, responses) cost one 8-byte read.
+
+use agent_common::http::{Method, ROUTE_KEY_BYTES, RouteEntry, RouteLookup, TARGET_WINDOW};
+use aya_ebpf::{
+    helpers::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    maps::lpm_trie::Key,
+    programs::{TcContext, XdpContext},
+};
+
+use crate::{maps::ROUTE_SCRATCH, parse::Packet, policy_set::PolicySet};
+
+/// What the judge needs of a frame beyond its parsed headers: its bytes at an offset,
+/// linear or not, and its length.
+pub trait Frame {
+    /// Copies `len` bytes at `offset` to `dst`; false when the frame has fewer.
+    fn load(&self, offset: u32, dst: *mut u8, len: u32) -> bool;
+    /// The frame's length in bytes.
+    fn len(&self) -> u32;
+}
+
+pub struct Xdp<'a>(pub &'a XdpContext);
+
+impl Frame for Xdp<'_> {
+    #[inline(always)]
+    fn load(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: the helper checks `offset` and `len` against the frame, and the verifier
+        // checks `dst` for `len` bytes.
+        unsafe { bpf_xdp_load_bytes(self.0.ctx, offset, dst.cast(), len) == 0 }
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        (self.0.data_end() - self.0.data()) as u32
+    }
+}
+
+pub struct Tc<'a>(pub &'a TcContext);
+
+impl Frame for Tc<'_> {
+    #[inline(always)]
+    fn load(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: as for XDP; the helper reads non-linear data too.
+        unsafe { bpf_skb_load_bytes(self.0.skb.skb.cast(), offset, dst.cast(), len) == 0 }
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        self.0.len()
+    }
+}
+
+/// "METHOD " as it starts a request line, little-endian in a u64 (the first eight bytes of
+/// the payload), with the mask of its bytes.
+const fn pattern(method: Method) -> (u64, u64) {
+    let name = method.name().as_bytes();
+    let mut value = 0u64;
+    let mut i = 0;
+    while i < name.len() {
+        value |= (name[i] as u64) << (8 * i);
+        i += 1;
+    }
+    value |= (b' ' as u64) << (8 * i);
+    let bytes = name.len() + 1;
+    let mask = if bytes == 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * bytes)) - 1
+    };
+    (value, mask)
+}
+
+/// The method a payload's first eight bytes start a request line with, and the length of
+/// its name. An explicit chain of immediates: a table indexed in a loop would become a
+/// `.rodata` map.
+#[inline(always)]
+fn method_of(word: u64) -> Option<(Method, u32)> {
+    macro_rules! starts_with {
+        ($($method:ident),*) => {
+            $(
+                let (value, mask) = const { pattern(Method::$method) };
+                if word & mask == value {
+                    return Some((Method::$method, Method::$method.name().len() as u32));
+                }
+            )*
+        };
+    }
+    starts_with!(Get, Post, Put, Head, Delete, Patch, Options, Connect, Trace);
+    None
+}
+
+/// The route of the request `pkt`'s payload starts, if it starts one and a route matches.
+#[inline(always)]
+pub fn route<F: Frame>(frame: &F, policy: PolicySet, pkt: &Packet) -> Option<RouteEntry> {
+    let payload = u32::from(pkt.payload_off);
+    if payload == 0 {
+        return None;
+    }
+    let mut first = [0u8; 8];
+    if !frame.load(payload, first.as_mut_ptr(), 8) {
+        return None;
+    }
+    let (method, name_len) = method_of(u64::from_le_bytes(first))?;
+    let target = payload + name_len + 1;
+    let available = frame.len().checked_sub(target)?;
+    // At least one byte, at most the window, checked on the very register the helper gets:
+    // without the volatile read LLVM bounds a 32-bit copy of the length and passes the
+    // helper the unbounded original, which the verifier refuses.
+    let wanted = u64::from(available.min(TARGET_WINDOW as u32));
+    // SAFETY: reading a local.
+    let len = unsafe { core::ptr::read_volatile(&wanted) };
+    if len == 0 || len > TARGET_WINDOW as u64 {
+        return None;
+    }
+    let len = len as u32;
+    let scratch = ROUTE_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: a pointer from a successful lookup into this CPU's scratch value, which is
+    // `size_of::<RouteLookup>()` bytes: the method byte and `len` <= TARGET_WINDOW bytes
+    // after it fit.
+    unsafe {
+        let lookup: &mut RouteLookup = &mut *scratch;
+        lookup.data[0] = method.code();
+        if !frame.load(target, lookup.data.as_mut_ptr().add(1), len) {
+            return None;
+        }
+        // Bytes past `len` are left from an earlier packet: the trie only compares the
+        // first `prefix_len` bits.
+        lookup.prefix_len = 8 * (1 + len);
+        let key = &*(scratch as *const Key<[u8; ROUTE_KEY_BYTES]>);
+        policy.routes().get(key).copied()
+    }
+}
