@@ -15,14 +15,17 @@ pub enum EventAction {
     Banned = 2,
     /// Shadow mode: an escalation ban would have started.
     WouldBan = 3,
+    /// An HTTP request was refused by resetting its connection.
+    Reset = 4,
 }
 
 impl EventAction {
-    pub const ALL: [EventAction; 4] = [
+    pub const ALL: [EventAction; 5] = [
         EventAction::Dropped,
         EventAction::WouldDrop,
         EventAction::Banned,
         EventAction::WouldBan,
+        EventAction::Reset,
     ];
     /// Codes once used and retired: never given to a new action.
     pub const RETIRED: [u8; 0] = [];
@@ -37,6 +40,7 @@ impl EventAction {
             1 => Some(EventAction::WouldDrop),
             2 => Some(EventAction::Banned),
             3 => Some(EventAction::WouldBan),
+            4 => Some(EventAction::Reset),
             _ => None,
         }
     }
@@ -48,22 +52,24 @@ impl EventAction {
             EventAction::WouldDrop => "would_drop",
             EventAction::Banned => "ban",
             EventAction::WouldBan => "would_ban",
+            EventAction::Reset => "reset",
         }
     }
 
     /// The mode of the rule that acted.
     pub const fn mode(self) -> Mode {
         match self {
-            EventAction::Dropped | EventAction::Banned => Mode::Enforce,
+            EventAction::Dropped | EventAction::Banned | EventAction::Reset => Mode::Enforce,
             EventAction::WouldDrop | EventAction::WouldBan => Mode::Shadow,
         }
     }
 
     /// What happened to the packet: shadow actions let it pass.
     pub const fn verdict(self) -> crate::Action {
-        match self.mode() {
-            Mode::Enforce => crate::Action::Drop,
-            Mode::Shadow => crate::Action::Pass,
+        match (self, self.mode()) {
+            (EventAction::Reset, _) => crate::Action::Reset,
+            (_, Mode::Enforce) => crate::Action::Drop,
+            (_, Mode::Shadow) => crate::Action::Pass,
         }
     }
 }
@@ -104,6 +110,7 @@ mod tests {
             (1, "would_drop", Mode::Shadow),
             (2, "ban", Mode::Enforce),
             (3, "would_ban", Mode::Shadow),
+            (4, "reset", Mode::Enforce),
         ];
         assert_eq!(EventAction::ALL.len(), pinned.len());
         for (action, (code, name, mode)) in EventAction::ALL.into_iter().zip(pinned) {
@@ -114,6 +121,6 @@ mod tests {
             assert_eq!(EventAction::from_code(code), Some(action));
             assert!(!EventAction::RETIRED.contains(&code), "{code} is retired");
         }
-        assert_eq!(EventAction::from_code(4), None);
+        assert_eq!(EventAction::from_code(5), None);
     }
 }

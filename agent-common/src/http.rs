@@ -42,6 +42,21 @@ pub struct RouteLookup {
     pub data: [u8; ROUTE_KEY_BYTES],
 }
 
+/// Key of `RESET_FLOWS`: a TCP connection as its request segments carry it (source and
+/// destination addresses, IPv4 as IPv4-mapped IPv6, then source and destination ports).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub addrs: [u32; 8],
+    pub ports: u32,
+}
+
+/// How long a reset connection is remembered: its client's retransmissions of the refused
+/// request within this time are answered by the server's RST (see the kernel's `reset`).
+pub const RESET_MEMORY_NS: u64 = 60_000_000_000;
+/// Connections remembered at most.
+pub const RESET_FLOWS_ENTRIES: u32 = 16384;
+
 /// An HTTP/1.x request method. Codes are stable: they are in pinned route maps.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

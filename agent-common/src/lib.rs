@@ -211,6 +211,8 @@ const _: () = assert!(core::mem::size_of::<BucketKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Bucket>() == 32);
 const _: () = assert!(core::mem::size_of::<BanGroup>() == 16);
 const _: () = assert!(core::mem::size_of::<http::RouteEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<http::RouteLookup>() == 200);
+const _: () = assert!(core::mem::size_of::<http::FlowKey>() == 36);
 // The kernel counts `excess` by compare-and-exchange of the aligned word it shares with
 // `epoch` (excess in the low half, little-endian).
 const _: () = assert!(core::mem::offset_of!(Bucket, excess) == 24);

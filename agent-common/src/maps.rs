@@ -10,7 +10,9 @@ use core::mem::size_of;
 use crate::{
     AclEntry, BanEntry, BanGroup, BlockEntry, Bucket, BucketKey, CLASS_COUNT, Event, EventBudget,
     IfaceCounters, PortRules, RuleConfig, RuleCounters, Settings,
-    http::{MAX_ROUTE_KEYS, ROUTE_KEY_BYTES, RouteEntry, RouteLookup},
+    http::{
+        FlowKey, MAX_ROUTE_KEYS, RESET_FLOWS_ENTRIES, ROUTE_KEY_BYTES, RouteEntry, RouteLookup,
+    },
 };
 
 /// `BPF_MAP_TYPE_*` numbers from the kernel's uapi (include/uapi/linux/bpf.h).
@@ -337,6 +339,17 @@ pub const ROUTE_SCRATCH: MapSpec = spec(
     Entries::Fixed(1),
 )
 .holding(Contents::Disposable);
+/// LRU hash, key `FlowKey`, value the `bpf_ktime_get_coarse_ns` time a refused request's
+/// connection was reset: its retransmissions then go to the server without their payload,
+/// for the server (which has closed the connection) to answer with a RST.
+pub const RESET_FLOWS: MapSpec = spec(
+    "RESET_FLOWS",
+    MapKind::LruHash,
+    size_of::<FlowKey>(),
+    8,
+    Entries::Fixed(RESET_FLOWS_ENTRIES),
+)
+.holding(Contents::Disposable);
 /// Per-CPU array of `u64`, laid out as the `COUNTER_*` constants say.
 pub const COUNTERS: MapSpec = spec(
     "COUNTERS",
@@ -402,7 +415,7 @@ pub const EVENTS: MapSpec = spec(
 .holding(Contents::Disposable);
 
 /// Every map of the agent's object.
-pub const ALL: [MapSpec; 28] = [
+pub const ALL: [MapSpec; 29] = [
     POLICY_SETS[0].acl_v4,
     POLICY_SETS[0].acl_v6,
     POLICY_SETS[0].port_rules,
@@ -424,6 +437,7 @@ pub const ALL: [MapSpec; 28] = [
     BUCKETS,
     ADMISSION,
     ROUTE_SCRATCH,
+    RESET_FLOWS,
     COUNTERS,
     RULE_COUNTERS,
     IFACE_COUNTERS,

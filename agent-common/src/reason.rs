@@ -81,12 +81,10 @@ impl Reason {
     pub const fn action(self) -> Action {
         match self {
             Reason::NoMatch | Reason::NotIp | Reason::Allowed | Reason::WithinLimit => Action::Pass,
-            Reason::Denied
-            | Reason::Banned
-            | Reason::RateLimited
-            | Reason::Malformed
-            | Reason::RouteDenied
-            | Reason::RouteLimited => Action::Drop,
+            Reason::Denied | Reason::Banned | Reason::RateLimited | Reason::Malformed => {
+                Action::Drop
+            }
+            Reason::RouteDenied | Reason::RouteLimited => Action::Reset,
         }
     }
 }
@@ -110,6 +108,22 @@ const _: () = {
 pub enum Action {
     Pass,
     Drop,
+    /// Refused by resetting the connection: the segment, rewritten into a RST toward the
+    /// server, passes, so the server frees the connection and answers the client's next
+    /// segment with a RST of its own. Nobody is left waiting, as a silent drop would leave
+    /// them.
+    Reset,
+}
+
+impl Action {
+    /// The `verdict` label of metrics and events.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Action::Pass => "pass",
+            Action::Drop => "drop",
+            Action::Reset => "reset",
+        }
+    }
 }
 
 #[cfg(test)]
@@ -128,8 +142,8 @@ mod tests {
             (5, "banned", Action::Drop),
             (6, "rate_limited", Action::Drop),
             (7, "malformed", Action::Drop),
-            (8, "route_denied", Action::Drop),
-            (9, "route_limited", Action::Drop),
+            (8, "route_denied", Action::Reset),
+            (9, "route_limited", Action::Reset),
         ];
         assert_eq!(Reason::ALL.len(), pinned.len());
         for (reason, (code, name, action)) in Reason::ALL.into_iter().zip(pinned) {

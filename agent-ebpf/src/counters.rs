@@ -63,7 +63,8 @@ pub fn interface(ifindex: u32, action: Action) {
         let counters = unsafe { &mut *counters };
         match action {
             Action::Pass => counters.passed += 1,
-            Action::Drop => counters.dropped += 1,
+            // A reset refuses what it rewrites: counted with the drops.
+            Action::Drop | Action::Reset => counters.dropped += 1,
         }
     }
 }

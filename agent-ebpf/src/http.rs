@@ -5,12 +5,16 @@
 
 use agent_common::http::{Method, ROUTE_KEY_BYTES, RouteEntry, RouteLookup, TARGET_WINDOW};
 use aya_ebpf::{
-    helpers::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    bindings::BPF_CSUM_LEVEL_RESET,
+    helpers::{
+        bpf_csum_level, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_pull_data,
+        bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
+    },
     maps::lpm_trie::Key,
     programs::{TcContext, XdpContext},
 };
 
-use crate::{maps::ROUTE_SCRATCH, parse::Packet, policy_set::PolicySet};
+use crate::{maps::ROUTE_SCRATCH, parse::Packet, policy_set::PolicySet, reset};
 
 /// What the judge needs of a frame beyond its parsed headers: its bytes at an offset,
 /// linear or not, and its length.
@@ -19,6 +23,9 @@ pub trait Frame {
     fn load(&self, offset: u32, dst: *mut u8, len: u32) -> bool;
     /// The frame's length in bytes.
     fn len(&self) -> u32;
+    /// Rewrites the frame, a TCP segment, into a RST toward its receiver (see `reset`);
+    /// false when that failed and the frame must be dropped.
+    fn reset(&self) -> bool;
 }
 
 pub struct Xdp<'a>(pub &'a XdpContext);
@@ -35,6 +42,19 @@ impl Frame for Xdp<'_> {
     fn len(&self) -> u32 {
         (self.0.data_end() - self.0.data()) as u32
     }
+
+    #[inline(always)]
+    fn reset(&self) -> bool {
+        let Some(segment) = reset::Segment::of(self.0.data(), self.0.data_end()) else {
+            return false;
+        };
+        let shrink = segment.cut_len() as i32 - self.len() as i32;
+        // SAFETY: the helper checks the new length against the frame.
+        if shrink > 0 || unsafe { bpf_xdp_adjust_tail(self.0.ctx, shrink) } != 0 {
+            return false;
+        }
+        segment.rewrite(self.0.data(), self.0.data_end())
+    }
 }
 
 pub struct Tc<'a>(pub &'a TcContext);
@@ -49,6 +69,26 @@ impl Frame for Tc<'_> {
     #[inline(always)]
     fn len(&self) -> u32 {
         self.0.len()
+    }
+
+    #[inline(always)]
+    fn reset(&self) -> bool {
+        let Some(segment) = reset::Segment::of(self.0.data(), self.0.data_end()) else {
+            return false;
+        };
+        let len = segment.cut_len();
+        let skb = self.0.skb.skb.cast();
+        // SAFETY: the helpers check their arguments against the skb.
+        let resized =
+            unsafe { bpf_skb_change_tail(skb, len, 0) == 0 && bpf_skb_pull_data(skb, len) == 0 };
+        if !resized || !segment.rewrite(self.0.data(), self.0.data_end()) {
+            return false;
+        }
+        // The rewrite changed bytes a checksum the NIC or veth vouched for covered: have
+        // the stack check the (correct) checksums itself.
+        // SAFETY: as above.
+        unsafe { bpf_csum_level(skb, BPF_CSUM_LEVEL_RESET as u64) };
+        true
     }
 }
 
@@ -122,6 +162,7 @@ pub fn route<F: Frame>(frame: &F, policy: PolicySet, pkt: &Packet) -> Option<Rou
     unsafe {
         let lookup: &mut RouteLookup = &mut *scratch;
         lookup.data[0] = method.code();
+
         if !frame.load(target, lookup.data.as_mut_ptr().add(1), len) {
             return None;
         }

@@ -52,7 +52,12 @@ fn finish(reason: Reason) -> Action {
 fn enforce(pkt: &Packet, reason: Reason, rule: u32, mode: u32, ifindex: u32) -> bool {
     if mode == Mode::Enforce.code() {
         counters::rule(rule, RuleOutcome::Dropped);
-        events::report(pkt, reason, rule, EventAction::Dropped, ifindex);
+        let action = if reason.action() == Action::Reset {
+            EventAction::Reset
+        } else {
+            EventAction::Dropped
+        };
+        events::report(pkt, reason, rule, action, ifindex);
         true
     } else {
         counters::rule(rule, RuleOutcome::Shadowed);
@@ -131,7 +136,8 @@ fn judge_ip<F: Frame>(frame: &F, pkt: &Packet, ifindex: u32) -> Action {
         && let Some(route) = http::route(frame, policy, pkt)
     {
         if let Some(reason) = judge_route(policy, pkt, route, ifindex) {
-            return finish(reason);
+            let action = finish(reason);
+            return if frame.reset() { action } else { Action::Drop };
         }
         // As for rate limits, a request its route's bucket took counts as within a limit;
         // a denied route in shadow mode is as if it were not there.

@@ -20,6 +20,7 @@ mod maps;
 mod parse;
 mod policy_set;
 mod ratelimit;
+mod reset;
 
 use agent_common::Action;
 use aya_ebpf::{
@@ -34,7 +35,8 @@ pub fn portcullis_xdp(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     let parsed = parse::parse(ctx.data(), ctx.data_end());
     match judge::judge(&http::Xdp(&ctx), &parsed, ifindex) {
-        Action::Pass => xdp_action::XDP_PASS,
+        // A reset was rewritten into a RST by the judge: it goes up to the stack.
+        Action::Pass | Action::Reset => xdp_action::XDP_PASS,
         Action::Drop => xdp_action::XDP_DROP,
     }
 }
@@ -69,7 +71,7 @@ pub fn portcullis_tc(ctx: TcContext) -> i32 {
     let parsed = parse::parse(ctx.data(), ctx.data_end());
     let action = judge::judge(&http::Tc(&ctx), &parsed, ifindex);
     match action {
-        Action::Pass => TC_ACT_UNSPEC,
+        Action::Pass | Action::Reset => TC_ACT_UNSPEC,
         Action::Drop => TC_ACT_SHOT,
     }
 }

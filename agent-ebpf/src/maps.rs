@@ -6,7 +6,7 @@
 use agent_common::{
     AclEntry, BanEntry, BanGroup, BlockEntry, Bucket, BucketKey, EventBudget, IfaceCounters,
     PortRules, RuleConfig, RuleCounters, Settings,
-    http::{ROUTE_KEY_BYTES, RouteEntry, RouteLookup},
+    http::{FlowKey, ROUTE_KEY_BYTES, RouteEntry, RouteLookup},
     maps::{self as spec, MapSpec, POLICY_SETS, PolicySetMaps},
 };
 use aya_ebpf::{
@@ -95,6 +95,10 @@ pub static ADMISSION: Array<u64> =
 #[map]
 pub static ROUTE_SCRATCH: PerCpuArray<RouteLookup> =
     PerCpuArray::with_max_entries(entries(spec::ROUTE_SCRATCH), spec::ROUTE_SCRATCH.flags);
+
+#[map]
+pub static RESET_FLOWS: LruHashMap<FlowKey, u64> =
+    LruHashMap::with_max_entries(entries(spec::RESET_FLOWS), spec::RESET_FLOWS.flags);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> =

@@ -182,21 +182,9 @@ impl Enforcer {
 }
 
 /// Refuses what this version validates but does not enforce yet, rather than accepting a
-/// policy and silently leaving part of it out: routes are judged in shadow mode only (in
-/// enforce mode a refused request must reset its connection, which is not built yet), and
-/// response rules not at all.
+/// policy and silently leaving part of it out: response rules.
 fn enforceable(policy: &Policy) -> Result<()> {
-    let Some(http) = &policy.http else {
-        return Ok(());
-    };
-    if let Some(route) = http.routes.iter().find(|r| r.mode != Mode::Shadow) {
-        bail!(
-            "route '{}': this version judges routes in shadow mode only (counted and \
-             reported, never refused); give it `mode: shadow`",
-            route.name
-        );
-    }
-    if let Some(rule) = http.responses.first() {
+    if let Some(rule) = policy.http.iter().flat_map(|http| &http.responses).next() {
         bail!(
             "response rule '{}': this version validates response rules but does not \
              enforce them yet; remove them to put the rest of the policy in force",

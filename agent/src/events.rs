@@ -6,7 +6,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use agent_common::{Action, Event, EventAction, MalformedCause, Reason, RuleCounters};
+use agent_common::{Event, EventAction, MalformedCause, Reason, RuleCounters};
 use serde_json::json;
 
 use crate::{maps::Counters, telemetry::RulesInForce};
@@ -63,14 +63,7 @@ pub fn format(
     ifaces: &HashMap<u32, String>,
 ) -> String {
     let (action, mode, verdict) = match EventAction::from_code(event.action) {
-        Some(action) => (
-            action.name(),
-            action.mode().name(),
-            match action.verdict() {
-                Action::Pass => "pass",
-                Action::Drop => "drop",
-            },
-        ),
+        Some(action) => (action.name(), action.mode().name(), action.verdict().name()),
         None => ("unknown", "unknown", "unknown"),
     };
     let rule = rules.name(event.rule);

@@ -89,10 +89,7 @@ pub fn render(s: &Snapshot) -> String {
         "Packets by final verdict and the reason for it",
     );
     for reason in Reason::ALL {
-        let verdict = match reason.action() {
-            agent_common::Action::Pass => "pass",
-            agent_common::Action::Drop => "drop",
-        };
+        let verdict = reason.action().name();
         packets
             .get_or_create(&labels(&[("reason", reason.name()), ("verdict", verdict)]))
             .inc_by(s.counters.verdict(reason));

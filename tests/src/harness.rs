@@ -84,6 +84,14 @@ impl Harness {
         self.programs.tc(frame)
     }
 
+    pub fn xdp_out(&self, frame: &[u8]) -> Result<(Action, Vec<u8>)> {
+        self.programs.xdp_out(frame)
+    }
+
+    pub fn tc_out(&self, frame: &[u8]) -> Result<(Action, Vec<u8>)> {
+        self.programs.tc_out(frame)
+    }
+
     pub fn counters(&self) -> Result<Counters> {
         Ok(self.telemetry.counters()?)
     }
@@ -122,41 +130,62 @@ impl Programs {
 
     /// Runs the XDP program once on `frame`.
     pub fn xdp(&self, frame: &[u8]) -> Result<Action> {
+        Ok(self.xdp_out(frame)?.0)
+    }
+
+    /// Runs the XDP program once on `frame`: the verdict, and the frame as it left (a
+    /// reset rewrites it into a RST).
+    pub fn xdp_out(&self, frame: &[u8]) -> Result<(Action, Vec<u8>)> {
         let program: &Xdp = self
             .ebpf
             .program(XDP_PROGRAM)
             .context("no XDP program")?
             .try_into()?;
+        let mut out = vec![0u8; frame.len() + 256];
         let result = program
             .test_run(TestRunOptions {
                 data_in: Some(frame),
+                data_out: Some(&mut out),
                 ..Default::default()
             })
             .map_err(|e| anyhow!("BPF_PROG_TEST_RUN (XDP) on {} bytes: {e}", frame.len()))?;
-        match result.return_value {
-            XDP_PASS => Ok(Action::Pass),
-            XDP_DROP => Ok(Action::Drop),
+        out.truncate(result.data_size_out as usize);
+        let action = match result.return_value {
+            XDP_PASS if out != frame => Action::Reset,
+            XDP_PASS => Action::Pass,
+            XDP_DROP => Action::Drop,
             other => bail!("XDP program returned {other}"),
-        }
+        };
+        Ok((action, out))
     }
 
     /// Runs the TC program once on `frame` (at least 14 bytes: the kernel refuses less).
     pub fn tc(&self, frame: &[u8]) -> Result<Action> {
+        Ok(self.tc_out(frame)?.0)
+    }
+
+    /// As `xdp_out`, through the TC program.
+    pub fn tc_out(&self, frame: &[u8]) -> Result<(Action, Vec<u8>)> {
         let program: &SchedClassifier = self
             .ebpf
             .program(TC_PROGRAM)
             .context("no TC program")?
             .try_into()?;
+        let mut out = vec![0u8; frame.len() + 256];
         let result = program
             .test_run(TestRunOptions {
                 data_in: Some(frame),
+                data_out: Some(&mut out),
                 ..Default::default()
             })
             .map_err(|e| anyhow!("BPF_PROG_TEST_RUN (TC) on {} bytes: {e}", frame.len()))?;
-        match result.return_value {
-            TC_ACT_UNSPEC => Ok(Action::Pass),
-            TC_ACT_SHOT => Ok(Action::Drop),
+        out.truncate(result.data_size_out as usize);
+        let action = match result.return_value {
+            TC_ACT_UNSPEC if out != frame => Action::Reset,
+            TC_ACT_UNSPEC => Action::Pass,
+            TC_ACT_SHOT => Action::Drop,
             other => bail!("TC program returned {other}"),
-        }
+        };
+        Ok((action, out))
     }
 }

@@ -236,17 +236,8 @@ fn cli_errors_are_clear_and_exit_non_zero() {
     // A block that long would have wrapped the kernel's clock; without --ttl it is forever.
     let err = run(&agent, &["block", "192.0.2.1", "--ttl", "213503d"], 64);
     assert!(err.contains("at most 365d"), "{err}");
-    // Routes are judged in shadow mode only for now, and response rules not at all: a
-    // policy asking for more is refused as a whole, not applied in part.
-    let http = s.file(
-        "http.yaml",
-        "http:\n  ports: [80]\n  routes:\n    - {name: hidden, path: /admin, deny: true}\n",
-    );
-    let err = run(&agent, &["policy", "apply", &http], 1);
-    assert!(
-        err.contains("route 'hidden': this version judges routes in shadow mode only"),
-        "{err}"
-    );
+    // Response rules are validated but not enforced yet: a policy with them is refused as
+    // a whole, not applied in part.
     let responses = s.file(
         "responses.yaml",
         "http:\n  ports: [80]\n  responses:\n    - {name: auth, status: [401], ban: {after: 5, for: 1m}}\n",

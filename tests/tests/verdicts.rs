@@ -1153,3 +1153,116 @@ fn http_requests_are_judged_by_their_route() {
         "XDP and TC, three times each"
     );
 }
+
+/// A refused request is rewritten into a bare RST with the request's sequence number (or,
+/// for a retransmission on a connection already reset, `rst` false, a bare ACK), in XDP and
+/// TC, IPv4 and IPv6 alike: no payload, no options, lengths and checksums right.
+fn assert_is_reset_of(what: &str, out: &[u8], request: &[u8], rst: bool) {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let sent = SlicedPacket::from_ethernet(request).unwrap();
+    let got = SlicedPacket::from_ethernet(out).unwrap_or_else(|e| panic!("{what}: {e:?}"));
+    let (Some(TransportSlice::Tcp(sent_tcp)), Some(TransportSlice::Tcp(tcp))) =
+        (&sent.transport, &got.transport)
+    else {
+        panic!("{what}: not TCP");
+    };
+    assert!(
+        tcp.rst() == rst && tcp.ack() && !tcp.syn() && !tcp.fin() && !tcp.psh(),
+        "{what}: flags"
+    );
+    assert_eq!(
+        tcp.sequence_number(),
+        sent_tcp.sequence_number(),
+        "{what}: seq"
+    );
+    assert_eq!(
+        (tcp.source_port(), tcp.destination_port()),
+        (sent_tcp.source_port(), sent_tcp.destination_port()),
+        "{what}: ports"
+    );
+    assert!(tcp.payload().is_empty(), "{what}: payload left");
+    assert_eq!(tcp.slice().len(), 20, "{what}: options left");
+    let checksum = match &got.net {
+        Some(NetSlice::Ipv4(ip)) => {
+            assert_eq!(
+                ip.header().total_len() as usize,
+                ip.header().slice().len() + 20,
+                "{what}: IPv4 total length"
+            );
+            let header = ip.header().to_header();
+            assert_eq!(
+                header.header_checksum,
+                header.calc_header_checksum(),
+                "{what}: IPv4 header checksum"
+            );
+            tcp.to_header().calc_checksum_ipv4(&header, &[]).unwrap()
+        }
+        Some(NetSlice::Ipv6(ip)) => {
+            assert_eq!(
+                ip.header().payload_length(),
+                20,
+                "{what}: IPv6 payload length"
+            );
+            tcp.to_header()
+                .calc_checksum_ipv6(&ip.header().to_header(), &[])
+                .unwrap()
+        }
+        _ => panic!("{what}: not IP"),
+    };
+    assert_eq!(tcp.checksum(), checksum, "{what}: TCP checksum");
+}
+
+#[test]
+fn refused_requests_reset_their_connection() {
+    require_kernel!();
+    let policy = "http:\n  ports: [80]\n  routes:\n    - {name: login, methods: [POST], path: /api/login, rate: 1/h, burst: 1}\n    - {name: hidden, path: /admin, deny: true}\n";
+    let h = Harness::new(policy).unwrap();
+    for (n, src) in ["203.0.113.60", "2001:db8:77::60"].into_iter().enumerate() {
+        // Each hook's requests on a connection of their own (a source port each).
+        let request = |text: &str, sport: u16| {
+            let mut frame = FrameSpec::tcp(src, 80, false, true)
+                .content(text.as_bytes())
+                .build();
+            let tcp = frame.len() - text.len() - 20;
+            // (The kernel reads no TCP checksum; the RST's is checked on its own.)
+            frame[tcp..tcp + 2].copy_from_slice(&sport.to_be_bytes());
+            frame
+        };
+        let admin_text = "GET /admin HTTP/1.1\r\nHost: shop\r\nCookie: x\r\n\r\n";
+        for (hook, run, sport) in [
+            (
+                "xdp",
+                Harness::xdp_out as fn(&Harness, &[u8]) -> _,
+                41000 + n as u16,
+            ),
+            ("tc", Harness::tc_out, 42000 + n as u16),
+        ] {
+            let admin = request(admin_text, sport);
+            let what = format!("{src} {hook}: /admin");
+            let (action, out) = run(&h, &admin).unwrap();
+            assert_eq!(action, Action::Reset, "{what}");
+            assert_is_reset_of(&what, &out, &admin, true);
+            // Its retransmission goes on as a bare ACK, for the server's RST.
+            let (action, out) = run(&h, &admin).unwrap();
+            assert_eq!(action, Action::Reset, "{what}, again");
+            assert_is_reset_of(&format!("{what}, again"), &out, &admin, false);
+        }
+        let login = request(
+            "POST /api/login HTTP/1.1\r\nHost: shop\r\n\r\nuser=a&password=b",
+            43000 + n as u16,
+        );
+        check_xdp(
+            &h,
+            &format!("{src}: login"),
+            &login,
+            Reason::WithinLimit,
+            &[],
+        );
+        let (action, out) = h.xdp_out(&login).unwrap();
+        assert_eq!(action, Action::Reset, "{src}: login over its rate");
+        assert_is_reset_of(&format!("{src}: login over its rate"), &out, &login, true);
+    }
+    let counters = h.counters().unwrap();
+    assert_eq!(counters.verdict(Reason::RouteDenied), 8);
+    assert_eq!(counters.verdict(Reason::RouteLimited), 2);
+}

@@ -7,7 +7,8 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use crate::cmd;
 
 /// Debian packages: iproute2 and util-linux (ip, nsenter) for the namespace tests and the
-/// demo, python3 for the HTTP server in the tests, bpftool for inspecting programs; for the
+/// demo, python3 for the HTTP server in the tests and curl for the client whose requests
+/// routes refuse, bpftool for inspecting programs; for the
 /// benchmarks, the baselines (iptables, nftables), ethtool (veth GRO) and wrk (HTTP load);
 /// buildah to build the container image; podman and runc to run it as the DaemonSet would;
 /// python3-venv for the Kubernetes tools' virtualenv.
@@ -15,6 +16,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
     "python3",
+    "curl",
     "bpftool",
     "iptables",
     "nftables",

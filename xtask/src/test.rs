@@ -36,6 +36,7 @@ const KERNEL_TESTS: &[&str] = &["verdicts", "object", "differential", "cli"];
 /// Kernel tests that assert rates or timing windows while other tests of the same file
 /// flood: their tests run one at a time.
 const KERNEL_TESTS_SERIAL: &[&str] = &[
+    "http",
     "flood",
     "buckets",
     "netns",

@@ -76,11 +76,16 @@ fn packet(src: [u32; 4], v4: bool, protocol: u8) -> Packet {
         syn: false,
         malformed: None,
         payload_off: 0,
+        l3_off: 0,
+        l4_off: 0,
+        ip6: false,
     }
 }
 
 #[inline(always)]
 pub fn parse_v4(cursor: &mut Cursor) -> Parsed {
+    // At most the Ethernet header and two VLAN tags.
+    let l3_off = (cursor.pos - cursor.start) as u16;
     let Some(hdr) = cursor.take::<Ipv4Hdr>() else {
         return Parsed::Malformed(MalformedCause::TruncatedIpv4);
     };
@@ -95,6 +100,7 @@ pub fn parse_v4(cursor: &mut Cursor) -> Parsed {
         return Parsed::Malformed(MalformedCause::TruncatedIpv4Options);
     }
     let mut pkt = packet([0, 0, V4_MAPPED_WORD, hdr.saddr], true, hdr.protocol);
+    pkt.l3_off = l3_off;
     // Only the first fragment (offset 0) carries the transport header; later fragments are
     // judged on their addresses and protocol.
     let first_fragment = u16::from_be(hdr.frag_off) & 0x1fff == 0;
@@ -104,6 +110,7 @@ pub fn parse_v4(cursor: &mut Cursor) -> Parsed {
 
 #[inline(always)]
 pub fn parse_v6(cursor: &mut Cursor) -> Parsed {
+    let l3_off = (cursor.pos - cursor.start) as u16;
     let Some(hdr) = cursor.take::<Ipv6Hdr>() else {
         return Parsed::Malformed(MalformedCause::TruncatedIpv6);
     };
@@ -113,6 +120,8 @@ pub fn parse_v6(cursor: &mut Cursor) -> Parsed {
         return Parsed::Malformed(MalformedCause::BadIpv6Version);
     }
     let mut pkt = packet(hdr.saddr, false, hdr.nexthdr);
+    pkt.l3_off = l3_off;
+    pkt.ip6 = true;
     match walk_extension_headers(cursor, hdr.nexthdr) {
         Ok(Transport::Header(protocol)) => {
             pkt.protocol = protocol;

@@ -73,6 +73,7 @@ pub fn parse(cursor: &mut Cursor, pkt: &mut Packet, first_fragment: bool) {
             pkt.syn = tcp.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
             // At most MAX_HEADER_BYTES + 60: fits a u16.
             pkt.payload_off = (header_off + usize::from(tcp.doff_reserved >> 4) * 4) as u16;
+            pkt.l4_off = header_off as u16;
         }
         IPPROTO_UDP => {
             pkt.class = CLASS_UDP;

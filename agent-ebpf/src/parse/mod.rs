@@ -30,6 +30,12 @@ pub struct Packet {
     /// Offset of the TCP payload from the frame's start (past the TCP options); 0 for
     /// other protocols and fragments without the TCP header.
     pub payload_off: u16,
+    /// Offsets of the IP header and of the TCP header (0 without one), and whether the IP
+    /// header is IPv6 (an IPv4-mapped source has `v4` set on an IPv6 header): what a
+    /// segment's rewrite into a reset needs.
+    pub l3_off: u16,
+    pub l4_off: u16,
+    pub ip6: bool,
 }
 
 /// The most bytes the parser reads: Ethernet, two VLAN tags, IPv6, the longest chain of

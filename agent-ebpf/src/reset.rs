@@ -1,0 +1,196 @@
+//! Refusing an HTTP request without leaving anyone waiting. The request segment is
+//! rewritten in place into a bare RST with the request's own sequence number and passed up:
+//! the server's stack takes it (its sequence number is the next byte the server expects,
+//! as RFC 5961 wants of a RST) and frees the connection. The connection is remembered
+//! (`RESET_FLOWS`), and the client's retransmissions of the request are passed on as bare
+//! ACKs, without their payload: the server, which has no connection for them any more,
+//! answers each with a RST, so the client sees the reset too. (Were they turned into RSTs
+//! as well, the server would drop them silently, and the client would retransmit until it
+//! gave up.) A dropped segment would leave the client retransmitting and the server's
+//! socket waiting.
+//!
+//! The caller first cuts the frame to end 20 bytes into the TCP header (XDP:
+//! `bpf_xdp_adjust_tail`, TC: `bpf_skb_change_tail`); `rewrite` then fixes the headers of
+//! what is left: TCP options and payload gone, IP length, both checksums.
+
+use agent_common::http::{FlowKey, RESET_MEMORY_NS};
+
+use crate::{
+    clock,
+    maps::RESET_FLOWS,
+    parse::{self, Parsed},
+};
+
+const TCP_HEADER: usize = 20;
+const IPV6_HEADER: usize = 40;
+const IPPROTO_TCP: u32 = 6;
+const TCP_FLAG_RST: u8 = 0x04;
+const TCP_FLAG_ACK: u8 = 0x10;
+/// Bounds on the header offsets the parser produces, as masks the verifier follows.
+const MAX_L3_OFF: usize = 0x7f;
+const MAX_L4_OFF: usize = 0x7fff;
+/// `::ffff:0:0/96`'s third word, as it lies in memory.
+const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// Where a segment's headers are, and whether it is the first refusal on its connection.
+pub struct Segment {
+    l3_off: usize,
+    l4_off: usize,
+    ip6: bool,
+    first: bool,
+}
+
+impl Segment {
+    /// The TCP segment in the frame at `[data, data_end)`, parsed again: the judge does not
+    /// carry header offsets through every path for the few frames it resets (the verifier
+    /// then could not prune its states).
+    #[inline(always)]
+    pub fn of(data: usize, data_end: usize) -> Option<Segment> {
+        let Parsed::Ip(pkt) = parse::parse(data, data_end) else {
+            return None;
+        };
+        // Masks rather than comparisons: the verifier then bounds the very register a
+        // pointer is made from (LLVM may compare a copy); real offsets are below both.
+        let mut segment = Segment {
+            l3_off: usize::from(pkt.l3_off) & MAX_L3_OFF,
+            l4_off: usize::from(pkt.l4_off) & MAX_L4_OFF,
+            ip6: pkt.ip6,
+            first: true,
+        };
+        if segment.l4_off == 0 {
+            return None;
+        }
+        let flow = segment.flow(data, data_end)?;
+        let now = clock::coarse_ns();
+        if let Some(reset_at) = RESET_FLOWS.get_ptr(flow) {
+            // SAFETY: a pointer from a successful lookup.
+            segment.first = now.saturating_sub(unsafe { *reset_at }) >= RESET_MEMORY_NS;
+        }
+        if segment.first {
+            // A full map forgets its oldest: at worst a retransmission is reset again.
+            let _ = RESET_FLOWS.insert(flow, now, 0);
+        }
+        Some(segment)
+    }
+
+    /// The segment's connection: addresses and ports from its headers.
+    #[inline(always)]
+    fn flow(&self, data: usize, data_end: usize) -> Option<FlowKey> {
+        let l3 = data + self.l3_off;
+        let tcp = data + self.l4_off;
+        if tcp + 4 > data_end || l3 + IPV6_HEADER > data_end && (self.ip6 || l3 + 20 > data_end) {
+            return None;
+        }
+        let mut flow = FlowKey::default();
+        // SAFETY: the reads below are inside the bounds checked above.
+        unsafe {
+            flow.ports = (tcp as *const u32).read_unaligned();
+            if self.ip6 {
+                for i in 0..8 {
+                    flow.addrs[i] = ((l3 + 8 + 4 * i) as *const u32).read_unaligned();
+                }
+            } else {
+                flow.addrs[2] = V4_MAPPED_WORD;
+                flow.addrs[3] = ((l3 + 12) as *const u32).read_unaligned();
+                flow.addrs[6] = V4_MAPPED_WORD;
+                flow.addrs[7] = ((l3 + 16) as *const u32).read_unaligned();
+            }
+        }
+        Some(flow)
+    }
+
+    /// The frame length the segment is cut to before `rewrite`: its TCP header's first
+    /// 20 bytes are the last.
+    #[inline(always)]
+    pub fn cut_len(&self) -> u32 {
+        (self.l4_off + TCP_HEADER) as u32
+    }
+
+    /// Rewrites the frame at `[data, data_end)`, already cut to `cut_len`, into a RST;
+    /// false when it is not what the segment describes (then it is dropped).
+    #[inline(always)]
+    pub fn rewrite(&self, data: usize, data_end: usize) -> bool {
+        rewrite(self, data, data_end)
+    }
+}
+
+/// Ones'-complement sum of the big-endian 16-bit words at `at`, `words` of them.
+///
+/// # Safety
+/// `at .. at + 2 * words` lies inside the packet (checked by the caller).
+#[inline(always)]
+unsafe fn sum_words(at: usize, words: usize) -> u32 {
+    let mut sum = 0u32;
+    for i in 0..words {
+        // SAFETY: as the caller promises.
+        sum += u32::from(u16::from_be(unsafe {
+            ((at + 2 * i) as *const u16).read_unaligned()
+        }));
+    }
+    sum
+}
+
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// Rewrites the frame at `[data, data_end)`, already cut to `segment.cut_len()`, into a
+/// RST. False when the frame is not what the segment describes (then it is dropped).
+#[inline(always)]
+fn rewrite(segment: &Segment, data: usize, data_end: usize) -> bool {
+    let (l3_off, l4_off) = (segment.l3_off, segment.l4_off);
+    let l3 = data + l3_off;
+    let tcp = data + l4_off;
+    // (The frame ends right there, cut so by the caller; the verifier learns bounds from
+    // ordered comparisons only.)
+    if tcp + TCP_HEADER > data_end {
+        return false;
+    }
+    // SAFETY: every access below is inside [data, data_end): the TCP header was checked
+    // just above, the IP header is checked before it is touched.
+    unsafe {
+        let flags = (tcp + 13) as *mut u8;
+        // The data offset: 5 words, no options; the reserved bits cleared.
+        *((tcp + 12) as *mut u8) = 5 << 4;
+        // The first refusal resets the server's side; a retransmission goes on as a bare
+        // ACK, for the server's stack to answer with a RST.
+        *flags = if segment.first {
+            TCP_FLAG_RST | (*flags & TCP_FLAG_ACK)
+        } else {
+            TCP_FLAG_ACK
+        };
+        // Urgent pointer, then the checksum, zeroed for the sum.
+        ((tcp + 18) as *mut u16).write_unaligned(0);
+        ((tcp + 16) as *mut u16).write_unaligned(0);
+        let ip_len = (l4_off + TCP_HEADER - l3_off) as u16;
+        let pseudo = if segment.ip6 {
+            if l3 + IPV6_HEADER > data_end {
+                return false;
+            }
+            // Payload length: the extension headers and the TCP header.
+            ((l3 + 4) as *mut u16).write_unaligned((ip_len - IPV6_HEADER as u16).to_be());
+            // Source and destination, then the upper-layer length and next header.
+            sum_words(l3 + 8, 16) + TCP_HEADER as u32 + IPPROTO_TCP
+        } else {
+            if l3 + 20 > data_end {
+                return false;
+            }
+            let total_len = (l3 + 2) as *mut u16;
+            let check = (l3 + 10) as *mut u16;
+            let old = u16::from_be(total_len.read_unaligned());
+            total_len.write_unaligned(ip_len.to_be());
+            // RFC 1624: HC' = ~(~HC + ~m + m').
+            let sum = u32::from(!u16::from_be(check.read_unaligned()))
+                + u32::from(!old)
+                + u32::from(ip_len);
+            check.write_unaligned(fold(sum).to_be());
+            sum_words(l3 + 12, 4) + IPPROTO_TCP + TCP_HEADER as u32
+        };
+        let sum = pseudo + sum_words(tcp, TCP_HEADER / 2);
+        ((tcp + 16) as *mut u16).write_unaligned(fold(sum).to_be());
+    }
+    true
+}
