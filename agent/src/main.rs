@@ -85,7 +85,8 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// Switch one rate limit, deny name or deny CIDR to enforce or shadow at run time.
+    /// Switch one rate limit, HTTP route or response rule, deny name or deny CIDR to enforce
+    /// or shadow at run time.
     Mode {
         rule: String,
         #[arg(value_parser = mode_parser())]

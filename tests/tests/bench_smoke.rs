@@ -25,6 +25,7 @@ fn bench_smoke_run_writes_its_tables_and_numbers() {
     for heading in [
         "## Per-packet cost",
         "## Deny path with events on and off",
+        "## HTTP routes, per packet",
         "## Flood throughput, one source",
         "## Events under a flood",
         "## Flood throughput, 1,048,576 spoofed sources",
@@ -47,6 +48,11 @@ fn bench_smoke_run_writes_its_tables_and_numbers() {
         assert!(positive(&row["floor_ns_per_packet"]), "{row}");
     }
     assert_eq!(json["per_packet"]["events"].as_array().unwrap().len(), 2);
+    let http = json["per_packet"]["http"].as_array().unwrap();
+    assert_eq!(http.len(), 4 * 2, "four HTTP paths, two route counts");
+    for row in http {
+        assert!(positive(&row["ns_per_packet"]), "{row}");
+    }
 
     // Every filter received frames; the baseline's ratio to itself is 1; Portcullis rows
     // carry the agent's memory, the others do not.

@@ -224,7 +224,7 @@ fn cli_errors_are_clear_and_exit_non_zero() {
     );
     let err = run(&agent, &["mode", "nope", "shadow"], 1);
     assert!(
-        err.contains("no rate limit, deny name or deny CIDR called 'nope'"),
+        err.contains("no rate limit, route, response rule, deny name or deny CIDR called 'nope'"),
         "{err}"
     );
     let err = run(&agent, &["policy", "rollback", "99"], 1);

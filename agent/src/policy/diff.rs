@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 
-use super::{DenyRule, Policy, RateLimit};
+use super::{DenyRule, Policy, RateLimit, http::Http};
 
 fn rule_fields(rule: &RateLimit) -> Vec<(&'static str, String)> {
     vec![
@@ -77,6 +77,7 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
     {
         lines.push(format!("- rate_limit {}", rule.name));
     }
+    http_diff(old.http.as_ref(), new.http.as_ref(), &mut lines);
     if old.events_per_second != new.events_per_second {
         lines.push(format!(
             "~ events.per_second: {} -> {}",
@@ -90,6 +91,57 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
         ));
     }
     lines
+}
+
+/// The `http:` section's changes: ports and strictness, then routes and response rules by
+/// name (a changed one is shown with its whole definition, before and after).
+fn http_diff(old: Option<&Http>, new: Option<&Http>, lines: &mut Vec<String>) {
+    let ports = |h: Option<&Http>| h.map(|h| h.ports.clone()).unwrap_or_default();
+    if ports(old) != ports(new) {
+        lines.push(format!(
+            "~ http.ports: {:?} -> {:?}",
+            ports(old),
+            ports(new)
+        ));
+    }
+    let strict = |h: Option<&Http>| h.is_none_or(|h| h.strict);
+    if strict(old) != strict(new) {
+        lines.push(format!("~ http.strict: {} -> {}", strict(old), strict(new)));
+    }
+    let routes = |h: Option<&Http>| h.map(|h| h.routes.clone()).unwrap_or_default();
+    let (old_routes, new_routes) = (routes(old), routes(new));
+    for route in &new_routes {
+        match old_routes.iter().find(|o| o.name == route.name) {
+            None => lines.push(format!("+ route {}", route.name)),
+            Some(o) if o != route => {
+                lines.push(format!("~ route {}: {o:?} -> {route:?}", route.name))
+            }
+            Some(_) => {}
+        }
+    }
+    for route in old_routes
+        .iter()
+        .filter(|o| !new_routes.iter().any(|r| r.name == o.name))
+    {
+        lines.push(format!("- route {}", route.name));
+    }
+    let responses = |h: Option<&Http>| h.map(|h| h.responses.clone()).unwrap_or_default();
+    let (old_rules, new_rules) = (responses(old), responses(new));
+    for rule in &new_rules {
+        match old_rules.iter().find(|o| o.name == rule.name) {
+            None => lines.push(format!("+ response {}", rule.name)),
+            Some(o) if o != rule => {
+                lines.push(format!("~ response {}: {o:?} -> {rule:?}", rule.name))
+            }
+            Some(_) => {}
+        }
+    }
+    for rule in old_rules
+        .iter()
+        .filter(|o| !new_rules.iter().any(|r| r.name == o.name))
+    {
+        lines.push(format!("- response {}", rule.name));
+    }
 }
 
 #[cfg(test)]
@@ -167,7 +219,24 @@ mod tests {
         let unknown: BTreeMap<String, Mode> = [("nope".to_string(), Mode::Shadow)].into();
         assert_eq!(
             p.with_modes(&unknown).unwrap_err().to_string(),
-            "no rate limit, deny name or deny CIDR called 'nope' in the policy in force"
+            "no rate limit, route, response rule, deny name or deny CIDR called 'nope' in the policy in force"
         );
+    }
+
+    #[test]
+    fn http_routes_are_diffed_and_switched_by_name() {
+        let old = policy(
+            "http:\n  ports: [80]\n  routes:\n    - {name: login, path: /api/login, rate: 5/m}\n    - {name: gone, path: /old, deny: true}\n",
+        );
+        let new = policy(
+            "http:\n  ports: [80, 8080]\n  routes:\n    - {name: login, path: /api/login, rate: 10/m}\n    - {name: hidden, path: /admin, deny: true}\n",
+        );
+        let lines = diff(&old, &new);
+        assert_eq!(lines[0], "~ http.ports: [80] -> [80, 8080]");
+        assert!(lines[1].starts_with("~ route login: "), "{lines:?}");
+        assert_eq!(&lines[2..], ["+ route hidden", "- route gone"]);
+        let modes: BTreeMap<String, Mode> = [("hidden".to_string(), Mode::Shadow)].into();
+        let switched = new.with_modes(&modes).unwrap();
+        assert_eq!(switched.http.unwrap().routes[1].mode, Mode::Shadow);
     }
 }

@@ -129,9 +129,9 @@ pub enum PolicyError {
 }
 
 impl Policy {
-    /// This policy with run-time mode switches applied. A name is a rate limit, a deny
-    /// group (`name` of deny entries, or "deny" for the unnamed ones) or the CIDR of one
-    /// deny entry.
+    /// This policy with run-time mode switches applied. A name is a rate limit, an HTTP
+    /// route or response rule, a deny group (`name` of deny entries, or "deny" for the
+    /// unnamed ones) or the CIDR of one deny entry.
     pub fn with_modes<'a>(
         mut self,
         modes: impl IntoIterator<Item = (&'a String, &'a Mode)>,
@@ -140,6 +140,16 @@ impl Policy {
             if let Some(rule) = self.rate_limits.iter_mut().find(|r| &r.name == name) {
                 rule.mode = *mode;
                 continue;
+            }
+            if let Some(http) = &mut self.http {
+                if let Some(route) = http.routes.iter_mut().find(|r| &r.name == name) {
+                    route.mode = *mode;
+                    continue;
+                }
+                if let Some(rule) = http.responses.iter_mut().find(|r| &r.name == name) {
+                    rule.mode = *mode;
+                    continue;
+                }
             }
             let cidr = units::parse_cidr(name).ok();
             let mut found = false;
@@ -158,7 +168,9 @@ impl Policy {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("no rate limit, deny name or deny CIDR called '{0}' in the policy in force")]
+#[error(
+    "no rate limit, route, response rule, deny name or deny CIDR called '{0}' in the policy in force"
+)]
 pub struct UnknownRule(pub String);
 
 /// Reads a policy file's text.

@@ -107,5 +107,75 @@ pub fn run(scale: &Scale) -> Result<(String, Value)> {
         let _ = writeln!(md, "| {label} | {ns:.0} ns |");
         events.push(json!({"case": label, "ns_per_packet": ns}));
     }
-    Ok((md, json!({"paths": results, "events": events})))
+    let (http_md, http) = http_paths(scale)?;
+    md.push_str(&http_md);
+    Ok((
+        md,
+        json!({"paths": results, "events": events, "http": http}),
+    ))
+}
+
+/// Route counts the HTTP table is measured with (the policy allows 256 routes).
+const ROUTE_COUNTS: [usize; 2] = [10, 250];
+
+/// A TCP segment to port 80 carrying `payload`.
+fn to_http_port(payload: &str) -> Vec<u8> {
+    FrameSpec::tcp("203.0.113.9", 80, false, true)
+        .content(payload.as_bytes())
+        .build()
+}
+
+/// The HTTP paths with growing route tables. Routes are in shadow mode, so that a refusal
+/// is counted but does not rewrite the frame the runs repeat.
+fn http_paths(scale: &Scale) -> Result<(String, Vec<Value>)> {
+    let cases = [
+        (
+            "request, route hit",
+            to_http_port("GET /route/5/items HTTP/1.1\r\nHost: shop\r\n\r\n"),
+        ),
+        (
+            "request, no route",
+            to_http_port("GET /elsewhere HTTP/1.1\r\nHost: shop\r\n\r\n"),
+        ),
+        (
+            "segment that starts no request",
+            to_http_port("user=alice&password=secret"),
+        ),
+        (
+            "TCP, other port",
+            FrameSpec::tcp("203.0.113.9", 443, false, true).build(),
+        ),
+    ];
+    let mut md = format!(
+        "\n## HTTP routes, per packet (BPF_PROG_TEST_RUN, median of {})\n\n| path | {} | floor |\n|---|{}---|\n",
+        scale.rounds,
+        ROUTE_COUNTS.map(|n| format!("{n} routes")).join(" | "),
+        "---|".repeat(ROUTE_COUNTS.len())
+    );
+    let mut rows: Vec<(String, Vec<f64>, f64)> = Vec::new();
+    let mut results = Vec::new();
+    for (column, &routes) in ROUTE_COUNTS.iter().enumerate() {
+        let mut policy = String::from("http:\n  ports: [80]\n  routes:\n");
+        for i in 0..routes {
+            let _ = writeln!(
+                policy,
+                "    - {{name: r{i}, path: /route/{i}, deny: true, mode: shadow}}"
+            );
+        }
+        let harness = Harness::new(&policy)?;
+        for (row, (name, frame)) in cases.iter().enumerate() {
+            let ns = ns_per_packet(&harness, XDP_PROGRAM, frame, scale)?;
+            let floor = ns_per_packet(&harness, FLOOR, frame, scale)?;
+            if column == 0 {
+                rows.push((name.to_string(), Vec::new(), floor));
+            }
+            rows[row].1.push(ns);
+            results.push(json!({"path": name, "routes": routes, "ns_per_packet": ns, "floor_ns_per_packet": floor}));
+        }
+    }
+    for (name, values, floor) in rows {
+        let cells: Vec<String> = values.iter().map(|ns| format!("{ns:.0} ns")).collect();
+        let _ = writeln!(md, "| {name} | {} | {floor:.0} ns |", cells.join(" | "));
+    }
+    Ok((md, results))
 }
