@@ -76,7 +76,7 @@ impl EventAction {
 
 /// One ring-buffer record.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
     pub ts_ns: u64,
     /// Source address; IPv4 as IPv4-mapped IPv6.
@@ -93,10 +93,37 @@ pub struct Event {
     pub protocol: u8,
     /// An `EventAction` code.
     pub action: u8,
-    pub _pad: [u8; 7],
+    /// Bytes of `request` in use: 0 unless an HTTP route decided.
+    pub request_len: u8,
+    pub _pad: [u8; 6],
+    /// For a route's decision: the request's method code (`http::Method`), then the first
+    /// bytes of its target window (the target, then what follows it in the segment).
+    pub request: [u8; EVENT_REQUEST_BYTES],
 }
 
-const _: () = assert!(core::mem::size_of::<Event>() == 48);
+/// Bytes of a request an event carries: the method code and 63 bytes of target.
+pub const EVENT_REQUEST_BYTES: usize = 64;
+
+impl Default for Event {
+    fn default() -> Self {
+        Self {
+            ts_ns: 0,
+            src: [0; 16],
+            ifindex: 0,
+            rule: 0,
+            reason: 0,
+            dport: 0,
+            family: 0,
+            protocol: 0,
+            action: 0,
+            request_len: 0,
+            _pad: [0; 6],
+            request: [0; EVENT_REQUEST_BYTES],
+        }
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<Event>() == 112);
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use agent_common::{Event, EventAction, MalformedCause, Reason, RuleCounters};
+use agent_common::{Event, EventAction, MalformedCause, Reason, RuleCounters, http::Method};
 use serde_json::json;
 
 use crate::{maps::Counters, telemetry::RulesInForce};
@@ -72,7 +72,7 @@ pub fn format(
         .get(&event.ifindex)
         .cloned()
         .unwrap_or_else(|| event.ifindex.to_string());
-    json!({
+    let mut line = json!({
         "time": humantime::format_rfc3339_nanos(clock.wall(event.ts_ns)).to_string(),
         "type": "event",
         "interface": interface,
@@ -84,8 +84,29 @@ pub fn format(
         "mode": mode,
         "action": action,
         "verdict": verdict,
-    })
-    .to_string()
+    });
+    if let Some((method, target)) = request(event) {
+        line["method"] = method.into();
+        line["target"] = target.into();
+    }
+    line.to_string()
+}
+
+/// The HTTP request a route's event carries: its method, and its target as far as the
+/// event holds it (up to the space before the HTTP version, or cut short), with bytes that
+/// are not UTF-8 replaced; JSON escapes the rest.
+fn request(event: &Event) -> Option<(&'static str, String)> {
+    let len = usize::from(event.request_len).min(event.request.len());
+    if len == 0 {
+        return None;
+    }
+    let method = Method::from_code(event.request[0]).map_or("unknown", Method::name);
+    let target = &event.request[1..len];
+    let end = target
+        .iter()
+        .position(|&b| b == b' ' || b == b'\r' || b == b'\n')
+        .unwrap_or(target.len());
+    Some((method, String::from_utf8_lossy(&target[..end]).into_owned()))
 }
 
 /// Where event and summary lines go: stdout. Whoever reads it may go away (a closed pipe, a
@@ -211,6 +232,8 @@ pub fn summary(now: &Counters, last: &Counters, rules: &[(String, RuleCounters)]
 mod tests {
     use std::time::{Duration, Instant};
 
+    use agent_common::event::EVENT_REQUEST_BYTES;
+
     use super::*;
 
     #[test]
@@ -243,5 +266,25 @@ mod tests {
             "the drain ran {:?}",
             started.elapsed()
         );
+    }
+
+    #[test]
+    fn a_route_event_carries_the_method_and_the_target_escaped() {
+        let mut event = Event::default();
+        assert_eq!(request(&event), None, "not a route's event");
+        let window = b"\x01/a\"b\xff HTTP/1.1\r\n";
+        event.request[..window.len()].copy_from_slice(window);
+        event.request_len = window.len() as u8;
+        let (method, target) = request(&event).unwrap();
+        assert_eq!((method, target.as_str()), ("GET", "/a\"b\u{fffd}"));
+        // JSON escapes the quote; the replacement character is plain UTF-8.
+        let line = json!({"target": target}).to_string();
+        assert_eq!(line, "{\"target\":\"/a\\\"b\u{fffd}\"}");
+        // A target longer than the event: what it holds, no more.
+        event.request = [b'x'; EVENT_REQUEST_BYTES];
+        event.request[0] = 3;
+        event.request_len = EVENT_REQUEST_BYTES as u8;
+        let (method, target) = request(&event).unwrap();
+        assert_eq!((method, target.len()), ("POST", EVENT_REQUEST_BYTES - 1));
     }
 }

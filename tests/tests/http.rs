@@ -134,4 +134,33 @@ fn refused_requests_reset_their_connection_and_leave_no_socket_behind() {
     assert_eq!(stats["verdicts"]["route_denied"], 2, "{stats}");
     assert_eq!(stats["verdicts"]["route_limited"], 2, "{stats}");
     assert_eq!(stats["rules"]["login"]["passed"], 2, "{stats}");
+
+    // Each refusal is an event naming the route, with the request's method and target.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let refused = loop {
+        let refused: Vec<_> = agent
+            .json_lines("event")
+            .into_iter()
+            .filter(|e| e["action"] == "reset")
+            .collect();
+        if refused.len() >= 4 || Instant::now() > deadline {
+            break refused;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        refused.iter().any(|e| e["rule"] == "hidden"
+            && e["reason"] == "route_denied"
+            && e["method"] == "GET"
+            && e["target"] == "/admin/users"
+            && e["verdict"] == "reset"),
+        "{refused:?}"
+    );
+    assert!(
+        refused.iter().any(|e| e["rule"] == "login"
+            && e["reason"] == "route_limited"
+            && e["method"] == "POST"
+            && e["target"] == "/api/login"),
+        "{refused:?}"
+    );
 }
