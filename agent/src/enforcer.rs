@@ -116,6 +116,13 @@ impl Enforcer {
                 .iter()
                 .filter_map(|(id, config)| Some((*id, Mode::from_code(config.mode)?)))
                 .collect(),
+            routes: self
+                .policy
+                .http
+                .iter()
+                .flat_map(|http| &http.routes)
+                .map(|route| route.name.clone())
+                .collect(),
         }
     }
 

@@ -24,6 +24,8 @@ pub struct ProgramStats {
 pub struct Snapshot {
     pub counters: Counters,
     pub rules: Vec<(String, RuleCounters)>,
+    /// Which of `rules` are HTTP routes.
+    pub routes: std::collections::BTreeSet<String>,
     pub interfaces: Vec<(String, IfaceCounters)>,
     /// Escalation bans in force.
     pub bans_active: usize,
@@ -119,6 +121,12 @@ pub fn render(s: &Snapshot) -> String {
         "rule_packets",
         "Packets per rule or deny name, by outcome",
     );
+    let routes = counter_family(
+        &mut registry,
+        "route_requests",
+        "HTTP requests per route, by outcome: passed (within its rate), refused (the \
+         connection reset), shadowed (would have been refused)",
+    );
     for (name, c) in &s.rules {
         for (outcome, value) in [
             ("passed", c.passed),
@@ -128,6 +136,17 @@ pub fn render(s: &Snapshot) -> String {
             rules
                 .get_or_create(&labels(&[("rule", name), ("outcome", outcome)]))
                 .inc_by(value);
+        }
+        if s.routes.contains(name) {
+            for (outcome, value) in [
+                ("passed", c.passed),
+                ("refused", c.dropped),
+                ("shadowed", c.shadowed),
+            ] {
+                routes
+                    .get_or_create(&labels(&[("route", name), ("outcome", outcome)]))
+                    .inc_by(value);
+            }
         }
     }
     let interfaces = counter_family(
@@ -287,6 +306,7 @@ mod tests {
                     shadowed: 0,
                 },
             )],
+            routes: ["login".to_string()].into(),
             interfaces: vec![(
                 "eth0".into(),
                 IfaceCounters {
@@ -319,6 +339,7 @@ mod tests {
             "portcullis_packets_total{reason=\"allowed\",verdict=\"pass\"} 0",
             "portcullis_shadow_hits_total{reason=\"rate_limited\"} 2",
             "portcullis_rule_packets_total{rule=\"login\",outcome=\"dropped\"} 2",
+            "portcullis_route_requests_total{route=\"login\",outcome=\"refused\"} 2",
             "portcullis_interface_packets_total{interface=\"eth0\",verdict=\"drop\"} 7",
             "portcullis_events_total{outcome=\"suppressed\"} 5",
             "portcullis_map_entries{map=\"deny\"} 4",

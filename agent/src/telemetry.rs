@@ -48,6 +48,8 @@ pub struct RulesInForce {
     pub epochs: BTreeMap<u32, u32>,
     /// Mode of every rule with a configuration.
     pub modes: BTreeMap<u32, Mode>,
+    /// Names of the HTTP routes among the rules.
+    pub routes: std::collections::BTreeSet<String>,
 }
 
 impl RulesInForce {
@@ -325,6 +327,7 @@ impl Telemetry {
         Ok(metrics::Snapshot {
             counters: self.counters()?,
             rules: self.rule_counters()?,
+            routes: in_force.rules.routes.clone(),
             interfaces,
             bans_active: census.bans,
             blocks_active: census.blocks,
