@@ -53,18 +53,12 @@ pub fn start(pkt: &Packet, rule: u32, cfg: &RuleConfig, now: u64) {
         epoch: cfg.epoch,
     };
     let stored = if pkt.v4 {
-        let wide = [0, 0, 0, pkt.src[3] & cfg.aggregate_mask_v4];
-        let prefix = if widens(rule, cfg, cfg.aggregate_prefix_v4, wide, now) {
-            cfg.aggregate_prefix_v4
+        let wide = pkt.src[3] & cfg.aggregate_mask_v4;
+        if widens(rule, cfg, cfg.aggregate_prefix_v4, [0, 0, 0, wide], now) {
+            BANS_V4.insert(Key::new(cfg.aggregate_prefix_v4, wide), ban, 0)
         } else {
-            cfg.prefix_v4
-        };
-        let mask = if prefix == cfg.prefix_v4 {
-            cfg.mask_v4
-        } else {
-            cfg.aggregate_mask_v4
-        };
-        BANS_V4.insert(Key::new(prefix, pkt.src[3] & mask), ban, 0)
+            BANS_V4.insert(Key::new(cfg.prefix_v4, pkt.src[3] & cfg.mask_v4), ban, 0)
+        }
     } else {
         let group = ratelimit::group_v6(pkt, cfg);
         let m = cfg.aggregate_mask_v6;

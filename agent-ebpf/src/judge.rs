@@ -9,7 +9,8 @@ use crate::{
     acl, bans, blocks, clock,
     counters::{self, RuleOutcome},
     events,
-    http::{self, Frame},
+    frame::Frame,
+    http,
     parse::{Packet, Parsed},
     policy_set::PolicySet,
     ratelimit::{self, Outcome},
@@ -102,9 +103,12 @@ fn judge_ip<F: Frame>(frame: &F, pkt: &Packet, ifindex: u32) -> Action {
         return finish(Reason::NoMatch);
     }
     let mut matched = false;
+    // Token buckets need the precise clock; nothing before them does. Read once, by the
+    // first step that needs it.
+    let mut clock_read = None;
     if rules.connection_rule != 0 || rules.packet_rule != 0 {
-        // Token buckets need the precise clock; nothing before them does.
         let now = clock::precise_ns();
+        clock_read = Some(now);
         if pkt.syn && rules.connection_rule != 0 {
             if limit(
                 policy,
@@ -135,7 +139,7 @@ fn judge_ip<F: Frame>(frame: &F, pkt: &Packet, ifindex: u32) -> Action {
     if rules.http != 0
         && let Some(route) = http::route(frame, policy, pkt)
     {
-        if let Some(reason) = judge_route(policy, pkt, route, ifindex) {
+        if let Some(reason) = judge_route(policy, pkt, route, ifindex, clock_read) {
             let action = finish(reason);
             return if frame.reset() { action } else { Action::Drop };
         }
@@ -151,14 +155,21 @@ fn judge_ip<F: Frame>(frame: &F, pkt: &Packet, ifindex: u32) -> Action {
 }
 
 /// A request for `route`: the reason it is refused for, or `None` when it goes on.
+/// `clock_read` is the precise time if an earlier step read it.
 #[inline(always)]
-fn judge_route(policy: PolicySet, pkt: &Packet, route: RouteEntry, ifindex: u32) -> Option<Reason> {
+fn judge_route(
+    policy: PolicySet,
+    pkt: &Packet,
+    route: RouteEntry,
+    ifindex: u32,
+    clock_read: Option<u64>,
+) -> Option<Reason> {
     if route.kind == ROUTE_DENY {
         let mode = policy.rule(route.rule)?.mode;
         return enforce(pkt, Reason::RouteDenied, route.rule, mode, ifindex)
             .then_some(Reason::RouteDenied);
     }
-    let now = clock::precise_ns();
+    let now = clock_read.unwrap_or_else(clock::precise_ns);
     limit(policy, pkt, route.rule, Reason::RouteLimited, ifindex, now)
         .then_some(Reason::RouteLimited)
 }

@@ -14,6 +14,7 @@ mod blocks;
 mod clock;
 mod counters;
 mod events;
+mod frame;
 mod http;
 mod judge;
 mod maps;
@@ -34,7 +35,7 @@ use aya_ebpf::{
 pub fn portcullis_xdp(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     let parsed = parse::parse(ctx.data(), ctx.data_end());
-    match judge::judge(&http::Xdp(&ctx), &parsed, ifindex) {
+    match judge::judge(&frame::Xdp(&ctx), &parsed, ifindex) {
         // A reset was rewritten into a RST by the judge: it goes up to the stack.
         Action::Pass | Action::Reset => xdp_action::XDP_PASS,
         Action::Drop => xdp_action::XDP_DROP,
@@ -69,7 +70,7 @@ pub fn portcullis_tc(ctx: TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let parsed = parse::parse(ctx.data(), ctx.data_end());
-    let action = judge::judge(&http::Tc(&ctx), &parsed, ifindex);
+    let action = judge::judge(&frame::Tc(&ctx), &parsed, ifindex);
     match action {
         Action::Pass | Action::Reset => TC_ACT_UNSPEC,
         Action::Drop => TC_ACT_SHOT,

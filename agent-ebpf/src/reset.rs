@@ -18,19 +18,19 @@ use agent_common::http::{FlowKey, RESET_MEMORY_NS};
 use crate::{
     clock,
     maps::RESET_FLOWS,
-    parse::{self, Parsed},
+    parse::{
+        self, Parsed,
+        ip::{IPV4_HEADER_BYTES, IPV6_HEADER_BYTES, V4_MAPPED_WORD},
+        l4::{self, IPPROTO_TCP, TCP_FLAG_ACK},
+    },
 };
 
-const TCP_HEADER: usize = 20;
-const IPV6_HEADER: usize = 40;
-const IPPROTO_TCP: u32 = 6;
+/// The TCP header without options: all a RST keeps.
+const TCP_HEADER: usize = l4::MAX_BYTES;
 const TCP_FLAG_RST: u8 = 0x04;
-const TCP_FLAG_ACK: u8 = 0x10;
 /// Bounds on the header offsets the parser produces, as masks the verifier follows.
 const MAX_L3_OFF: usize = 0x7f;
 const MAX_L4_OFF: usize = 0x7fff;
-/// `::ffff:0:0/96`'s third word, as it lies in memory.
-const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
 /// Where a segment's headers are, and whether it is the first refusal on its connection.
 pub struct Segment {
@@ -78,7 +78,12 @@ impl Segment {
     fn flow(&self, data: usize, data_end: usize) -> Option<FlowKey> {
         let l3 = data + self.l3_off;
         let tcp = data + self.l4_off;
-        if tcp + 4 > data_end || l3 + IPV6_HEADER > data_end && (self.ip6 || l3 + 20 > data_end) {
+        let ip_header = if self.ip6 {
+            IPV6_HEADER_BYTES
+        } else {
+            IPV4_HEADER_BYTES
+        };
+        if tcp + 4 > data_end || l3 + ip_header > data_end {
             return None;
         }
         let mut flow = FlowKey::default();
@@ -106,11 +111,64 @@ impl Segment {
         (self.l4_off + TCP_HEADER) as u32
     }
 
-    /// Rewrites the frame at `[data, data_end)`, already cut to `cut_len`, into a RST;
-    /// false when it is not what the segment describes (then it is dropped).
+    /// Rewrites the frame at `[data, data_end)`, already cut to `cut_len`, into a RST (or,
+    /// for a retransmission, a bare ACK); false when it is not what the segment describes
+    /// (then it is dropped).
     #[inline(always)]
     pub fn rewrite(&self, data: usize, data_end: usize) -> bool {
-        rewrite(self, data, data_end)
+        let (l3_off, l4_off) = (self.l3_off, self.l4_off);
+        let l3 = data + l3_off;
+        let tcp = data + l4_off;
+        // (The frame ends right there, cut so by the caller; the verifier learns bounds
+        // from ordered comparisons only.)
+        if tcp + TCP_HEADER > data_end {
+            return false;
+        }
+        // SAFETY: every access below is inside [data, data_end): the TCP header was
+        // checked just above, the IP header is checked before it is touched.
+        unsafe {
+            let flags = (tcp + 13) as *mut u8;
+            // The data offset: 5 words, no options; the reserved bits cleared.
+            *((tcp + 12) as *mut u8) = 5 << 4;
+            // The first refusal resets the server's side; a retransmission goes on as a
+            // bare ACK, for the server's stack to answer with a RST.
+            *flags = if self.first {
+                TCP_FLAG_RST | (*flags & TCP_FLAG_ACK)
+            } else {
+                TCP_FLAG_ACK
+            };
+            // Urgent pointer, then the checksum, zeroed for the sum.
+            ((tcp + 18) as *mut u16).write_unaligned(0);
+            ((tcp + 16) as *mut u16).write_unaligned(0);
+            let ip_len = (l4_off + TCP_HEADER - l3_off) as u16;
+            let upper_layer = TCP_HEADER as u32 + u32::from(IPPROTO_TCP);
+            let pseudo = if self.ip6 {
+                if l3 + IPV6_HEADER_BYTES > data_end {
+                    return false;
+                }
+                // Payload length: the extension headers and the TCP header.
+                ((l3 + 4) as *mut u16).write_unaligned((ip_len - IPV6_HEADER_BYTES as u16).to_be());
+                // Source and destination, then the upper-layer length and next header.
+                sum_words(l3 + 8, 16) + upper_layer
+            } else {
+                if l3 + IPV4_HEADER_BYTES > data_end {
+                    return false;
+                }
+                let total_len = (l3 + 2) as *mut u16;
+                let check = (l3 + 10) as *mut u16;
+                let old = u16::from_be(total_len.read_unaligned());
+                total_len.write_unaligned(ip_len.to_be());
+                // RFC 1624: HC' = ~(~HC + ~m + m').
+                let sum = u32::from(!u16::from_be(check.read_unaligned()))
+                    + u32::from(!old)
+                    + u32::from(ip_len);
+                check.write_unaligned(fold(sum).to_be());
+                sum_words(l3 + 12, 4) + upper_layer
+            };
+            let sum = pseudo + sum_words(tcp, TCP_HEADER / 2);
+            ((tcp + 16) as *mut u16).write_unaligned(fold(sum).to_be());
+        }
+        true
     }
 }
 
@@ -135,62 +193,4 @@ fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     !(sum as u16)
-}
-
-/// Rewrites the frame at `[data, data_end)`, already cut to `segment.cut_len()`, into a
-/// RST. False when the frame is not what the segment describes (then it is dropped).
-#[inline(always)]
-fn rewrite(segment: &Segment, data: usize, data_end: usize) -> bool {
-    let (l3_off, l4_off) = (segment.l3_off, segment.l4_off);
-    let l3 = data + l3_off;
-    let tcp = data + l4_off;
-    // (The frame ends right there, cut so by the caller; the verifier learns bounds from
-    // ordered comparisons only.)
-    if tcp + TCP_HEADER > data_end {
-        return false;
-    }
-    // SAFETY: every access below is inside [data, data_end): the TCP header was checked
-    // just above, the IP header is checked before it is touched.
-    unsafe {
-        let flags = (tcp + 13) as *mut u8;
-        // The data offset: 5 words, no options; the reserved bits cleared.
-        *((tcp + 12) as *mut u8) = 5 << 4;
-        // The first refusal resets the server's side; a retransmission goes on as a bare
-        // ACK, for the server's stack to answer with a RST.
-        *flags = if segment.first {
-            TCP_FLAG_RST | (*flags & TCP_FLAG_ACK)
-        } else {
-            TCP_FLAG_ACK
-        };
-        // Urgent pointer, then the checksum, zeroed for the sum.
-        ((tcp + 18) as *mut u16).write_unaligned(0);
-        ((tcp + 16) as *mut u16).write_unaligned(0);
-        let ip_len = (l4_off + TCP_HEADER - l3_off) as u16;
-        let pseudo = if segment.ip6 {
-            if l3 + IPV6_HEADER > data_end {
-                return false;
-            }
-            // Payload length: the extension headers and the TCP header.
-            ((l3 + 4) as *mut u16).write_unaligned((ip_len - IPV6_HEADER as u16).to_be());
-            // Source and destination, then the upper-layer length and next header.
-            sum_words(l3 + 8, 16) + TCP_HEADER as u32 + IPPROTO_TCP
-        } else {
-            if l3 + 20 > data_end {
-                return false;
-            }
-            let total_len = (l3 + 2) as *mut u16;
-            let check = (l3 + 10) as *mut u16;
-            let old = u16::from_be(total_len.read_unaligned());
-            total_len.write_unaligned(ip_len.to_be());
-            // RFC 1624: HC' = ~(~HC + ~m + m').
-            let sum = u32::from(!u16::from_be(check.read_unaligned()))
-                + u32::from(!old)
-                + u32::from(ip_len);
-            check.write_unaligned(fold(sum).to_be());
-            sum_words(l3 + 12, 4) + IPPROTO_TCP + TCP_HEADER as u32
-        };
-        let sum = pseudo + sum_words(tcp, TCP_HEADER / 2);
-        ((tcp + 16) as *mut u16).write_unaligned(fold(sum).to_be());
-    }
-    true
 }

@@ -32,17 +32,12 @@ impl RouteKey {
             data,
         }
     }
-
-    /// True when this key is a prefix of `data`'s first `bits` bits (all whole bytes).
-    fn matches(&self, data: &[u8; ROUTE_KEY_BYTES], bits: u32) -> bool {
-        let bytes = self.bits as usize / 8;
-        self.bits <= bits && self.data[..bytes] == data[..bytes]
-    }
 }
 
 /// The trie's entries for `routes`: each key with the index of the route it names. Where
-/// a route naming the method and one that names none store the same key, the first wins
-/// (validation refuses two routes for the same method and path).
+/// a route naming the method and one that names none store the same key, the one naming it
+/// wins, whatever their order (validation refuses two routes of the same kind for the same
+/// method and path).
 pub fn compile(routes: &[Route]) -> BTreeMap<RouteKey, usize> {
     let mut keys: BTreeMap<RouteKey, (usize, bool)> = BTreeMap::new();
     for (index, route) in routes.iter().enumerate() {
@@ -79,22 +74,26 @@ pub fn compile(routes: &[Route]) -> BTreeMap<RouteKey, usize> {
         .collect()
 }
 
-/// The route the trie gives a request with `method` whose target window is `window` (the
-/// bytes after "METHOD "): what the kernel's longest-prefix lookup answers.
-pub fn lookup(entries: &BTreeMap<RouteKey, usize>, method: Method, window: &[u8]) -> Option<usize> {
-    let copied = window.len().min(ROUTE_KEY_BYTES - 1);
-    let request = RouteKey::new(method, &window[..copied]);
-    entries
-        .iter()
-        .filter(|(key, _)| key.matches(&request.data, request.bits))
-        .max_by_key(|(key, _)| key.bits)
-        .map(|(_, &index)| index)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::policy::{Mode, http::RouteAction};
+
+    /// The route the trie gives a request with `method` whose target window is `window` (the
+    /// bytes after "METHOD "): what the kernel's longest-prefix lookup answers.
+    fn lookup(entries: &BTreeMap<RouteKey, usize>, method: Method, window: &[u8]) -> Option<usize> {
+        let copied = window.len().min(ROUTE_KEY_BYTES - 1);
+        let request = RouteKey::new(method, &window[..copied]);
+        entries
+            .iter()
+            .filter(|(key, _)| {
+                // The key is a prefix of the request's bits (all whole bytes).
+                let bytes = key.bits as usize / 8;
+                key.bits <= request.bits && key.data[..bytes] == request.data[..bytes]
+            })
+            .max_by_key(|(key, _)| key.bits)
+            .map(|(_, &index)| index)
+    }
 
     fn route(name: &str, methods: &[Method], path: &str) -> Route {
         Route {

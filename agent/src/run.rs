@@ -457,6 +457,13 @@ struct Signals {
 /// keeps failing cannot spin the loop.
 const RING_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
+/// Logs and counts an error of a run-time job (`what`, a metric label) that the agent
+/// carries on after.
+fn carry_on(telemetry: &Telemetry, what: &'static str, error: &dyn std::fmt::Display) {
+    telemetry.count_runtime_error(what);
+    tracing::error!(%error, what, "failed; carrying on");
+}
+
 /// How often the main loop comes round at least, for liveness.
 const BEAT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -510,10 +517,7 @@ async fn main_loop(
                             tracing::debug!(blocks = swept.blocks.len(), bans = swept.bans, covered = swept.covered, "ended blocks, ended or void bans and bans a wider one covers removed");
                         }
                     }
-                    Err(e) => {
-                        telemetry.count_runtime_error("ban sweep");
-                        tracing::error!(error = %e, what = "ban sweep", "failed; carrying on");
-                    }
+                    Err(e) => carry_on(telemetry, "ban sweep", &e),
                 }
             }
         }
@@ -538,8 +542,7 @@ async fn report(
     let mut last_counters = Counters::default();
     let mut output = Output::stdout();
     let failed = |what: &'static str, error: &dyn std::fmt::Display| {
-        telemetry.count_runtime_error(what);
-        tracing::error!(%error, what, "failed; carrying on");
+        carry_on(&telemetry, what, error);
     };
 
     loop {

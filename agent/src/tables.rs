@@ -13,8 +13,8 @@ use ipnet::IpNet;
 
 use crate::{
     policy::{
-        Count, Mode, Policy, Protocol, RateLimit,
-        http::{Http, Limit, Route, RouteAction},
+        Count, Limit, Mode, Policy, Protocol, RateLimit,
+        http::{Http, Route, RouteAction},
     },
     routes,
     rule_ids::RuleIds,
@@ -68,17 +68,6 @@ fn block_rule() -> RuleConfig {
         mask_v6: mask_v6(128),
         ..RuleConfig::default()
     }
-}
-
-fn rule_config(rule: &RateLimit) -> RuleConfig {
-    let limit = Limit {
-        interval_ns: rule.interval_ns,
-        burst: rule.burst,
-        prefix_v4: rule.prefix_v4,
-        prefix_v6: rule.prefix_v6,
-        ban: rule.ban,
-    };
-    limit_config(&limit, rule.mode)
 }
 
 /// The kernel's configuration of a rate limit or a rate-limited route.
@@ -204,7 +193,7 @@ pub fn build(policy: &Policy, ids: &mut RuleIds, cpus: u32) -> Tables {
     });
     for rule in ordered {
         let id = ids.id(&rule.name);
-        let mut config = rule_config(rule);
+        let mut config = limit_config(&rule.limit, rule.mode);
         config.epoch = ids.epoch(&rule.name, &config);
         tables.rules.insert(id, config);
         if rule.ports.is_empty() {

@@ -43,7 +43,7 @@ use etherparse::{
     SingleVlanSlice, TcpHeaderSlice, UdpHeaderSlice, err,
 };
 use ipnet::IpNet;
-use portcullis::policy::{Count, Mode, Policy, Protocol, http::RouteAction};
+use portcullis::policy::{Count, Limit, Mode, Policy, Protocol, http::RouteAction};
 
 const HOUR_NS: u64 = 3_600_000_000_000;
 /// Difference 1.
@@ -329,24 +329,25 @@ impl Model {
     /// The model of `policy`, whose rate limits the agent gave the ids in `rule_ids` (by
     /// name).
     pub fn new(policy: Policy, rule_ids: &HashMap<String, u32>) -> Self {
-        for rule in &policy.rate_limits {
+        let routes = policy.http.iter().flat_map(|http| &http.routes);
+        let limits = policy
+            .rate_limits
+            .iter()
+            .map(|rule| (&rule.name, &rule.limit))
+            .chain(routes.clone().filter_map(|route| match &route.action {
+                RouteAction::Limit(limit) => Some((&route.name, limit)),
+                RouteAction::Deny => None,
+            }));
+        for (name, limit) in limits {
             assert!(
-                rule.interval_ns >= HOUR_NS,
-                "the model does not refill buckets; rule {} refills faster than once an hour",
-                rule.name
+                limit.interval_ns >= HOUR_NS,
+                "the model does not refill buckets; {name} refills faster than once an hour"
             );
-            if let Some(ban) = rule.ban {
+            if let Some(ban) = limit.ban {
                 assert!(
                     ban.within_ns >= HOUR_NS && ban.for_ns >= HOUR_NS,
                     "ban windows must outlast the test"
                 );
-            }
-        }
-        let routes = policy.http.iter().flat_map(|http| &http.routes);
-        for route in routes.clone() {
-            if let RouteAction::Limit(limit) = &route.action {
-                assert!(limit.interval_ns >= HOUR_NS, "route {} refills", route.name);
-                assert!(limit.ban.is_none(), "the model does not ban from routes");
             }
         }
         let rule_ids = policy
@@ -450,10 +451,7 @@ impl Model {
                     matched = true;
                     let limited = Limited {
                         owner: self.policy.rate_limits.len() + index,
-                        burst: limit.burst,
-                        prefix_v4: limit.prefix_v4,
-                        prefix_v6: limit.prefix_v6,
-                        ban_after: None,
+                        limit: *limit,
                         mode: route.mode,
                         reason: Reason::RouteLimited,
                     };
@@ -501,10 +499,7 @@ impl Model {
         let rule = &self.policy.rate_limits[index];
         Limited {
             owner: index,
-            burst: rule.burst,
-            prefix_v4: rule.prefix_v4,
-            prefix_v6: rule.prefix_v6,
-            ban_after: rule.ban.map(|ban| ban.after),
+            limit: rule.limit,
             mode: rule.mode,
             reason: Reason::RateLimited,
         }
@@ -557,9 +552,9 @@ impl Model {
     /// Takes a token; true when the packet must be dropped.
     fn take(&mut self, limited: Limited, pkt: &Packet) -> bool {
         let prefix = if pkt.src.is_ipv4() {
-            limited.prefix_v4
+            limited.limit.prefix_v4
         } else {
-            limited.prefix_v6
+            limited.limit.prefix_v6
         };
         let key = (limited.owner, IpNet::new(pkt.src, prefix).unwrap().trunc());
         if !self.used.contains_key(&key) {
@@ -573,11 +568,11 @@ impl Model {
             self.used.insert(key, 1);
         }
         let used = self.used.entry(key).or_default();
-        if *used < limited.burst {
+        if *used < limited.limit.burst {
             *used += 1;
             return false;
         }
-        if let Some(after) = limited.ban_after {
+        if let Some(after) = limited.limit.ban.map(|ban| ban.after) {
             let excess = self.excess.entry(key).or_default();
             *excess += 1;
             if *excess >= after {
@@ -594,10 +589,7 @@ impl Model {
 #[derive(Debug, Clone, Copy)]
 struct Limited {
     owner: usize,
-    burst: u64,
-    prefix_v4: u8,
-    prefix_v6: u8,
-    ban_after: Option<u32>,
+    limit: Limit,
     mode: Mode,
     reason: Reason,
 }

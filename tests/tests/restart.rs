@@ -48,6 +48,21 @@ fn send_until(pair: &NetnsPair, src: &str, port: u16, stop: &AtomicBool) -> u64 
     sent
 }
 
+/// Runs `during` while the denied source sends to port 9100 and the flooder to 9101; returns
+/// what `during` returned and how many packets each sender sent.
+fn while_sending<T: Send>(pair: &NetnsPair, during: impl FnOnce() -> T + Send) -> (T, [u64; 2]) {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let senders = [(DENIED, 9100), (FLOODER, 9101)].map(|(src, port)| {
+            let stop = &stop;
+            scope.spawn(move || send_until(pair, src, port, stop))
+        });
+        let result = during();
+        stop.store(true, Ordering::Relaxed);
+        (result, senders.map(|s| s.join().unwrap()))
+    })
+}
+
 fn setup() -> (NetnsPair, tempfile::TempDir, std::path::PathBuf) {
     let pair = NetnsPair::new().unwrap();
     for addr in [DENIED, FLOODER] {
@@ -112,21 +127,14 @@ fn sigkill_and_restart_leave_no_gap_and_keep_bans_and_buckets() {
     // Denied and banned traffic flows, bounded, through the kill and the restart.
     let denied_sink = UdpCounter::bind(&pair, "0.0.0.0", 9100).unwrap();
     let banned_sink = UdpCounter::bind(&pair, "0.0.0.0", 9101).unwrap();
-    let stop = AtomicBool::new(false);
-    let (second, sent_denied, sent_banned) = std::thread::scope(|scope| {
-        let senders = [(DENIED, 9100), (FLOODER, 9101)].map(|(src, port)| {
-            let (pair, stop) = (&pair, &stop);
-            scope.spawn(move || send_until(pair, src, port, stop))
-        });
+    let (second, [sent_denied, sent_banned]) = while_sending(&pair, || {
         std::thread::sleep(Duration::from_millis(300));
         first.kill_hard();
         // No agent at all for a while: the pinned programs keep enforcing on their own.
         std::thread::sleep(Duration::from_millis(500));
         let second = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]).unwrap();
         std::thread::sleep(Duration::from_millis(500));
-        stop.store(true, Ordering::Relaxed);
-        let [denied, banned] = senders.map(|s| s.join().unwrap());
-        (second, denied, banned)
+        second
     });
     drop(first);
     let status = second.status().unwrap();
@@ -278,12 +286,7 @@ fn maps_of_another_layout_are_replaced_unless_they_hold_state() {
     replace_file(&policy, &policy_with("cidrs: 2000")).unwrap();
     let denied_sink = UdpCounter::bind(&pair, "0.0.0.0", 9100).unwrap();
     let blocked_sink = UdpCounter::bind(&pair, "0.0.0.0", 9101).unwrap();
-    let stop = AtomicBool::new(false);
-    let (mut second, sent) = std::thread::scope(|scope| {
-        let senders = [(DENIED, 9100), (FLOODER, 9101)].map(|(src, port)| {
-            let (pair, stop) = (&pair, &stop);
-            scope.spawn(move || send_until(pair, src, port, stop))
-        });
+    let (mut second, sent) = while_sending(&pair, || {
         std::thread::sleep(Duration::from_millis(200));
         let second = Agent::start(
             &pair.server_ns,
@@ -293,10 +296,9 @@ fn maps_of_another_layout_are_replaced_unless_they_hold_state() {
         )
         .unwrap();
         std::thread::sleep(Duration::from_millis(300));
-        stop.store(true, Ordering::Relaxed);
-        let sent: u64 = senders.map(|s| s.join().unwrap()).iter().sum();
-        (second, sent)
+        second
     });
+    let sent: u64 = sent.iter().sum();
     assert!(sent > 1000, "senders too slow: {sent}");
     assert!(
         second.stderr_contains("replaced by fresh ones"),

@@ -21,9 +21,11 @@ pub const MAX_IPV6_EXT_HEADERS: usize = 8;
 /// units of 8 bytes); AH's units are smaller.
 pub const MAX_EXT_HEADER_BYTES: usize = 256 * 8;
 pub const IPV6_HEADER_BYTES: usize = core::mem::size_of::<Ipv6Hdr>();
+/// An IPv4 header without options.
+pub const IPV4_HEADER_BYTES: usize = core::mem::size_of::<Ipv4Hdr>();
 
 /// IPv4-mapped IPv6 prefix word `::ffff:0:0/96`, bytes 8..12, in network order.
-const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
 #[repr(C)]
 struct Ipv4Hdr {

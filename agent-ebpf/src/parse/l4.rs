@@ -5,12 +5,12 @@ use agent_common::{CLASS_ICMP, CLASS_TCP, CLASS_UDP, MalformedCause};
 use super::{Cursor, Packet};
 
 const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ICMPV6: u8 = 58;
 
 const TCP_FLAG_SYN: u8 = 0x02;
-const TCP_FLAG_ACK: u8 = 0x10;
+pub const TCP_FLAG_ACK: u8 = 0x10;
 
 /// The longest header this module reads (TCP's, without options).
 pub const MAX_BYTES: usize = core::mem::size_of::<TcpHdr>();

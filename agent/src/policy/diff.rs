@@ -12,11 +12,11 @@ fn rule_fields(rule: &RateLimit) -> Vec<(&'static str, String)> {
         ("protocol", format!("{:?}", rule.protocol).to_lowercase()),
         ("ports", format!("{:?}", rule.ports)),
         ("count", format!("{:?}", rule.count).to_lowercase()),
-        ("interval_ns", rule.interval_ns.to_string()),
-        ("burst", rule.burst.to_string()),
-        ("prefix_v4", rule.prefix_v4.to_string()),
-        ("prefix_v6", rule.prefix_v6.to_string()),
-        ("ban", format!("{:?}", rule.ban)),
+        ("interval_ns", rule.limit.interval_ns.to_string()),
+        ("burst", rule.limit.burst.to_string()),
+        ("prefix_v4", rule.limit.prefix_v4.to_string()),
+        ("prefix_v6", rule.limit.prefix_v6.to_string()),
+        ("ban", format!("{:?}", rule.limit.ban)),
         ("mode", rule.mode.name().to_string()),
     ]
 }

@@ -3,7 +3,7 @@
 
 use agent_common::{Mode, http::Method};
 
-use super::Ban;
+use super::{Ban, Limit};
 
 /// `http.strict` when the file does not say.
 pub const DEFAULT_STRICT: bool = true;
@@ -40,17 +40,6 @@ pub enum RouteAction {
     Deny,
     /// A token bucket per source group, as for `rate_limits`.
     Limit(Limit),
-}
-
-/// A rate limit's bucket, source groups and escalation, as a route or rule states them.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Limit {
-    /// One token every `interval_ns`.
-    pub interval_ns: u64,
-    pub burst: u64,
-    pub prefix_v4: u8,
-    pub prefix_v6: u8,
-    pub ban: Option<Ban>,
 }
 
 /// Counts the server's responses with one of `statuses` per client source group; past the

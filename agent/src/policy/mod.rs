@@ -66,13 +66,20 @@ pub struct RateLimit {
     /// Inclusive destination port ranges; empty means the whole protocol.
     pub ports: Vec<(u16, u16)>,
     pub count: Count,
+    pub limit: Limit,
+    pub mode: Mode,
+}
+
+/// A rate limit's bucket, source groups and escalation, as a rate-limit rule or an HTTP
+/// route states them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limit {
     /// One token every `interval_ns`.
     pub interval_ns: u64,
     pub burst: u64,
     pub prefix_v4: u8,
     pub prefix_v6: u8,
     pub ban: Option<Ban>,
-    pub mode: Mode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::{
-    Aggregate, Ban, Capacity, Count, DenyRule, Mode, Policy, PolicyError, Problem, Protocol,
+    Aggregate, Ban, Capacity, Count, DenyRule, Limit, Mode, Policy, PolicyError, Problem, Protocol,
     RateLimit, http::RouteAction, parse, units::UnitError,
 };
 
@@ -68,25 +68,27 @@ capacity:
             protocol: Protocol::Tcp,
             ports: vec![(443, 443), (8000, 8080)],
             count: Count::Connections,
-            interval_ns: 10_000_000,
-            burst: 6000,
-            prefix_v4: 32,
-            prefix_v6: 64,
-            ban: Some(Ban {
-                after: 10,
-                within_ns: 60_000_000_000,
-                for_ns: 600_000_000_000,
-                aggregate: Aggregate {
-                    after: 16,
-                    prefix_v4: 24,
-                    prefix_v6: 48
-                },
-            }),
+            limit: Limit {
+                interval_ns: 10_000_000,
+                burst: 6000,
+                prefix_v4: 32,
+                prefix_v6: 64,
+                ban: Some(Ban {
+                    after: 10,
+                    within_ns: 60_000_000_000,
+                    for_ns: 600_000_000_000,
+                    aggregate: Aggregate {
+                        after: 16,
+                        prefix_v4: 24,
+                        prefix_v6: 48
+                    },
+                }),
+            },
             mode: Mode::Enforce,
         }
     );
-    assert_eq!(policy.rate_limits[1].burst, 20);
-    assert_eq!(policy.rate_limits[1].prefix_v4, 24);
+    assert_eq!(policy.rate_limits[1].limit.burst, 20);
+    assert_eq!(policy.rate_limits[1].limit.prefix_v4, 24);
     assert_eq!(policy.rate_limits[1].mode, Mode::Shadow);
     assert_eq!(policy.events_per_second, 50);
     assert_eq!(

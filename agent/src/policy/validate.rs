@@ -12,12 +12,11 @@ use serde_saphyr::Spanned;
 
 use super::{
     Aggregate, Ban, CLI_BLOCK, Capacity, Count, DEFAULT_BAN_WINDOW_NS, DEFAULT_BANS,
-    DEFAULT_BLOCKS, DEFAULT_CIDRS, DEFAULT_EVENTS_PER_SECOND, DEFAULT_SOURCES, DenyRule, Policy,
-    PolicyError, Protocol, RateLimit, UNNAMED_DENY,
+    DEFAULT_BLOCKS, DEFAULT_CIDRS, DEFAULT_EVENTS_PER_SECOND, DEFAULT_SOURCES, DenyRule, Limit,
+    Policy, PolicyError, Protocol, RateLimit, UNNAMED_DENY,
     file::{AggregateSection, BanSection, PolicyFile, RateLimitItem, ResponseItem, RouteItem},
     http::{
-        DEFAULT_STRICT, Http, Limit, MAX_RESPONSE_RULES, MAX_ROUTES, ResponseRule, Route,
-        RouteAction,
+        DEFAULT_STRICT, Http, MAX_RESPONSE_RULES, MAX_ROUTES, ResponseRule, Route, RouteAction,
     },
     units::{self, UnitError},
 };
@@ -453,13 +452,7 @@ impl Validator<'_> {
         if item.count == Count::Connections && item.protocol != Protocol::Tcp {
             return Err(Problem::ConnectionsNeedTcp { rule: rule() });
         }
-        let Limit {
-            interval_ns,
-            burst,
-            prefix_v4,
-            prefix_v6,
-            ban,
-        } = limit(
+        let limit = limit(
             &item.rate,
             item.burst,
             item.prefix_v4,
@@ -472,11 +465,7 @@ impl Validator<'_> {
             protocol: item.protocol,
             ports,
             count: item.count,
-            interval_ns,
-            burst,
-            prefix_v4,
-            prefix_v6,
-            ban,
+            limit,
             mode: item.mode,
         })
     }
@@ -558,33 +547,19 @@ impl Validator<'_> {
                 names.entry(name).or_insert(line_of(item));
             }
         }
-        for item in &file.rate_limits {
-            let line = line_of(item);
-            if let Some(&first_line) = names.get(item.value.name.as_str()) {
-                return Err(self.invalid(
-                    line,
-                    Problem::DuplicateName {
-                        name: item.value.name.clone(),
-                        first_line,
-                    },
-                ));
-            }
-            names.insert(&item.value.name, line);
-        }
-        let http_names = file.http.iter().flat_map(|http| {
-            let routes = http
-                .value
-                .routes
-                .iter()
-                .map(|r| (r.value.name.as_str(), line_of(r)));
-            let responses = http
-                .value
-                .responses
-                .iter()
-                .map(|r| (r.value.name.as_str(), line_of(r)));
-            routes.chain(responses)
+        // Rate limits, routes and response rules: each name its own.
+        let rate_limits = file
+            .rate_limits
+            .iter()
+            .map(|r| (r.value.name.as_str(), line_of(r)));
+        let http = file.http.iter().flat_map(|http| {
+            let routes = http.value.routes.iter();
+            let responses = http.value.responses.iter();
+            routes
+                .map(|r| (r.value.name.as_str(), line_of(r)))
+                .chain(responses.map(|r| (r.value.name.as_str(), line_of(r))))
         });
-        for (name, line) in http_names {
+        for (name, line) in rate_limits.chain(http) {
             if let Some(&first_line) = names.get(name) {
                 return Err(self.invalid(
                     line,
