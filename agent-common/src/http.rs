@@ -42,6 +42,20 @@ pub struct RouteLookup {
     pub data: [u8; ROUTE_KEY_BYTES],
 }
 
+/// Status codes a response rule may name are below this: `STATUS_RULES` is indexed by
+/// the status code.
+pub const STATUS_CODES: u32 = 600;
+/// Response rules one status code may count toward at most (the slots of `StatusRules`).
+pub const RULES_PER_STATUS: usize = 4;
+
+/// Value of `STATUS_RULES`, indexed by status code: the ids of the response rules that
+/// count a response with that status, 0 in unused slots.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatusRules {
+    pub rules: [u32; RULES_PER_STATUS],
+}
+
 /// Key of `RESET_FLOWS`: a TCP connection as its request segments carry it (source and
 /// destination addresses, IPv4 as IPv4-mapped IPv6, then source and destination ports).
 #[repr(C)]

@@ -168,7 +168,7 @@ pub struct BanGroup {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuleCounters {
-    /// Matched and passed (within the limit).
+    /// Matched and passed (within the limit); for a response rule, responses counted.
     pub passed: u64,
     /// Dropped by this rule (enforce mode).
     pub dropped: u64,
@@ -240,4 +240,5 @@ mod pod {
     unsafe impl aya::Pod for EventBudget {}
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for crate::http::RouteEntry {}
+    unsafe impl aya::Pod for crate::http::StatusRules {}
 }

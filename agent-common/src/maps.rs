@@ -12,6 +12,7 @@ use crate::{
     IfaceCounters, PortRules, RuleConfig, RuleCounters, Settings,
     http::{
         FlowKey, MAX_ROUTE_KEYS, RESET_FLOWS_ENTRIES, ROUTE_KEY_BYTES, RouteEntry, RouteLookup,
+        STATUS_CODES, StatusRules,
     },
 };
 
@@ -183,6 +184,9 @@ pub struct PolicySetMaps {
     /// LPM trie, key a method code and a request-target prefix (`agent_common::http`),
     /// value `RouteEntry`: HTTP routes.
     pub routes: MapSpec,
+    /// Array indexed by HTTP status code, value `StatusRules`: the response rules that
+    /// count each status.
+    pub status_rules: MapSpec,
 }
 
 const fn policy_set(
@@ -192,6 +196,7 @@ const fn policy_set(
     class_rules: &'static str,
     rules: &'static str,
     routes: &'static str,
+    status_rules: &'static str,
 ) -> PolicySetMaps {
     PolicySetMaps {
         acl_v4: spec(
@@ -245,6 +250,14 @@ const fn policy_set(
             Entries::Fixed(MAX_ROUTE_KEYS),
         )
         .holding(Contents::Policy),
+        status_rules: spec(
+            status_rules,
+            MapKind::Array,
+            4,
+            size_of::<StatusRules>(),
+            Entries::Fixed(STATUS_CODES),
+        )
+        .holding(Contents::Policy),
     }
 }
 
@@ -256,6 +269,7 @@ pub const POLICY_SETS: [PolicySetMaps; 2] = [
         "CLASS_RULES_0",
         "RULES_0",
         "ROUTES_0",
+        "STATUS_RULES_0",
     ),
     policy_set(
         "ACL_V4_1",
@@ -264,6 +278,7 @@ pub const POLICY_SETS: [PolicySetMaps; 2] = [
         "CLASS_RULES_1",
         "RULES_1",
         "ROUTES_1",
+        "STATUS_RULES_1",
     ),
 ];
 
@@ -415,19 +430,21 @@ pub const EVENTS: MapSpec = spec(
 .holding(Contents::Disposable);
 
 /// Every map of the agent's object.
-pub const ALL: [MapSpec; 29] = [
+pub const ALL: [MapSpec; 31] = [
     POLICY_SETS[0].acl_v4,
     POLICY_SETS[0].acl_v6,
     POLICY_SETS[0].port_rules,
     POLICY_SETS[0].class_rules,
     POLICY_SETS[0].rules,
     POLICY_SETS[0].routes,
+    POLICY_SETS[0].status_rules,
     POLICY_SETS[1].acl_v4,
     POLICY_SETS[1].acl_v6,
     POLICY_SETS[1].port_rules,
     POLICY_SETS[1].class_rules,
     POLICY_SETS[1].rules,
     POLICY_SETS[1].routes,
+    POLICY_SETS[1].status_rules,
     GENERATION,
     BLOCKS_V4,
     BLOCKS_V6,

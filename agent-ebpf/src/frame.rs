@@ -3,7 +3,7 @@
 //! hook: XDP's helpers work on the `xdp_md`, TC's on the skb.
 
 use aya_ebpf::{
-    bindings::BPF_CSUM_LEVEL_RESET,
+    bindings::{__sk_buff, BPF_CSUM_LEVEL_RESET, xdp_md},
     helpers::{
         bpf_csum_level, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_pull_data,
         bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
@@ -11,7 +11,9 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
-use crate::reset;
+use agent_common::Action;
+
+use crate::{judge, parse::Packet, reset};
 
 pub trait Frame {
     /// Copies `len` bytes at `offset` to `dst`; false when the frame has fewer.
@@ -21,7 +23,41 @@ pub trait Frame {
     /// Rewrites the frame, a TCP segment, into a RST toward its receiver (see `reset`);
     /// false when that failed and the frame must be dropped.
     fn reset(&self) -> bool;
+    /// True when the TCP segment `pkt` carries data: bytes past its headers within both
+    /// the frame and its IP header's length (a frame may be padded past that length, or
+    /// cut short of it).
+    #[inline(always)]
+    fn carries_data(&self, pkt: &Packet) -> bool {
+        let l3 = u32::from(pkt.l3_off);
+        // IPv4: the total length, 2 bytes in; IPv6: the payload length, 4 bytes in, after
+        // the 40-byte header.
+        let (field, base) = if pkt.ip6 {
+            (l3 + 4, l3 + 40)
+        } else {
+            (l3 + 2, l3)
+        };
+        let mut length = [0u8; 2];
+        if !self.load(field, length.as_mut_ptr(), 2) {
+            return false;
+        }
+        let length = u32::from(u16::from_be_bytes(length));
+        // 0: a GSO packet too large for the field (BIG TCP); the frame's length holds.
+        let end = if length == 0 {
+            self.len()
+        } else {
+            (base + length).min(self.len())
+        };
+        end > u32::from(pkt.payload_off)
+    }
+    /// The judge's verdict on the IP packet `pkt` of this frame, arrived on `ifindex`
+    /// (`judge::judge_ip`, through the global function of the hook).
+    fn judge_ip(&self, pkt: &Packet, ifindex: u32) -> Action;
 }
+
+// The rewrite into a reset is a global function of each program: the verifier checks it
+// once, on its own, rather than once for every path of the judge that reaches it (it was
+// half of all the verifier walked). Its argument is the context, its answer a number.
+// build.rs exports it to the linker, which would otherwise make it static.
 
 pub struct Xdp<'a>(pub &'a XdpContext);
 
@@ -40,16 +76,33 @@ impl Frame for Xdp<'_> {
 
     #[inline(always)]
     fn reset(&self) -> bool {
-        let Some(segment) = reset::Segment::of(self.0.data(), self.0.data_end()) else {
-            return false;
-        };
-        let shrink = segment.cut_len() as i32 - self.len() as i32;
-        // SAFETY: the helper checks the new length against the frame.
-        if shrink > 0 || unsafe { bpf_xdp_adjust_tail(self.0.ctx, shrink) } != 0 {
-            return false;
-        }
-        segment.rewrite(self.0.data(), self.0.data_end())
+        portcullis_reset_xdp(self.0.ctx) != 0
     }
+
+    #[inline(always)]
+    fn judge_ip(&self, pkt: &Packet, ifindex: u32) -> Action {
+        judge::action_of(judge::portcullis_judge_xdp(self.0.ctx, pkt, ifindex))
+    }
+}
+
+/// `Frame::reset` for XDP: 1 when the frame is now the RST (or bare ACK), 0 otherwise.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn portcullis_reset_xdp(ctx: *mut xdp_md) -> u32 {
+    if ctx.is_null() {
+        return 0;
+    }
+    let ctx = XdpContext::new(ctx);
+    let Some(segment) = reset::Segment::of(ctx.data(), ctx.data_end()) else {
+        return 0;
+    };
+    let len = (ctx.data_end() - ctx.data()) as i32;
+    let shrink = segment.cut_len() as i32 - len;
+    // SAFETY: the helper checks the new length against the frame.
+    if shrink > 0 || unsafe { bpf_xdp_adjust_tail(ctx.ctx, shrink) } != 0 {
+        return 0;
+    }
+    u32::from(segment.rewrite(ctx.data(), ctx.data_end()))
 }
 
 pub struct Tc<'a>(pub &'a TcContext);
@@ -68,21 +121,37 @@ impl Frame for Tc<'_> {
 
     #[inline(always)]
     fn reset(&self) -> bool {
-        let Some(segment) = reset::Segment::of(self.0.data(), self.0.data_end()) else {
-            return false;
-        };
-        let len = segment.cut_len();
-        let skb = self.0.skb.skb.cast();
-        // SAFETY: the helpers check their arguments against the skb.
-        let resized =
-            unsafe { bpf_skb_change_tail(skb, len, 0) == 0 && bpf_skb_pull_data(skb, len) == 0 };
-        if !resized || !segment.rewrite(self.0.data(), self.0.data_end()) {
-            return false;
-        }
-        // The rewrite changed bytes a checksum the NIC or veth vouched for covered: have
-        // the stack check the (correct) checksums itself.
-        // SAFETY: as above.
-        unsafe { bpf_csum_level(skb, BPF_CSUM_LEVEL_RESET as u64) };
-        true
+        portcullis_reset_tc(self.0.skb.skb) != 0
     }
+
+    #[inline(always)]
+    fn judge_ip(&self, pkt: &Packet, ifindex: u32) -> Action {
+        judge::action_of(judge::portcullis_judge_tc(self.0.skb.skb, pkt, ifindex))
+    }
+}
+
+/// `Frame::reset` for TC: 1 when the skb is now the RST (or bare ACK), 0 otherwise.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn portcullis_reset_tc(skb: *mut __sk_buff) -> u32 {
+    if skb.is_null() {
+        return 0;
+    }
+    let ctx = TcContext::new(skb);
+    let Some(segment) = reset::Segment::of(ctx.data(), ctx.data_end()) else {
+        return 0;
+    };
+    let len = segment.cut_len();
+    let skb = skb.cast();
+    // SAFETY: the helpers check their arguments against the skb.
+    let resized =
+        unsafe { bpf_skb_change_tail(skb, len, 0) == 0 && bpf_skb_pull_data(skb, len) == 0 };
+    if !resized || !segment.rewrite(ctx.data(), ctx.data_end()) {
+        return 0;
+    }
+    // The rewrite changed bytes a checksum the NIC or veth vouched for covered: have the
+    // stack check the (correct) checksums itself.
+    // SAFETY: as above.
+    unsafe { bpf_csum_level(skb, BPF_CSUM_LEVEL_RESET as u64) };
+    1
 }

@@ -47,9 +47,10 @@ fn method_of(word: u64) -> Option<(Method, u32)> {
     None
 }
 
-/// The route of the request `pkt`'s payload starts, if it starts one and a route matches.
+/// The method of the request line `pkt`'s payload starts, if it starts one, and the length
+/// of its name.
 #[inline(always)]
-pub fn route<F: Frame>(frame: &F, policy: PolicySet, pkt: &Packet) -> Option<RouteEntry> {
+fn request_start<F: Frame>(frame: &F, pkt: &Packet) -> Option<(Method, u32)> {
     let payload = u32::from(pkt.payload_off);
     if payload == 0 {
         return None;
@@ -58,8 +59,14 @@ pub fn route<F: Frame>(frame: &F, policy: PolicySet, pkt: &Packet) -> Option<Rou
     if !frame.load(payload, first.as_mut_ptr(), 8) {
         return None;
     }
-    let (method, name_len) = method_of(u64::from_le_bytes(first))?;
-    let target = payload + name_len + 1;
+    method_of(u64::from_le_bytes(first))
+}
+
+/// The route of the request `pkt`'s payload starts, if it starts one and a route matches.
+#[inline(always)]
+pub fn route<F: Frame>(frame: &F, policy: PolicySet, pkt: &Packet) -> Option<RouteEntry> {
+    let (method, name_len) = request_start(frame, pkt)?;
+    let target = u32::from(pkt.payload_off) + name_len + 1;
     let available = frame.len().checked_sub(target)?;
     // At least one byte, at most the window, checked on the very register the helper gets:
     // without the volatile read LLVM bounds a 32-bit copy of the length and passes the

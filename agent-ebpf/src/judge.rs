@@ -9,9 +9,9 @@ use crate::{
     acl, bans, blocks, clock,
     counters::{self, RuleOutcome},
     events,
-    frame::Frame,
+    frame::{Frame, Tc, Xdp},
     http,
-    parse::{Packet, Parsed},
+    parse::{Packet, Parsed, l4::IPPROTO_TCP},
     policy_set::PolicySet,
     ratelimit::{self, Outcome},
 };
@@ -19,6 +19,10 @@ use agent_common::{
     ACL_ALLOW, Action, BLOCK_RULE, EventAction, MalformedCause, Mode, PortRules, Reason,
     http::{ROUTE_DENY, RouteEntry},
     port_key,
+};
+use aya_ebpf::{
+    bindings::{__sk_buff, xdp_md},
+    programs::{TcContext, XdpContext},
 };
 
 /// The verdict on a parsed frame that arrived on `ifindex`, with its counters and events.
@@ -28,10 +32,68 @@ pub fn judge<F: Frame>(frame: &F, parsed: &Parsed, ifindex: u32) -> Action {
     let action = match parsed {
         Parsed::NotIp => finish(Reason::NotIp),
         Parsed::Malformed(cause) => malformed(*cause),
-        Parsed::Ip(pkt) => judge_ip(frame, pkt, ifindex),
+        Parsed::Ip(pkt) => frame.judge_ip(pkt, ifindex),
     };
     counters::interface(ifindex, action);
     action
+}
+
+// An IP packet is judged in a global function of each program (through `Frame::judge_ip`):
+// the verifier checks it once, for any packet, rather than once for each of the many ways
+// the parser can end (VLAN tags, IPv6 extension headers, options), which it cannot tell
+// apart from one another and so could not prune. The packet is passed by pointer, the
+// answer is an `Action` code.
+
+/// `Action` as a global function's answer.
+const ACTION_PASS: u32 = 0;
+const ACTION_DROP: u32 = 1;
+const ACTION_RESET: u32 = 2;
+
+#[inline(always)]
+fn action_code(action: Action) -> u32 {
+    match action {
+        Action::Pass => ACTION_PASS,
+        Action::Drop => ACTION_DROP,
+        Action::Reset => ACTION_RESET,
+    }
+}
+
+#[inline(always)]
+pub fn action_of(code: u32) -> Action {
+    match code {
+        ACTION_DROP => Action::Drop,
+        ACTION_RESET => Action::Reset,
+        _ => Action::Pass,
+    }
+}
+
+/// `judge_ip` for XDP. (`pkt` is never null: the caller passes its own stack; the check
+/// is for the verifier.)
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn portcullis_judge_xdp(ctx: *mut xdp_md, pkt: *const Packet, ifindex: u32) -> u32 {
+    // SAFETY: a null pointer gives `None`; otherwise the caller's packet.
+    let Some(pkt) = (unsafe { pkt.as_ref() }) else {
+        return ACTION_PASS;
+    };
+    let ctx = XdpContext::new(ctx);
+    action_code(judge_ip(&Xdp(&ctx), pkt, ifindex))
+}
+
+/// `judge_ip` for TC.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn portcullis_judge_tc(
+    skb: *mut __sk_buff,
+    pkt: *const Packet,
+    ifindex: u32,
+) -> u32 {
+    // SAFETY: as above.
+    let Some(pkt) = (unsafe { pkt.as_ref() }) else {
+        return ACTION_PASS;
+    };
+    let ctx = TcContext::new(skb);
+    action_code(judge_ip(&Tc(&ctx), pkt, ifindex))
 }
 
 #[inline(always)]
@@ -46,14 +108,14 @@ fn finish(reason: Reason) -> Action {
     reason.action()
 }
 
-/// Applies a drop decision of `rule`, whose mode code is `mode`: true (drop the packet)
-/// when it is enforced, false (go on to the next step) in shadow mode, with the counters
-/// and the event either way.
+/// Applies a refusal of `rule`, whose mode code is `mode`: true (refuse the packet: drop
+/// it, or reset its connection when `reset`) when it is enforced, false (go on to the next
+/// step) in shadow mode, with the counters and the event either way.
 #[inline(always)]
-fn enforce(pkt: &Packet, reason: Reason, rule: u32, mode: u32, ifindex: u32) -> bool {
+fn enforce(pkt: &Packet, reason: Reason, rule: u32, mode: u32, ifindex: u32, reset: bool) -> bool {
     if mode == Mode::Enforce.code() {
         counters::rule(rule, RuleOutcome::Dropped);
-        let action = if reason.action() == Action::Reset {
+        let action = if reset {
             EventAction::Reset
         } else {
             EventAction::Dropped
@@ -75,25 +137,24 @@ fn judge_ip<F: Frame>(frame: &F, pkt: &Packet, ifindex: u32) -> Action {
         if entry.mode == ACL_ALLOW {
             return finish(Reason::Allowed);
         }
-        if enforce(pkt, Reason::Denied, entry.rule, entry.mode, ifindex) {
+        if enforce(pkt, Reason::Denied, entry.rule, entry.mode, ifindex, false) {
             return finish(Reason::Denied);
         }
     }
-    if blocks::active(pkt)
-        && enforce(
-            pkt,
-            Reason::Banned,
-            BLOCK_RULE,
-            Mode::Enforce.code(),
-            ifindex,
-        )
-    {
-        return finish(Reason::Banned);
-    }
-    if let Some(ban) = bans::active(policy, pkt)
-        && enforce(pkt, Reason::Banned, ban.rule, ban.mode, ifindex)
-    {
-        return finish(Reason::Banned);
+    // A ban refuses a source's new connections and new requests, and lets the rest of a
+    // connection to an HTTP port close (see `Refusal`). An operator block is always
+    // enforced and wins over a ban.
+    let ban = if blocks::active(pkt) {
+        Some((BLOCK_RULE, Mode::Enforce.code()))
+    } else {
+        bans::active(policy, pkt).map(|ban| (ban.rule, ban.mode))
+    };
+    if let Some((rule, mode)) = ban {
+        let refusal = Refusal::of(frame, policy, pkt);
+        let reset = refusal == Refusal::Reset;
+        if refusal != Refusal::Spare && enforce(pkt, Reason::Banned, rule, mode, ifindex, reset) {
+            return refuse(frame, Reason::Banned, reset);
+        }
     }
     if let Some(cause) = pkt.malformed {
         return malformed(cause);
@@ -140,8 +201,7 @@ fn judge_ip<F: Frame>(frame: &F, pkt: &Packet, ifindex: u32) -> Action {
         && let Some(route) = http::route(frame, policy, pkt)
     {
         if let Some(reason) = judge_route(policy, pkt, route, ifindex, clock_read) {
-            let action = finish(reason);
-            return if frame.reset() { action } else { Action::Drop };
+            return refuse(frame, reason, true);
         }
         // As for rate limits, a request its route's bucket took counts as within a limit;
         // a denied route in shadow mode is as if it were not there.
@@ -166,12 +226,56 @@ fn judge_route(
 ) -> Option<Reason> {
     if route.kind == ROUTE_DENY {
         let mode = policy.rule(route.rule)?.mode;
-        return enforce(pkt, Reason::RouteDenied, route.rule, mode, ifindex)
+        return enforce(pkt, Reason::RouteDenied, route.rule, mode, ifindex, true)
             .then_some(Reason::RouteDenied);
     }
     let now = clock_read.unwrap_or_else(clock::precise_ns);
     limit(policy, pkt, route.rule, Reason::RouteLimited, ifindex, now)
         .then_some(Reason::RouteLimited)
+}
+
+/// The verdict on a packet refused for `reason`: a reset for a request or a banned
+/// source's segment on an HTTP connection (a drop if the rewrite fails), else a drop.
+#[inline(always)]
+fn refuse<F: Frame>(frame: &F, reason: Reason, reset: bool) -> Action {
+    finish(reason);
+    if reset && frame.reset() {
+        Action::Reset
+    } else {
+        Action::Drop
+    }
+}
+
+/// What a blocked or banned source's packet gets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Dropped: anything but a connection to an HTTP port, and its SYNs.
+    Drop,
+    /// A segment with data on a connection to an HTTP port (a request, or more of one):
+    /// the connection is reset, as for a refused route, so that neither side waits.
+    Reset,
+    /// A segment without data on a connection to an HTTP port (an ACK, a FIN) is spared:
+    /// the response in flight, often the very one that made the ban, is delivered and the
+    /// connection closes. Dropping the client's ACKs would leave the server resending it.
+    Spare,
+}
+
+impl Refusal {
+    #[inline(always)]
+    fn of<F: Frame>(frame: &F, policy: PolicySet, pkt: &Packet) -> Refusal {
+        if pkt.syn
+            || pkt.l4_off == 0
+            || pkt.protocol != IPPROTO_TCP
+            || rules_for(policy, pkt).http == 0
+        {
+            return Refusal::Drop;
+        }
+        if frame.carries_data(pkt) {
+            Refusal::Reset
+        } else {
+            Refusal::Spare
+        }
+    }
 }
 
 /// Rules scoped to the packet's port take precedence over rules for its whole class; the
@@ -222,7 +326,14 @@ fn limit(
                 };
                 events::report(pkt, Reason::Banned, rule, action, ifindex);
             }
-            enforce(pkt, reason, rule, cfg.mode, ifindex)
+            enforce(
+                pkt,
+                reason,
+                rule,
+                cfg.mode,
+                ifindex,
+                reason.action() == Action::Reset,
+            )
         }
     }
 }

@@ -22,6 +22,7 @@ mod parse;
 mod policy_set;
 mod ratelimit;
 mod reset;
+mod responses;
 
 use agent_common::Action;
 use aya_ebpf::{
@@ -75,6 +76,19 @@ pub fn portcullis_tc(ctx: TcContext) -> i32 {
         Action::Pass | Action::Reset => TC_ACT_UNSPEC,
         Action::Drop => TC_ACT_SHOT,
     }
+}
+
+/// TC egress entry point: counts the server's HTTP responses toward response rules (see
+/// `responses`) and always lets the packet go (`TC_ACT_UNSPEC`).
+#[classifier]
+pub fn portcullis_tc_egress(ctx: TcContext) -> i32 {
+    // Locally written segments carry their headers in the linear part: nothing to pull.
+    if let parse::Parsed::Ip(pkt) = parse::parse(ctx.data(), ctx.data_end()) {
+        // SAFETY: the context pointer is valid for the whole program run.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        responses::count(&frame::Tc(&ctx), &pkt, ifindex);
+    }
+    TC_ACT_UNSPEC
 }
 
 #[cfg(not(test))]

@@ -6,7 +6,7 @@
 use agent_common::{
     AclEntry, BanEntry, BanGroup, BlockEntry, Bucket, BucketKey, EventBudget, IfaceCounters,
     PortRules, RuleConfig, RuleCounters, Settings,
-    http::{FlowKey, ROUTE_KEY_BYTES, RouteEntry, RouteLookup},
+    http::{FlowKey, ROUTE_KEY_BYTES, RouteEntry, RouteLookup, StatusRules},
     maps::{self as spec, MapSpec, POLICY_SETS, PolicySetMaps},
 };
 use aya_ebpf::{
@@ -62,6 +62,12 @@ pub static ROUTES_0: LpmTrie<[u8; ROUTE_KEY_BYTES], RouteEntry> =
 #[map]
 pub static ROUTES_1: LpmTrie<[u8; ROUTE_KEY_BYTES], RouteEntry> =
     LpmTrie::with_max_entries(entries(SET_1.routes), SET_1.routes.flags);
+#[map]
+pub static STATUS_RULES_0: Array<StatusRules> =
+    Array::with_max_entries(entries(SET_0.status_rules), SET_0.status_rules.flags);
+#[map]
+pub static STATUS_RULES_1: Array<StatusRules> =
+    Array::with_max_entries(entries(SET_1.status_rules), SET_1.status_rules.flags);
 #[map]
 pub static GENERATION: Array<u32> =
     Array::with_max_entries(entries(spec::GENERATION), spec::GENERATION.flags);

@@ -4,13 +4,13 @@
 
 use agent_common::{
     AclEntry, PortRules, RuleConfig,
-    http::{ROUTE_KEY_BYTES, RouteEntry},
+    http::{ROUTE_KEY_BYTES, RouteEntry, StatusRules},
 };
 use aya_ebpf::maps::{Array, HashMap, LpmTrie};
 
 use crate::maps::{
     ACL_V4_0, ACL_V4_1, ACL_V6_0, ACL_V6_1, CLASS_RULES_0, CLASS_RULES_1, GENERATION, PORT_RULES_0,
-    PORT_RULES_1, ROUTES_0, ROUTES_1, RULES_0, RULES_1,
+    PORT_RULES_1, ROUTES_0, ROUTES_1, RULES_0, RULES_1, STATUS_RULES_0, STATUS_RULES_1,
 };
 
 #[derive(Clone, Copy)]
@@ -54,6 +54,11 @@ impl PolicySet {
     #[inline(always)]
     pub fn routes(&self) -> &'static LpmTrie<[u8; ROUTE_KEY_BYTES], RouteEntry> {
         self.pick(&ROUTES_0, &ROUTES_1)
+    }
+
+    #[inline(always)]
+    pub fn status_rules(&self) -> &'static Array<StatusRules> {
+        self.pick(&STATUS_RULES_0, &STATUS_RULES_1)
     }
 
     /// The configuration of rule `id`, if the id is in use.

@@ -56,14 +56,20 @@ fn fresh_bucket(cfg: &RuleConfig, now: u64) -> Bucket {
     }
 }
 
+/// The bucket key of `pkt`'s source group under `rule`.
 #[inline(always)]
-pub fn take(rule: u32, cfg: &RuleConfig, pkt: &Packet, now: u64) -> Outcome {
+fn group_key(rule: u32, cfg: &RuleConfig, pkt: &Packet) -> BucketKey {
     let addr = if pkt.v4 {
         [0, 0, pkt.src[2], pkt.src[3] & cfg.mask_v4]
     } else {
         group_v6(pkt, cfg)
     };
-    let key = BucketKey { rule, addr };
+    BucketKey { rule, addr }
+}
+
+#[inline(always)]
+pub fn take(rule: u32, cfg: &RuleConfig, pkt: &Packet, now: u64) -> Outcome {
+    let key = group_key(rule, cfg, pkt);
     let Some(bucket) = BUCKETS.get_ptr_mut(key) else {
         return admit(key, cfg, now);
     };
@@ -82,6 +88,42 @@ pub fn take(rule: u32, cfg: &RuleConfig, pkt: &Packet, now: u64) -> Outcome {
             return Outcome::Over { escalate: false };
         }
         escalation(bucket, cfg, now)
+    }
+}
+
+/// Counts one event of `pkt`'s source group (a response rule's match) in `rule`'s
+/// escalation window, in the group's bucket, which has no rate; true when this event
+/// completes the rule's `ban_after` count. No admission step: these events come from
+/// connections the server accepted, not from spoofable first packets.
+#[inline(always)]
+pub fn count_toward_ban(rule: u32, cfg: &RuleConfig, pkt: &Packet, now: u64) -> bool {
+    let key = group_key(rule, cfg, pkt);
+    let Some(bucket) = BUCKETS.get_ptr_mut(key) else {
+        let escalate = cfg.ban_after <= 1;
+        let bucket = Bucket {
+            excess: u32::from(!escalate),
+            ..fresh_bucket(cfg, now)
+        };
+        // Another CPU's insert meanwhile is replaced: one event's difference.
+        if BUCKETS.insert(key, bucket, 0).is_ok() {
+            counters::bump(COUNTER_BUCKETS_CREATED);
+        }
+        return escalate;
+    };
+    // SAFETY: as in `take`.
+    unsafe {
+        if (*bucket).epoch != cfg.epoch {
+            // The rule changed: its count starts over from this event.
+            *bucket = Bucket {
+                excess: 1,
+                ..fresh_bucket(cfg, now)
+            };
+            return cfg.ban_after <= 1;
+        }
+        matches!(
+            escalation(bucket, cfg, now),
+            Outcome::Over { escalate: true }
+        )
     }
 }
 

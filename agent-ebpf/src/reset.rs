@@ -1,10 +1,11 @@
-//! Refusing an HTTP request without leaving anyone waiting. The request segment is
-//! rewritten in place into a bare RST with the request's own sequence number and passed up:
-//! the server's stack takes it (its sequence number is the next byte the server expects,
-//! as RFC 5961 wants of a RST) and frees the connection. The connection is remembered
-//! (`RESET_FLOWS`), and the client's retransmissions of the request are passed on as bare
-//! ACKs, without their payload: the server, which has no connection for them any more,
-//! answers each with a RST, so the client sees the reset too. (Were they turned into RSTs
+//! Refusing an HTTP request (or any segment of a banned client's connection) without
+//! leaving anyone waiting. The segment is rewritten in place into a bare RST with its own
+//! sequence number and passed up: the server's stack takes it (its sequence number is the
+//! next byte the server expects, as RFC 5961 wants of a RST) and frees the connection. The
+//! connection is remembered (`RESET_FLOWS`), and the client's later segments on it (the
+//! request's retransmissions, an ACK, a FIN) are passed on as bare ACKs, without payload:
+//! the server, which has no connection for them any more, answers each with a RST, so the
+//! client sees the reset too. (Were they turned into RSTs
 //! as well, the server would drop them silently, and the client would retransmit until it
 //! gave up.) A dropped segment would leave the client retransmitting and the server's
 //! socket waiting.

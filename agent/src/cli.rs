@@ -239,13 +239,13 @@ pub fn stats(socket: &Path, json: bool) -> Result<(), CliError> {
     }
     if !stats.rules.is_empty() {
         println!(
-            "\n{:<24} {:>12} {:>12} {:>12}",
-            "rule", "passed", "dropped", "shadowed"
+            "\n{:<24} {:>12} {:>12} {:>12} {:>12}",
+            "rule", "passed", "dropped", "shadowed", "responses"
         );
         for (name, c) in &stats.rules {
             println!(
-                "{name:<24} {:>12} {:>12} {:>12}",
-                c.passed, c.dropped, c.shadowed
+                "{name:<24} {:>12} {:>12} {:>12} {:>12}",
+                c.passed, c.dropped, c.shadowed, c.responses
             );
         }
     }

@@ -50,7 +50,6 @@ impl Enforcer {
         cpus: u32,
         state_dir: Option<&Path>,
     ) -> Result<Self> {
-        enforceable(&policy)?;
         let mut ids = RuleIds::default();
         let tables = tables::build(&policy, &mut ids, cpus);
         let empty = Tables::default();
@@ -123,6 +122,13 @@ impl Enforcer {
                 .flat_map(|http| &http.routes)
                 .map(|route| route.name.clone())
                 .collect(),
+            responses: self
+                .policy
+                .http
+                .iter()
+                .flat_map(|http| &http.responses)
+                .map(|rule| rule.name.clone())
+                .collect(),
         }
     }
 
@@ -142,7 +148,6 @@ impl Enforcer {
 
     /// Writes `policy` into the set not in force and switches to it.
     fn put_in_force(&mut self, policy: Policy) -> Result<()> {
-        enforceable(&policy)?;
         let mut ids = self.ids.clone();
         let tables = tables::build(&policy, &mut ids, self.cpus);
         let next = 1 - self.active;
@@ -186,17 +191,4 @@ impl Enforcer {
             );
         }
     }
-}
-
-/// Refuses what this version validates but does not enforce yet, rather than accepting a
-/// policy and silently leaving part of it out: response rules.
-fn enforceable(policy: &Policy) -> Result<()> {
-    if let Some(rule) = policy.http.iter().flat_map(|http| &http.responses).next() {
-        bail!(
-            "response rule '{}': this version validates response rules but does not \
-             enforce them yet; remove them to put the rest of the policy in force",
-            rule.name
-        );
-    }
-    Ok(())
 }

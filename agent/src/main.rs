@@ -265,8 +265,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 );
                 if let Some(http) = &loaded.http {
                     println!(
-                        "http: {} routes and {} response rules on ports {:?}; this version \
-                         does not enforce response rules yet and refuses to apply them",
+                        "http: {} routes and {} response rules on ports {:?}",
                         http.routes.len(),
                         http.responses.len(),
                         http.ports

@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub rules: Vec<(String, RuleCounters)>,
     /// Which of `rules` are HTTP routes.
     pub routes: std::collections::BTreeSet<String>,
+    /// Which of `rules` are response rules.
+    pub responses: std::collections::BTreeSet<String>,
     pub interfaces: Vec<(String, IfaceCounters)>,
     /// Escalation bans in force.
     pub bans_active: usize,
@@ -127,15 +129,29 @@ pub fn render(s: &Snapshot) -> String {
         "HTTP requests per route, by outcome: passed (within its rate), refused (the \
          connection reset), shadowed (would have been refused)",
     );
+    let responses = counter_family(
+        &mut registry,
+        "response_matches",
+        "Server responses counted per response rule (toward its client's ban); the packets \
+         its bans refuse are in portcullis_rule_packets_total",
+    );
     for (name, c) in &s.rules {
+        // A response rule passes no packets: what it counts are responses.
+        let response_rule = s.responses.contains(name);
+        let passed = if response_rule { 0 } else { c.passed };
         for (outcome, value) in [
-            ("passed", c.passed),
+            ("passed", passed),
             ("dropped", c.dropped),
             ("shadowed", c.shadowed),
         ] {
             rules
                 .get_or_create(&labels(&[("rule", name), ("outcome", outcome)]))
                 .inc_by(value);
+        }
+        if response_rule {
+            responses
+                .get_or_create(&labels(&[("rule", name)]))
+                .inc_by(c.passed);
         }
         if s.routes.contains(name) {
             for (outcome, value) in [
@@ -298,15 +314,26 @@ mod tests {
         counters.unadmitted = 3;
         let text = render(&Snapshot {
             counters,
-            rules: vec![(
-                "login".into(),
-                RuleCounters {
-                    passed: 1,
-                    dropped: 2,
-                    shadowed: 0,
-                },
-            )],
+            rules: vec![
+                (
+                    "login".into(),
+                    RuleCounters {
+                        passed: 1,
+                        dropped: 2,
+                        shadowed: 0,
+                    },
+                ),
+                (
+                    "auth-failures".into(),
+                    RuleCounters {
+                        passed: 11,
+                        dropped: 4,
+                        shadowed: 0,
+                    },
+                ),
+            ],
             routes: ["login".to_string()].into(),
+            responses: ["auth-failures".to_string()].into(),
             interfaces: vec![(
                 "eth0".into(),
                 IfaceCounters {
@@ -340,6 +367,9 @@ mod tests {
             "portcullis_shadow_hits_total{reason=\"rate_limited\"} 2",
             "portcullis_rule_packets_total{rule=\"login\",outcome=\"dropped\"} 2",
             "portcullis_route_requests_total{route=\"login\",outcome=\"refused\"} 2",
+            "portcullis_response_matches_total{rule=\"auth-failures\"} 11",
+            "portcullis_rule_packets_total{rule=\"auth-failures\",outcome=\"passed\"} 0",
+            "portcullis_rule_packets_total{rule=\"auth-failures\",outcome=\"dropped\"} 4",
             "portcullis_interface_packets_total{interface=\"eth0\",verdict=\"drop\"} 7",
             "portcullis_events_total{outcome=\"suppressed\"} 5",
             "portcullis_map_entries{map=\"deny\"} 4",

@@ -309,22 +309,19 @@ async fn serve(
     let mut attachments: Vec<Attachment> = Vec::new();
     let mut attached = Vec::new();
     for iface in &options.ifaces {
-        match loader::attach(
+        let ingress = loader::attach(
             ebpf,
             iface,
             options.hook,
             options.xdp_mode,
             options.replace_foreign_xdp,
             &options.pin_dir,
-        ) {
-            Ok(a) => {
-                tracing::info!(
-                    iface = a.iface,
-                    hook = a.hook,
-                    program_id = a.program_id,
-                    adopted = a.adopted,
-                    "attached"
-                );
+        );
+        match ingress.and_then(|a| with_egress(ebpf, iface, &options.pin_dir, a)) {
+            Ok((a, egress)) => {
+                log_attached(&a);
+                log_attached(&egress);
+                attachments.push(egress);
                 let ifindex = ifaces
                     .iter()
                     .find_map(|(index, name)| (name == &a.iface).then_some(*index))
@@ -626,4 +623,37 @@ fn parse_event(record: &[u8]) -> Option<agent_common::Event> {
     // SAFETY: the length is checked and Event is plain old data; the ring buffer gives no
     // alignment guarantee beyond 8 bytes, so read unaligned to be safe.
     Some(unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) })
+}
+
+/// Attaches the egress program to `iface` beside its ingress attachment `ingress`: egress
+/// counts the server's responses for response rules and judges nothing, so it is not
+/// listed with the interface's enforcing program. If it cannot attach, `ingress` is undone
+/// (a link taken over from a previous agent is kept) and the start fails.
+fn with_egress(
+    ebpf: &mut aya::Ebpf,
+    iface: &str,
+    pin_dir: &std::path::Path,
+    ingress: Attachment,
+) -> Result<(Attachment, Attachment)> {
+    match loader::attach_egress(ebpf, iface, pin_dir) {
+        Ok(egress) => Ok((ingress, egress)),
+        Err(e) => {
+            if ingress.adopted {
+                ingress.keep();
+            } else {
+                let _ = ingress.detach();
+            }
+            Err(e)
+        }
+    }
+}
+
+fn log_attached(a: &Attachment) {
+    tracing::info!(
+        iface = a.iface,
+        hook = a.hook,
+        program_id = a.program_id,
+        adopted = a.adopted,
+        "attached"
+    );
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use agent_common::{
     ACL_ALLOW, AclEntry, BLOCK_EPOCH, BLOCK_RULE, CLASS_COUNT, CLASS_ICMP, CLASS_OTHER, CLASS_TCP,
     CLASS_UDP, PortRules, RuleConfig, Settings,
-    http::{ROUTE_DENY, ROUTE_KEY_BYTES, ROUTE_LIMIT, RouteEntry},
+    http::{ROUTE_DENY, ROUTE_KEY_BYTES, ROUTE_LIMIT, RouteEntry, StatusRules},
     port_key,
 };
 use ipnet::IpNet;
@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use crate::{
     policy::{
         Count, Limit, Mode, Policy, Protocol, RateLimit,
-        http::{Http, Route, RouteAction},
+        http::{Http, ResponseRule, Route, RouteAction},
     },
     routes,
     rule_ids::RuleIds,
@@ -35,6 +35,8 @@ pub struct Tables {
     pub rules: BTreeMap<u32, RuleConfig>,
     /// The route trie: (prefix bits, method and target bytes) to the route.
     pub routes: BTreeMap<(u32, [u8; ROUTE_KEY_BYTES]), RouteEntry>,
+    /// Response rules by the status codes they count.
+    pub statuses: BTreeMap<u32, StatusRules>,
     pub settings: Settings,
 }
 
@@ -125,6 +127,19 @@ fn route_config(route: &Route) -> RuleConfig {
     }
 }
 
+/// The kernel's configuration of a response rule: a limit without a rate, whose ban counts
+/// responses instead of packets over the rate.
+fn response_config(rule: &ResponseRule) -> RuleConfig {
+    let limit = Limit {
+        interval_ns: 0,
+        burst: 0,
+        prefix_v4: rule.prefix_v4,
+        prefix_v6: rule.prefix_v6,
+        ban: Some(rule.ban),
+    };
+    limit_config(&limit, rule.mode)
+}
+
 fn classes(protocol: Protocol) -> &'static [u8] {
     match protocol {
         Protocol::Tcp => &[CLASS_TCP],
@@ -155,6 +170,9 @@ pub fn build(policy: &Policy, ids: &mut RuleIds, cpus: u32) -> Tables {
     let http = policy.http.as_ref();
     for route in http.iter().flat_map(|http| &http.routes) {
         wanted.push(route.name.clone());
+    }
+    for rule in http.iter().flat_map(|http| &http.responses) {
+        wanted.push(rule.name.clone());
     }
     ids.assign(&wanted);
 
@@ -228,7 +246,7 @@ pub fn build(policy: &Policy, ids: &mut RuleIds, cpus: u32) -> Tables {
 }
 
 /// HTTP ports (their port entries say so, inheriting the TCP class's rules where no rate
-/// limit names the port), route rules, and the route trie.
+/// limit names the port), route rules, the route trie, and response rules by status.
 fn add_http(tables: &mut Tables, http: &Http, ids: &mut RuleIds) {
     for &port in &http.ports {
         let inherited = tables.class_rules[CLASS_TCP as usize];
@@ -253,6 +271,19 @@ fn add_http(tables: &mut Tables, http: &Http, ids: &mut RuleIds) {
             },
         };
         tables.routes.insert((key.bits, key.data), entry);
+    }
+    for rule in &http.responses {
+        let id = ids.id(&rule.name);
+        let mut config = response_config(rule);
+        config.epoch = ids.epoch(&rule.name, &config);
+        tables.rules.insert(id, config);
+        for &status in &rule.statuses {
+            let slots = &mut tables.statuses.entry(u32::from(status)).or_default().rules;
+            // Validation leaves a free slot for every status of every rule.
+            if let Some(free) = slots.iter_mut().find(|slot| **slot == 0) {
+                *free = id;
+            }
+        }
     }
 }
 
@@ -407,5 +438,29 @@ mod tests {
             3
         );
         assert!(kinds.contains(&(ids.id("hidden"), ROUTE_DENY)));
+    }
+
+    #[test]
+    fn response_rules_by_status() {
+        let mut ids = RuleIds::default();
+        let t = tables(
+            "http:\n  ports: [80]\n  responses:\n\
+             \x20   - {name: auth, status: [401, 403], prefix_v4: 24, ban: {after: 10, within: 1m, for: 15m}}\n\
+             \x20   - {name: watch, status: [401], ban: {after: 3, for: 1h}, mode: shadow}\n",
+            &mut ids,
+        );
+        let (auth, watch) = (ids.id("auth"), ids.id("watch"));
+        assert_eq!(t.statuses[&401].rules, [auth, watch, 0, 0]);
+        assert_eq!(t.statuses[&403].rules, [auth, 0, 0, 0]);
+        assert_eq!(t.statuses.len(), 2);
+        // A response rule has no rate: only its ban, grouping and mode.
+        let config = t.rules[&auth];
+        assert_eq!(config.interval_ns, 0);
+        assert_eq!(
+            (config.ban_after, config.ban_window_ns, config.ban_for_ns),
+            (10, 60_000_000_000, 900_000_000_000)
+        );
+        assert_eq!((config.prefix_v4, config.mask_v4), (24, mask_v4(24)));
+        assert_eq!(t.rules[&watch].mode, Mode::Shadow.code());
     }
 }

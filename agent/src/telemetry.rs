@@ -50,6 +50,8 @@ pub struct RulesInForce {
     pub modes: BTreeMap<u32, Mode>,
     /// Names of the HTTP routes among the rules.
     pub routes: std::collections::BTreeSet<String>,
+    /// Names of the response rules among the rules.
+    pub responses: std::collections::BTreeSet<String>,
 }
 
 impl RulesInForce {
@@ -266,10 +268,13 @@ impl Telemetry {
                 .rule_counters()?
                 .into_iter()
                 .map(|(name, c)| {
+                    // A response rule's kernel count is of responses, not passed packets.
+                    let response_rule = in_force.rules.responses.contains(&name);
                     let counts = RuleCounts {
-                        passed: c.passed,
+                        passed: if response_rule { 0 } else { c.passed },
                         dropped: c.dropped,
                         shadowed: c.shadowed,
+                        responses: if response_rule { c.passed } else { 0 },
                     };
                     (name, counts)
                 })
@@ -328,6 +333,7 @@ impl Telemetry {
             counters: self.counters()?,
             rules: self.rule_counters()?,
             routes: in_force.rules.routes.clone(),
+            responses: in_force.rules.responses.clone(),
             interfaces,
             bans_active: census.bans,
             blocks_active: census.blocks,

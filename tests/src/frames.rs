@@ -49,6 +49,10 @@ pub struct FrameSpec {
     /// TPIDs of the VLAN tags, outermost first.
     pub vlans: Vec<u16>,
     pub src: IpAddr,
+    /// Destination address; `None` is 10.0.0.2 or fd00::2, by the source's family.
+    pub dst: Option<IpAddr>,
+    /// Source port of TCP and UDP.
+    pub sport: u16,
     pub l4: L4,
     /// IPv4 option bytes (a multiple of 4, at most 40).
     pub ipv4_options: usize,
@@ -65,6 +69,8 @@ impl FrameSpec {
         Self {
             vlans: Vec::new(),
             src: src.parse().expect("test source address"),
+            dst: None,
+            sport: 40000,
             l4,
             ipv4_options: 0,
             ipv4_fragment: (0, false),
@@ -79,6 +85,14 @@ impl FrameSpec {
         self.payload = content.len();
         self.content = Some(content.to_vec());
         self
+    }
+
+    /// A segment from port `sport` of `src` to `dst`: a server's response to a client.
+    pub fn reply(src: &str, sport: u16, dst: &str, dport: u16) -> Self {
+        let mut spec = Self::tcp(src, dport, false, true);
+        spec.sport = sport;
+        spec.dst = Some(dst.parse().expect("test destination address"));
+        spec
     }
 
     pub fn udp(src: &str, dport: u16) -> Self {
@@ -102,7 +116,7 @@ impl FrameSpec {
         let mut transport = Vec::new();
         let protocol = match &self.l4 {
             L4::Tcp { dport, syn, ack } => {
-                let mut tcp = TcpHeader::new(40000, *dport, 1, 64240);
+                let mut tcp = TcpHeader::new(self.sport, *dport, 1, 64240);
                 tcp.syn = *syn;
                 tcp.ack = *ack;
                 tcp.write(&mut transport).unwrap();
@@ -110,7 +124,7 @@ impl FrameSpec {
             }
             L4::Udp { dport } => {
                 let udp = UdpHeader {
-                    source_port: 40000,
+                    source_port: self.sport,
                     destination_port: *dport,
                     length: (8 + self.payload) as u16,
                     checksum: 0,
@@ -174,9 +188,25 @@ impl FrameSpec {
         frame
     }
 
+    fn dst_v4(&self) -> [u8; 4] {
+        match self.dst {
+            Some(IpAddr::V4(dst)) => dst.octets(),
+            Some(IpAddr::V6(_)) => panic!("an IPv6 destination for an IPv4 source"),
+            None => [10, 0, 0, 2],
+        }
+    }
+
+    fn dst_v6(&self) -> [u8; 16] {
+        match self.dst {
+            Some(IpAddr::V6(dst)) => dst.octets(),
+            Some(IpAddr::V4(_)) => panic!("an IPv4 destination for an IPv6 source"),
+            None => "fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+        }
+    }
+
     fn ipv4(&self, src: [u8; 4], protocol: IpNumber, transport: &[u8]) -> Vec<u8> {
         let mut ip =
-            Ipv4Header::new(transport.len() as u16, 64, protocol, src, [10, 0, 0, 2]).unwrap();
+            Ipv4Header::new(transport.len() as u16, 64, protocol, src, self.dst_v4()).unwrap();
         // NOP options, then end of list: content does not matter to a filter, length does.
         let mut options = vec![1u8; self.ipv4_options];
         if let Some(last) = options.last_mut() {
@@ -239,7 +269,7 @@ impl FrameSpec {
             next_header: first,
             hop_limit: 64,
             source: src,
-            destination: "fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            destination: self.dst_v6(),
         };
         let mut out = Vec::new();
         ip.write(&mut out).unwrap();

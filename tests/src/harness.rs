@@ -11,7 +11,7 @@ use aya::{
 };
 use portcullis::{
     enforcer::Enforcer,
-    loader::{self, TC_PROGRAM, XDP_PROGRAM},
+    loader::{self, TC_EGRESS_PROGRAM, TC_PROGRAM, XDP_PROGRAM},
     maps::{BanMaps, Counters, KernelMaps, TelemetryMaps},
     policy,
 };
@@ -59,6 +59,13 @@ impl Harness {
             .context("no TC program")?
             .try_into()?;
         tc.load().context("the verifier rejected the TC program")?;
+        let egress: &mut SchedClassifier = ebpf
+            .program_mut(TC_EGRESS_PROGRAM)
+            .context("no TC egress program")?
+            .try_into()?;
+        egress
+            .load()
+            .context("the verifier rejected the TC egress program")?;
         Ok(Self {
             programs: Programs {
                 ebpf,
@@ -90,6 +97,12 @@ impl Harness {
 
     pub fn tc_out(&self, frame: &[u8]) -> Result<(Action, Vec<u8>)> {
         self.programs.tc_out(frame)
+    }
+
+    /// Runs the TC egress program on `frame`, a segment leaving toward a client; it always
+    /// lets the segment go (anything else is an error).
+    pub fn egress(&self, frame: &[u8]) -> Result<()> {
+        self.programs.egress(frame)
     }
 
     pub fn counters(&self) -> Result<Counters> {
@@ -162,6 +175,30 @@ impl Programs {
     /// Runs the TC program once on `frame` (at least 14 bytes: the kernel refuses less).
     pub fn tc(&self, frame: &[u8]) -> Result<Action> {
         Ok(self.tc_out(frame)?.0)
+    }
+
+    /// Runs the TC egress program once on `frame`.
+    pub fn egress(&self, frame: &[u8]) -> Result<()> {
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(TC_EGRESS_PROGRAM)
+            .context("no TC egress program")?
+            .try_into()?;
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ..Default::default()
+            })
+            .map_err(|e| {
+                anyhow!(
+                    "BPF_PROG_TEST_RUN (TC egress) on {} bytes: {e}",
+                    frame.len()
+                )
+            })?;
+        match result.return_value {
+            TC_ACT_UNSPEC => Ok(()),
+            other => bail!("TC egress program returned {other}"),
+        }
     }
 
     /// As `xdp_out`, through the TC program.

@@ -68,6 +68,8 @@ pub struct Packet {
     malformed: Option<MalformedCause>,
     /// TCP payload: from the data offset the header states to the end of the frame.
     payload: Option<Vec<u8>>,
+    /// The TCP segment carries data within both the frame and its IP header's length.
+    data: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -115,10 +117,15 @@ fn parse_v4(ip: &[u8]) -> Parsed {
     };
     let first_fragment = header.fragments_offset().value() == 0;
     let l4 = &ip[header.slice().len()..];
+    let stated = match header.total_len() {
+        0 => usize::MAX,
+        total => usize::from(total).saturating_sub(header.slice().len()),
+    };
     Parsed::Ip(transport(
         header.source_addr().into(),
         header.protocol(),
         l4,
+        stated,
         first_fragment,
         true,
     ))
@@ -149,7 +156,13 @@ fn parse_v6(ip: &[u8]) -> Parsed {
             syn: false,
             malformed: Some(cause),
             payload: None,
+            data: false,
         })
+    };
+    // Bytes of `rest` inside the IPv6 payload length.
+    let stated = |rest: &[u8]| match header.payload_length() {
+        0 => usize::MAX,
+        length => (40 + usize::from(length)).saturating_sub(ip.len() - rest.len()),
     };
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         let walked = match next {
@@ -172,7 +185,7 @@ fn parse_v6(ip: &[u8]) -> Parsed {
                     )
                 })
             }
-            _ => return Parsed::Ip(transport(src, next, rest, true, false)),
+            _ => return Parsed::Ip(transport(src, next, rest, stated(rest), true, false)),
         };
         let Some((after, len, later_fragment)) = walked else {
             return malformed(MalformedCause::TruncatedExtensionHeader);
@@ -180,14 +193,14 @@ fn parse_v6(ip: &[u8]) -> Parsed {
         next = after;
         rest = &rest[len..];
         if later_fragment {
-            return Parsed::Ip(transport(src, next, rest, false, false));
+            return Parsed::Ip(transport(src, next, rest, stated(rest), false, false));
         }
     }
     // The chain is as long as allowed: only a transport header may come now.
     if is_extension_header(next) {
         return malformed(MalformedCause::TooManyExtensionHeaders);
     }
-    Parsed::Ip(transport(src, next, rest, true, false))
+    Parsed::Ip(transport(src, next, rest, stated(rest), true, false))
 }
 
 /// The extension headers the model walks (difference 3: the generic layout for all but AH
@@ -225,7 +238,16 @@ fn class_of(protocol: IpNumber, v4: bool) -> Class {
     }
 }
 
-fn transport(src: IpAddr, protocol: IpNumber, l4: &[u8], first_fragment: bool, v4: bool) -> Packet {
+/// The packet whose transport header starts `l4`, of which `stated` bytes are inside the
+/// IP header's length (`usize::MAX` for a length of 0: a GSO packet too large for it).
+fn transport(
+    src: IpAddr,
+    protocol: IpNumber,
+    l4: &[u8],
+    stated: usize,
+    first_fragment: bool,
+    v4: bool,
+) -> Packet {
     let class = class_of(protocol, v4);
     let mut pkt = Packet {
         src,
@@ -234,6 +256,7 @@ fn transport(src: IpAddr, protocol: IpNumber, l4: &[u8], first_fragment: bool, v
         syn: false,
         malformed: None,
         payload: None,
+        data: false,
     };
     if !first_fragment {
         return pkt;
@@ -245,6 +268,7 @@ fn transport(src: IpAddr, protocol: IpNumber, l4: &[u8], first_fragment: bool, v
                 pkt.syn = syn;
                 let data_offset = usize::from(l4[12] >> 4) * 4;
                 pkt.payload = l4.get(data_offset..).map(<[u8]>::to_vec);
+                pkt.data = data_offset < l4.len().min(stated);
             }
             Err(cause) => pkt.malformed = Some(cause),
         },
@@ -418,9 +442,11 @@ impl Model {
             .max_by_key(|(net, _)| net.prefix_len())
             .map(|(_, &owner)| self.owner_mode(owner));
         if let Some(mode) = ban_mode
+            && let Some(action) = self.ban_refusal(&pkt)
             && self.decide(Reason::Banned, mode)
         {
-            return self.finish(Reason::Banned);
+            self.finish(Reason::Banned);
+            return (action, Reason::Banned);
         }
         if let Some(cause) = pkt.malformed {
             return self.malformed(cause);
@@ -505,12 +531,24 @@ impl Model {
         }
     }
 
-    /// The route of the request the packet's payload starts, if it is on an HTTP port and
-    /// a route matches: the route with the longest path, one naming the method before one
-    /// that does not. Matched as the README states it, independently of the agent's route
-    /// compiler: the path, then the end of the target, `/` or `?` (a path ending in `/` is
-    /// a boundary itself), within the 192 bytes of target the kernel reads.
-    fn route_for(&self, pkt: &Packet) -> Option<usize> {
+    /// What a banned source's packet gets: on a connection to an HTTP port, a reset if it
+    /// carries data, nothing (`None`: the ban spares it) if not, as the README says; a drop
+    /// for anything else, SYNs included.
+    fn ban_refusal(&self, pkt: &Packet) -> Option<Action> {
+        let on_http_port = self
+            .policy
+            .http
+            .as_ref()
+            .is_some_and(|http| pkt.port.is_some_and(|port| http.ports.contains(&port)));
+        if pkt.class != Class::Tcp || !on_http_port || pkt.syn {
+            return Some(Action::Drop);
+        }
+        pkt.data.then_some(Action::Reset)
+    }
+
+    /// The method of the request line the packet's payload starts on an HTTP port, and
+    /// what follows "METHOD ".
+    fn request_method<'a>(&self, pkt: &'a Packet) -> Option<(Method, &'a [u8])> {
         let http = self.policy.http.as_ref()?;
         if pkt.class != Class::Tcp || !http.ports.contains(&pkt.port?) {
             return None;
@@ -521,10 +559,20 @@ impl Model {
         if payload.len() < 8 {
             return None;
         }
-        let (method, rest) = Method::ALL.into_iter().find_map(|m| {
+        Method::ALL.into_iter().find_map(|m| {
             let start = format!("{} ", m.name());
             payload.strip_prefix(start.as_bytes()).map(|rest| (m, rest))
-        })?;
+        })
+    }
+
+    /// The route of the request the packet's payload starts, if it is on an HTTP port and
+    /// a route matches: the route with the longest path, one naming the method before one
+    /// that does not. Matched as the README states it, independently of the agent's route
+    /// compiler: the path, then the end of the target, `/` or `?` (a path ending in `/` is
+    /// a boundary itself), within the 192 bytes of target the kernel reads.
+    fn route_for(&self, pkt: &Packet) -> Option<usize> {
+        let http = self.policy.http.as_ref()?;
+        let (method, rest) = self.request_method(pkt)?;
         let window = &rest[..rest.len().min(TARGET_WINDOW)];
         http.routes
             .iter()

@@ -205,23 +205,32 @@ pub struct HttpServer {
     child: Child,
 }
 
+/// The API `apps/login_app.py` serves: a login that answers 401 to wrong passwords.
+pub const LOGIN_APP: &str = include_str!("../apps/login_app.py");
+
 impl HttpServer {
+    /// Python's `http.server` serving the temporary directory on `ip`:`port`.
     pub fn start(pair: &NetnsPair, ip: &str, port: u16) -> Result<Self> {
+        let port_arg = port.to_string();
+        let args = ["-m", "http.server", "--bind", ip, &port_arg];
+        Self::spawn(pair, &args, ip, port)
+    }
+
+    /// `LOGIN_APP` on `ip`:`port`.
+    pub fn start_login_app(pair: &NetnsPair, ip: &str, port: u16) -> Result<Self> {
+        Self::spawn(pair, &["-c", LOGIN_APP, ip, &port.to_string()], ip, port)
+    }
+
+    fn spawn(pair: &NetnsPair, args: &[&str], ip: &str, port: u16) -> Result<Self> {
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", pair.server_ns))
-            .args([
-                "python3",
-                "-m",
-                "http.server",
-                "--bind",
-                ip,
-                &port.to_string(),
-            ])
+            .arg("python3")
+            .args(args)
             .current_dir(std::env::temp_dir())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .context("starting python3 -m http.server")?;
+            .context("starting a python3 HTTP server")?;
         let server = Self { child };
         let deadline = Instant::now() + Duration::from_secs(10);
         let target = addr(ip, port);
@@ -234,7 +243,7 @@ impl HttpServer {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        bail!("http.server did not start listening on {target}")
+        bail!("the python3 HTTP server did not start listening on {target}")
     }
 }
 
@@ -261,6 +270,96 @@ pub fn http_get(
     let _ = stream.read_to_end(&mut response);
     let text = String::from_utf8_lossy(&response);
     text.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// What an HTTP request got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// A response with this status code.
+    Status(u16),
+    /// The connection was reset.
+    Reset,
+    /// No connection, or no answer within the time allowed.
+    Nothing,
+}
+
+/// An HTTP/1.1 keep-alive connection from a chosen source address of the client
+/// namespace: requests one after the other, each answer read in full (by Content-Length).
+pub struct KeepAlive {
+    stream: Option<TcpStream>,
+}
+
+impl KeepAlive {
+    pub fn connect(pair: &NetnsPair, src: &str, dst: &str, port: u16, timeout: Duration) -> Self {
+        Self {
+            stream: connect_from(pair, src, dst, port, timeout),
+        }
+    }
+
+    /// Sends `method path` with `form` as a urlencoded body (if any) and reads the answer.
+    /// After a reset or silence the connection is gone: later requests get `Nothing`.
+    pub fn request(&mut self, method: &str, path: &str, form: Option<&str>) -> Answer {
+        let Some(stream) = self.stream.as_mut() else {
+            return Answer::Nothing;
+        };
+        let body = form.unwrap_or("");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: api\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let answer = match stream.write_all(request.as_bytes()) {
+            Ok(()) => read_answer(stream),
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(status) => Answer::Status(status),
+            Err(e) => {
+                self.stream = None;
+                if e.kind() == std::io::ErrorKind::ConnectionReset {
+                    Answer::Reset
+                } else {
+                    Answer::Nothing
+                }
+            }
+        }
+    }
+}
+
+/// Reads one response with a Content-Length body; its status code.
+fn read_answer(stream: &mut TcpStream) -> std::io::Result<u16> {
+    let mut data = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&data[..end]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if data.len() >= end + 4 + length {
+                let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+                return status.ok_or_else(|| std::io::ErrorKind::InvalidData.into());
+            }
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        data.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// One request on a connection of its own (see `KeepAlive::request`).
+pub fn http_request(
+    pair: &NetnsPair,
+    src: &str,
+    dst: &str,
+    port: u16,
+    (method, path, form): (&str, &str, Option<&str>),
+    timeout: Duration,
+) -> Answer {
+    KeepAlive::connect(pair, src, dst, port, timeout).request(method, path, form)
 }
 
 /// GET `path` from `addr` inside namespace `ns`: the status code and the body.

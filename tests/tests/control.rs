@@ -236,14 +236,14 @@ fn cli_errors_are_clear_and_exit_non_zero() {
     // A block that long would have wrapped the kernel's clock; without --ttl it is forever.
     let err = run(&agent, &["block", "192.0.2.1", "--ttl", "213503d"], 64);
     assert!(err.contains("at most 365d"), "{err}");
-    // Response rules are validated but not enforced yet: a policy with them is refused as
-    // a whole, not applied in part.
-    let responses = s.file(
-        "responses.yaml",
-        "http:\n  ports: [80]\n  responses:\n    - {name: auth, status: [401], ban: {after: 5, for: 1m}}\n",
+    // A valid policy the running agent cannot put in force (map sizes are fixed at load)
+    // is refused as a whole, with why and what to do, and the one in force stays.
+    let resized = s.file("resized.yaml", "capacity:\n  sources: 4096\n");
+    let err = run(&agent, &["policy", "apply", &resized], 1);
+    assert!(
+        err.contains("capacity changed") && err.contains("restart the agent"),
+        "{err}"
     );
-    let err = run(&agent, &["policy", "apply", &responses], 1);
-    assert!(err.contains("response rule 'auth'"), "{err}");
     let status = json(&agent, &["status", "--json"]);
     assert_eq!(status["policy_version"], 1, "{status}");
 

@@ -8,9 +8,9 @@ use std::{
 
 use portcullis_tests::{
     agent::{Agent, Leftovers},
-    netns::{NetnsPair, SERVER_V4},
+    netns::{CLIENT_V4, NetnsPair, SERVER_V4},
     require_kernel,
-    traffic::HttpServer,
+    traffic::{Answer, HttpServer, KeepAlive},
 };
 
 const POLICY: &str = r#"
@@ -30,6 +30,11 @@ struct Seen {
 }
 
 fn curl(pair: &NetnsPair, method: &str, path: &str) -> Seen {
+    curl_from(pair, CLIENT_V4, method, path, None)
+}
+
+/// One request from address `from` of the client namespace, with `form` as its body.
+fn curl_from(pair: &NetnsPair, from: &str, method: &str, path: &str, form: Option<&str>) -> Seen {
     let started = Instant::now();
     let out = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", pair.client_ns))
@@ -39,9 +44,12 @@ fn curl(pair: &NetnsPair, method: &str, path: &str) -> Seen {
             "--output",
             "/dev/null",
             "--max-time",
-            "5",
+            "2",
+            "--interface",
+            from,
         ])
         .args(["--write-out", "%{http_code}", "--request", method])
+        .args(form.map(|form| ["--data", form]).into_iter().flatten())
         .arg(format!("http://{SERVER_V4}:8080{path}"))
         .output()
         .expect("running curl");
@@ -162,5 +170,110 @@ fn refused_requests_reset_their_connection_and_leave_no_socket_behind() {
             && e["method"] == "POST"
             && e["target"] == "/api/login"),
         "{refused:?}"
+    );
+}
+
+const RESPONSE_POLICY: &str = r#"
+http:
+  ports: [8080]
+  responses:
+    - {name: auth-failures, status: [401], ban: {after: 5, within: 1m, for: 10m}}
+"#;
+
+/// A client guessing passwords is banned by the kernel from the server's own 401s: after
+/// five, on new connections (its SYNs dropped) and on a keep-alive connection (its next
+/// request reset), with every 401 counted per response, while another client, on the same
+/// link, keeps logging in and reading. The ban is an event and is in `portcullis bans`.
+#[test]
+fn wrong_passwords_ban_the_client_from_its_401s() {
+    require_kernel!();
+    let pair = NetnsPair::new().unwrap();
+    let _leftovers = Leftovers::of(&pair.server_ns);
+    for extra in ["10.77.0.3", "10.77.0.4"] {
+        pair.add_client_addr(extra).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, RESPONSE_POLICY).unwrap();
+    let agent = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]).unwrap();
+    let _app = HttpServer::start_login_app(&pair, "0.0.0.0", 8080).unwrap();
+    let login = |from: &str, password: &str| {
+        curl_from(
+            &pair,
+            from,
+            "POST",
+            "/api/login",
+            Some(&format!("user=admin&password={password}")),
+        )
+    };
+
+    // New connections: five 401s, then the sixth attempt cannot connect.
+    let guesser = "10.77.0.3";
+    for n in 1..=5 {
+        let seen = login(guesser, "guess");
+        assert_eq!((seen.exit, seen.status), (0, 401), "wrong password {n}");
+    }
+    let banned = login(guesser, "guess");
+    println!(
+        "after five 401s: curl exit {} (28: timed out), status {}, after {:?}",
+        banned.exit, banned.status, banned.took
+    );
+    assert_eq!((banned.exit, banned.status), (28, 0), "banned guesser");
+    let right = login(guesser, "right");
+    assert_eq!(right.status, 0, "the ban holds whatever the password");
+
+    // Another client on the same link is untouched.
+    assert_eq!(login(CLIENT_V4, "right").status, 200);
+    assert_eq!(login(CLIENT_V4, "guess").status, 401, "one 401 bans no one");
+    assert_eq!(curl(&pair, "GET", "/api/items").status, 200);
+
+    // One keep-alive connection: each response is counted, and the request after the
+    // fifth 401 has its connection reset.
+    let mut connection =
+        KeepAlive::connect(&pair, "10.77.0.4", SERVER_V4, 8080, Duration::from_secs(2));
+    let seen: Vec<Answer> = (0..7)
+        .map(|_| connection.request("POST", "/api/login", Some("user=admin&password=guess")))
+        .collect();
+    println!("keep-alive guesses: {seen:?}");
+    let mut want = vec![Answer::Status(401); 5];
+    want.extend([Answer::Reset, Answer::Nothing]);
+    assert_eq!(seen, want);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while server_connections(&pair) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        server_connections(&pair),
+        0,
+        "connections left on the server"
+    );
+
+    let stats: serde_json::Value =
+        serde_json::from_slice(&agent.cli(&["stats", "--json"]).stdout).unwrap();
+    assert_eq!(stats["rules"]["auth-failures"]["responses"], 11, "{stats}");
+    let bans = String::from_utf8_lossy(&agent.cli(&["bans"]).stdout).into_owned();
+    for guesser in ["10.77.0.3/32", "10.77.0.4/32"] {
+        assert!(bans.contains(guesser), "{guesser} not in:\n{bans}");
+    }
+    assert!(!bans.contains(CLIENT_V4), "{bans}");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let ban_events = loop {
+        let events: Vec<_> = agent
+            .json_lines("event")
+            .into_iter()
+            .filter(|e| e["action"] == "ban" && e["rule"] == "auth-failures")
+            .collect();
+        if events.len() >= 2 || Instant::now() > deadline {
+            break events;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let sources: Vec<&str> = ban_events
+        .iter()
+        .filter_map(|e| e["source"].as_str())
+        .collect();
+    assert!(
+        sources.contains(&"10.77.0.3") && sources.contains(&"10.77.0.4"),
+        "{ban_events:?}"
     );
 }

@@ -10,7 +10,7 @@ use agent_common::{
     maps::{self, MapSpec},
 };
 use aya::maps::{Map, MapData};
-use portcullis::loader::{self, TC_PROGRAM, XDP_PROGRAM};
+use portcullis::loader::{self, TC_EGRESS_PROGRAM, TC_PROGRAM, XDP_PROGRAM};
 use portcullis_tests::require_kernel;
 
 fn map_data(map: &Map) -> &MapData {
@@ -82,5 +82,50 @@ fn the_object_holds_only_the_agents_programs() {
     };
     let ebpf = loader::load_unpinned(&capacity).unwrap();
     let programs: BTreeSet<&str> = ebpf.programs().map(|(name, _)| name).collect();
-    assert_eq!(programs, BTreeSet::from([TC_PROGRAM, XDP_PROGRAM]));
+    assert_eq!(
+        programs,
+        BTreeSet::from([TC_EGRESS_PROGRAM, TC_PROGRAM, XDP_PROGRAM])
+    );
+}
+
+/// The verifier walks at most a million instructions per program, and every path a change
+/// adds to the judge multiplies what it walks. Each program must stay well within that
+/// budget, so that a change which brings it near the limit fails here, with the figure,
+/// rather than as a load error on some later change (or on another kernel's verifier).
+#[test]
+fn programs_verify_well_within_the_verifiers_budget() {
+    require_kernel!();
+    const BUDGET: u32 = 1_000_000;
+    const HEADROOM: u32 = BUDGET / 4;
+    let capacity = Capacity {
+        sources: 16,
+        cidrs: 16,
+        bans: 16,
+        blocks: 16,
+    };
+    let mut ebpf = loader::load_unpinned(&capacity).unwrap();
+    let mut report = Vec::new();
+    for name in [XDP_PROGRAM, TC_PROGRAM, TC_EGRESS_PROGRAM] {
+        let program = ebpf.program_mut(name).unwrap();
+        let info = match program {
+            aya::programs::Program::Xdp(p) => {
+                p.load().unwrap_or_else(|e| panic!("{name}: {e:#}"));
+                p.info().unwrap()
+            }
+            aya::programs::Program::SchedClassifier(p) => {
+                p.load().unwrap_or_else(|e| panic!("{name}: {e:#}"));
+                p.info().unwrap()
+            }
+            _ => panic!("{name}: an unexpected program type"),
+        };
+        let verified = info.verified_instruction_count().unwrap_or(0);
+        println!("{name}: {verified} instructions verified");
+        report.push((name, verified));
+    }
+    for (name, verified) in report {
+        assert!(
+            verified <= BUDGET - HEADROOM,
+            "{name}: the verifier walked {verified} instructions, within {HEADROOM} of its limit"
+        );
+    }
 }

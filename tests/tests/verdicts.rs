@@ -1266,3 +1266,121 @@ fn refused_requests_reset_their_connection() {
     assert_eq!(counters.verdict(Reason::RouteDenied), 8);
     assert_eq!(counters.verdict(Reason::RouteLimited), 2);
 }
+
+const RESPONSE_RULES: &str = "http:\n  ports: [80]\n  responses:\n    - {name: auth-failures, status: [401, 403], ban: {after: 3, within: 1m, for: 15m}}\n    - {name: scanners, status: [404], ban: {after: 2, within: 1m, for: 1h}, mode: shadow}\n";
+
+/// A response from port `sport` of the server to `client`, starting with `payload`.
+fn response(sport: u16, client: &str, payload: &str) -> Vec<u8> {
+    let server = if client.contains(':') {
+        "fd00::2"
+    } else {
+        "10.0.0.2"
+    };
+    FrameSpec::reply(server, sport, client, 40000)
+        .content(payload.as_bytes())
+        .build()
+}
+
+/// The server's responses leaving through TC egress count toward the response rules of
+/// their status, per client; the response that completes `after` bans the client in the
+/// kernel, so XDP refuses its next packet: a request is reset, other packets dropped. What
+/// is not a status line from an HTTP port counts nothing; a shadow rule's ban only counts.
+#[test]
+fn responses_ban_the_client_in_the_kernel() {
+    require_kernel!();
+    let h = Harness::new(RESPONSE_RULES).unwrap();
+    for (client, neighbour) in [
+        ("198.51.100.7", "198.51.100.8"),
+        // IPv6 clients are grouped by /64 unless the rule says otherwise.
+        ("2001:db8:5::7", "2001:db8:6::8"),
+    ] {
+        let request = FrameSpec::tcp(client, 80, false, true)
+            .content(b"POST /login HTTP/1.1\r\nHost: shop\r\n\r\nuser=a&password=b")
+            .build();
+        let not_counted = [
+            (80, "HTTP/1.1 200 OK\r\n\r\n"),
+            (8080, "HTTP/1.1 401 Unauthorized\r\n\r\n"),
+            (80, "HTTP/1.1 4x1 Unauthorized\r\n\r\n"),
+            (80, "HTTP/2.0 401 Unauthorized\r\n\r\n"),
+            (80, "body text with HTTP/1.1 401 inside it"),
+            (80, "HTTP/1.1 40"),
+        ];
+        for (port, payload) in not_counted {
+            for _ in 0..3 {
+                h.egress(&response(port, client, payload)).unwrap();
+            }
+        }
+        check_xdp(
+            &h,
+            &format!("{client}: no 401 counted yet"),
+            &request,
+            Reason::NoMatch,
+            &[],
+        );
+        h.egress(&response(80, client, "HTTP/1.1 401 Unauthorized\r\n\r\n"))
+            .unwrap();
+        h.egress(&response(80, client, "HTTP/1.0 403 Forbidden\r\n\r\n"))
+            .unwrap();
+        check_xdp(
+            &h,
+            &format!("{client}: two of three"),
+            &request,
+            Reason::NoMatch,
+            &[],
+        );
+        h.egress(&response(80, client, "HTTP/1.1 401 Unauthorized\r\n\r\n"))
+            .unwrap();
+        // Banned: its request is reset, its new connections dropped, in XDP and TC alike.
+        for (hook, run) in [
+            ("xdp", Harness::xdp_out as fn(&Harness, &[u8]) -> _),
+            ("tc", Harness::tc_out),
+        ] {
+            let what = format!("{client} {hook}: banned request");
+            let (action, out) = run(&h, &request).unwrap();
+            assert_eq!(action, Action::Reset, "{what}");
+            assert_is_reset_of(&what, &out, &request, hook == "xdp");
+        }
+        let syn = FrameSpec::tcp(client, 80, true, false).build();
+        check_both(
+            &h,
+            &format!("{client}: banned SYN"),
+            &syn,
+            Reason::Banned,
+            &[],
+        );
+        let neighbour_syn = FrameSpec::tcp(neighbour, 80, true, false).build();
+        check_both(
+            &h,
+            &format!("{neighbour}: untouched"),
+            &neighbour_syn,
+            Reason::NoMatch,
+            &[],
+        );
+        // The shadow rule bans the neighbour in shadow only: counted, not refused.
+        for _ in 0..2 {
+            h.egress(&response(80, neighbour, "HTTP/1.1 404 Not Found\r\n\r\n"))
+                .unwrap();
+        }
+        check_xdp(
+            &h,
+            &format!("{neighbour}: shadow ban"),
+            &neighbour_syn,
+            Reason::NoMatch,
+            &[Reason::Banned],
+        );
+    }
+    let bans = h.telemetry.bans().unwrap();
+    let nets: Vec<String> = bans.iter().map(|b| b.net.to_string()).collect();
+    for net in [
+        "198.51.100.7/32",
+        "198.51.100.8/32",
+        "2001:db8:5::/64",
+        "2001:db8:6::/64",
+    ] {
+        assert!(
+            nets.contains(&net.to_string()),
+            "no ban of {net} in {nets:?}"
+        );
+    }
+    assert_eq!(bans.len(), 4, "{nets:?}");
+}

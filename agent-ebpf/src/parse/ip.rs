@@ -81,6 +81,7 @@ fn packet(src: [u32; 4], v4: bool, protocol: u8) -> Packet {
         l3_off: 0,
         l4_off: 0,
         ip6: false,
+        _pad: [0; 2],
     }
 }
 

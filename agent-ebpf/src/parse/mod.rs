@@ -9,24 +9,18 @@ pub mod ip;
 pub mod l4;
 
 /// What the judge needs to know about an IP packet.
+///
+/// Laid out without padding (wider fields first, sizes asserted below): the judge takes it
+/// as a global function's argument, which the verifier checks byte for byte.
+#[repr(C)]
+#[derive(Clone, Copy)]
 pub struct Packet {
     /// Source address; IPv4 as IPv4-mapped IPv6, bytes in network order.
     pub src: [u32; 4],
-    /// The source is an IPv4 host: an IPv4 packet, or an IPv6 one from an IPv4-mapped
-    /// address. Lookups go to the IPv4 maps with `src[3]`.
-    pub v4: bool,
-    /// IP protocol number of the transport header (after IPv6 extension headers).
-    pub protocol: u8,
-    /// One of the `agent_common::CLASS_*` values.
-    pub class: u8,
-    /// False for non-first fragments and protocols without ports.
-    pub has_port: bool,
-    /// Destination port in host order, 0 when `has_port` is false.
-    pub dport: u16,
-    /// TCP SYN without ACK: a new connection attempt.
-    pub syn: bool,
     /// The source is known but the headers after it are truncated or invalid, and why.
     pub malformed: Option<MalformedCause>,
+    /// Destination port in host order, 0 when `has_port` is false.
+    pub dport: u16,
     /// Offset of the TCP payload from the frame's start (past the TCP options); 0 for
     /// other protocols and fragments without the TCP header.
     pub payload_off: u16,
@@ -36,7 +30,22 @@ pub struct Packet {
     pub l3_off: u16,
     pub l4_off: u16,
     pub ip6: bool,
+    /// The source is an IPv4 host: an IPv4 packet, or an IPv6 one from an IPv4-mapped
+    /// address. Lookups go to the IPv4 maps with `src[3]`.
+    pub v4: bool,
+    /// IP protocol number of the transport header (after IPv6 extension headers).
+    pub protocol: u8,
+    /// One of the `agent_common::CLASS_*` values.
+    pub class: u8,
+    /// False for non-first fragments and protocols without ports.
+    pub has_port: bool,
+    /// TCP SYN without ACK: a new connection attempt.
+    pub syn: bool,
+    pub _pad: [u8; 2],
 }
+
+const _: () = assert!(core::mem::size_of::<Option<MalformedCause>>() == 4);
+const _: () = assert!(core::mem::size_of::<Packet>() == 36);
 
 /// The most bytes the parser reads: Ethernet, two VLAN tags, IPv6, the longest chain of
 /// extension headers it walks, and a TCP header. IPv4 (at most 60 bytes) needs less.

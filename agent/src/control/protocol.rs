@@ -211,6 +211,9 @@ pub struct RuleCounts {
     pub passed: u64,
     pub dropped: u64,
     pub shadowed: u64,
+    /// Server responses a response rule counted (0 for other rules).
+    #[serde(default)]
+    pub responses: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,5 +1,6 @@
 //! Attaching the programs to interfaces through pinned links: XDP (native or generic) with
-//! a fall back to TC ingress, never silently replacing another tool's XDP program.
+//! a fall back to TC ingress, never silently replacing another tool's XDP program; and TC
+//! egress, where the server's responses are counted.
 
 use std::{
     fs,
@@ -14,7 +15,7 @@ use aya::{
 
 use super::{
     foreign,
-    object::{TC_PROGRAM, XDP_PROGRAM},
+    object::{TC_EGRESS_PROGRAM, TC_PROGRAM, XDP_PROGRAM},
     pin_dir::links_dir,
     takeover::replace_in_link,
 };
@@ -40,8 +41,8 @@ pub enum XdpModeOption {
 /// One program attached to one interface through a pinned link.
 pub struct Attachment {
     pub iface: String,
-    /// "xdp-native", "xdp-skb" or "tc" for a new link; "xdp" or "tc" for a link taken over
-    /// from a previous agent.
+    /// "xdp-native", "xdp-skb", "tc" or "tc-egress" for a new link; "xdp", "tc" or
+    /// "tc-egress" for a link taken over from a previous agent.
     pub hook: &'static str,
     /// True if the link was a previous agent's and only the program in it was replaced.
     pub adopted: bool,
@@ -142,13 +143,16 @@ pub(super) fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     Ok(program)
 }
 
-pub(super) fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+/// The TC program `name` (`TC_PROGRAM` or `TC_EGRESS_PROGRAM`), loaded.
+pub(super) fn tc_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
     let program: &mut SchedClassifier = ebpf
-        .program_mut(TC_PROGRAM)
-        .ok_or_else(|| anyhow!("program {TC_PROGRAM} missing from the object"))?
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the object"))?
         .try_into()?;
     if program.fd().is_err() {
-        program.load().context("loading the TC program")?;
+        program
+            .load()
+            .with_context(|| format!("loading the TC program {name}"))?;
     }
     Ok(program)
 }
@@ -215,21 +219,48 @@ fn attach_xdp(
     ))
 }
 
+/// Attaches the egress program to `iface`, or takes over the egress link a previous agent
+/// pinned for it.
+pub fn attach_egress(ebpf: &mut Ebpf, iface: &str, pin_dir: &Path) -> Result<Attachment> {
+    let dir = links_dir(pin_dir);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = pin_path(&dir, "egress", iface);
+    if path.exists() {
+        return replace_in_link(ebpf, iface, "egress", path);
+    }
+    attach_tc_link(ebpf, iface, TcAttachType::Egress, &dir)
+}
+
 fn attach_tc(ebpf: &mut Ebpf, iface: &str, dir: &Path) -> Result<Attachment> {
-    let program = tc_program(ebpf)?;
+    attach_tc_link(ebpf, iface, TcAttachType::Ingress, dir)
+}
+
+fn attach_tc_link(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    direction: TcAttachType,
+    dir: &Path,
+) -> Result<Attachment> {
+    // The pin's name is the kind and the interface; "egress" is no interface name's
+    // prefix that "tc-" pins could collide with.
+    let (name, hook, kind) = match direction {
+        TcAttachType::Egress => (TC_EGRESS_PROGRAM, "tc-egress", "egress"),
+        _ => (TC_PROGRAM, "tc", "tc"),
+    };
+    let program = tc_program(ebpf, name)?;
     let program_id = program.info()?.id();
     let id = program
-        .attach(iface, TcAttachType::Ingress)
-        .with_context(|| format!("attaching TC ingress to {iface}"))?;
+        .attach(iface, direction)
+        .with_context(|| format!("attaching {hook} to {iface}"))?;
     let link = FdLink::try_from(program.take_link(id)?)
         .context("TC attached through netlink, which cannot be pinned (kernel older than 6.6?)")?;
-    let path = pin_path(dir, "tc", iface);
+    let path = pin_path(dir, kind, iface);
     let link = link
         .pin(&path)
         .with_context(|| format!("pinning {}", path.display()))?;
     Ok(Attachment {
         iface: iface.to_string(),
-        hook: "tc",
+        hook,
         adopted: false,
         program_id,
         pin_path: path,

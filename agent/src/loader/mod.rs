@@ -10,10 +10,11 @@ mod object;
 mod pin_dir;
 mod takeover;
 
-pub use attach::{Attachment, Hook, XdpModeOption, attach, ifindex};
+pub use attach::{Attachment, Hook, XdpModeOption, attach, attach_egress, ifindex};
 pub use bpffs::ensure_bpffs;
 pub use object::{
-    EBPF_OBJECT, TC_PROGRAM, XDP_PROGRAM, check_pinned_maps, load, load_unpinned, unpin_replaced,
+    EBPF_OBJECT, TC_EGRESS_PROGRAM, TC_PROGRAM, XDP_PROGRAM, check_pinned_maps, load,
+    load_unpinned, unpin_replaced,
 };
 pub use pin_dir::{DEFAULT_PIN_DIR, PinDirLock, links_dir, maps_dir, maps_pinned, remove_pins};
 pub use takeover::{attached_program, detach_others};

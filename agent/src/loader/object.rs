@@ -18,6 +18,8 @@ pub static EBPF_OBJECT: &[u8] =
 pub const XDP_PROGRAM: &str = "portcullis_xdp";
 /// The TC ingress entry point.
 pub const TC_PROGRAM: &str = "portcullis_tc";
+/// The TC egress entry point: HTTP responses, for response rules.
+pub const TC_EGRESS_PROGRAM: &str = "portcullis_tc_egress";
 
 /// Checks the maps pinned in `maps_dir` against the ones this agent would create, so they
 /// can be taken over. A map not pinned there is one this version added: the loader creates

@@ -19,6 +19,7 @@ use aya::{
 
 use super::{
     attach::{Attachment, tc_program, xdp_program},
+    object::{TC_EGRESS_PROGRAM, TC_PROGRAM},
     pin_dir::links_dir,
 };
 
@@ -40,12 +41,17 @@ pub(super) fn replace_in_link(
         let program_id = program.info()?.id();
         ("xdp", program_id, FdLink::try_from(program.take_link(id)?)?)
     } else {
-        let program = tc_program(ebpf)?;
+        let (name, hook) = if kind == "egress" {
+            (TC_EGRESS_PROGRAM, "tc-egress")
+        } else {
+            (TC_PROGRAM, "tc")
+        };
+        let program = tc_program(ebpf, name)?;
         let id = program
             .attach_to_link(SchedClassifierLink::try_from(old)?)
-            .with_context(|| format!("replacing the program in the TC link on {iface}"))?;
+            .with_context(|| format!("replacing the program in the {hook} link on {iface}"))?;
         let program_id = program.info()?.id();
-        ("tc", program_id, FdLink::try_from(program.take_link(id)?)?)
+        (hook, program_id, FdLink::try_from(program.take_link(id)?)?)
     };
     Ok(Attachment {
         iface: iface.to_string(),

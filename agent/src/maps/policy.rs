@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use agent_common::{
     AclEntry, PortRules, RuleConfig, RuleCounters, Settings,
-    http::{ROUTE_KEY_BYTES, RouteEntry},
+    http::{ROUTE_KEY_BYTES, RouteEntry, STATUS_CODES, StatusRules},
     maps::{self as names, PolicySetMaps as Specs},
 };
 use aya::maps::{
@@ -26,6 +26,7 @@ pub(super) struct PolicySetMaps {
     class_rules: Array<MapData, PortRules>,
     rules: Array<MapData, RuleConfig>,
     routes: LpmTrie<MapData, [u8; ROUTE_KEY_BYTES], RouteEntry>,
+    status_rules: Array<MapData, StatusRules>,
 }
 
 impl PolicySetMaps {
@@ -41,6 +42,7 @@ impl PolicySetMaps {
             class_rules: typed(specs.class_rules.name, take(specs.class_rules.name)?)?,
             rules: typed(specs.rules.name, take(specs.rules.name)?)?,
             routes: typed(specs.routes.name, take(specs.routes.name)?)?,
+            status_rules: typed(specs.status_rules.name, take(specs.status_rules.name)?)?,
         })
     }
 
@@ -86,6 +88,22 @@ impl PolicySetMaps {
                     .map_err(ctx(specs.class_rules.name))?;
             }
         }
+        for (status, rules) in &new.statuses {
+            if old.statuses.get(status) != Some(rules) {
+                self.status_rules
+                    .set(*status, rules, 0)
+                    .map_err(ctx(specs.status_rules.name))?;
+            }
+        }
+        for status in old
+            .statuses
+            .keys()
+            .filter(|s| !new.statuses.contains_key(s))
+        {
+            self.status_rules
+                .set(*status, StatusRules::default(), 0)
+                .map_err(ctx(specs.status_rules.name))?;
+        }
         for (id, config) in &new.rules {
             if old.rules.get(id) != Some(config) {
                 self.rules
@@ -120,6 +138,11 @@ impl PolicySetMaps {
             self.class_rules
                 .set(class, PortRules::default(), 0)
                 .map_err(ctx(specs.class_rules.name))?;
+        }
+        for status in 0..STATUS_CODES {
+            self.status_rules
+                .set(status, StatusRules::default(), 0)
+                .map_err(ctx(specs.status_rules.name))?;
         }
         for id in 1..agent_common::MAX_RULES {
             self.rules

@@ -564,6 +564,16 @@ fn invalid_http_sections_name_the_line_and_the_problem() {
         (response("status: [401], ban: {after: 0, for: 1h}"), 4, |p| {
             matches!(p, Problem::BanAfterZero { .. })
         }),
+        (
+            format!(
+                "http:\n  ports: [80]\n  responses:\n{}",
+                (1..=5)
+                    .map(|i| format!("    - {{name: r{i}, status: [401, 50{i}], ban: {{after: 1, for: 1h}}}}\n"))
+                    .collect::<String>()
+            ),
+            8,
+            |p| matches!(p, Problem::StatusInTooManyRules { status: 401, max: 4, .. }),
+        ),
     ];
     for (text, line, want) in &cases {
         match check(text) {

@@ -5,7 +5,7 @@ use std::{collections::HashMap, path::Path};
 
 use agent_common::{
     MAX_RULES,
-    http::{MAX_ROUTE_PATH, Method},
+    http::{MAX_ROUTE_PATH, Method, RULES_PER_STATUS},
 };
 use ipnet::IpNet;
 use serde_saphyr::Spanned;
@@ -128,6 +128,14 @@ pub enum Problem {
     ResponseStatus { rule: String, value: u16 },
     #[error("response rule '{rule}': status lists no status, or one twice")]
     ResponseStatuses { rule: String },
+    #[error(
+        "response rule '{rule}': status {status} is already counted by {max} response rules, the most one status can be"
+    )]
+    StatusInTooManyRules {
+        rule: String,
+        status: u16,
+        max: usize,
+    },
     #[error("{list} has {count} {family} entries, more than capacity.cidrs ({capacity}) allows")]
     TooManyCidrs {
         list: &'static str,
@@ -523,11 +531,24 @@ impl Validator<'_> {
             }
             routes.push(route);
         }
-        let responses = section
-            .responses
-            .iter()
-            .map(|item| response(&item.value).map_err(|p| self.invalid(line_of(item), p)))
-            .collect::<Result<_, _>>()?;
+        let mut responses: Vec<ResponseRule> = Vec::with_capacity(section.responses.len());
+        for item in &section.responses {
+            let line = line_of(item);
+            let rule = response(&item.value).map_err(|p| self.invalid(line, p))?;
+            // The kernel keeps a few rule slots per status (`StatusRules`).
+            for &status in &rule.statuses {
+                let earlier = responses.iter().filter(|r| r.statuses.contains(&status));
+                if earlier.count() >= RULES_PER_STATUS {
+                    let problem = Problem::StatusInTooManyRules {
+                        rule: rule.name.clone(),
+                        status,
+                        max: RULES_PER_STATUS,
+                    };
+                    return Err(self.invalid(line, problem));
+                }
+            }
+            responses.push(rule);
+        }
         Ok(Some(Http {
             ports,
             strict: section.strict.unwrap_or(DEFAULT_STRICT),
