@@ -16,6 +16,7 @@ fn the_demo_runs_and_sees_what_it_expects() {
         "(deny list)",
         "(allow list)",
         "(flooder)",
+        "(guesser)",
         "Kernel counters",
         "Done:",
     ] {

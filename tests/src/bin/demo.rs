@@ -1,7 +1,7 @@
 //! `cargo xtask demo`: Portcullis in front of a small service, in two network namespaces
-//! joined by a veth pair. A legitimate client, an allow-listed monitor, a denied host and a
-//! flooder send traffic; the demo prints what got through and what the agent counted.
-//! Everything it creates is removed when it ends, also on failure.
+//! joined by a veth pair. A legitimate client, an allow-listed monitor, a denied host, a
+//! flooder and a password guesser send traffic; the demo prints what got through and what
+//! the agent counted. Everything it creates is removed when it ends, also on failure.
 
 use std::{
     path::PathBuf,
@@ -12,12 +12,13 @@ use anyhow::{Context as _, Result, bail};
 use portcullis_tests::{
     agent::Agent,
     netns::{CLIENT_V4, NetnsPair, SERVER_V4},
-    traffic::{HttpServer, UdpCounter, http_get, udp_send},
+    traffic::{Answer, HttpServer, KeepAlive, UdpCounter, http_get, http_request, udp_send},
 };
 
 const MONITOR: &str = "10.77.0.5";
 const KNOWN_BAD: &str = "10.77.0.66";
 const FLOODER: &str = "10.77.0.99";
+const GUESSER: &str = "10.77.0.7";
 
 fn main() {
     if let Err(e) = run() {
@@ -42,7 +43,7 @@ fn run() -> Result<()> {
     print!("{}", std::fs::read_to_string(&policy)?);
 
     let pair = NetnsPair::new()?;
-    for addr in [MONITOR, KNOWN_BAD, FLOODER] {
+    for addr in [MONITOR, KNOWN_BAD, FLOODER, GUESSER] {
         pair.add_client_addr(addr)?;
     }
     let agent = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[])?;
@@ -53,7 +54,7 @@ fn run() -> Result<()> {
         .cloned()
         .unwrap_or_default();
     println!("\nAgent running on {} ({})", pair.server_if, hook.trim());
-    let _http = HttpServer::start(&pair, SERVER_V4, 8080)?;
+    let _http = HttpServer::start_login_app(&pair, SERVER_V4, 8080)?;
     let api = UdpCounter::bind(&pair, "0.0.0.0", 9000)?;
 
     println!(
@@ -134,6 +135,26 @@ fn run() -> Result<()> {
         &format!("limit: burst 20 + 100/s = {:.0}", 20.0 + 100.0 * elapsed),
     );
 
+    let guesses = guess_passwords(&pair);
+    row(
+        &format!("{GUESSER} (guesser)"),
+        "POST /api/login",
+        guesses.sent,
+        guesses.answered_401,
+        &format!(
+            "401s; {} reset (login rate); banned by its 10th 401: {} more, no connection",
+            guesses.reset, guesses.refused
+        ),
+    );
+    let (legit_sent, legit_ok) = legitimate_session(&pair);
+    row(
+        &format!("{CLIENT_V4} (legitimate)"),
+        "login, GET /api/items",
+        legit_sent,
+        legit_ok,
+        "same routes, meanwhile: all answered",
+    );
+
     let stats = agent.cli(&["stats"]);
     println!("\nKernel counters (portcullis stats):");
     print!("{}", String::from_utf8_lossy(&stats.stdout));
@@ -145,16 +166,88 @@ fn run() -> Result<()> {
         "\nSample events ({} logged as JSON lines on the agent's stdout):",
         events.len()
     );
-    for reason in ["denied", "rate_limited"] {
+    for reason in ["denied", "rate_limited", "route_limited"] {
         if let Some(event) = events.iter().find(|e| e["reason"] == reason) {
             println!("  {event}");
         }
     }
+    if let Some(event) = events
+        .iter()
+        .find(|e| e["action"] == "ban" && e["rule"] == "auth-failures")
+    {
+        println!("  {event}");
+    }
     drop(agent);
     drop(pair);
     println!("\nDone: agent stopped, programs detached, namespaces removed.");
-    if ok != 20 || bad != 0 || monitor != monitor_sent {
+    let guesser_banned = guesses.answered_401 == 10 && guesses.refused > 0;
+    if ok != 20 || bad != 0 || monitor != monitor_sent || !guesser_banned || legit_ok != legit_sent
+    {
         bail!("the demo did not see the expected results (see the table above)");
     }
     Ok(())
+}
+
+/// What the password guesser's attempts got.
+struct Guesses {
+    sent: u64,
+    answered_401: u64,
+    reset: u64,
+    refused: u64,
+}
+
+/// Wrong passwords on the login route, a new connection each, about 12 a second, until
+/// three in a row get no connection (the ban) or 60 are sent.
+fn guess_passwords(pair: &NetnsPair) -> Guesses {
+    let mut guesses = Guesses {
+        sent: 0,
+        answered_401: 0,
+        reset: 0,
+        refused: 0,
+    };
+    let mut refused_in_a_row = 0;
+    while guesses.sent < 60 && refused_in_a_row < 3 {
+        let form = format!("user=admin&password=guess{}", guesses.sent);
+        let answer = http_request(
+            pair,
+            GUESSER,
+            SERVER_V4,
+            8080,
+            ("POST", "/api/login", Some(&form)),
+            Duration::from_millis(300),
+        );
+        guesses.sent += 1;
+        match answer {
+            Answer::Status(401) => guesses.answered_401 += 1,
+            Answer::Status(_) => {}
+            Answer::Reset => guesses.reset += 1,
+            Answer::Nothing => guesses.refused += 1,
+        }
+        refused_in_a_row = if answer == Answer::Nothing {
+            refused_in_a_row + 1
+        } else {
+            0
+        };
+        std::thread::sleep(Duration::from_millis(80));
+    }
+    guesses
+}
+
+/// A user who mistypes once, logs in and reads, on one keep-alive connection: the
+/// requests sent and those answered as expected.
+fn legitimate_session(pair: &NetnsPair) -> (u64, u64) {
+    let mut connection =
+        KeepAlive::connect(pair, CLIENT_V4, SERVER_V4, 8080, Duration::from_secs(2));
+    let mut expected = vec![
+        (("POST", "/api/login", Some("user=ada&password=wrong")), 401),
+        (("POST", "/api/login", Some("user=ada&password=right")), 200),
+    ];
+    expected.extend((0..8).map(|_| (("GET", "/api/items", None), 200)));
+    let mut ok = 0;
+    for ((method, path, form), status) in &expected {
+        if connection.request(method, path, *form) == Answer::Status(*status) {
+            ok += 1;
+        }
+    }
+    (expected.len() as u64, ok)
 }
