@@ -19,6 +19,14 @@ const _: () = assert!(ROUTE_KEY_BYTES <= 256);
 /// Route trie keys at most: 256 routes, each for up to 9 methods and 3 segment ends.
 pub const MAX_ROUTE_KEYS: u32 = 8192;
 
+/// `PortRules::http` of a port that does not carry HTTP.
+pub const HTTP_NONE: u32 = 0;
+/// `PortRules::http` of an HTTP port with `strict: false`: requests judged by route only.
+pub const HTTP_LENIENT: u32 = 1;
+/// `PortRules::http` of an HTTP port with `strict` on: evasive requests are judged
+/// `http_evasion` under `EVASION_RULE` (whose mode says enforce or shadow).
+pub const HTTP_STRICT: u32 = 2;
+
 /// `RouteEntry::kind` of a rate-limited route: its rule's bucket decides.
 pub const ROUTE_LIMIT: u32 = 0;
 /// `RouteEntry::kind` of a denied route.

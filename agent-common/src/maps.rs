@@ -478,6 +478,9 @@ const _: () = assert!(size_of::<Event>() as u32 * 1024 <= EVENTS_BYTES);
 /// The rule id blocks are counted and reported under: an inert rule (no rate) that is in
 /// every policy set.
 pub const BLOCK_RULE: u32 = MAX_RULES - 1;
+/// The rule id evasive HTTP requests (`Reason::HttpEvasion`) are counted and reported
+/// under, named `http-evasion`; its configuration holds only the mode `http.strict` gives.
+pub const EVASION_RULE: u32 = MAX_RULES - 2;
 /// The epoch of `BLOCK_RULE`, which never changes; rule epochs count up from 1. Agents
 /// before `BLOCKS_V4` kept blocks in the ban maps under this rule and epoch; the agent moves
 /// such entries into the block maps when it takes their maps over.

@@ -27,10 +27,15 @@ pub enum Reason {
     RouteDenied = 8,
     /// Refused: an HTTP request over its route's rate.
     RouteLimited = 9,
+    /// Refused (`http.strict`): a request on an HTTP port shaped so that the route lookup
+    /// cannot judge it as the server will read it (a non-canonical or absolute-form
+    /// target, a request line that does not end within the segment, the HTTP/2 preface,
+    /// a fragmented segment).
+    HttpEvasion = 10,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::NoMatch,
         Reason::NotIp,
         Reason::Allowed,
@@ -41,6 +46,7 @@ impl Reason {
         Reason::Malformed,
         Reason::RouteDenied,
         Reason::RouteLimited,
+        Reason::HttpEvasion,
     ];
     /// Codes once used and retired: never given to a new reason.
     pub const RETIRED: [u32; 0] = [];
@@ -58,6 +64,7 @@ impl Reason {
             Reason::Malformed => "malformed",
             Reason::RouteDenied => "route_denied",
             Reason::RouteLimited => "route_limited",
+            Reason::HttpEvasion => "http_evasion",
         }
     }
 
@@ -73,6 +80,7 @@ impl Reason {
             7 => Some(Reason::Malformed),
             8 => Some(Reason::RouteDenied),
             9 => Some(Reason::RouteLimited),
+            10 => Some(Reason::HttpEvasion),
             _ => None,
         }
     }
@@ -84,7 +92,7 @@ impl Reason {
             Reason::Denied | Reason::Banned | Reason::RateLimited | Reason::Malformed => {
                 Action::Drop
             }
-            Reason::RouteDenied | Reason::RouteLimited => Action::Reset,
+            Reason::RouteDenied | Reason::RouteLimited | Reason::HttpEvasion => Action::Reset,
         }
     }
 }
@@ -144,6 +152,7 @@ mod tests {
             (7, "malformed", Action::Drop),
             (8, "route_denied", Action::Reset),
             (9, "route_limited", Action::Reset),
+            (10, "http_evasion", Action::Reset),
         ];
         assert_eq!(Reason::ALL.len(), pinned.len());
         for (reason, (code, name, action)) in Reason::ALL.into_iter().zip(pinned) {
@@ -154,6 +163,6 @@ mod tests {
             assert_eq!(Reason::from_code(code), Some(reason));
             assert!(!Reason::RETIRED.contains(&code), "{code} is retired");
         }
-        assert_eq!(Reason::from_code(10), None);
+        assert_eq!(Reason::from_code(11), None);
     }
 }

@@ -72,8 +72,10 @@ pub fn report(pkt: &Packet, reason: Reason, rule: u32, action: EventAction, ifin
         (*event)._pad = [0; 6];
         (*event).request_len = 0;
         // A route's decision: the request the route lookup just read, from its scratch.
-        if matches!(reason, Reason::RouteDenied | Reason::RouteLimited)
-            && let Some(lookup) = ROUTE_SCRATCH.get(0)
+        if matches!(
+            reason,
+            Reason::RouteDenied | Reason::RouteLimited | Reason::HttpEvasion
+        ) && let Some(lookup) = ROUTE_SCRATCH.get(0)
         {
             core::ptr::copy_nonoverlapping(
                 lookup.data.as_ptr(),

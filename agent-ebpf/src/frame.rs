@@ -49,6 +49,8 @@ pub trait Frame {
         };
         end > u32::from(pkt.payload_off)
     }
+    /// True when `pkt`'s connection was reset by a refusal lately (see `reset`).
+    fn recently_reset(&self, pkt: &Packet) -> bool;
     /// The judge's verdict on the IP packet `pkt` of this frame, arrived on `ifindex`
     /// (`judge::judge_ip`, through the global function of the hook).
     fn judge_ip(&self, pkt: &Packet, ifindex: u32) -> Action;
@@ -82,6 +84,11 @@ impl Frame for Xdp<'_> {
     #[inline(always)]
     fn judge_ip(&self, pkt: &Packet, ifindex: u32) -> Action {
         judge::action_of(judge::portcullis_judge_xdp(self.0.ctx, pkt, ifindex))
+    }
+
+    #[inline(always)]
+    fn recently_reset(&self, pkt: &Packet) -> bool {
+        reset::Segment::recently_reset(self.0.data(), self.0.data_end(), pkt)
     }
 }
 
@@ -127,6 +134,11 @@ impl Frame for Tc<'_> {
     #[inline(always)]
     fn judge_ip(&self, pkt: &Packet, ifindex: u32) -> Action {
         judge::action_of(judge::portcullis_judge_tc(self.0.skb.skb, pkt, ifindex))
+    }
+
+    #[inline(always)]
+    fn recently_reset(&self, pkt: &Packet) -> bool {
+        reset::Segment::recently_reset(self.0.data(), self.0.data_end(), pkt)
     }
 }
 

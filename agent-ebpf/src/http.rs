@@ -1,7 +1,8 @@
 //! HTTP/1.x requests on HTTP ports: a segment whose payload starts a request line
 //! ("METHOD target ...") has its method and the first `TARGET_WINDOW` bytes of its target
 //! looked up in the route trie (`agent_common::http`), one lookup whatever the number of
-//! routes. Segments that start no request (ACKs, body, responses) cost one 8-byte read.
+//! routes. Segments that start no request (ACKs, body, responses) cost one 8-byte read,
+//! which also recognises the HTTP/2 cleartext preface.
 
 use agent_common::http::{Method, ROUTE_KEY_BYTES, RouteEntry, RouteLookup, TARGET_WINDOW};
 use aya_ebpf::maps::lpm_trie::Key;
@@ -47,26 +48,79 @@ fn method_of(word: u64) -> Option<(Method, u32)> {
     None
 }
 
-/// The method of the request line `pkt`'s payload starts, if it starts one, and the length
-/// of its name.
+/// "PRI * HT": the first eight bytes of the HTTP/2 cleartext connection preface
+/// (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`), little-endian.
+const H2C_PREFACE: u64 = u64::from_le_bytes(*b"PRI * HT");
+
+/// What a segment's payload on an HTTP port starts.
+pub enum Start {
+    /// A request line. `route`: the route its method and target match, if one does;
+    /// `target_len`: the bytes of target read into the route scratch (for `evasion`).
+    Request {
+        route: Option<RouteEntry>,
+        target_len: u32,
+    },
+    /// The HTTP/2 cleartext connection preface.
+    H2cPreface,
+    /// No request: an ACK, body bytes, anything else.
+    Other,
+}
+
+/// What `pkt`'s payload starts; for a request, its route looked up.
 #[inline(always)]
-fn request_start<F: Frame>(frame: &F, pkt: &Packet) -> Option<(Method, u32)> {
+pub fn read<F: Frame>(frame: &F, policy: PolicySet, pkt: &Packet) -> Start {
     let payload = u32::from(pkt.payload_off);
     if payload == 0 {
-        return None;
+        return Start::Other;
     }
     let mut first = [0u8; 8];
     if !frame.load(payload, first.as_mut_ptr(), 8) {
-        return None;
+        return Start::Other;
     }
-    method_of(u64::from_le_bytes(first))
+    let word = u64::from_le_bytes(first);
+    if word == H2C_PREFACE {
+        // An event about it carries no request.
+        scratch_holds(0, 0);
+        return Start::H2cPreface;
+    }
+    let Some((method, name_len)) = method_of(word) else {
+        return Start::Other;
+    };
+    match route(frame, policy, payload + name_len + 1, method) {
+        Some((route, target_len)) => Start::Request { route, target_len },
+        // Nothing of the target could be read (the segment ends after "METHOD ").
+        None => {
+            scratch_holds(method.code(), 0);
+            Start::Request {
+                route: None,
+                target_len: 0,
+            }
+        }
+    }
 }
 
-/// The route of the request `pkt`'s payload starts, if it starts one and a route matches.
+/// Makes the route scratch hold `method` and no target byte (`method` 0: nothing), for
+/// an event about this packet to carry no earlier packet's request.
 #[inline(always)]
-pub fn route<F: Frame>(frame: &F, policy: PolicySet, pkt: &Packet) -> Option<RouteEntry> {
-    let (method, name_len) = request_start(frame, pkt)?;
-    let target = u32::from(pkt.payload_off) + name_len + 1;
+fn scratch_holds(method: u8, target_len: u32) {
+    if let Some(scratch) = ROUTE_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: this CPU's scratch, from a successful lookup.
+        unsafe {
+            (*scratch).data[0] = method;
+            (*scratch).prefix_len = if method == 0 { 0 } else { 8 * (1 + target_len) };
+        }
+    }
+}
+
+/// Reads the request target at `target` into the route scratch, after `method`'s code, and
+/// looks it up: the route (if one matches) and the bytes read; `None` if none could be.
+#[inline(always)]
+fn route<F: Frame>(
+    frame: &F,
+    policy: PolicySet,
+    target: u32,
+    method: Method,
+) -> Option<(Option<RouteEntry>, u32)> {
     let available = frame.len().checked_sub(target)?;
     // At least one byte, at most the window, checked on the very register the helper gets:
     // without the volatile read LLVM bounds a 32-bit copy of the length and passes the
@@ -93,6 +147,6 @@ pub fn route<F: Frame>(frame: &F, policy: PolicySet, pkt: &Packet) -> Option<Rou
         // first `prefix_len` bits.
         lookup.prefix_len = 8 * (1 + len);
         let key = &*(scratch as *const Key<[u8; ROUTE_KEY_BYTES]>);
-        policy.routes().get(key).copied()
+        Some((policy.routes().get(key).copied(), len))
     }
 }

@@ -1,5 +1,5 @@
 //! The decision, in order: allow list, deny list, operator blocks, escalation bans,
-//! malformed headers, rate-limit rules, HTTP routes, pass. Shared by the XDP and TC programs, which only
+//! malformed headers, rate-limit rules, HTTP evasion (`http.strict`), HTTP routes, pass. Shared by the XDP and TC programs, which only
 //! translate the `Action`.
 //!
 //! A deny entry, ban or rule in shadow mode counts and reports what it would have dropped,
@@ -8,16 +8,17 @@
 use crate::{
     acl, bans, blocks, clock,
     counters::{self, RuleOutcome},
-    events,
+    evasion, events,
     frame::{Frame, Tc, Xdp},
-    http,
+    http::{self, Start},
     parse::{Packet, Parsed, l4::IPPROTO_TCP},
     policy_set::PolicySet,
     ratelimit::{self, Outcome},
 };
 use agent_common::{
-    ACL_ALLOW, Action, BLOCK_RULE, EventAction, MalformedCause, Mode, PortRules, Reason,
-    http::{ROUTE_DENY, RouteEntry},
+    ACL_ALLOW, Action, BLOCK_RULE, EVASION_RULE, EventAction, MalformedCause, Mode, PortRules,
+    Reason,
+    http::{HTTP_NONE, HTTP_STRICT, ROUTE_DENY, RouteEntry},
     port_key,
 };
 use aya_ebpf::{
@@ -32,7 +33,12 @@ pub fn judge<F: Frame>(frame: &F, parsed: &Parsed, ifindex: u32) -> Action {
     let action = match parsed {
         Parsed::NotIp => finish(Reason::NotIp),
         Parsed::Malformed(cause) => malformed(*cause),
-        Parsed::Ip(pkt) => frame.judge_ip(pkt, ifindex),
+        // The rewrite into a reset is called from here, not from inside the judge: a
+        // chain of three global functions' stacks would pass the 512 bytes allowed.
+        Parsed::Ip(pkt) => match frame.judge_ip(pkt, ifindex) {
+            Action::Reset if !frame.reset() => Action::Drop,
+            action => action,
+        },
     };
     counters::interface(ifindex, action);
     action
@@ -153,14 +159,14 @@ fn judge_ip<F: Frame>(frame: &F, pkt: &Packet, ifindex: u32) -> Action {
         let refusal = Refusal::of(frame, policy, pkt);
         let reset = refusal == Refusal::Reset;
         if refusal != Refusal::Spare && enforce(pkt, Reason::Banned, rule, mode, ifindex, reset) {
-            return refuse(frame, Reason::Banned, reset);
+            return refuse(Reason::Banned, reset);
         }
     }
     if let Some(cause) = pkt.malformed {
         return malformed(cause);
     }
     let rules = rules_for(policy, pkt);
-    if rules.connection_rule == 0 && rules.packet_rule == 0 && rules.http == 0 {
+    if rules.connection_rule == 0 && rules.packet_rule == 0 && rules.http == HTTP_NONE {
         return finish(Reason::NoMatch);
     }
     let mut matched = false;
@@ -197,15 +203,35 @@ fn judge_ip<F: Frame>(frame: &F, pkt: &Packet, ifindex: u32) -> Action {
             matched = true;
         }
     }
-    if rules.http != 0
-        && let Some(route) = http::route(frame, policy, pkt)
-    {
-        if let Some(reason) = judge_route(policy, pkt, route, ifindex, clock_read) {
-            return refuse(frame, reason, true);
+    if rules.http != HTTP_NONE {
+        let strict = rules.http == HTTP_STRICT;
+        // A fragment cannot be rewritten into a RST (it would still claim more fragments):
+        // a refusal in one drops it.
+        let reset = !pkt.more_fragments;
+        match http::read(frame, policy, pkt) {
+            Start::Request { route, target_len } => {
+                if strict
+                    && evasion::portcullis_evasive_target(target_len) != 0
+                    && evaded(policy, pkt, ifindex, reset)
+                {
+                    return refuse(Reason::HttpEvasion, reset);
+                }
+                if let Some(route) = route {
+                    if let Some(reason) =
+                        judge_route(frame, policy, pkt, route, ifindex, clock_read)
+                    {
+                        return refuse(reason, reset);
+                    }
+                    // As for rate limits, a request its route's bucket took counts as within
+                    // a limit; a denied route in shadow mode is as if it were not there.
+                    matched |= route.kind != ROUTE_DENY;
+                }
+            }
+            Start::H2cPreface if strict && evaded(policy, pkt, ifindex, reset) => {
+                return refuse(Reason::HttpEvasion, reset);
+            }
+            Start::H2cPreface | Start::Other => {}
         }
-        // As for rate limits, a request its route's bucket took counts as within a limit;
-        // a denied route in shadow mode is as if it were not there.
-        matched |= route.kind != ROUTE_DENY;
     }
     finish(if matched {
         Reason::WithinLimit
@@ -214,10 +240,21 @@ fn judge_ip<F: Frame>(frame: &F, pkt: &Packet, ifindex: u32) -> Action {
     })
 }
 
+/// Applies `http.strict` to an evasive request (`evasion`), counted and reported under the
+/// `http-evasion` rule: true when it is refused (`reset`: by a reset), false in shadow mode.
+#[inline(always)]
+fn evaded(policy: PolicySet, pkt: &Packet, ifindex: u32, reset: bool) -> bool {
+    let mode = policy
+        .rule(EVASION_RULE)
+        .map_or(Mode::Enforce.code(), |cfg| cfg.mode);
+    enforce(pkt, Reason::HttpEvasion, EVASION_RULE, mode, ifindex, reset)
+}
+
 /// A request for `route`: the reason it is refused for, or `None` when it goes on.
 /// `clock_read` is the precise time if an earlier step read it.
 #[inline(always)]
-fn judge_route(
+fn judge_route<F: Frame>(
+    frame: &F,
     policy: PolicySet,
     pkt: &Packet,
     route: RouteEntry,
@@ -226,8 +263,22 @@ fn judge_route(
 ) -> Option<Reason> {
     if route.kind == ROUTE_DENY {
         let mode = policy.rule(route.rule)?.mode;
-        return enforce(pkt, Reason::RouteDenied, route.rule, mode, ifindex, true)
-            .then_some(Reason::RouteDenied);
+        return enforce(
+            pkt,
+            Reason::RouteDenied,
+            route.rule,
+            mode,
+            ifindex,
+            !pkt.more_fragments,
+        )
+        .then_some(Reason::RouteDenied);
+    }
+    // The client's retransmission of a request this route refused (its connection reset
+    // since) is refused again without taking another token: one request, charged once.
+    if frame.recently_reset(pkt) {
+        let mode = policy.rule(route.rule)?.mode;
+        return enforce(pkt, Reason::RouteLimited, route.rule, mode, ifindex, true)
+            .then_some(Reason::RouteLimited);
     }
     let now = clock_read.unwrap_or_else(clock::precise_ns);
     limit(policy, pkt, route.rule, Reason::RouteLimited, ifindex, now)
@@ -235,21 +286,18 @@ fn judge_route(
 }
 
 /// The verdict on a packet refused for `reason`: a reset for a request or a banned
-/// source's segment on an HTTP connection (a drop if the rewrite fails), else a drop.
+/// source's segment on an HTTP connection (`judge` makes it, or drops the packet if the
+/// rewrite fails), else a drop.
 #[inline(always)]
-fn refuse<F: Frame>(frame: &F, reason: Reason, reset: bool) -> Action {
+fn refuse(reason: Reason, reset: bool) -> Action {
     finish(reason);
-    if reset && frame.reset() {
-        Action::Reset
-    } else {
-        Action::Drop
-    }
+    if reset { Action::Reset } else { Action::Drop }
 }
 
 /// What a blocked or banned source's packet gets.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Refusal {
-    /// Dropped: anything but a connection to an HTTP port, and its SYNs.
+    /// Dropped: anything but a connection to an HTTP port, and its SYNs and fragments.
     Drop,
     /// A segment with data on a connection to an HTTP port (a request, or more of one):
     /// the connection is reset, as for a refused route, so that neither side waits.
@@ -264,9 +312,10 @@ impl Refusal {
     #[inline(always)]
     fn of<F: Frame>(frame: &F, policy: PolicySet, pkt: &Packet) -> Refusal {
         if pkt.syn
+            || pkt.more_fragments
             || pkt.l4_off == 0
             || pkt.protocol != IPPROTO_TCP
-            || rules_for(policy, pkt).http == 0
+            || rules_for(policy, pkt).http == HTTP_NONE
         {
             return Refusal::Drop;
         }
@@ -332,7 +381,7 @@ fn limit(
                 rule,
                 cfg.mode,
                 ifindex,
-                reason.action() == Action::Reset,
+                reason.action() == Action::Reset && !pkt.more_fragments,
             )
         }
     }

@@ -13,6 +13,7 @@ mod bans;
 mod blocks;
 mod clock;
 mod counters;
+mod evasion;
 mod events;
 mod frame;
 mod http;

@@ -20,7 +20,7 @@ use crate::{
     clock,
     maps::RESET_FLOWS,
     parse::{
-        self, Parsed,
+        self, Packet, Parsed,
         ip::{IPV4_HEADER_BYTES, IPV6_HEADER_BYTES, V4_MAPPED_WORD},
         l4::{self, IPPROTO_TCP, TCP_FLAG_ACK},
     },
@@ -72,6 +72,32 @@ impl Segment {
             let _ = RESET_FLOWS.insert(flow, now, 0);
         }
         Some(segment)
+    }
+
+    /// True when the connection of the TCP segment `pkt` (in the frame at `[data,
+    /// data_end)`) was reset by a refusal within `RESET_MEMORY_NS`: the segment is the
+    /// client's retransmission of what was refused (its connection is gone on the server).
+    #[inline(always)]
+    pub fn recently_reset(data: usize, data_end: usize, pkt: &Packet) -> bool {
+        let segment = Segment {
+            l3_off: usize::from(pkt.l3_off) & MAX_L3_OFF,
+            l4_off: usize::from(pkt.l4_off) & MAX_L4_OFF,
+            ip6: pkt.ip6,
+            first: true,
+        };
+        if segment.l4_off == 0 {
+            return false;
+        }
+        let Some(flow) = segment.flow(data, data_end) else {
+            return false;
+        };
+        match RESET_FLOWS.get_ptr(flow) {
+            // SAFETY: a pointer from a successful lookup.
+            Some(reset_at) => {
+                clock::coarse_ns().saturating_sub(unsafe { *reset_at }) < RESET_MEMORY_NS
+            }
+            None => false,
+        }
     }
 
     /// The segment's connection: addresses and ports from its headers.

@@ -2,7 +2,7 @@
 //! of the kernel's counters taken at scrape time. The kernel's counters are the truth; a
 //! fresh registry per scrape just encodes them, so nothing here can drift from the maps.
 
-use agent_common::{IfaceCounters, MalformedCause, Reason, RuleCounters};
+use agent_common::{Action, IfaceCounters, MalformedCause, Reason, RuleCounters};
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -103,7 +103,11 @@ pub fn render(s: &Snapshot) -> String {
         "shadow_hits",
         "Packets a shadow-mode entry or rule would have dropped (they passed)",
     );
-    for reason in [Reason::Denied, Reason::Banned, Reason::RateLimited] {
+    // Every reason a shadow-mode entry or rule can stand for (malformed frames cannot).
+    let refusals = Reason::ALL
+        .into_iter()
+        .filter(|r| r.action() != Action::Pass && *r != Reason::Malformed);
+    for reason in refusals {
         shadow
             .get_or_create(&labels(&[("reason", reason.name())]))
             .inc_by(s.counters.shadowed(reason));

@@ -9,10 +9,10 @@ use std::{
     path::Path,
 };
 
-use agent_common::{BLOCK_RULE, RuleConfig};
+use agent_common::{BLOCK_RULE, EVASION_RULE, RuleConfig};
 
 use crate::{
-    policy::CLI_BLOCK,
+    policy::{CLI_BLOCK, http::HTTP_EVASION},
     state_file::{self, StateFileError},
 };
 
@@ -106,9 +106,9 @@ impl RuleIds {
             if self.by_name.contains_key(name) {
                 continue;
             }
-            let id = (1..BLOCK_RULE)
+            let id = (1..EVASION_RULE)
                 .find(|id| !used.contains(id))
-                .expect("validation caps the number of names below BLOCK_RULE");
+                .expect("validation caps the number of names below EVASION_RULE");
             used.insert(id);
             self.by_name.insert(
                 name.clone(),
@@ -134,6 +134,7 @@ impl RuleIds {
             .map(|(name, a)| (a.id, name.clone()))
             .collect();
         names.insert(BLOCK_RULE, CLI_BLOCK.to_string());
+        names.insert(EVASION_RULE, HTTP_EVASION.to_string());
         names
     }
 
@@ -190,14 +191,14 @@ impl RuleIds {
         }
     }
 
-    /// Ids the kernel's tables can take: each between 1 and the block rule's (exclusive),
+    /// Ids the kernel's tables can take: each between 1 and the reserved ids (exclusive),
     /// no two rules sharing one, and no epoch above the next one to give out.
     fn validate(&self) -> Result<(), String> {
         let mut seen = BTreeSet::new();
         for (name, assigned) in &self.by_name {
-            if assigned.id == 0 || assigned.id >= BLOCK_RULE {
+            if assigned.id == 0 || assigned.id >= EVASION_RULE {
                 return Err(format!(
-                    "rule '{name}' has id {}, outside 1..{BLOCK_RULE}",
+                    "rule '{name}' has id {}, outside 1..{EVASION_RULE}",
                     assigned.id
                 ));
             }

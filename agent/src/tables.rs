@@ -5,8 +5,11 @@ use std::collections::BTreeMap;
 
 use agent_common::{
     ACL_ALLOW, AclEntry, BLOCK_EPOCH, BLOCK_RULE, CLASS_COUNT, CLASS_ICMP, CLASS_OTHER, CLASS_TCP,
-    CLASS_UDP, PortRules, RuleConfig, Settings,
-    http::{ROUTE_DENY, ROUTE_KEY_BYTES, ROUTE_LIMIT, RouteEntry, StatusRules},
+    CLASS_UDP, EVASION_RULE, PortRules, RuleConfig, Settings,
+    http::{
+        HTTP_LENIENT, HTTP_STRICT, ROUTE_DENY, ROUTE_KEY_BYTES, ROUTE_LIMIT, RouteEntry,
+        StatusRules,
+    },
     port_key,
 };
 use ipnet::IpNet;
@@ -248,13 +251,27 @@ pub fn build(policy: &Policy, ids: &mut RuleIds, cpus: u32) -> Tables {
 /// HTTP ports (their port entries say so, inheriting the TCP class's rules where no rate
 /// limit names the port), route rules, the route trie, and response rules by status.
 fn add_http(tables: &mut Tables, http: &Http, ids: &mut RuleIds) {
+    let kind = if http.strict.is_some() {
+        HTTP_STRICT
+    } else {
+        HTTP_LENIENT
+    };
     for &port in &http.ports {
         let inherited = tables.class_rules[CLASS_TCP as usize];
         tables
             .port_rules
             .entry(port_key(CLASS_TCP, port))
             .or_insert(inherited)
-            .http = 1;
+            .http = kind;
+    }
+    // `http-evasion`: only its mode; it has no rate, and makes no bans.
+    if let Some(mode) = http.strict {
+        let evasion = RuleConfig {
+            mode: mode.code(),
+            epoch: BLOCK_EPOCH,
+            ..RuleConfig::default()
+        };
+        tables.rules.insert(EVASION_RULE, evasion);
     }
     for route in &http.routes {
         let mut config = route_config(route);
@@ -414,13 +431,15 @@ mod tests {
              \x20   - {name: hidden, path: /admin/, deny: true, mode: shadow}\n",
             &mut ids,
         );
-        // The HTTP port keeps the TCP class's rules and says it carries HTTP.
+        // The HTTP port keeps the TCP class's rules and says it carries HTTP, strictly
+        // (the default), with `http-evasion` enforced.
         let port = t.port_rules[&port_key(CLASS_TCP, 80)];
         assert_eq!(
             (port.connection_rule, port.http),
-            (ids.id("syn"), 1),
+            (ids.id("syn"), HTTP_STRICT),
             "{port:?}"
         );
+        assert_eq!(t.rules[&EVASION_RULE].mode, Mode::Enforce.code());
         assert_eq!(t.class_rules[CLASS_TCP as usize].http, 0);
         let login = t.rules[&ids.id("login")];
         assert_eq!(login.interval_ns, 12_000_000_000);

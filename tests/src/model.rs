@@ -29,9 +29,14 @@
 //! HTTP routes are matched as the README states their semantics (a path, then the end of
 //! the target, `/` or `?`; the longest path; a named method before none), on the TCP
 //! payload from the data offset the header states, within the 192 target bytes the kernel
-//! reads: not through the agent's route compiler.
+//! reads: not through the agent's route compiler. `http.strict` judges the README's evasive
+//! shapes (`evasive_target`, written from that list, by segments rather than a byte scan).
+//! A refusal that would reset a connection drops a fragment instead.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
 
 use agent_common::{
     Action, BucketKey, MalformedCause, Reason, admission,
@@ -70,6 +75,10 @@ pub struct Packet {
     payload: Option<Vec<u8>>,
     /// The TCP segment carries data within both the frame and its IP header's length.
     data: bool,
+    /// The first fragment of a packet that more fragments follow.
+    more_fragments: bool,
+    /// A TCP segment's connection: source, destination, source port, destination port.
+    flow: Option<(IpAddr, IpAddr, u16, u16)>,
 }
 
 #[derive(Debug, Clone)]
@@ -121,14 +130,28 @@ fn parse_v4(ip: &[u8]) -> Parsed {
         0 => usize::MAX,
         total => usize::from(total).saturating_sub(header.slice().len()),
     };
-    Parsed::Ip(transport(
+    let mut pkt = transport(
         header.source_addr().into(),
         header.protocol(),
         l4,
         stated,
         first_fragment,
         true,
-    ))
+    );
+    pkt.more_fragments = first_fragment && header.more_fragments();
+    Parsed::Ip(with_flow(pkt, header.destination_addr().into(), l4))
+}
+
+/// `pkt` with its connection, if it is a TCP segment with ports: the flow a reset is
+/// remembered by.
+fn with_flow(mut pkt: Packet, dst: IpAddr, l4: &[u8]) -> Packet {
+    if pkt.class == Class::Tcp
+        && let Some(port) = pkt.port
+    {
+        let sport = u16::from_be_bytes([l4[0], l4[1]]);
+        pkt.flow = Some((pkt.src, dst, sport, port));
+    }
+    pkt
 }
 
 fn parse_v6(ip: &[u8]) -> Parsed {
@@ -148,6 +171,8 @@ fn parse_v6(ip: &[u8]) -> Parsed {
     };
     let mut next = header.next_header();
     let mut rest = &ip[header.slice().len()..];
+    // A first fragment's M flag (the last fragment header's, if several).
+    let mut more_fragments = false;
     let malformed = |cause| {
         Parsed::Ip(Packet {
             src,
@@ -157,6 +182,8 @@ fn parse_v6(ip: &[u8]) -> Parsed {
             malformed: Some(cause),
             payload: None,
             data: false,
+            more_fragments: false,
+            flow: None,
         })
     };
     // Bytes of `rest` inside the IPv6 payload length.
@@ -178,6 +205,7 @@ fn parse_v6(ip: &[u8]) -> Parsed {
             IpNumber::AUTHENTICATION_HEADER => auth_header(rest),
             IpNumber::IPV6_FRAGMENTATION_HEADER => {
                 Ipv6FragmentHeaderSlice::from_slice(rest).ok().map(|h| {
+                    more_fragments = h.more_fragments();
                     (
                         h.next_header(),
                         h.slice().len(),
@@ -185,7 +213,12 @@ fn parse_v6(ip: &[u8]) -> Parsed {
                     )
                 })
             }
-            _ => return Parsed::Ip(transport(src, next, rest, stated(rest), true, false)),
+            _ => {
+                let mut pkt = transport(src, next, rest, stated(rest), true, false);
+                pkt.more_fragments = more_fragments;
+                let dst = header.destination_addr().into();
+                return Parsed::Ip(with_flow(pkt, dst, rest));
+            }
         };
         let Some((after, len, later_fragment)) = walked else {
             return malformed(MalformedCause::TruncatedExtensionHeader);
@@ -200,7 +233,9 @@ fn parse_v6(ip: &[u8]) -> Parsed {
     if is_extension_header(next) {
         return malformed(MalformedCause::TooManyExtensionHeaders);
     }
-    Parsed::Ip(transport(src, next, rest, stated(rest), true, false))
+    let mut pkt = transport(src, next, rest, stated(rest), true, false);
+    pkt.more_fragments = more_fragments;
+    Parsed::Ip(with_flow(pkt, header.destination_addr().into(), rest))
 }
 
 /// The extension headers the model walks (difference 3: the generic layout for all but AH
@@ -257,6 +292,8 @@ fn transport(
         malformed: None,
         payload: None,
         data: false,
+        more_fragments: false,
+        flow: None,
     };
     if !first_fragment {
         return pkt;
@@ -326,6 +363,7 @@ pub struct Model {
     /// `Limited`): the sketch's slots depend on it.
     rule_ids: Vec<u32>,
     bans: HashMap<IpNet, usize>,
+    reset_flows: HashSet<(IpAddr, IpAddr, u16, u16)>,
     pub verdicts: HashMap<Reason, u64>,
     pub shadow: HashMap<Reason, u64>,
     pub malformed: HashMap<MalformedCause, u64>,
@@ -387,6 +425,7 @@ impl Model {
             admission: HashMap::new(),
             rule_ids,
             bans: HashMap::new(),
+            reset_flows: HashSet::new(),
             verdicts: HashMap::new(),
             shadow: HashMap::new(),
             malformed: HashMap::new(),
@@ -420,6 +459,19 @@ impl Model {
             Parsed::Malformed(cause) => return self.malformed(cause),
             Parsed::Ip(pkt) => pkt,
         };
+        let verdict = self.judge_ip(&pkt);
+        // A reset connection is remembered (the kernel's RESET_FLOWS, for longer than any
+        // test runs): a route does not charge its retransmissions again.
+        if verdict.0 == Action::Reset
+            && let Some(flow) = pkt.flow
+        {
+            self.reset_flows.insert(flow);
+        }
+        verdict
+    }
+
+    fn judge_ip(&mut self, pkt: &Packet) -> (Action, Reason) {
+        let pkt = pkt.clone();
         if self.policy.allow.iter().any(|n| contains(n, &pkt.src)) {
             return self.finish(Reason::Allowed);
         }
@@ -465,12 +517,26 @@ impl Model {
                 }
             }
         }
+        if let Some(mode) = self.evasive(&pkt)
+            && self.decide(Reason::HttpEvasion, mode)
+        {
+            return self.refuse(&pkt, Reason::HttpEvasion);
+        }
         if let Some(index) = self.route_for(&pkt) {
             let route = self.policy.http.as_ref().expect("routes").routes[index].clone();
             match &route.action {
                 RouteAction::Deny => {
                     if self.decide(Reason::RouteDenied, route.mode) {
-                        return self.finish(Reason::RouteDenied);
+                        return self.refuse(&pkt, Reason::RouteDenied);
+                    }
+                }
+                RouteAction::Limit(_)
+                    if pkt.flow.is_some_and(|f| self.reset_flows.contains(&f)) =>
+                {
+                    // A retransmission of a refused request: refused again, not charged.
+                    matched = true;
+                    if self.decide(Reason::RouteLimited, route.mode) {
+                        return self.refuse(&pkt, Reason::RouteLimited);
                     }
                 }
                 RouteAction::Limit(limit) => {
@@ -482,7 +548,7 @@ impl Model {
                         reason: Reason::RouteLimited,
                     };
                     if self.take(limited, &pkt) {
-                        return self.finish(Reason::RouteLimited);
+                        return self.refuse(&pkt, Reason::RouteLimited);
                     }
                 }
             }
@@ -492,6 +558,37 @@ impl Model {
         } else {
             Reason::NoMatch
         })
+    }
+
+    /// A request refused for `reason`: its connection reset, or a fragment dropped.
+    fn refuse(&mut self, pkt: &Packet, reason: Reason) -> (Action, Reason) {
+        let (action, reason) = self.finish(reason);
+        if pkt.more_fragments {
+            (Action::Drop, reason)
+        } else {
+            (action, reason)
+        }
+    }
+
+    /// With `http.strict` on, the mode evasive requests are judged in if the packet's
+    /// payload is one on an HTTP port: the HTTP/2 cleartext preface, or a request line
+    /// whose target (as far as the kernel reads it) is evasive.
+    fn evasive(&self, pkt: &Packet) -> Option<Mode> {
+        let mode = self.policy.http.as_ref()?.strict?;
+        if self.on_http_port(pkt) && pkt.payload.as_ref()?.starts_with(b"PRI * HT") {
+            return Some(mode);
+        }
+        let (_, rest) = self.request_method(pkt)?;
+        evasive_target(&rest[..rest.len().min(TARGET_WINDOW)]).then_some(mode)
+    }
+
+    fn on_http_port(&self, pkt: &Packet) -> bool {
+        pkt.class == Class::Tcp
+            && self
+                .policy
+                .http
+                .as_ref()
+                .is_some_and(|http| pkt.port.is_some_and(|port| http.ports.contains(&port)))
     }
 
     /// The most specific rule of kind `count` for the packet: a port rule, else a rule for
@@ -540,7 +637,7 @@ impl Model {
             .http
             .as_ref()
             .is_some_and(|http| pkt.port.is_some_and(|port| http.ports.contains(&port)));
-        if pkt.class != Class::Tcp || !on_http_port || pkt.syn {
+        if pkt.class != Class::Tcp || !on_http_port || pkt.syn || pkt.more_fragments {
             return Some(Action::Drop);
         }
         pkt.data.then_some(Action::Reset)
@@ -640,4 +737,44 @@ struct Limited {
     limit: Limit,
     mode: Mode,
     reason: Reason,
+}
+
+/// The README's evasive targets, on the `window` of target bytes the kernel reads: not
+/// origin-form (except `*`), an empty or dot segment in the path, a percent-encoded
+/// unreserved byte or `/` (or a `%` without two hex digits after it), or no end of the path
+/// (a space, `?` or `#`) within the window.
+pub fn evasive_target(window: &[u8]) -> bool {
+    match window.first() {
+        Some(b'/') => {}
+        Some(b'*') => return window.get(1) != Some(&b' '),
+        _ => return true,
+    }
+    let Some(end) = window.iter().position(|b| matches!(b, b' ' | b'?' | b'#')) else {
+        return true;
+    };
+    let path = &window[..end];
+    if path.windows(2).any(|w| w == b"//") {
+        return true;
+    }
+    if path
+        .split(|&b| b == b'/')
+        .any(|segment| segment == b"." || segment == b"..")
+    {
+        return true;
+    }
+    path.iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'%')
+        .any(|(i, _)| {
+            let digits = window
+                .get(i + 1..i + 3)
+                .filter(|d| d.iter().all(u8::is_ascii_hexdigit))
+                .and_then(|d| std::str::from_utf8(d).ok());
+            match digits.and_then(|d| u8::from_str_radix(d, 16).ok()) {
+                Some(byte) => {
+                    byte == b'/' || byte.is_ascii_alphanumeric() || b"-._~".contains(&byte)
+                }
+                None => true,
+            }
+        })
 }

@@ -299,15 +299,32 @@ impl KeepAlive {
     /// Sends `method path` with `form` as a urlencoded body (if any) and reads the answer.
     /// After a reset or silence the connection is gone: later requests get `Nothing`.
     pub fn request(&mut self, method: &str, path: &str, form: Option<&str>) -> Answer {
-        let Some(stream) = self.stream.as_mut() else {
-            return Answer::Nothing;
-        };
         let body = form.unwrap_or("");
         let request = format!(
             "{method} {path} HTTP/1.1\r\nHost: api\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        let answer = match stream.write_all(request.as_bytes()) {
+        self.send(&[request.as_bytes()])
+    }
+
+    /// Sends `parts` as they are, each in a segment of its own (Nagle off, a pause
+    /// between them), and reads the answer.
+    pub fn send(&mut self, parts: &[&[u8]]) -> Answer {
+        let Some(stream) = self.stream.as_mut() else {
+            return Answer::Nothing;
+        };
+        let _ = stream.set_nodelay(true);
+        let mut sent = Ok(());
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            sent = stream.write_all(part);
+            if sent.is_err() {
+                break;
+            }
+        }
+        let answer = match sent {
             Ok(()) => read_answer(stream),
             Err(e) => Err(e),
         };

@@ -103,7 +103,8 @@ fn port(rng: &mut StdRng) -> u16 {
 }
 
 /// A request line, or something that looks almost like one: methods, case, paths on and
-/// off segment boundaries, cut short.
+/// off segment boundaries, evasive shapes (dot and empty segments, percent-encodings,
+/// absolute form, the HTTP/2 preface), cut short.
 fn request(rng: &mut StdRng) -> Vec<u8> {
     const METHODS: [&str; 7] = ["GET", "POST", "HEAD", "DELETE", "OPTIONS", "post", "GETX"];
     const PATHS: [&str; 11] = [
@@ -119,11 +120,40 @@ fn request(rng: &mut StdRng) -> Vec<u8> {
         "*",
         "/static/app.js",
     ];
-    const ENDS: [&str; 4] = [" HTTP/1.1\r\nHost: shop\r\n\r\n", "?next=/", "/", ""];
+    const EVASIVE: [&str; 10] = [
+        "//admin",
+        "/./admin",
+        "/x/../admin",
+        "/admin/..",
+        "/%61dmin",
+        "/%2e%2E/admin",
+        "/a%20b",
+        "/a%2Fb",
+        "/a%zz",
+        "http://shop/admin",
+    ];
+    // Mostly whole request lines (a path cut before its end is evasive under `strict`).
+    const ENDS: [&str; 7] = [
+        " HTTP/1.1\r\nHost: shop\r\n\r\n",
+        " HTTP/1.0\r\n\r\n",
+        "?next=/ HTTP/1.1\r\n\r\n",
+        "/ HTTP/1.1\r\n\r\n",
+        "?next=/",
+        "/",
+        "",
+    ];
     let method = METHODS[rng.random_range(0..METHODS.len())];
-    let path = PATHS[rng.random_range(0..PATHS.len())];
+    let path = if rng.random_bool(0.25) {
+        EVASIVE[rng.random_range(0..EVASIVE.len())]
+    } else {
+        PATHS[rng.random_range(0..PATHS.len())]
+    };
     let end = ENDS[rng.random_range(0..ENDS.len())];
-    let mut line = format!("{method} {path}{end}").into_bytes();
+    let mut line = if rng.random_bool(0.03) {
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec()
+    } else {
+        format!("{method} {path}{end}").into_bytes()
+    };
     if rng.random_bool(0.1) {
         line.truncate(rng.random_range(0..=line.len()));
     }

@@ -277,3 +277,82 @@ fn wrong_passwords_ban_the_client_from_its_401s() {
         "{ban_events:?}"
     );
 }
+
+const EVASION_POLICY: &str = r#"
+http:
+  ports: [8080]
+  routes:
+    - {name: hidden, path: /admin, deny: true}
+"#;
+
+/// The evasion shapes over real connections to a real server (`strict` by default): each
+/// shape that could reach `/admin` past the route is reset; ordinary requests are served;
+/// a request pipelined behind an ordinary one is served too, as the README says (out of
+/// sight); and no connection is left on the server.
+#[test]
+fn evasion_shapes_over_real_connections() {
+    require_kernel!();
+    let pair = NetnsPair::new().unwrap();
+    let _leftovers = Leftovers::of(&pair.server_ns);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, EVASION_POLICY).unwrap();
+    let agent = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]).unwrap();
+    let _app = HttpServer::start_login_app(&pair, "0.0.0.0", 8080).unwrap();
+    let send = |parts: &[&[u8]]| {
+        KeepAlive::connect(&pair, CLIENT_V4, SERVER_V4, 8080, Duration::from_secs(2)).send(parts)
+    };
+    let end = b" HTTP/1.1\r\nHost: api\r\n\r\n";
+    let request = |target: &str| [format!("GET {target}").as_bytes(), end].concat();
+    for target in [
+        "/admin",
+        "//admin",
+        "/./admin",
+        "/public/../admin",
+        "/%61dmin",
+        "/%2e%2E/admin",
+        "/public%2F..%2Fadmin",
+        "http://api/admin",
+    ] {
+        assert_eq!(send(&[&request(target)]), Answer::Reset, "GET {target}");
+    }
+    assert_eq!(
+        send(&[b"GET /adm", b"in HTTP/1.1\r\nHost: api\r\n\r\n"]),
+        Answer::Reset,
+        "a request line split over two segments"
+    );
+    assert_eq!(
+        send(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]),
+        Answer::Reset,
+        "the HTTP/2 cleartext preface"
+    );
+    assert_eq!(send(&[&request("/api/items")]), Answer::Status(200));
+    assert_eq!(
+        send(&[&request("/a%20b")]),
+        Answer::Status(404),
+        "an ordinary encoding"
+    );
+    let pipelined = [request("/api/items"), request("/admin")].concat();
+    assert_eq!(
+        send(&[&pipelined]),
+        Answer::Status(200),
+        "the first of two pipelined requests is answered (the second is out of sight)"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while server_connections(&pair) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        server_connections(&pair),
+        0,
+        "connections left on the server"
+    );
+    let stats: serde_json::Value =
+        serde_json::from_slice(&agent.cli(&["stats", "--json"]).stdout).unwrap();
+    // A refusal counts twice, the segment and its retransmission passed on bare, but for
+    // the split request line: its second segment, not a retransmission, meets the server's
+    // RST before the first is sent again.
+    assert_eq!(stats["verdicts"]["http_evasion"], 2 * 8 + 1, "{stats}");
+    assert_eq!(stats["verdicts"]["route_denied"], 2, "{stats}");
+}

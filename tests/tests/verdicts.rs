@@ -1137,9 +1137,10 @@ fn http_requests_are_judged_by_their_route() {
             &[][..],
         ),
         (
+            // `strict` (the default) refuses it: the path's end is not seen.
             "a target cut by the end of the segment",
             http_segment(80, "DELETE /admin"),
-            Reason::NoMatch,
+            Reason::HttpEvasion,
             &[][..],
         ),
     ];
@@ -1383,4 +1384,193 @@ fn responses_ban_the_client_in_the_kernel() {
         );
     }
     assert_eq!(bans.len(), 4, "{nets:?}");
+}
+
+const STRICT_ROUTES: &str =
+    "http:\n  ports: [80]\n  routes:\n    - {name: hidden, path: /admin, deny: true}\n";
+
+/// Each evasion shape the README lists, through XDP and TC, under `strict: true` (the
+/// default): caught as `http_evasion` (the connection reset) or judged by its route; the
+/// shapes the README says are out of sight pass unjudged, as it says. `strict: false`
+/// judges by route only; `strict: shadow` counts and passes.
+#[test]
+fn http_evasion_shapes_are_caught_or_judged() {
+    require_kernel!();
+    let h = Harness::new(STRICT_ROUTES).unwrap();
+    let request = |text: &str| http_segment(80, text);
+    let evasive = [
+        ("empty segment", "GET //admin HTTP/1.1\r\n\r\n"),
+        ("dot segment", "GET /./admin HTTP/1.1\r\n\r\n"),
+        ("dot-dot segment", "GET /public/../admin HTTP/1.1\r\n\r\n"),
+        ("trailing dot-dot", "GET /admin/x/.. HTTP/1.1\r\n\r\n"),
+        ("encoded letter", "GET /%61dmin HTTP/1.1\r\n\r\n"),
+        (
+            "encoded dots, mixed case",
+            "GET /x/%2e%2E/admin HTTP/1.1\r\n\r\n",
+        ),
+        ("encoded slash", "GET /public%2F..%2Fadmin HTTP/1.1\r\n\r\n"),
+        ("a % without hex digits", "GET /admin%zz HTTP/1.1\r\n\r\n"),
+        ("absolute form", "GET http://shop/admin HTTP/1.1\r\n\r\n"),
+        ("request line split over segments", "POST /adm"),
+        (
+            "HTTP/2 cleartext preface",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        ),
+    ];
+    for (what, text) in evasive {
+        check_both(&h, what, &request(text), Reason::HttpEvasion, &[]);
+    }
+    let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(200));
+    check_both(
+        &h,
+        "path longer than the window",
+        &request(&long),
+        Reason::HttpEvasion,
+        &[],
+    );
+    let judged = [
+        (
+            "the route itself",
+            "GET /admin HTTP/1.1\r\n\r\n",
+            Reason::RouteDenied,
+        ),
+        (
+            "below it",
+            "GET /admin/users?x=1 HTTP/1.1\r\n\r\n",
+            Reason::RouteDenied,
+        ),
+        (
+            "an encoded space",
+            "GET /a%20b HTTP/1.1\r\n\r\n",
+            Reason::NoMatch,
+        ),
+        (
+            "an encoded query",
+            "GET /go?to=%2Fadmin HTTP/1.1\r\n\r\n",
+            Reason::NoMatch,
+        ),
+        (
+            "a long query",
+            &format!("GET /s?q={} HTTP/1.1\r\n\r\n", "q".repeat(300)),
+            Reason::NoMatch,
+        ),
+        ("OPTIONS *", "OPTIONS * HTTP/1.1\r\n\r\n", Reason::NoMatch),
+        (
+            "dots inside names",
+            "GET /a.b/..c/...d HTTP/1.1\r\n\r\n",
+            Reason::NoMatch,
+        ),
+        // Out of sight (README): only the request a segment starts with is read.
+        (
+            "pipelined",
+            "GET /ok HTTP/1.1\r\nHost: a\r\n\r\nGET /admin HTTP/1.1\r\n\r\n",
+            Reason::NoMatch,
+        ),
+        (
+            "after a body",
+            "user=a&pw=bGET /admin HTTP/1.1\r\n\r\n",
+            Reason::NoMatch,
+        ),
+    ];
+    for (what, text, want) in judged {
+        check_both(&h, what, &request(text), want, &[]);
+    }
+    // A first fragment (more to follow) is judged as any request, but refused by a drop:
+    // rewritten into a RST it would still claim more fragments.
+    for (what, text, want) in [
+        (
+            "fragment with the route",
+            "GET /admin HTTP/1.1\r\n\r\n",
+            Reason::RouteDenied,
+        ),
+        ("fragment cutting the path", "GET /adm", Reason::HttpEvasion),
+    ] {
+        let mut spec = FrameSpec::tcp("203.0.113.50", 80, false, true).content(text.as_bytes());
+        spec.ipv4_fragment = (0, true);
+        let frame = spec.build();
+        for (hook, run) in [
+            ("xdp", Harness::xdp_out as fn(&Harness, &[u8]) -> _),
+            ("tc", Harness::tc_out),
+        ] {
+            let before = h.counters().unwrap();
+            let (action, _) = run(&h, &frame).unwrap();
+            let (verdicts, _) = delta(&before, &h.counters().unwrap());
+            assert_eq!(action, Action::Drop, "{what} ({hook})");
+            assert_eq!(verdicts, vec![(want, 1)], "{what} ({hook})");
+        }
+    }
+
+    let lenient =
+        Harness::new(&STRICT_ROUTES.replace("ports: [80]", "ports: [80]\n  strict: false"))
+            .unwrap();
+    check_both(
+        &lenient,
+        "lenient: empty segment",
+        &request("GET //admin HTTP/1.1\r\n\r\n"),
+        Reason::NoMatch,
+        &[],
+    );
+    check_both(
+        &lenient,
+        "lenient: the route",
+        &request("GET /admin HTTP/1.1\r\n\r\n"),
+        Reason::RouteDenied,
+        &[],
+    );
+    let shadow =
+        Harness::new(&STRICT_ROUTES.replace("ports: [80]", "ports: [80]\n  strict: shadow"))
+            .unwrap();
+    check_both(
+        &shadow,
+        "shadow: empty segment",
+        &request("GET //admin HTTP/1.1\r\n\r\n"),
+        Reason::NoMatch,
+        &[Reason::HttpEvasion],
+    );
+}
+
+/// A refused request's retransmission (its connection reset since) is refused again
+/// without taking a token: the token that refilled meanwhile is still there for the next
+/// request.
+#[test]
+fn a_refused_requests_retransmission_is_not_charged_again() {
+    require_kernel!();
+    let policy = "http:\n  ports: [80]\n  routes:\n    - {name: login, methods: [POST], path: /login, rate: 10/s, burst: 1}\n";
+    let h = Harness::new(policy).unwrap();
+    let login = |sport: u16| {
+        let mut spec = FrameSpec::tcp("203.0.113.70", 80, false, true)
+            .content(b"POST /login HTTP/1.1\r\nHost: shop\r\n\r\nuser=a&pw=b");
+        spec.sport = sport;
+        spec.build()
+    };
+    check_xdp(
+        &h,
+        "first connection",
+        &login(41001),
+        Reason::WithinLimit,
+        &[],
+    );
+    check_xdp(
+        &h,
+        "second, over the rate",
+        &login(41002),
+        Reason::RouteLimited,
+        &[],
+    );
+    // A token refills in 100 ms; the second connection's retransmission comes later.
+    std::thread::sleep(Duration::from_millis(150));
+    check_xdp(
+        &h,
+        "its retransmission",
+        &login(41002),
+        Reason::RouteLimited,
+        &[],
+    );
+    check_xdp(
+        &h,
+        "a third connection gets the token",
+        &login(41003),
+        Reason::WithinLimit,
+        &[],
+    );
 }

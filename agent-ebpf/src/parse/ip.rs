@@ -81,7 +81,8 @@ fn packet(src: [u32; 4], v4: bool, protocol: u8) -> Packet {
         l3_off: 0,
         l4_off: 0,
         ip6: false,
-        _pad: [0; 2],
+        more_fragments: false,
+        _pad: 0,
     }
 }
 
@@ -106,7 +107,9 @@ pub fn parse_v4(cursor: &mut Cursor) -> Parsed {
     pkt.l3_off = l3_off;
     // Only the first fragment (offset 0) carries the transport header; later fragments are
     // judged on their addresses and protocol.
-    let first_fragment = u16::from_be(hdr.frag_off) & 0x1fff == 0;
+    let frag_off = u16::from_be(hdr.frag_off);
+    let first_fragment = frag_off & 0x1fff == 0;
+    pkt.more_fragments = first_fragment && frag_off & 0x2000 != 0;
     l4::parse(cursor, &mut pkt, first_fragment);
     Parsed::Ip(pkt)
 }
@@ -125,7 +128,7 @@ pub fn parse_v6(cursor: &mut Cursor) -> Parsed {
     let mut pkt = packet(hdr.saddr, false, hdr.nexthdr);
     pkt.l3_off = l3_off;
     pkt.ip6 = true;
-    match walk_extension_headers(cursor, hdr.nexthdr) {
+    match walk_extension_headers(cursor, hdr.nexthdr, &mut pkt.more_fragments) {
         Ok(Transport::Header(protocol)) => {
             pkt.protocol = protocol;
             l4::parse(cursor, &mut pkt, true);
@@ -170,9 +173,15 @@ fn is_extension_header(next: u8) -> bool {
 }
 
 /// Moves the cursor past the extension headers. An error if one is truncated, or if
-/// another extension header follows the `MAX_IPV6_EXT_HEADERS`th (it is not read).
+/// another extension header follows the `MAX_IPV6_EXT_HEADERS`th (it is not read). A first
+/// fragment's M flag goes to `more_fragments`, the packet's field: kept in memory, not in
+/// the walk's own state, so the verifier does not walk the rest of the chain twice.
 #[inline(always)]
-fn walk_extension_headers(cursor: &mut Cursor, first: u8) -> Result<Transport, MalformedCause> {
+fn walk_extension_headers(
+    cursor: &mut Cursor,
+    first: u8,
+    more_fragments: &mut bool,
+) -> Result<Transport, MalformedCause> {
     const TRUNCATED: MalformedCause = MalformedCause::TruncatedExtensionHeader;
     let mut next = first;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
@@ -203,9 +212,13 @@ fn walk_extension_headers(cursor: &mut Cursor, first: u8) -> Result<Transport, M
                 // SAFETY: `take` checked the bounds.
                 let frag = unsafe { &*frag };
                 next = frag.nexthdr;
-                if u16::from_be(frag.frag_off) & 0xfff8 != 0 {
+                let frag_off = u16::from_be(frag.frag_off);
+                if frag_off & 0xfff8 != 0 {
                     return Ok(Transport::LaterFragment(next));
                 }
+                // The M flag: more fragments follow this first one.
+                // SAFETY: writing a field of the caller's packet.
+                unsafe { core::ptr::write_volatile(more_fragments, frag_off & 1 != 0) };
             }
             _ => return Ok(Transport::Header(next)),
         }

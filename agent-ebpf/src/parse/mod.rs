@@ -41,7 +41,10 @@ pub struct Packet {
     pub has_port: bool,
     /// TCP SYN without ACK: a new connection attempt.
     pub syn: bool,
-    pub _pad: [u8; 2],
+    /// The first fragment of a fragmented packet (more follow): a refused request in it is
+    /// dropped, since rewritten into a RST it would still claim more fragments.
+    pub more_fragments: bool,
+    pub _pad: u8,
 }
 
 const _: () = assert!(core::mem::size_of::<Option<MalformedCause>>() == 4);

@@ -5,7 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 
-use super::{DenyRule, Policy, RateLimit, http::Http};
+use super::{
+    DenyRule, Mode, Policy, RateLimit,
+    http::{DEFAULT_STRICT, Http},
+};
 
 fn rule_fields(rule: &RateLimit) -> Vec<(&'static str, String)> {
     vec![
@@ -104,7 +107,11 @@ fn http_diff(old: Option<&Http>, new: Option<&Http>, lines: &mut Vec<String>) {
             ports(new)
         ));
     }
-    let strict = |h: Option<&Http>| h.is_none_or(|h| h.strict);
+    let strict = |h: Option<&Http>| match h.map_or(DEFAULT_STRICT, |h| h.strict) {
+        None => "false",
+        Some(Mode::Enforce) => "true",
+        Some(Mode::Shadow) => "shadow",
+    };
     if strict(old) != strict(new) {
         lines.push(format!("~ http.strict: {} -> {}", strict(old), strict(new)));
     }

@@ -189,14 +189,22 @@ pub struct CapacitySection {
     pub blocks: Option<u32>,
 }
 
+/// `http.strict` as written: a boolean, or a word (`shadow`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StrictField {
+    Flag(bool),
+    Word(String),
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSection {
     /// TCP destination ports carrying plaintext HTTP/1.x.
     #[serde(default)]
     pub ports: Vec<u32>,
-    /// Defaults to true.
-    pub strict: Option<bool>,
+    /// true (the default), false, or shadow.
+    pub strict: Option<StrictField>,
     #[serde(default)]
     pub routes: Vec<Spanned<RouteItem>>,
     #[serde(default)]

@@ -5,8 +5,11 @@ use agent_common::{Mode, http::Method};
 
 use super::{Ban, Limit};
 
-/// `http.strict` when the file does not say.
-pub const DEFAULT_STRICT: bool = true;
+/// `http.strict` when the file does not say: evasive requests are refused.
+pub const DEFAULT_STRICT: Option<Mode> = Some(Mode::Enforce);
+/// The rule evasive requests are counted and reported under (`http.strict`); a reserved
+/// name, switched with `portcullis mode http-evasion shadow` like any rule.
+pub const HTTP_EVASION: &str = "http-evasion";
 /// Routes at most (each takes a rule id, and up to 27 route keys).
 pub const MAX_ROUTES: usize = 256;
 /// Response rules at most.
@@ -16,8 +19,10 @@ pub const MAX_RESPONSE_RULES: usize = 32;
 pub struct Http {
     /// TCP destination ports that carry plaintext HTTP/1.x; responses leave from them.
     pub ports: Vec<u16>,
-    /// Requests shaped to slip past the route lookup are judged `http_evasion`.
-    pub strict: bool,
+    /// Requests shaped to slip past the route lookup are judged `http_evasion` in this
+    /// mode (`strict: true` enforce, `strict: shadow` shadow); `None` (`strict: false`):
+    /// they are judged by their route as read.
+    pub strict: Option<Mode>,
     pub routes: Vec<Route>,
     pub responses: Vec<ResponseRule>,
 }

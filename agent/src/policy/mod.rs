@@ -137,7 +137,7 @@ pub enum PolicyError {
 
 impl Policy {
     /// This policy with run-time mode switches applied. A name is a rate limit, an HTTP
-    /// route or response rule, a deny group (`name` of deny entries, or "deny" for the
+    /// route or response rule, `http-evasion` (when `http.strict` is on), a deny group (`name` of deny entries, or "deny" for the
     /// unnamed ones) or the CIDR of one deny entry.
     pub fn with_modes<'a>(
         mut self,
@@ -155,6 +155,10 @@ impl Policy {
                 }
                 if let Some(rule) = http.responses.iter_mut().find(|r| &r.name == name) {
                     rule.mode = *mode;
+                    continue;
+                }
+                if name == http::HTTP_EVASION && http.strict.is_some() {
+                    http.strict = Some(*mode);
                     continue;
                 }
             }

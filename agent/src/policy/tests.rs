@@ -460,7 +460,16 @@ http:
 fn the_http_section_parses_with_defaults_filled_in() {
     let http = check(HTTP).unwrap().http.expect("an http section");
     assert_eq!(http.ports, vec![80, 8080]);
-    assert!(http.strict, "strict by default");
+    assert_eq!(http.strict, Some(Mode::Enforce), "strict by default");
+    for (written, strict) in [
+        ("true", Some(Mode::Enforce)),
+        ("shadow", Some(Mode::Shadow)),
+        ("false", None),
+    ] {
+        let text = format!("http:\n  ports: [80]\n  strict: {written}\n");
+        let http = check(&text).unwrap().http.unwrap();
+        assert_eq!(http.strict, strict, "strict: {written}");
+    }
     assert_eq!(http.routes.len(), 2);
     let login = &http.routes[0];
     assert_eq!(login.methods, vec![agent_common::http::Method::Post]);
@@ -564,6 +573,9 @@ fn invalid_http_sections_name_the_line_and_the_problem() {
         (response("status: [401], ban: {after: 0, for: 1h}"), 4, |p| {
             matches!(p, Problem::BanAfterZero { .. })
         }),
+        ("http:\n  ports: [80]\n  strict: maybe\n".into(), 2, |p| {
+            matches!(p, Problem::HttpStrict { value } if value == "maybe")
+        }),
         (
             format!(
                 "http:\n  ports: [80]\n  responses:\n{}",
@@ -591,4 +603,16 @@ fn invalid_http_sections_name_the_line_and_the_problem() {
         check(&response("status: [401]")),
         Err(PolicyError::Syntax { .. })
     ));
+}
+
+/// `http-evasion` is switched like a rule while `http.strict` is on, and unknown when off.
+#[test]
+fn http_evasion_switches_mode_while_strict() {
+    let modes: std::collections::BTreeMap<String, Mode> =
+        [("http-evasion".to_string(), Mode::Shadow)].into();
+    let on = check("http:\n  ports: [80]\n").unwrap();
+    let switched = on.with_modes(&modes).unwrap();
+    assert_eq!(switched.http.unwrap().strict, Some(Mode::Shadow));
+    let off = check("http:\n  ports: [80]\n  strict: false\n").unwrap();
+    assert!(off.with_modes(&modes).is_err());
 }

@@ -4,7 +4,7 @@
 use std::{collections::HashMap, path::Path};
 
 use agent_common::{
-    MAX_RULES,
+    MAX_RULES, Mode,
     http::{MAX_ROUTE_PATH, Method, RULES_PER_STATUS},
 };
 use ipnet::IpNet;
@@ -14,9 +14,13 @@ use super::{
     Aggregate, Ban, CLI_BLOCK, Capacity, Count, DEFAULT_BAN_WINDOW_NS, DEFAULT_BANS,
     DEFAULT_BLOCKS, DEFAULT_CIDRS, DEFAULT_EVENTS_PER_SECOND, DEFAULT_SOURCES, DenyRule, Limit,
     Policy, PolicyError, Protocol, RateLimit, UNNAMED_DENY,
-    file::{AggregateSection, BanSection, PolicyFile, RateLimitItem, ResponseItem, RouteItem},
+    file::{
+        AggregateSection, BanSection, PolicyFile, RateLimitItem, ResponseItem, RouteItem,
+        StrictField,
+    },
     http::{
-        DEFAULT_STRICT, Http, MAX_RESPONSE_RULES, MAX_ROUTES, ResponseRule, Route, RouteAction,
+        DEFAULT_STRICT, HTTP_EVASION, Http, MAX_RESPONSE_RULES, MAX_ROUTES, ResponseRule, Route,
+        RouteAction,
     },
     units::{self, UnitError},
 };
@@ -124,6 +128,8 @@ pub enum Problem {
         path: String,
         first_line: u32,
     },
+    #[error("http.strict is '{value}'; it is true, false or shadow")]
+    HttpStrict { value: String },
     #[error("response rule '{rule}': status {value} is not between 100 and 599")]
     ResponseStatus { rule: String, value: u16 },
     #[error("response rule '{rule}': status lists no status, or one twice")]
@@ -549,9 +555,21 @@ impl Validator<'_> {
             }
             responses.push(rule);
         }
+        let strict = match &section.strict {
+            None => DEFAULT_STRICT,
+            Some(StrictField::Flag(true)) => Some(Mode::Enforce),
+            Some(StrictField::Flag(false)) => None,
+            Some(StrictField::Word(word)) if word == "shadow" => Some(Mode::Shadow),
+            Some(StrictField::Word(word)) => {
+                let problem = Problem::HttpStrict {
+                    value: word.clone(),
+                };
+                return Err(self.invalid(line, problem));
+            }
+        };
         Ok(Some(Http {
             ports,
-            strict: section.strict.unwrap_or(DEFAULT_STRICT),
+            strict,
             routes,
             responses,
         }))
@@ -563,6 +581,7 @@ impl Validator<'_> {
         let mut names: HashMap<&str, u32> = HashMap::new();
         names.insert(UNNAMED_DENY, 0);
         names.insert(CLI_BLOCK, 0);
+        names.insert(HTTP_EVASION, 0);
         for item in &file.deny {
             if let Some(name) = &item.value.name {
                 names.entry(name).or_insert(line_of(item));
@@ -592,13 +611,14 @@ impl Validator<'_> {
             }
             names.insert(name, line);
         }
-        // Id 0 is never used, and the last id is `portcullis block`'s.
+        // Id 0 is never used, and the last two ids are `http-evasion`'s and `portcullis
+        // block`'s (both in `names` already).
         if names.len() > MAX_RULES as usize - 1 {
             return Err(self.invalid(
                 1,
                 Problem::TooManyRules {
-                    count: names.len() - 1,
-                    max: MAX_RULES - 2,
+                    count: names.len() - 2,
+                    max: MAX_RULES - 3,
                 },
             ));
         }
