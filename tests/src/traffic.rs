@@ -216,6 +216,11 @@ impl HttpServer {
         Self::spawn(pair, &args, ip, port)
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `LOGIN_APP` on `ip`:`port`.
     pub fn start_login_app(pair: &NetnsPair, ip: &str, port: u16) -> Result<Self> {
         Self::spawn(pair, &["-c", LOGIN_APP, ip, &port.to_string()], ip, port)

@@ -30,6 +30,7 @@ fn bench_smoke_run_writes_its_tables_and_numbers() {
         "## Events under a flood",
         "## Flood throughput, 1,048,576 spoofed sources",
         "## Legitimate HTTP during a one-source UDP flood",
+        "## Login flood: NGINX limit_req and Portcullis side by side",
         "## Applying a deny list",
         "## Policy file edit to enforcement",
         "## Agent memory, idle",
@@ -49,7 +50,7 @@ fn bench_smoke_run_writes_its_tables_and_numbers() {
     }
     assert_eq!(json["per_packet"]["events"].as_array().unwrap().len(), 2);
     let http = json["per_packet"]["http"].as_array().unwrap();
-    assert_eq!(http.len(), 4 * 2, "four HTTP paths, two route counts");
+    assert_eq!(http.len(), 4 * 3, "four HTTP paths, three route counts");
     for row in http {
         assert!(positive(&row["ns_per_packet"]), "{row}");
     }
@@ -104,6 +105,23 @@ fn bench_smoke_run_writes_its_tables_and_numbers() {
         assert!(positive(&row["alone"]["p99_ms"]), "{row}");
         assert!(positive(&row["flood_cpu"]), "{row}");
         assert!(positive(&row["flood_packets_per_second"]), "{row}");
+    }
+
+    // Every front was attacked (the legitimate client's figures are there, but a second of
+    // an overloaded smoke run may serve it nothing); a filter refuses attempts, and lets
+    // none through beyond its limit.
+    let login = json["login_flood"].as_array().unwrap();
+    assert_eq!(login.len(), 3, "nothing, NGINX, Portcullis");
+    for row in login {
+        assert!(positive(&row["attempts"]), "{row}");
+        assert!(row["legitimate_requests_per_second"].is_f64(), "{row}");
+        let reached = row["reached"].as_f64().unwrap();
+        if row["front"].as_str().unwrap().starts_with("nothing") {
+            assert_eq!(row["refused"].as_f64(), Some(0.0), "{row}");
+        } else {
+            assert!(positive(&row["refused"]), "{row}");
+            assert!(reached <= row["allowed"].as_f64().unwrap(), "{row}");
+        }
     }
 
     let control = &json["control_plane"];

@@ -32,6 +32,7 @@ pub fn run(options: &Options) -> Result<()> {
         "PORTCULLIS_BIN",
         std::env::current_dir()?.join("target/release/portcullis"),
     );
+    command.env("PORTCULLIS_NGINX", setup::nginx_binary());
     command.args([
         "run",
         "--release",

@@ -11,7 +11,8 @@ use crate::cmd;
 /// routes refuse, bpftool for inspecting programs; for the
 /// benchmarks, the baselines (iptables, nftables), ethtool (veth GRO) and wrk (HTTP load);
 /// buildah to build the container image; podman and runc to run it as the DaemonSet would;
-/// python3-venv for the Kubernetes tools' virtualenv.
+/// python3-venv for the Kubernetes tools' virtualenv; the libraries Debian's nginx links
+/// (see `nginx`).
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
@@ -26,6 +27,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "python3-venv",
+    "libpcre2-8-0",
+    "libssl3",
+    "zlib1g",
+    "libcrypt1",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The pinned PyPI tools, relative to the workspace root.
@@ -40,6 +45,7 @@ pub fn run(_options: &Options) -> Result<()> {
     musl_target()?;
     bpf_linker()?;
     kubernetes_tools()?;
+    nginx()?;
     eprintln!("setup: all build and test dependencies are in place");
     Ok(())
 }
@@ -206,7 +212,54 @@ fn kubernetes_tools() -> Result<()> {
 }
 
 /// Outside the checkout, like bpf-linker in ~/.cargo/bin, so clean clones share it.
-pub fn kubernetes_tools_venv() -> PathBuf {
+fn cache() -> PathBuf {
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
-    home.join(".cache/portcullis/kubernetes-tools")
+    home.join(".cache/portcullis")
+}
+
+pub fn kubernetes_tools_venv() -> PathBuf {
+    cache().join("kubernetes-tools")
+}
+
+/// Debian's nginx binary, for the benchmark's side-by-side with `limit_req`.
+pub fn nginx_binary() -> PathBuf {
+    cache().join("nginx/usr/sbin/nginx")
+}
+
+/// Debian's nginx package, downloaded and unpacked into the cache, not installed:
+/// installing it would start a service on the host's port 80. The benchmark runs the
+/// binary with a configuration of its own, inside a network namespace.
+fn nginx() -> Result<()> {
+    let binary = nginx_binary();
+    if binary.exists() {
+        return Ok(());
+    }
+    let root = cache().join("nginx");
+    let download = root.join("download");
+    std::fs::create_dir_all(&download)
+        .with_context(|| format!("creating {}", download.display()))?;
+    let fetch = || {
+        cmd::run(
+            Command::new("apt-get")
+                .args(["download", "-q", "nginx"])
+                .current_dir(&download),
+        )
+    };
+    if fetch().is_err() {
+        // The package lists may be older than the archive.
+        cmd::run(Command::new("apt-get").arg("update").arg("-q"))?;
+        fetch()?;
+    }
+    let deb = std::fs::read_dir(&download)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
+        .ok_or_else(|| {
+            anyhow!(
+                "apt-get download nginx left no .deb in {}",
+                download.display()
+            )
+        })?;
+    cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    cmd::run(Command::new(&binary).arg("-v"))
+        .with_context(|| format!("running {}", binary.display()))
 }

@@ -147,7 +147,14 @@ fn agent_binary() -> Result<(&'static str, String)> {
 }
 
 fn kernel(options: &Options) -> Result<()> {
-    let env = [agent_binary()?];
+    let env = [
+        agent_binary()?,
+        // Debian's nginx, for the benchmark's smoke run.
+        (
+            "PORTCULLIS_NGINX",
+            setup::nginx_binary().display().to_string(),
+        ),
+    ];
     integration(KERNEL_TESTS, false, options, &env)?;
     integration(KERNEL_TESTS_SERIAL, true, options, &env)
 }

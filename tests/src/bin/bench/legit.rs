@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use crate::{Scale, filters::Filter, flood::FLOOD_SOURCE, median};
 
-const HTTP_PORT: u16 = 8080;
+pub const HTTP_PORT: u16 = 8080;
 /// The flood's rate, the same for every filter so that what differs is the CPU each one
 /// spends on it. (An unpaced generator would flood a faster filter harder.)
 const FLOOD_RATE: u32 = 500_000;
@@ -77,18 +77,25 @@ impl Drop for OkServer {
 }
 
 /// What wrk measured.
-struct Load {
-    requests_per_second: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+pub struct Load {
+    pub requests_per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
 }
 
-fn start_wrk(pair: &NetnsPair, duration: Duration) -> Result<Child> {
+/// wrk from the client namespace to `path` on the server's HTTP port, with `connections`.
+pub fn start_wrk(
+    pair: &NetnsPair,
+    duration: Duration,
+    path: &str,
+    connections: u32,
+) -> Result<Child> {
     Command::new("ip")
-        .args(["netns", "exec", &pair.client_ns, "wrk", "-t1", "-c16"])
+        .args(["netns", "exec", &pair.client_ns, "wrk", "-t1"])
+        .arg(format!("-c{connections}"))
         .arg(format!("-d{}s", duration.as_secs().max(1)))
         .arg("--latency")
-        .arg(format!("http://{SERVER_V4}:{HTTP_PORT}/"))
+        .arg(format!("http://{SERVER_V4}:{HTTP_PORT}{path}"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -109,7 +116,7 @@ fn millis(text: &str) -> Option<f64> {
     Some(number.parse::<f64>().ok()? * scale)
 }
 
-fn finish_wrk(child: Child) -> Result<Load> {
+pub fn finish_wrk(child: Child) -> Result<Load> {
     let out = child.wait_with_output()?;
     if !out.status.success() {
         bail!("wrk failed: {}", portcullis_tests::output_text(&out));
@@ -139,8 +146,8 @@ fn measure(generator: &Generator, filter: Filter, scale: &Scale) -> Result<Measu
     let (mut alone, mut flooded) = (Vec::new(), Vec::new());
     let (mut flood_cpu, mut flood_rate) = (Vec::new(), Vec::new());
     for _ in 0..scale.rounds {
-        alone.push(finish_wrk(start_wrk(&pair, scale.http_time)?)?);
-        let wrk = start_wrk(&pair, scale.http_time)?;
+        alone.push(finish_wrk(start_wrk(&pair, scale.http_time, "/", 16)?)?);
+        let wrk = start_wrk(&pair, scale.http_time, "/", 16)?;
         // Flood for as long as wrk runs, and a little longer so that it never runs alone.
         let sent = generator.send(
             &attacker.ns,

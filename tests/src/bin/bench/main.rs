@@ -4,6 +4,8 @@
 //! - `per_packet`: cost in the kernel per path, next to an XDP program that only passes;
 //! - `flood`: packets per second handled over a veth pair against iptables and nftables;
 //! - `legit`: HTTP rate and latency for a legitimate client, alone and during a flood;
+//! - `login_flood`: a login flood from many addresses against an API, with NGINX's
+//!   `limit_req` and with a Portcullis route enforcing the same limit;
 //! - `control_plane`: apply times, file edit to enforcement, agent memory.
 //!
 //! Writes a Markdown report to stdout and to `<out>/bench.md`, and the numbers to
@@ -13,6 +15,7 @@ mod control_plane;
 mod filters;
 mod flood;
 mod legit;
+mod login;
 mod per_packet;
 
 use std::{fmt::Write as _, path::PathBuf, time::Duration};
@@ -137,18 +140,18 @@ fn run() -> Result<()> {
     let mut results = serde_json::Map::new();
     results.insert("smoke".into(), json!(smoke));
     type Section = fn(&Scale) -> Result<(String, serde_json::Value)>;
-    let sections: [(&str, Section); 4] = [
+    let sections: [(&str, Section); 5] = [
         ("per_packet", per_packet::run),
         ("flood", flood::run),
         ("legit_under_flood", legit::run),
+        ("login_flood", login::run),
         ("control_plane", control_plane::run),
     ];
     if let Some(only) = &only
         && !sections.iter().any(|(name, _)| name == only)
     {
-        bail!(
-            "no section {only}; the sections are per_packet, flood, legit_under_flood, control_plane"
-        );
+        let names: Vec<&str> = sections.iter().map(|(name, _)| *name).collect();
+        bail!("no section {only}; the sections are {}", names.join(", "));
     }
     for (name, section) in sections {
         if only.as_ref().is_some_and(|only| only != name) {
