@@ -32,6 +32,9 @@ pub const HTTP_STRICT: u32 = 2;
 pub const ROUTE_LIMIT: u32 = 0;
 /// `RouteEntry::kind` of a denied route.
 pub const ROUTE_DENY: u32 = 1;
+/// `RouteEntry::kind` of a rate-limited route whose requests over the rate are dropped
+/// (`over_limit: drop`), not reset.
+pub const ROUTE_LIMIT_DROP: u32 = 2;
 
 /// Value of the route trie: the route's rule id (its `RuleConfig` has the rate and mode)
 /// and its kind.

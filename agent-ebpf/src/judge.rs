@@ -18,7 +18,7 @@ use crate::{
 use agent_common::{
     ACL_ALLOW, Action, BLOCK_RULE, EVASION_RULE, EventAction, MalformedCause, Mode, PortRules,
     Reason,
-    http::{HTTP_NONE, HTTP_STRICT, ROUTE_DENY, RouteEntry},
+    http::{HTTP_NONE, HTTP_STRICT, ROUTE_DENY, ROUTE_LIMIT_DROP, RouteEntry},
     port_key,
 };
 use aya_ebpf::{
@@ -182,8 +182,11 @@ fn judge_ip<F: Frame>(frame: &F, pkt: &Packet, ifindex: u32) -> Action {
                 pkt,
                 rules.connection_rule,
                 Reason::RateLimited,
-                ifindex,
-                now,
+                &Moment {
+                    now,
+                    ifindex,
+                    reset: false,
+                },
             ) {
                 return finish(Reason::RateLimited);
             }
@@ -195,8 +198,11 @@ fn judge_ip<F: Frame>(frame: &F, pkt: &Packet, ifindex: u32) -> Action {
                 pkt,
                 rules.packet_rule,
                 Reason::RateLimited,
-                ifindex,
-                now,
+                &Moment {
+                    now,
+                    ifindex,
+                    reset: false,
+                },
             ) {
                 return finish(Reason::RateLimited);
             }
@@ -217,8 +223,9 @@ fn judge_ip<F: Frame>(frame: &F, pkt: &Packet, ifindex: u32) -> Action {
                     return refuse(Reason::HttpEvasion, reset);
                 }
                 if let Some(route) = route {
+                    let reset = reset && route.kind != ROUTE_LIMIT_DROP;
                     if let Some(reason) =
-                        judge_route(frame, policy, pkt, route, ifindex, clock_read)
+                        judge_route(frame, policy, pkt, (route, reset), ifindex, clock_read)
                     {
                         return refuse(reason, reset);
                     }
@@ -251,38 +258,44 @@ fn evaded(policy: PolicySet, pkt: &Packet, ifindex: u32, reset: bool) -> bool {
 }
 
 /// A request for `route`: the reason it is refused for, or `None` when it goes on.
-/// `clock_read` is the precise time if an earlier step read it.
+/// `clock_read` is the precise time if an earlier step read it; `reset`: a refusal resets
+/// the connection (else it drops the segment).
 #[inline(always)]
 fn judge_route<F: Frame>(
     frame: &F,
     policy: PolicySet,
     pkt: &Packet,
-    route: RouteEntry,
+    (route, reset): (RouteEntry, bool),
     ifindex: u32,
     clock_read: Option<u64>,
 ) -> Option<Reason> {
     if route.kind == ROUTE_DENY {
         let mode = policy.rule(route.rule)?.mode;
-        return enforce(
-            pkt,
-            Reason::RouteDenied,
-            route.rule,
-            mode,
-            ifindex,
-            !pkt.more_fragments,
-        )
-        .then_some(Reason::RouteDenied);
+        return enforce(pkt, Reason::RouteDenied, route.rule, mode, ifindex, reset)
+            .then_some(Reason::RouteDenied);
     }
     // The client's retransmission of a request this route refused (its connection reset
     // since) is refused again without taking another token: one request, charged once.
     if frame.recently_reset(pkt) {
         let mode = policy.rule(route.rule)?.mode;
-        return enforce(pkt, Reason::RouteLimited, route.rule, mode, ifindex, true)
+        return enforce(pkt, Reason::RouteLimited, route.rule, mode, ifindex, reset)
             .then_some(Reason::RouteLimited);
     }
     let now = clock_read.unwrap_or_else(clock::precise_ns);
-    limit(policy, pkt, route.rule, Reason::RouteLimited, ifindex, now)
-        .then_some(Reason::RouteLimited)
+    let at = Moment {
+        now,
+        ifindex,
+        reset,
+    };
+    limit(policy, pkt, route.rule, Reason::RouteLimited, &at).then_some(Reason::RouteLimited)
+}
+
+/// When and where a bucket is taken: the precise time, the interface, and whether a
+/// refusal resets the connection (a route's) or drops the packet.
+struct Moment {
+    now: u64,
+    ifindex: u32,
+    reset: bool,
 }
 
 /// The verdict on a packet refused for `reason`: a reset for a request or a banned
@@ -344,16 +357,10 @@ fn rules_for(policy: PolicySet, pkt: &Packet) -> PortRules {
         .unwrap_or_default()
 }
 
-/// Runs the packet through one rule's bucket; true when it must be dropped (for `reason`).
+/// Runs the packet through one rule's bucket; true when it must be refused (for `reason`).
 #[inline(always)]
-fn limit(
-    policy: PolicySet,
-    pkt: &Packet,
-    rule: u32,
-    reason: Reason,
-    ifindex: u32,
-    now: u64,
-) -> bool {
+fn limit(policy: PolicySet, pkt: &Packet, rule: u32, reason: Reason, at: &Moment) -> bool {
+    let (now, ifindex) = (at.now, at.ifindex);
     let Some(cfg) = policy.rule(rule) else {
         return false;
     };
@@ -375,14 +382,7 @@ fn limit(
                 };
                 events::report(pkt, Reason::Banned, rule, action, ifindex);
             }
-            enforce(
-                pkt,
-                reason,
-                rule,
-                cfg.mode,
-                ifindex,
-                reason.action() == Action::Reset && !pkt.more_fragments,
-            )
+            enforce(pkt, reason, rule, cfg.mode, ifindex, at.reset)
         }
     }
 }

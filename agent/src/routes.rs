@@ -101,6 +101,7 @@ mod tests {
             methods: methods.to_vec(),
             path: path.into(),
             action: RouteAction::Deny,
+            over_limit: Default::default(),
             mode: Mode::Enforce,
         }
     }

@@ -7,8 +7,8 @@ use agent_common::{
     ACL_ALLOW, AclEntry, BLOCK_EPOCH, BLOCK_RULE, CLASS_COUNT, CLASS_ICMP, CLASS_OTHER, CLASS_TCP,
     CLASS_UDP, EVASION_RULE, PortRules, RuleConfig, Settings,
     http::{
-        HTTP_LENIENT, HTTP_STRICT, ROUTE_DENY, ROUTE_KEY_BYTES, ROUTE_LIMIT, RouteEntry,
-        StatusRules,
+        HTTP_LENIENT, HTTP_STRICT, ROUTE_DENY, ROUTE_KEY_BYTES, ROUTE_LIMIT, ROUTE_LIMIT_DROP,
+        RouteEntry, StatusRules,
     },
     port_key,
 };
@@ -17,7 +17,7 @@ use ipnet::IpNet;
 use crate::{
     policy::{
         Count, Limit, Mode, Policy, Protocol, RateLimit,
-        http::{Http, ResponseRule, Route, RouteAction},
+        http::{Http, OverLimit, ResponseRule, Route, RouteAction},
     },
     routes,
     rule_ids::RuleIds,
@@ -282,9 +282,10 @@ fn add_http(tables: &mut Tables, http: &Http, ids: &mut RuleIds) {
         let route = &http.routes[index];
         let entry = RouteEntry {
             rule: ids.id(&route.name),
-            kind: match route.action {
-                RouteAction::Deny => ROUTE_DENY,
-                RouteAction::Limit(_) => ROUTE_LIMIT,
+            kind: match (&route.action, route.over_limit) {
+                (RouteAction::Deny, _) => ROUTE_DENY,
+                (RouteAction::Limit(_), OverLimit::Reset) => ROUTE_LIMIT,
+                (RouteAction::Limit(_), OverLimit::Drop) => ROUTE_LIMIT_DROP,
             },
         };
         tables.routes.insert((key.bits, key.data), entry);

@@ -48,7 +48,10 @@ use etherparse::{
     SingleVlanSlice, TcpHeaderSlice, UdpHeaderSlice, err,
 };
 use ipnet::IpNet;
-use portcullis::policy::{Count, Limit, Mode, Policy, Protocol, http::RouteAction};
+use portcullis::policy::{
+    Count, Limit, Mode, Policy, Protocol,
+    http::{OverLimit, Route, RouteAction},
+};
 
 const HOUR_NS: u64 = 3_600_000_000_000;
 /// Difference 1.
@@ -536,7 +539,7 @@ impl Model {
                     // A retransmission of a refused request: refused again, not charged.
                     matched = true;
                     if self.decide(Reason::RouteLimited, route.mode) {
-                        return self.refuse(&pkt, Reason::RouteLimited);
+                        return self.refuse_over_limit(&pkt, &route);
                     }
                 }
                 RouteAction::Limit(limit) => {
@@ -548,7 +551,7 @@ impl Model {
                         reason: Reason::RouteLimited,
                     };
                     if self.take(limited, &pkt) {
-                        return self.refuse(&pkt, Reason::RouteLimited);
+                        return self.refuse_over_limit(&pkt, &route);
                     }
                 }
             }
@@ -567,6 +570,16 @@ impl Model {
             (Action::Drop, reason)
         } else {
             (action, reason)
+        }
+    }
+
+    /// A request over `route`'s rate: its connection reset, or its segment dropped
+    /// (`over_limit: drop`).
+    fn refuse_over_limit(&mut self, pkt: &Packet, route: &Route) -> (Action, Reason) {
+        let (action, reason) = self.refuse(pkt, Reason::RouteLimited);
+        match route.over_limit {
+            OverLimit::Reset => (action, reason),
+            OverLimit::Drop => (Action::Drop, reason),
         }
     }
 

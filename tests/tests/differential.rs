@@ -48,7 +48,8 @@ http:
   ports: [80, 8080]
   routes:
     - {name: r-login, methods: [POST, GET, HEAD, DELETE], path: /api/login, rate: 1/h, burst: 1, prefix_v4: 8, prefix_v6: 32}
-    - {name: r-api, path: /api, rate: 1/h, burst: 4, prefix_v4: 24, mode: shadow}
+    - {name: r-api, path: /api, rate: 1/h, burst: 2, prefix_v4: 24, mode: shadow}
+    - {name: r-search, methods: [GET], path: /search, rate: 1/h, burst: 2, over_limit: drop}
     - {name: r-admin, path: /admin/, deny: true}
     - {name: r-static, path: /static/, deny: true, mode: shadow}
 "#;
@@ -61,7 +62,7 @@ const CATCH_ALL: &str = "  - {name: everything, protocol: any, rate: 1/h, burst:
 const RUNS: [(&str, bool, usize, usize); 3] = [
     ("xdp", false, 100_000, 100_000),
     ("xdp", true, 30_000, 30_000),
-    ("tc", false, 20_000, 15_000),
+    ("tc", false, 40_000, 30_000),
 ];
 
 fn source(rng: &mut StdRng) -> String {
@@ -107,7 +108,8 @@ fn port(rng: &mut StdRng) -> u16 {
 /// absolute form, the HTTP/2 preface), cut short.
 fn request(rng: &mut StdRng) -> Vec<u8> {
     const METHODS: [&str; 7] = ["GET", "POST", "HEAD", "DELETE", "OPTIONS", "post", "GETX"];
-    const PATHS: [&str; 11] = [
+    const PATHS: [&str; 12] = [
+        "/search",
         "/api/login",
         "/api/login/reset",
         "/api/loginx",

@@ -44,7 +44,7 @@ fn curl_from(pair: &NetnsPair, from: &str, method: &str, path: &str, form: Optio
             "--output",
             "/dev/null",
             "--max-time",
-            "2",
+            "3",
             "--interface",
             from,
         ])
@@ -355,4 +355,65 @@ fn evasion_shapes_over_real_connections() {
     // RST before the first is sent again.
     assert_eq!(stats["verdicts"]["http_evasion"], 2 * 8 + 1, "{stats}");
     assert_eq!(stats["verdicts"]["route_denied"], 2, "{stats}");
+}
+
+const OVER_LIMIT_POLICY: &str = r#"
+http:
+  ports: [8080]
+  routes:
+    - {name: login, methods: [POST], path: /api/login, rate: 1/s, burst: 1}
+    - {name: items, methods: [GET], path: /api/items, rate: 1/s, burst: 1, over_limit: drop}
+"#;
+
+/// What curl sees of a request over its route's rate, with each `over_limit`: `reset`
+/// (the default) answers at once with a reset; `drop` holds the request back until the
+/// route has a token, then the server answers it, as NGINX's `limit_req` without `nodelay`
+/// would. Either way no connection is left on the server.
+#[test]
+fn over_limit_reset_or_drop_as_curl_sees_them() {
+    require_kernel!();
+    let pair = NetnsPair::new().unwrap();
+    let _leftovers = Leftovers::of(&pair.server_ns);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, OVER_LIMIT_POLICY).unwrap();
+    let _agent = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]).unwrap();
+    let _app = HttpServer::start_login_app(&pair, "0.0.0.0", 8080).unwrap();
+    let form = Some("user=a&password=b");
+
+    let first = curl_from(&pair, CLIENT_V4, "POST", "/api/login", form);
+    assert_eq!((first.exit, first.status), (0, 401));
+    let over = curl_from(&pair, CLIENT_V4, "POST", "/api/login", form);
+    println!(
+        "over_limit: reset: curl exit {} (56: reset), status {}, after {:?}",
+        over.exit, over.status, over.took
+    );
+    assert_eq!((over.exit, over.status), (56, 0), "reset");
+    assert!(over.took < Duration::from_secs(1), "{:?}", over.took);
+
+    let first = curl(&pair, "GET", "/api/items");
+    assert_eq!((first.exit, first.status), (0, 200));
+    let over = curl(&pair, "GET", "/api/items");
+    println!(
+        "over_limit: drop: curl exit {}, status {}, after {:?}",
+        over.exit, over.status, over.took
+    );
+    // Its segment is dropped until a token comes (1 s), then one of TCP's retransmissions
+    // (after 0.2, 0.6, 1.4 s...) gets through and the server answers it.
+    assert_eq!((over.exit, over.status), (0, 200), "served late");
+    assert!(
+        over.took > Duration::from_millis(800) && over.took < Duration::from_millis(2900),
+        "{:?}",
+        over.took
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while server_connections(&pair) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        server_connections(&pair),
+        0,
+        "connections left on the server"
+    );
 }

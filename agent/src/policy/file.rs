@@ -227,6 +227,8 @@ pub struct RouteItem {
     pub prefix_v6: Option<u8>,
     #[serde(default)]
     pub deny: bool,
+    /// What a request over the rate gets: `reset` (the default) or `drop`.
+    pub over_limit: Option<String>,
     #[serde(default)]
     pub mode: Mode,
 }

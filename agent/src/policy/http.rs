@@ -37,7 +37,21 @@ pub struct Route {
     /// the target (a path-segment prefix, as NGINX's prefix locations).
     pub path: String,
     pub action: RouteAction,
+    /// What a request over the route's rate gets.
+    pub over_limit: OverLimit,
     pub mode: Mode,
+}
+
+/// What a request over its route's rate gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OverLimit {
+    /// Its connection is reset: the client sees a reset at once, nothing is left waiting.
+    #[default]
+    Reset,
+    /// Its segment is dropped: the client's TCP sends it again, until the route has a
+    /// token (the request is then served, late) or the client gives up; the connection
+    /// stays open meanwhile. Like NGINX's `limit_req` without `nodelay`.
+    Drop,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -573,6 +573,12 @@ fn invalid_http_sections_name_the_line_and_the_problem() {
         (response("status: [401], ban: {after: 0, for: 1h}"), 4, |p| {
             matches!(p, Problem::BanAfterZero { .. })
         }),
+        (route("path: /x, deny: true, over_limit: drop"), 4, |p| {
+            matches!(p, Problem::OverLimit { value, .. } if value == "drop")
+        }),
+        (route("path: /x, rate: 1/s, over_limit: later"), 4, |p| {
+            matches!(p, Problem::OverLimit { value, .. } if value == "later")
+        }),
         ("http:\n  ports: [80]\n  strict: maybe\n".into(), 2, |p| {
             matches!(p, Problem::HttpStrict { value } if value == "maybe")
         }),

@@ -19,8 +19,8 @@ use super::{
         StrictField,
     },
     http::{
-        DEFAULT_STRICT, HTTP_EVASION, Http, MAX_RESPONSE_RULES, MAX_ROUTES, ResponseRule, Route,
-        RouteAction,
+        DEFAULT_STRICT, HTTP_EVASION, Http, MAX_RESPONSE_RULES, MAX_ROUTES, OverLimit,
+        ResponseRule, Route, RouteAction,
     },
     units::{self, UnitError},
 };
@@ -128,6 +128,8 @@ pub enum Problem {
         path: String,
         first_line: u32,
     },
+    #[error("route '{rule}': over_limit is '{value}'; it is reset or drop, on a route with a rate")]
+    OverLimit { rule: String, value: String },
     #[error("http.strict is '{value}'; it is true, false or shadow")]
     HttpStrict { value: String },
     #[error("response rule '{rule}': status {value} is not between 100 and 599")]
@@ -799,6 +801,16 @@ fn route(item: &RouteItem) -> Result<Route, Problem> {
         || item.ban.is_some()
         || item.prefix_v4.is_some()
         || item.prefix_v6.is_some();
+    let over_limit = match item.over_limit.as_deref() {
+        None | Some("reset") => OverLimit::Reset,
+        Some("drop") if item.rate.is_some() => OverLimit::Drop,
+        Some(value) => {
+            return Err(Problem::OverLimit {
+                rule: rule(),
+                value: value.to_string(),
+            });
+        }
+    };
     let action = match &item.rate {
         None if item.deny && !limited => RouteAction::Deny,
         Some(rate) if !item.deny => RouteAction::Limit(limit(
@@ -816,6 +828,7 @@ fn route(item: &RouteItem) -> Result<Route, Problem> {
         methods,
         path: item.path.clone(),
         action,
+        over_limit,
         mode: item.mode,
     })
 }
