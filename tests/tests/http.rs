@@ -10,7 +10,7 @@ use portcullis_tests::{
     agent::{Agent, Leftovers},
     netns::{CLIENT_V4, NetnsPair, SERVER_V4},
     require_kernel,
-    traffic::{Answer, HttpServer, KeepAlive},
+    traffic::{Answer, HttpServer, KeepAlive, http_request},
 };
 
 const POLICY: &str = r#"
@@ -416,4 +416,83 @@ fn over_limit_reset_or_drop_as_curl_sees_them() {
         0,
         "connections left on the server"
     );
+}
+
+const LOGIN_AND_ITEMS: &str = r#"
+allow: [10.77.0.5]
+http:
+  ports: [8080]
+  routes:
+    - {name: login, methods: [POST], path: /api/login, rate: 2/s, burst: 2}
+    - {name: hidden, path: /admin, deny: true}
+"#;
+
+/// For 3 s one client alternates logins and reads, each on a new connection: the logins are
+/// cut to the route's rate, the reads all served. An allow-listed address is never limited
+/// and is served /admin, which an outsider is refused.
+#[test]
+fn the_login_is_cut_to_its_rate_while_other_routes_and_allowed_sources_keep_going() {
+    require_kernel!();
+    let pair = NetnsPair::new().unwrap();
+    let _leftovers = Leftovers::of(&pair.server_ns);
+    pair.add_client_addr("10.77.0.5").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, LOGIN_AND_ITEMS).unwrap();
+    let _agent = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]).unwrap();
+    let _app = HttpServer::start_login_app(&pair, "0.0.0.0", 8080).unwrap();
+    let ask = |from: &str, request: (&str, &str, Option<&str>)| {
+        http_request(
+            &pair,
+            from,
+            SERVER_V4,
+            8080,
+            request,
+            Duration::from_secs(2),
+        )
+    };
+    let login = ("POST", "/api/login", Some("user=a&password=b"));
+    let items = ("GET", "/api/items", None);
+
+    let started = Instant::now();
+    let (mut logins, mut logins_served, mut reads, mut reads_served) = (0, 0, 0, 0);
+    while started.elapsed() < Duration::from_secs(3) {
+        logins += 1;
+        if ask(CLIENT_V4, login) == Answer::Status(401) {
+            logins_served += 1;
+        }
+        reads += 1;
+        if ask(CLIENT_V4, items) == Answer::Status(200) {
+            reads_served += 1;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{elapsed:.1} s: {logins_served} of {logins} logins served, {reads_served} of {reads} reads"
+    );
+    assert_eq!(reads_served, reads, "every read served");
+    let allowed = 2.0 + 2.0 * elapsed;
+    assert!(
+        f64::from(logins_served) <= allowed + 1.0,
+        "{logins_served} logins served, the route allows {allowed:.1}"
+    );
+    assert!(
+        f64::from(logins_served) >= 2.0 * elapsed - 1.0 && logins_served < logins,
+        "{logins_served} of {logins} logins served in {elapsed:.1} s"
+    );
+
+    let monitor = "10.77.0.5";
+    for n in 0..10 {
+        assert_eq!(
+            ask(monitor, login),
+            Answer::Status(401),
+            "allowed login {n}"
+        );
+    }
+    assert_eq!(
+        ask(monitor, ("GET", "/admin", None)),
+        Answer::Status(404),
+        "/admin reaches the application for the allow list"
+    );
+    assert_eq!(ask(CLIENT_V4, ("GET", "/admin", None)), Answer::Reset);
 }
