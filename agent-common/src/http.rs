@@ -77,6 +77,18 @@ pub struct FlowKey {
     pub ports: u32,
 }
 
+/// Value of `CHARGED`: the TCP sequence number of the last request on a connection that a
+/// rate-limited route took a token for, and when (`bpf_ktime_get_coarse_ns`). A segment
+/// with the same sequence number within `RESET_MEMORY_NS` is that request again (its
+/// retransmission) and takes no second token.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Charged {
+    pub seq: u32,
+    pub _pad: u32,
+    pub at_ns: u64,
+}
+
 /// How long a reset connection is remembered: its client's retransmissions of the refused
 /// request within this time are answered by the server's RST (see the kernel's `reset`).
 pub const RESET_MEMORY_NS: u64 = 60_000_000_000;

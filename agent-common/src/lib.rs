@@ -241,4 +241,5 @@ mod pod {
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for crate::http::RouteEntry {}
     unsafe impl aya::Pod for crate::http::StatusRules {}
+    unsafe impl aya::Pod for crate::http::Charged {}
 }

@@ -11,8 +11,8 @@ use crate::{
     AclEntry, BanEntry, BanGroup, BlockEntry, Bucket, BucketKey, CLASS_COUNT, Event, EventBudget,
     IfaceCounters, PortRules, RuleConfig, RuleCounters, Settings,
     http::{
-        FlowKey, MAX_ROUTE_KEYS, RESET_FLOWS_ENTRIES, ROUTE_KEY_BYTES, RouteEntry, RouteLookup,
-        STATUS_CODES, StatusRules,
+        Charged, FlowKey, MAX_ROUTE_KEYS, RESET_FLOWS_ENTRIES, ROUTE_KEY_BYTES, RouteEntry,
+        RouteLookup, STATUS_CODES, StatusRules,
     },
 };
 
@@ -365,6 +365,16 @@ pub const RESET_FLOWS: MapSpec = spec(
     Entries::Fixed(RESET_FLOWS_ENTRIES),
 )
 .holding(Contents::Disposable);
+/// LRU hash, key `FlowKey`, value `Charged`: the request a rate-limited route last took a
+/// token for on each connection, so that its retransmission takes none.
+pub const CHARGED: MapSpec = spec(
+    "CHARGED",
+    MapKind::LruHash,
+    size_of::<FlowKey>(),
+    size_of::<Charged>(),
+    Entries::Fixed(RESET_FLOWS_ENTRIES),
+)
+.holding(Contents::Disposable);
 /// Per-CPU array of `u64`, laid out as the `COUNTER_*` constants say.
 pub const COUNTERS: MapSpec = spec(
     "COUNTERS",
@@ -430,7 +440,7 @@ pub const EVENTS: MapSpec = spec(
 .holding(Contents::Disposable);
 
 /// Every map of the agent's object.
-pub const ALL: [MapSpec; 31] = [
+pub const ALL: [MapSpec; 32] = [
     POLICY_SETS[0].acl_v4,
     POLICY_SETS[0].acl_v6,
     POLICY_SETS[0].port_rules,
@@ -455,6 +465,7 @@ pub const ALL: [MapSpec; 31] = [
     ADMISSION,
     ROUTE_SCRATCH,
     RESET_FLOWS,
+    CHARGED,
     COUNTERS,
     RULE_COUNTERS,
     IFACE_COUNTERS,

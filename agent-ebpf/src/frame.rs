@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
-use agent_common::Action;
+use agent_common::{Action, http::FlowKey};
 
 use crate::{judge, parse::Packet, reset};
 
@@ -49,8 +49,8 @@ pub trait Frame {
         };
         end > u32::from(pkt.payload_off)
     }
-    /// True when `pkt`'s connection was reset by a refusal lately (see `reset`).
-    fn recently_reset(&self, pkt: &Packet) -> bool;
+    /// `pkt`'s connection and sequence number (see `reset::Segment::connection`).
+    fn connection(&self, pkt: &Packet) -> Option<(FlowKey, u32)>;
     /// The judge's verdict on the IP packet `pkt` of this frame, arrived on `ifindex`
     /// (`judge::judge_ip`, through the global function of the hook).
     fn judge_ip(&self, pkt: &Packet, ifindex: u32) -> Action;
@@ -87,8 +87,8 @@ impl Frame for Xdp<'_> {
     }
 
     #[inline(always)]
-    fn recently_reset(&self, pkt: &Packet) -> bool {
-        reset::Segment::recently_reset(self.0.data(), self.0.data_end(), pkt)
+    fn connection(&self, pkt: &Packet) -> Option<(FlowKey, u32)> {
+        reset::Segment::connection(self.0.data(), self.0.data_end(), pkt)
     }
 }
 
@@ -137,8 +137,8 @@ impl Frame for Tc<'_> {
     }
 
     #[inline(always)]
-    fn recently_reset(&self, pkt: &Packet) -> bool {
-        reset::Segment::recently_reset(self.0.data(), self.0.data_end(), pkt)
+    fn connection(&self, pkt: &Packet) -> Option<(FlowKey, u32)> {
+        reset::Segment::connection(self.0.data(), self.0.data_end(), pkt)
     }
 }
 

@@ -14,6 +14,7 @@ use crate::{
     parse::{Packet, Parsed, l4::IPPROTO_TCP},
     policy_set::PolicySet,
     ratelimit::{self, Outcome},
+    reset::Segment,
 };
 use agent_common::{
     ACL_ALLOW, Action, BLOCK_RULE, EVASION_RULE, EventAction, MalformedCause, Mode, PortRules,
@@ -274,12 +275,19 @@ fn judge_route<F: Frame>(
         return enforce(pkt, Reason::RouteDenied, route.rule, mode, ifindex, reset)
             .then_some(Reason::RouteDenied);
     }
-    // The client's retransmission of a request this route refused (its connection reset
-    // since) is refused again without taking another token: one request, charged once.
-    if frame.recently_reset(pkt) {
-        let mode = policy.rule(route.rule)?.mode;
-        return enforce(pkt, Reason::RouteLimited, route.rule, mode, ifindex, reset)
-            .then_some(Reason::RouteLimited);
+    // One request, charged once: the client's retransmission of a request this route
+    // refused (its connection reset since) is refused again, and that of a request it
+    // took a token for passes, neither taking another token.
+    let connection = frame.connection(pkt);
+    if let Some((flow, seq)) = &connection {
+        if Segment::recently_reset(flow) {
+            let mode = policy.rule(route.rule)?.mode;
+            return enforce(pkt, Reason::RouteLimited, route.rule, mode, ifindex, reset)
+                .then_some(Reason::RouteLimited);
+        }
+        if Segment::already_charged(flow, *seq) {
+            return None;
+        }
     }
     let now = clock_read.unwrap_or_else(clock::precise_ns);
     let at = Moment {
@@ -287,7 +295,11 @@ fn judge_route<F: Frame>(
         ifindex,
         reset,
     };
-    limit(policy, pkt, route.rule, Reason::RouteLimited, &at).then_some(Reason::RouteLimited)
+    let refused = limit(policy, pkt, route.rule, Reason::RouteLimited, &at);
+    if !refused && let Some((flow, seq)) = &connection {
+        Segment::charged(flow, *seq);
+    }
+    refused.then_some(Reason::RouteLimited)
 }
 
 /// When and where a bucket is taken: the precise time, the interface, and whether a

@@ -6,7 +6,7 @@
 use agent_common::{
     AclEntry, BanEntry, BanGroup, BlockEntry, Bucket, BucketKey, EventBudget, IfaceCounters,
     PortRules, RuleConfig, RuleCounters, Settings,
-    http::{FlowKey, ROUTE_KEY_BYTES, RouteEntry, RouteLookup, StatusRules},
+    http::{Charged, FlowKey, ROUTE_KEY_BYTES, RouteEntry, RouteLookup, StatusRules},
     maps::{self as spec, MapSpec, POLICY_SETS, PolicySetMaps},
 };
 use aya_ebpf::{
@@ -105,6 +105,10 @@ pub static ROUTE_SCRATCH: PerCpuArray<RouteLookup> =
 #[map]
 pub static RESET_FLOWS: LruHashMap<FlowKey, u64> =
     LruHashMap::with_max_entries(entries(spec::RESET_FLOWS), spec::RESET_FLOWS.flags);
+
+#[map]
+pub static CHARGED: LruHashMap<FlowKey, Charged> =
+    LruHashMap::with_max_entries(entries(spec::CHARGED), spec::CHARGED.flags);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> =

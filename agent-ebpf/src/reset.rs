@@ -14,11 +14,11 @@
 //! `bpf_xdp_adjust_tail`, TC: `bpf_skb_change_tail`); `rewrite` then fixes the headers of
 //! what is left: TCP options and payload gone, IP length, both checksums.
 
-use agent_common::http::{FlowKey, RESET_MEMORY_NS};
+use agent_common::http::{Charged, FlowKey, RESET_MEMORY_NS};
 
 use crate::{
     clock,
-    maps::RESET_FLOWS,
+    maps::{CHARGED, RESET_FLOWS},
     parse::{
         self, Packet, Parsed,
         ip::{IPV4_HEADER_BYTES, IPV6_HEADER_BYTES, V4_MAPPED_WORD},
@@ -74,11 +74,10 @@ impl Segment {
         Some(segment)
     }
 
-    /// True when the connection of the TCP segment `pkt` (in the frame at `[data,
-    /// data_end)`) was reset by a refusal within `RESET_MEMORY_NS`: the segment is the
-    /// client's retransmission of what was refused (its connection is gone on the server).
+    /// The connection of the TCP segment `pkt` (in the frame at `[data, data_end)`) and
+    /// the segment's sequence number.
     #[inline(always)]
-    pub fn recently_reset(data: usize, data_end: usize, pkt: &Packet) -> bool {
+    pub fn connection(data: usize, data_end: usize, pkt: &Packet) -> Option<(FlowKey, u32)> {
         let segment = Segment {
             l3_off: usize::from(pkt.l3_off) & MAX_L3_OFF,
             l4_off: usize::from(pkt.l4_off) & MAX_L4_OFF,
@@ -86,11 +85,22 @@ impl Segment {
             first: true,
         };
         if segment.l4_off == 0 {
-            return false;
+            return None;
         }
-        let Some(flow) = segment.flow(data, data_end) else {
-            return false;
-        };
+        let flow = segment.flow(data, data_end)?;
+        let tcp = data + segment.l4_off;
+        if tcp + 8 > data_end {
+            return None;
+        }
+        // SAFETY: inside the bounds just checked.
+        let seq = u32::from_be(unsafe { ((tcp + 4) as *const u32).read_unaligned() });
+        Some((flow, seq))
+    }
+
+    /// True when `flow` was reset by a refusal within `RESET_MEMORY_NS`: a segment on it
+    /// is the client's retransmission of what was refused (the server has no connection).
+    #[inline(always)]
+    pub fn recently_reset(flow: &FlowKey) -> bool {
         match RESET_FLOWS.get_ptr(flow) {
             // SAFETY: a pointer from a successful lookup.
             Some(reset_at) => {
@@ -98,6 +108,33 @@ impl Segment {
             }
             None => false,
         }
+    }
+
+    /// True when a rate-limited route already took a token for the request starting at
+    /// `seq` on `flow`, within `RESET_MEMORY_NS`: this segment is its retransmission.
+    #[inline(always)]
+    pub fn already_charged(flow: &FlowKey, seq: u32) -> bool {
+        match CHARGED.get_ptr(flow) {
+            // SAFETY: a pointer from a successful lookup; another CPU's write meanwhile
+            // only makes this answer about the previous request.
+            Some(charged) => unsafe {
+                (*charged).seq == seq
+                    && clock::coarse_ns().saturating_sub((*charged).at_ns) < RESET_MEMORY_NS
+            },
+            None => false,
+        }
+    }
+
+    /// Remembers that a route took a token for the request starting at `seq` on `flow`.
+    #[inline(always)]
+    pub fn charged(flow: &FlowKey, seq: u32) {
+        let charged = Charged {
+            seq,
+            _pad: 0,
+            at_ns: clock::coarse_ns(),
+        };
+        // A full map forgets its oldest: at worst a retransmission is charged again.
+        let _ = CHARGED.insert(flow, charged, 0);
     }
 
     /// The segment's connection: addresses and ports from its headers.

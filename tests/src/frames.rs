@@ -53,6 +53,8 @@ pub struct FrameSpec {
     pub dst: Option<IpAddr>,
     /// Source port of TCP and UDP.
     pub sport: u16,
+    /// TCP sequence number.
+    pub seq: u32,
     pub l4: L4,
     /// IPv4 option bytes (a multiple of 4, at most 40).
     pub ipv4_options: usize,
@@ -71,6 +73,7 @@ impl FrameSpec {
             src: src.parse().expect("test source address"),
             dst: None,
             sport: 40000,
+            seq: 1,
             l4,
             ipv4_options: 0,
             ipv4_fragment: (0, false),
@@ -116,7 +119,7 @@ impl FrameSpec {
         let mut transport = Vec::new();
         let protocol = match &self.l4 {
             L4::Tcp { dport, syn, ack } => {
-                let mut tcp = TcpHeader::new(self.sport, *dport, 1, 64240);
+                let mut tcp = TcpHeader::new(self.sport, *dport, self.seq, 64240);
                 tcp.syn = *syn;
                 tcp.ack = *ack;
                 tcp.write(&mut transport).unwrap();

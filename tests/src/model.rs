@@ -82,6 +82,8 @@ pub struct Packet {
     more_fragments: bool,
     /// A TCP segment's connection: source, destination, source port, destination port.
     flow: Option<(IpAddr, IpAddr, u16, u16)>,
+    /// A TCP segment's sequence number.
+    seq: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -153,6 +155,7 @@ fn with_flow(mut pkt: Packet, dst: IpAddr, l4: &[u8]) -> Packet {
     {
         let sport = u16::from_be_bytes([l4[0], l4[1]]);
         pkt.flow = Some((pkt.src, dst, sport, port));
+        pkt.seq = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]);
     }
     pkt
 }
@@ -187,6 +190,7 @@ fn parse_v6(ip: &[u8]) -> Parsed {
             data: false,
             more_fragments: false,
             flow: None,
+            seq: 0,
         })
     };
     // Bytes of `rest` inside the IPv6 payload length.
@@ -297,6 +301,7 @@ fn transport(
         data: false,
         more_fragments: false,
         flow: None,
+        seq: 0,
     };
     if !first_fragment {
         return pkt;
@@ -367,6 +372,9 @@ pub struct Model {
     rule_ids: Vec<u32>,
     bans: HashMap<IpNet, usize>,
     reset_flows: HashSet<(IpAddr, IpAddr, u16, u16)>,
+    /// The request (sequence number) a rate-limited route last took a token for, by
+    /// connection (the kernel's CHARGED).
+    charged: HashMap<(IpAddr, IpAddr, u16, u16), u32>,
     pub verdicts: HashMap<Reason, u64>,
     pub shadow: HashMap<Reason, u64>,
     pub malformed: HashMap<MalformedCause, u64>,
@@ -429,6 +437,7 @@ impl Model {
             rule_ids,
             bans: HashMap::new(),
             reset_flows: HashSet::new(),
+            charged: HashMap::new(),
             verdicts: HashMap::new(),
             shadow: HashMap::new(),
             malformed: HashMap::new(),
@@ -542,6 +551,14 @@ impl Model {
                         return self.refuse_over_limit(&pkt, &route);
                     }
                 }
+                RouteAction::Limit(_)
+                    if pkt
+                        .flow
+                        .is_some_and(|f| self.charged.get(&f) == Some(&pkt.seq)) =>
+                {
+                    // A retransmission of a request the route took a token for.
+                    matched = true;
+                }
                 RouteAction::Limit(limit) => {
                     matched = true;
                     let limited = Limited {
@@ -552,6 +569,9 @@ impl Model {
                     };
                     if self.take(limited, &pkt) {
                         return self.refuse_over_limit(&pkt, &route);
+                    }
+                    if let Some(flow) = pkt.flow {
+                        self.charged.insert(flow, pkt.seq);
                     }
                 }
             }

@@ -1069,11 +1069,17 @@ fn http_requests_are_judged_by_their_route() {
     let h = Harness::new(HTTP_ROUTES).unwrap();
     let login = http_segment(80, "POST /api/login HTTP/1.1\r\nHost: shop\r\n\r\nuser=a");
     check_xdp(&h, "login, first", &login, Reason::WithinLimit, &[]);
-    // In shadow mode, as for rate limits: counted as a shadow hit, passed within a limit.
+    // The same segment again is its retransmission: no second token, no shadow hit.
+    check_xdp(&h, "login, retransmitted", &login, Reason::WithinLimit, &[]);
+    // The next request on the connection, in shadow mode as for rate limits: counted as a
+    // shadow hit, passed within a limit.
+    let mut next = FrameSpec::tcp("203.0.113.50", 80, false, true)
+        .content(b"POST /api/login HTTP/1.1\r\nHost: shop\r\n\r\nuser=b");
+    next.seq = 1000;
     check_xdp(
         &h,
         "login, over its rate",
-        &login,
+        &next.build(),
         Reason::WithinLimit,
         &[Reason::RouteLimited],
     );
@@ -1259,9 +1265,15 @@ fn refused_requests_reset_their_connection() {
             Reason::WithinLimit,
             &[],
         );
-        let (action, out) = h.xdp_out(&login).unwrap();
+        // The next request on the same connection: its sequence number is further on.
+        let mut next = login.clone();
+        let seq = next.len()
+            - "POST /api/login HTTP/1.1\r\nHost: shop\r\n\r\nuser=a&password=b".len()
+            - 16;
+        next[seq..seq + 4].copy_from_slice(&1000u32.to_be_bytes());
+        let (action, out) = h.xdp_out(&next).unwrap();
         assert_eq!(action, Action::Reset, "{src}: login over its rate");
-        assert_is_reset_of(&format!("{src}: login over its rate"), &out, &login, true);
+        assert_is_reset_of(&format!("{src}: login over its rate"), &out, &next, true);
     }
     let counters = h.counters().unwrap();
     assert_eq!(counters.verdict(Reason::RouteDenied), 8);
@@ -1571,6 +1583,39 @@ fn a_refused_requests_retransmission_is_not_charged_again() {
         "a third connection gets the token",
         &login(41003),
         Reason::WithinLimit,
+        &[],
+    );
+}
+
+/// A request a route took a token for, sent again (its ACK lost on the way back), passes
+/// without taking another: the next request on the connection still has its token.
+#[test]
+fn a_passed_requests_retransmission_is_not_charged_again() {
+    require_kernel!();
+    let policy = "http:\n  ports: [80]\n  routes:\n    - {name: login, methods: [POST], path: /login, rate: 1/h, burst: 2}\n";
+    let h = Harness::new(policy).unwrap();
+    let login = |seq: u32| {
+        let mut spec = FrameSpec::tcp("203.0.113.71", 80, false, true)
+            .content(b"POST /login HTTP/1.1\r\nHost: shop\r\n\r\nuser=a&pw=b");
+        spec.seq = seq;
+        spec.build()
+    };
+    check_xdp(&h, "first request", &login(1), Reason::WithinLimit, &[]);
+    for n in 0..3 {
+        check_xdp(
+            &h,
+            &format!("its retransmission {n}"),
+            &login(1),
+            Reason::WithinLimit,
+            &[],
+        );
+    }
+    check_xdp(&h, "second request", &login(100), Reason::WithinLimit, &[]);
+    check_xdp(
+        &h,
+        "third, over the burst",
+        &login(200),
+        Reason::RouteLimited,
         &[],
     );
 }
