@@ -7,11 +7,11 @@
 //! count is kept with plain stores: bans are rare, and two CPUs racing only delay the
 //! wider ban by one.
 
-use agent_common::{BanEntry, BanGroup, BucketKey, RuleConfig};
+use agent_common::{BanEntry, BanGroup, BucketKey, EventAction, Mode, Reason, RuleConfig};
 use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::{
-    clock, counters,
+    clock, counters, events,
     maps::{BAN_GROUPS, BANS_V4, BANS_V6},
     parse::Packet,
     policy_set::PolicySet,
@@ -42,10 +42,24 @@ pub fn active(policy: PolicySet, pkt: &Packet) -> Option<ActiveBan> {
     })
 }
 
+/// Bans the source group of `pkt` under `rule` (see `start`) and reports it: a ban event, or
+/// a would-ban event for a rule in shadow mode. `ifindex`: where the packet that made it
+/// arrived (or, for a response, left).
+#[inline(always)]
+pub fn make(pkt: &Packet, rule: u32, cfg: &RuleConfig, now: u64, ifindex: u32) {
+    start(pkt, rule, cfg, now);
+    let action = if cfg.mode == Mode::Enforce.code() {
+        EventAction::Banned
+    } else {
+        EventAction::WouldBan
+    };
+    events::report(pkt, Reason::Banned, rule, action, ifindex);
+}
+
 /// Bans the source group of `pkt` under `rule` for the rule's ban time, or its wider group
 /// when the rule has banned enough groups inside that one.
 #[inline(always)]
-pub fn start(pkt: &Packet, rule: u32, cfg: &RuleConfig, now: u64) {
+fn start(pkt: &Packet, rule: u32, cfg: &RuleConfig, now: u64) {
     let ban = BanEntry {
         // Saturating: a ban as long as time itself is a ban, not one that ended long ago.
         expires_ns: now.saturating_add(cfg.ban_for_ns),

@@ -386,13 +386,7 @@ fn limit(policy: PolicySet, pkt: &Packet, rule: u32, reason: Reason, at: &Moment
         }
         Outcome::Over { escalate } => {
             if escalate {
-                bans::start(pkt, rule, cfg, now);
-                let action = if cfg.mode == Mode::Enforce.code() {
-                    EventAction::Banned
-                } else {
-                    EventAction::WouldBan
-                };
-                events::report(pkt, Reason::Banned, rule, action, ifindex);
+                bans::make(pkt, rule, cfg, now, ifindex);
             }
             enforce(pkt, reason, rule, cfg.mode, ifindex, at.reset)
         }

@@ -42,6 +42,19 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// The headers of `pkt`, as a first refusal.
+    #[inline(always)]
+    fn at(pkt: &Packet) -> Segment {
+        // Masks rather than comparisons: the verifier then bounds the very register a
+        // pointer is made from (LLVM may compare a copy); real offsets are below both.
+        Segment {
+            l3_off: usize::from(pkt.l3_off) & MAX_L3_OFF,
+            l4_off: usize::from(pkt.l4_off) & MAX_L4_OFF,
+            ip6: pkt.ip6,
+            first: true,
+        }
+    }
+
     /// The TCP segment in the frame at `[data, data_end)`, parsed again: the judge does not
     /// carry header offsets through every path for the few frames it resets (the verifier
     /// then could not prune its states).
@@ -50,14 +63,7 @@ impl Segment {
         let Parsed::Ip(pkt) = parse::parse(data, data_end) else {
             return None;
         };
-        // Masks rather than comparisons: the verifier then bounds the very register a
-        // pointer is made from (LLVM may compare a copy); real offsets are below both.
-        let mut segment = Segment {
-            l3_off: usize::from(pkt.l3_off) & MAX_L3_OFF,
-            l4_off: usize::from(pkt.l4_off) & MAX_L4_OFF,
-            ip6: pkt.ip6,
-            first: true,
-        };
+        let mut segment = Segment::at(&pkt);
         if segment.l4_off == 0 {
             return None;
         }
@@ -78,12 +84,7 @@ impl Segment {
     /// the segment's sequence number.
     #[inline(always)]
     pub fn connection(data: usize, data_end: usize, pkt: &Packet) -> Option<(FlowKey, u32)> {
-        let segment = Segment {
-            l3_off: usize::from(pkt.l3_off) & MAX_L3_OFF,
-            l4_off: usize::from(pkt.l4_off) & MAX_L4_OFF,
-            ip6: pkt.ip6,
-            first: true,
-        };
+        let segment = Segment::at(pkt);
         if segment.l4_off == 0 {
             return None;
         }

@@ -9,7 +9,7 @@
 //! size, counted once.
 
 use agent_common::{
-    CLASS_TCP, EventAction, Mode, Reason,
+    CLASS_TCP,
     http::{RULES_PER_STATUS, STATUS_CODES},
     port_key,
 };
@@ -17,7 +17,6 @@ use agent_common::{
 use crate::{
     bans, clock, counters,
     counters::RuleOutcome,
-    events,
     frame::Frame,
     parse::{Packet, ip::V4_MAPPED_WORD, l4::IPPROTO_TCP},
     policy_set::PolicySet,
@@ -79,13 +78,7 @@ fn charge(policy: PolicySet, client: &Packet, rule: u32, ifindex: u32, now: u64)
     }
     counters::rule(rule, RuleOutcome::Passed);
     if ratelimit::count_toward_ban(rule, cfg, client, now) {
-        bans::start(client, rule, cfg, now);
-        let action = if cfg.mode == Mode::Enforce.code() {
-            EventAction::Banned
-        } else {
-            EventAction::WouldBan
-        };
-        events::report(client, Reason::Banned, rule, action, ifindex);
+        bans::make(client, rule, cfg, now, ifindex);
     }
 }
 

@@ -73,22 +73,71 @@ fn server_connections(pair: &NetnsPair) -> usize {
     String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
+/// What each test here runs: a namespace pair (with `clients`, addresses added to the
+/// client side), the agent with `policy` on the server side, and an HTTP server on port
+/// 8080. Dropped in this order: the server, the agent, the rest.
+struct Site {
+    _server: HttpServer,
+    agent: Agent,
+    _dir: tempfile::TempDir,
+    _leftovers: Leftovers,
+    pair: NetnsPair,
+}
+
+/// The server a `Site` runs.
+enum App {
+    /// Python's http.server (POST answers 501).
+    Files,
+    /// `tests/apps/login_app.py`.
+    Login,
+}
+
+impl Site {
+    fn new(policy: &str, clients: &[&str], app: App) -> Self {
+        let pair = NetnsPair::new().unwrap();
+        let leftovers = Leftovers::of(&pair.server_ns);
+        for client in clients {
+            pair.add_client_addr(client).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.yaml");
+        std::fs::write(&path, policy).unwrap();
+        let agent = Agent::start(&pair.server_ns, &pair.server_if, &path, &[]).unwrap();
+        let server = match app {
+            App::Files => HttpServer::start(&pair, "0.0.0.0", 8080),
+            App::Login => HttpServer::start_login_app(&pair, "0.0.0.0", 8080),
+        }
+        .unwrap();
+        Self {
+            _server: server,
+            agent,
+            _dir: dir,
+            _leftovers: leftovers,
+            pair,
+        }
+    }
+
+    /// Waits up to 2 s for the server's connections to close; how many are left.
+    fn connections_left(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while server_connections(&self.pair) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server_connections(&self.pair)
+    }
+}
+
 #[test]
 fn refused_requests_reset_their_connection_and_leave_no_socket_behind() {
     require_kernel!();
-    let pair = NetnsPair::new().unwrap();
-    let _leftovers = Leftovers::of(&pair.server_ns);
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.yaml");
-    std::fs::write(&policy, POLICY).unwrap();
-    let agent = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]).unwrap();
-    let _server = HttpServer::start(&pair, "0.0.0.0", 8080).unwrap();
+    let site = Site::new(POLICY, &[], App::Files);
+    let (pair, agent) = (&site.pair, &site.agent);
 
-    let page = curl(&pair, "GET", "/");
+    let page = curl(pair, "GET", "/");
     assert_eq!((page.exit, page.status), (0, 200), "an unrouted page");
 
     // A denied route: curl sees the connection reset at once, not a hang.
-    let admin = curl(&pair, "GET", "/admin/users");
+    let admin = curl(pair, "GET", "/admin/users");
     println!(
         "GET /admin/users: curl exit {} (56: connection reset), status {}, after {:?}",
         admin.exit, admin.status, admin.took
@@ -103,21 +152,21 @@ fn refused_requests_reset_their_connection_and_leave_no_socket_behind() {
     // The login route lets its burst through (http.server answers POST with 501), then
     // refuses the same client, which keeps every other route.
     for n in 1..=2 {
-        let login = curl(&pair, "POST", "/api/login");
+        let login = curl(pair, "POST", "/api/login");
         assert_eq!(
             (login.exit, login.status),
             (0, 501),
             "login {n} within the burst"
         );
     }
-    let over = curl(&pair, "POST", "/api/login");
+    let over = curl(pair, "POST", "/api/login");
     println!(
         "POST /api/login over its rate: curl exit {}, status {}, after {:?}",
         over.exit, over.status, over.took
     );
     assert_eq!((over.exit, over.status), (56, 0), "login over its rate");
     assert!(over.took < Duration::from_secs(1), "took {:?}", over.took);
-    let other = curl(&pair, "GET", "/api/items");
+    let other = curl(pair, "GET", "/api/items");
     assert_eq!(
         (other.exit, other.status),
         (0, 404),
@@ -125,15 +174,7 @@ fn refused_requests_reset_their_connection_and_leave_no_socket_behind() {
     );
 
     // Every refused connection was freed on the server too.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while server_connections(&pair) > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(
-        server_connections(&pair),
-        0,
-        "connections left on the server"
-    );
+    assert_eq!(site.connections_left(), 0, "connections left on the server");
 
     let stats: serde_json::Value =
         serde_json::from_slice(&agent.cli(&["stats", "--json"]).stdout).unwrap();
@@ -187,19 +228,11 @@ http:
 #[test]
 fn wrong_passwords_ban_the_client_from_its_401s() {
     require_kernel!();
-    let pair = NetnsPair::new().unwrap();
-    let _leftovers = Leftovers::of(&pair.server_ns);
-    for extra in ["10.77.0.3", "10.77.0.4"] {
-        pair.add_client_addr(extra).unwrap();
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.yaml");
-    std::fs::write(&policy, RESPONSE_POLICY).unwrap();
-    let agent = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]).unwrap();
-    let _app = HttpServer::start_login_app(&pair, "0.0.0.0", 8080).unwrap();
+    let site = Site::new(RESPONSE_POLICY, &["10.77.0.3", "10.77.0.4"], App::Login);
+    let (pair, agent) = (&site.pair, &site.agent);
     let login = |from: &str, password: &str| {
         curl_from(
-            &pair,
+            pair,
             from,
             "POST",
             "/api/login",
@@ -225,12 +258,12 @@ fn wrong_passwords_ban_the_client_from_its_401s() {
     // Another client on the same link is untouched.
     assert_eq!(login(CLIENT_V4, "right").status, 200);
     assert_eq!(login(CLIENT_V4, "guess").status, 401, "one 401 bans no one");
-    assert_eq!(curl(&pair, "GET", "/api/items").status, 200);
+    assert_eq!(curl(pair, "GET", "/api/items").status, 200);
 
     // One keep-alive connection: each response is counted, and the request after the
     // fifth 401 has its connection reset.
     let mut connection =
-        KeepAlive::connect(&pair, "10.77.0.4", SERVER_V4, 8080, Duration::from_secs(2));
+        KeepAlive::connect(pair, "10.77.0.4", SERVER_V4, 8080, Duration::from_secs(2));
     let seen: Vec<Answer> = (0..7)
         .map(|_| connection.request("POST", "/api/login", Some("user=admin&password=guess")))
         .collect();
@@ -238,15 +271,7 @@ fn wrong_passwords_ban_the_client_from_its_401s() {
     let mut want = vec![Answer::Status(401); 5];
     want.extend([Answer::Reset, Answer::Nothing]);
     assert_eq!(seen, want);
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while server_connections(&pair) > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(
-        server_connections(&pair),
-        0,
-        "connections left on the server"
-    );
+    assert_eq!(site.connections_left(), 0, "connections left on the server");
 
     let stats: serde_json::Value =
         serde_json::from_slice(&agent.cli(&["stats", "--json"]).stdout).unwrap();
@@ -292,15 +317,10 @@ http:
 #[test]
 fn evasion_shapes_over_real_connections() {
     require_kernel!();
-    let pair = NetnsPair::new().unwrap();
-    let _leftovers = Leftovers::of(&pair.server_ns);
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.yaml");
-    std::fs::write(&policy, EVASION_POLICY).unwrap();
-    let agent = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]).unwrap();
-    let _app = HttpServer::start_login_app(&pair, "0.0.0.0", 8080).unwrap();
+    let site = Site::new(EVASION_POLICY, &[], App::Login);
+    let (pair, agent) = (&site.pair, &site.agent);
     let send = |parts: &[&[u8]]| {
-        KeepAlive::connect(&pair, CLIENT_V4, SERVER_V4, 8080, Duration::from_secs(2)).send(parts)
+        KeepAlive::connect(pair, CLIENT_V4, SERVER_V4, 8080, Duration::from_secs(2)).send(parts)
     };
     let end = b" HTTP/1.1\r\nHost: api\r\n\r\n";
     let request = |target: &str| [format!("GET {target}").as_bytes(), end].concat();
@@ -339,15 +359,7 @@ fn evasion_shapes_over_real_connections() {
         "the first of two pipelined requests is answered (the second is out of sight)"
     );
 
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while server_connections(&pair) > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(
-        server_connections(&pair),
-        0,
-        "connections left on the server"
-    );
+    assert_eq!(site.connections_left(), 0, "connections left on the server");
     let stats: serde_json::Value =
         serde_json::from_slice(&agent.cli(&["stats", "--json"]).stdout).unwrap();
     // A refusal counts twice, the segment and its retransmission passed on bare, but for
@@ -372,18 +384,13 @@ http:
 #[test]
 fn over_limit_reset_or_drop_as_curl_sees_them() {
     require_kernel!();
-    let pair = NetnsPair::new().unwrap();
-    let _leftovers = Leftovers::of(&pair.server_ns);
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.yaml");
-    std::fs::write(&policy, OVER_LIMIT_POLICY).unwrap();
-    let _agent = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]).unwrap();
-    let _app = HttpServer::start_login_app(&pair, "0.0.0.0", 8080).unwrap();
+    let site = Site::new(OVER_LIMIT_POLICY, &[], App::Login);
+    let pair = &site.pair;
     let form = Some("user=a&password=b");
 
-    let first = curl_from(&pair, CLIENT_V4, "POST", "/api/login", form);
+    let first = curl_from(pair, CLIENT_V4, "POST", "/api/login", form);
     assert_eq!((first.exit, first.status), (0, 401));
-    let over = curl_from(&pair, CLIENT_V4, "POST", "/api/login", form);
+    let over = curl_from(pair, CLIENT_V4, "POST", "/api/login", form);
     println!(
         "over_limit: reset: curl exit {} (56: reset), status {}, after {:?}",
         over.exit, over.status, over.took
@@ -391,9 +398,9 @@ fn over_limit_reset_or_drop_as_curl_sees_them() {
     assert_eq!((over.exit, over.status), (56, 0), "reset");
     assert!(over.took < Duration::from_secs(1), "{:?}", over.took);
 
-    let first = curl(&pair, "GET", "/api/items");
+    let first = curl(pair, "GET", "/api/items");
     assert_eq!((first.exit, first.status), (0, 200));
-    let over = curl(&pair, "GET", "/api/items");
+    let over = curl(pair, "GET", "/api/items");
     println!(
         "over_limit: drop: curl exit {}, status {}, after {:?}",
         over.exit, over.status, over.took
@@ -407,15 +414,7 @@ fn over_limit_reset_or_drop_as_curl_sees_them() {
         over.took
     );
 
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while server_connections(&pair) > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(
-        server_connections(&pair),
-        0,
-        "connections left on the server"
-    );
+    assert_eq!(site.connections_left(), 0, "connections left on the server");
 }
 
 const LOGIN_AND_ITEMS: &str = r#"
@@ -433,23 +432,10 @@ http:
 #[test]
 fn the_login_is_cut_to_its_rate_while_other_routes_and_allowed_sources_keep_going() {
     require_kernel!();
-    let pair = NetnsPair::new().unwrap();
-    let _leftovers = Leftovers::of(&pair.server_ns);
-    pair.add_client_addr("10.77.0.5").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.yaml");
-    std::fs::write(&policy, LOGIN_AND_ITEMS).unwrap();
-    let _agent = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]).unwrap();
-    let _app = HttpServer::start_login_app(&pair, "0.0.0.0", 8080).unwrap();
+    let site = Site::new(LOGIN_AND_ITEMS, &["10.77.0.5"], App::Login);
+    let pair = &site.pair;
     let ask = |from: &str, request: (&str, &str, Option<&str>)| {
-        http_request(
-            &pair,
-            from,
-            SERVER_V4,
-            8080,
-            request,
-            Duration::from_secs(2),
-        )
+        http_request(pair, from, SERVER_V4, 8080, request, Duration::from_secs(2))
     };
     let login = ("POST", "/api/login", Some("user=a&password=b"));
     let items = ("GET", "/api/items", None);
