@@ -20,7 +20,6 @@ use agent_common::{
     ACL_ALLOW, Action, BLOCK_RULE, EVASION_RULE, EventAction, MalformedCause, Mode, PortRules,
     Reason,
     http::{HTTP_NONE, HTTP_STRICT, ROUTE_DENY, ROUTE_LIMIT_DROP, RouteEntry},
-    port_key,
 };
 use aya_ebpf::{
     bindings::{__sk_buff, xdp_md},
@@ -177,34 +176,19 @@ fn judge_ip<F: Frame>(frame: &F, pkt: &Packet, ifindex: u32) -> Action {
     if rules.connection_rule != 0 || rules.packet_rule != 0 {
         let now = clock::precise_ns();
         clock_read = Some(now);
+        let at = Moment {
+            now,
+            ifindex,
+            reset: false,
+        };
         if pkt.syn && rules.connection_rule != 0 {
-            if limit(
-                policy,
-                pkt,
-                rules.connection_rule,
-                Reason::RateLimited,
-                &Moment {
-                    now,
-                    ifindex,
-                    reset: false,
-                },
-            ) {
+            if limit(policy, pkt, rules.connection_rule, Reason::RateLimited, &at) {
                 return finish(Reason::RateLimited);
             }
             matched = true;
         }
         if rules.packet_rule != 0 {
-            if limit(
-                policy,
-                pkt,
-                rules.packet_rule,
-                Reason::RateLimited,
-                &Moment {
-                    now,
-                    ifindex,
-                    reset: false,
-                },
-            ) {
+            if limit(policy, pkt, rules.packet_rule, Reason::RateLimited, &at) {
                 return finish(Reason::RateLimited);
             }
             matched = true;
@@ -352,21 +336,10 @@ impl Refusal {
     }
 }
 
-/// Rules scoped to the packet's port take precedence over rules for its whole class; the
-/// agent merges the two kinds (packets, connections) so one lookup gives both.
+/// Rules scoped to the packet's port take precedence over rules for its whole class.
 #[inline(always)]
 fn rules_for(policy: PolicySet, pkt: &Packet) -> PortRules {
-    if pkt.has_port
-        && let Some(rules) = policy.port_rules().get_ptr(port_key(pkt.class, pkt.dport))
-    {
-        // SAFETY: pointer from a successful lookup; the agent only replaces whole values.
-        return unsafe { *rules };
-    }
-    policy
-        .class_rules()
-        .get(pkt.class as u32)
-        .copied()
-        .unwrap_or_default()
+    policy.rules_for(pkt.class, pkt.has_port.then_some(pkt.dport))
 }
 
 /// Runs the packet through one rule's bucket; true when it must be refused (for `reason`).

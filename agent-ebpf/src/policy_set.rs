@@ -5,6 +5,7 @@
 use agent_common::{
     AclEntry, PortRules, RuleConfig,
     http::{ROUTE_KEY_BYTES, RouteEntry, StatusRules},
+    port_key,
 };
 use aya_ebpf::maps::{Array, HashMap, LpmTrie};
 
@@ -59,6 +60,23 @@ impl PolicySet {
     #[inline(always)]
     pub fn status_rules(&self) -> &'static Array<StatusRules> {
         self.pick(&STATUS_RULES_0, &STATUS_RULES_1)
+    }
+
+    /// The rules for `port` of `class`: its port entry's, or else its class's (the agent
+    /// merges the two kinds, packets and connections, so one lookup gives both). `port`
+    /// `None`: a packet without ports, which only its class's rules cover.
+    #[inline(always)]
+    pub fn rules_for(&self, class: u8, port: Option<u16>) -> PortRules {
+        if let Some(port) = port
+            && let Some(rules) = self.port_rules().get_ptr(port_key(class, port))
+        {
+            // SAFETY: pointer from a successful lookup; the agent only replaces whole values.
+            return unsafe { *rules };
+        }
+        self.class_rules()
+            .get(u32::from(class))
+            .copied()
+            .unwrap_or_default()
     }
 
     /// The configuration of rule `id`, if the id is in use.

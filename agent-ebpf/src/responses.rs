@@ -10,8 +10,7 @@
 
 use agent_common::{
     CLASS_TCP,
-    http::{RULES_PER_STATUS, STATUS_CODES},
-    port_key,
+    http::{HTTP_NONE, RULES_PER_STATUS, STATUS_CODES},
 };
 
 use crate::{
@@ -39,11 +38,7 @@ pub fn count<F: Frame>(frame: &F, pkt: &Packet, ifindex: u32) {
     let Some(sport) = source_port(frame, pkt) else {
         return;
     };
-    let Some(port) = policy.port_rules().get_ptr(port_key(CLASS_TCP, sport)) else {
-        return;
-    };
-    // SAFETY: a pointer from a successful lookup; the agent only replaces whole values.
-    if unsafe { (*port).http } == 0 {
+    if policy.rules_for(CLASS_TCP, Some(sport)).http == HTTP_NONE {
         return;
     }
     let Some(status) = status(frame, pkt) else {

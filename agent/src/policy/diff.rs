@@ -116,38 +116,40 @@ fn http_diff(old: Option<&Http>, new: Option<&Http>, lines: &mut Vec<String>) {
         lines.push(format!("~ http.strict: {} -> {}", strict(old), strict(new)));
     }
     let routes = |h: Option<&Http>| h.map(|h| h.routes.clone()).unwrap_or_default();
-    let (old_routes, new_routes) = (routes(old), routes(new));
-    for route in &new_routes {
-        match old_routes.iter().find(|o| o.name == route.name) {
-            None => lines.push(format!("+ route {}", route.name)),
-            Some(o) if o != route => {
-                lines.push(format!("~ route {}: {o:?} -> {route:?}", route.name))
-            }
-            Some(_) => {}
-        }
-    }
-    for route in old_routes
-        .iter()
-        .filter(|o| !new_routes.iter().any(|r| r.name == o.name))
-    {
-        lines.push(format!("- route {}", route.name));
-    }
+    named_changes("route", &routes(old), &routes(new), |r| &r.name, lines);
     let responses = |h: Option<&Http>| h.map(|h| h.responses.clone()).unwrap_or_default();
-    let (old_rules, new_rules) = (responses(old), responses(new));
-    for rule in &new_rules {
-        match old_rules.iter().find(|o| o.name == rule.name) {
-            None => lines.push(format!("+ response {}", rule.name)),
-            Some(o) if o != rule => {
-                lines.push(format!("~ response {}: {o:?} -> {rule:?}", rule.name))
+    named_changes(
+        "response",
+        &responses(old),
+        &responses(new),
+        |r| &r.name,
+        lines,
+    );
+}
+
+/// Lines for items (routes, response rules) matched by name: `+` new, `~` changed (old and
+/// new shown), `-` gone.
+fn named_changes<T: PartialEq + std::fmt::Debug>(
+    kind: &str,
+    old: &[T],
+    new: &[T],
+    name: fn(&T) -> &String,
+    lines: &mut Vec<String>,
+) {
+    for item in new {
+        match old.iter().find(|o| name(o) == name(item)) {
+            None => lines.push(format!("+ {kind} {}", name(item))),
+            Some(o) if o != item => {
+                lines.push(format!("~ {kind} {}: {o:?} -> {item:?}", name(item)))
             }
             Some(_) => {}
         }
     }
-    for rule in old_rules
+    for item in old
         .iter()
-        .filter(|o| !new_rules.iter().any(|r| r.name == o.name))
+        .filter(|o| !new.iter().any(|n| name(n) == name(o)))
     {
-        lines.push(format!("- response {}", rule.name));
+        lines.push(format!("- {kind} {}", name(item)));
     }
 }
 
