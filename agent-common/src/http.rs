@@ -16,9 +16,9 @@ pub const ROUTE_KEY_BYTES: usize = 1 + TARGET_WINDOW;
 // An LPM trie key holds at most 256 bytes of data (kernel/bpf/lpm_trie.c).
 const _: () = assert!(ROUTE_KEY_BYTES <= 256);
 
-/// Route trie keys at most: 1,000 routes, each for up to 9 methods and 3 segment ends. The
-/// trie is not preallocated: only the keys stored take memory.
-pub const MAX_ROUTE_KEYS: u32 = 27_000;
+/// Route trie keys one route takes at most: up to 9 methods and 3 segment ends. The trie
+/// (`capacity.rules` routes' worth) is not preallocated: only the keys stored take memory.
+pub const ROUTE_KEYS_PER_ROUTE: u32 = 27;
 
 /// `PortRules::http` of a port that does not carry HTTP.
 pub const HTTP_NONE: u32 = 0;

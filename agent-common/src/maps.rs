@@ -11,7 +11,7 @@ use crate::{
     AclEntry, BanEntry, BanGroup, BlockEntry, Bucket, BucketKey, CLASS_COUNT, Event, EventBudget,
     IfaceCounters, PortRules, RuleConfig, RuleCounters, Settings,
     http::{
-        Charged, FlowKey, MAX_ROUTE_KEYS, RESET_FLOWS_ENTRIES, ROUTE_KEY_BYTES, RouteEntry,
+        Charged, FlowKey, RESET_FLOWS_ENTRIES, ROUTE_KEY_BYTES, ROUTE_KEYS_PER_ROUTE, RouteEntry,
         RouteLookup, STATUS_CODES, StatusRules,
     },
 };
@@ -40,6 +40,8 @@ pub struct Capacity {
     pub bans: u32,
     /// Operator blocks per address family, in maps of their own.
     pub blocks: u32,
+    /// Named rules at most (rate limits, HTTP routes and response rules together).
+    pub rules: u32,
 }
 
 /// How many entries a map has.
@@ -55,6 +57,10 @@ pub enum Entries {
     Blocks,
     /// `capacity.sources`.
     Sources,
+    /// Rule ids: `capacity.rules` plus id 0 and the reserved ids (`rule_id_count`).
+    Rules,
+    /// HTTP route trie keys: `ROUTE_KEYS_PER_ROUTE` for each of `capacity.rules`.
+    RouteKeys,
 }
 
 /// What the object declares for maps the policy sizes; every loader replaces it.
@@ -68,6 +74,8 @@ impl Entries {
             Entries::Bans => capacity.bans,
             Entries::Blocks => capacity.blocks,
             Entries::Sources => capacity.sources,
+            Entries::Rules => rule_id_count(capacity.rules),
+            Entries::RouteKeys => capacity.rules.saturating_mul(ROUTE_KEYS_PER_ROUTE),
         }
     }
 }
@@ -155,8 +163,22 @@ const LPM_V6_KEY: usize = 4 + 16;
 /// `BPF_F_NO_PREALLOC` (uapi): entries are allocated as they are inserted.
 pub const BPF_F_NO_PREALLOC: u32 = 1;
 
-/// Rule ids are indexes into `RULES` and `RULE_COUNTERS`; id 0 is never used.
-pub const MAX_RULES: u32 = 1024;
+/// Rule ids are indexes into `RULES` and `RULE_COUNTERS`; id 0 is never used, and the ids
+/// below this one hold the reserved ids (`BLOCK_RULE`, `EVASION_RULE`), so the maps never
+/// have fewer entries than this.
+pub const MIN_RULE_IDS: u32 = 1024;
+/// Ids that are not a named rule's: 0, `EVASION_RULE` and `BLOCK_RULE`.
+pub const RESERVED_RULE_IDS: u32 = 3;
+
+/// The rule id count (entries of `RULES` and `RULE_COUNTERS`) for `rules` named rules.
+pub const fn rule_id_count(rules: u32) -> u32 {
+    let count = rules.saturating_add(RESERVED_RULE_IDS);
+    if count < MIN_RULE_IDS {
+        MIN_RULE_IDS
+    } else {
+        count
+    }
+}
 /// Every (class, port) pair there is: rules with port ranges expand into it.
 pub const MAX_PORT_ENTRIES: u32 = 3 * 65536;
 /// Ring buffer size in bytes (a power of two and a multiple of the page size).
@@ -239,7 +261,7 @@ const fn policy_set(
             MapKind::Array,
             4,
             size_of::<RuleConfig>(),
-            Entries::Fixed(MAX_RULES),
+            Entries::Rules,
         )
         .holding(Contents::Policy),
         routes: spec(
@@ -247,7 +269,7 @@ const fn policy_set(
             MapKind::LpmTrie,
             4 + ROUTE_KEY_BYTES,
             size_of::<RouteEntry>(),
-            Entries::Fixed(MAX_ROUTE_KEYS),
+            Entries::RouteKeys,
         )
         .holding(Contents::Policy),
         status_rules: spec(
@@ -390,7 +412,7 @@ pub const RULE_COUNTERS: MapSpec = spec(
     MapKind::PerCpuArray,
     4,
     size_of::<RuleCounters>(),
-    Entries::Fixed(MAX_RULES),
+    Entries::Rules,
 )
 .holding(Contents::Disposable);
 /// Per-CPU array of `IfaceCounters`, indexed by `ifindex % IFACE_SLOTS`.
@@ -487,11 +509,19 @@ const _: () = {
 const _: () = assert!(size_of::<Event>() as u32 * 1024 <= EVENTS_BYTES);
 
 /// The rule id blocks are counted and reported under: an inert rule (no rate) that is in
-/// every policy set.
-pub const BLOCK_RULE: u32 = MAX_RULES - 1;
+/// every policy set. Fixed whatever `capacity.rules` is: agents before `BLOCKS_V4` stored
+/// blocks as bans under this id, and named rules take the ids around it.
+pub const BLOCK_RULE: u32 = MIN_RULE_IDS - 1;
 /// The rule id evasive HTTP requests (`Reason::HttpEvasion`) are counted and reported
 /// under, named `http-evasion`; its configuration holds only the mode `http.strict` gives.
-pub const EVASION_RULE: u32 = MAX_RULES - 2;
+pub const EVASION_RULE: u32 = MIN_RULE_IDS - 2;
+
+const _: () = assert!(BLOCK_RULE < MIN_RULE_IDS && EVASION_RULE < MIN_RULE_IDS);
+
+/// Whether `id` may be a named rule's.
+pub const fn is_named_rule_id(id: u32) -> bool {
+    id != 0 && id != BLOCK_RULE && id != EVASION_RULE
+}
 /// The epoch of `BLOCK_RULE`, which never changes; rule epochs count up from 1. Agents
 /// before `BLOCKS_V4` kept blocks in the ban maps under this rule and epoch; the agent moves
 /// such entries into the block maps when it takes their maps over.
@@ -538,18 +568,24 @@ mod tests {
             cidrs: 20,
             bans: 30,
             blocks: 40,
+            rules: 5000,
         };
         assert_eq!(BUCKETS.max_entries(&capacity), 10);
         assert_eq!(POLICY_SETS[1].acl_v6.max_entries(&capacity), 40);
         assert_eq!(BANS_V4.max_entries(&capacity), 30);
         assert_eq!(BLOCKS_V6.max_entries(&capacity), 40);
-        assert_eq!(RULE_COUNTERS.max_entries(&capacity), MAX_RULES);
+        assert_eq!(RULE_COUNTERS.max_entries(&capacity), 5003);
+        assert_eq!(POLICY_SETS[0].rules.max_entries(&capacity), 5003);
+        assert_eq!(POLICY_SETS[1].routes.max_entries(&capacity), 135_000);
         let huge = Capacity {
             sources: 1,
             cidrs: u32::MAX,
             bans: 1,
             blocks: 1,
+            rules: 1,
         };
         assert_eq!(POLICY_SETS[0].acl_v4.max_entries(&huge), u32::MAX);
+        // The reserved ids are in the table with the fewest rules.
+        assert_eq!(RULE_COUNTERS.max_entries(&huge), MIN_RULE_IDS);
     }
 }

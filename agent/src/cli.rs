@@ -256,14 +256,16 @@ pub fn stats(socket: &Path, json: bool) -> Result<(), CliError> {
     );
     let maps = &stats.maps;
     println!(
-        "maps: {} allow, {} deny, {} bans, {} buckets (capacity: {} cidrs, {} bans, {} sources)",
+        "maps: {} allow, {} deny, {} bans, {} buckets, {} rules (capacity: {} cidrs, {} bans, {} sources, {} rules)",
         maps.allow,
         maps.deny,
         maps.bans,
         maps.buckets,
+        maps.rules,
         maps.capacity.cidrs,
         maps.capacity.bans,
-        maps.capacity.sources
+        maps.capacity.sources,
+        maps.capacity.rules
     );
     Ok(())
 }

@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub blocks_active: usize,
     pub allow_entries: usize,
     pub deny_entries: usize,
+    /// Named rules in force, against `capacity.rules`.
+    pub named_rules: usize,
     pub buckets: usize,
     /// Seconds since bans, blocks and buckets were counted (see `census`).
     pub census_age_secs: u64,
@@ -235,6 +237,7 @@ pub fn render(s: &Snapshot) -> String {
         ("bans", s.bans_active, s.capacity.bans),
         ("blocks", s.blocks_active, s.capacity.blocks),
         ("buckets", s.buckets, s.capacity.sources),
+        ("rules", s.named_rules, s.capacity.rules),
     ] {
         entries
             .get_or_create(&labels(&[("map", map)]))
@@ -349,6 +352,7 @@ mod tests {
             blocks_active: 2,
             allow_entries: 0,
             deny_entries: 4,
+            named_rules: 7,
             buckets: 6,
             census_age_secs: 1,
             capacity: Capacity {
@@ -356,6 +360,7 @@ mod tests {
                 cidrs: 1000,
                 bans: 10,
                 blocks: 20,
+                rules: 1000,
             },
             policy_version: 3,
             policy_file_valid: true,
@@ -380,6 +385,8 @@ mod tests {
             "portcullis_map_capacity{map=\"buckets\"} 100",
             "portcullis_map_entries{map=\"blocks\"} 2",
             "portcullis_map_capacity{map=\"blocks\"} 20",
+            "portcullis_map_entries{map=\"rules\"} 7",
+            "portcullis_map_capacity{map=\"rules\"} 1000",
             "portcullis_bans_active 3",
             "portcullis_bucket_evictions_total 4",
             "portcullis_unadmitted_packets_total 3",

@@ -5,11 +5,11 @@
 //! apply; a restarted agent that takes the pinned maps over reads them back.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     path::Path,
 };
 
-use agent_common::{BLOCK_RULE, EVASION_RULE, RuleConfig};
+use agent_common::{BLOCK_RULE, EVASION_RULE, RuleConfig, is_named_rule_id};
 
 use crate::{
     policy::{CLI_BLOCK, http::HTTP_EVASION},
@@ -97,19 +97,21 @@ fn legacy_fingerprint(config: &RuleConfig) -> String {
 }
 
 impl RuleIds {
-    /// Assigns ids for exactly the names in `wanted`, keeping the ids of names seen before
-    /// and freeing the rest.
-    pub(crate) fn assign(&mut self, wanted: &[String]) {
-        self.by_name.retain(|name, _| wanted.contains(name));
-        let mut used: BTreeSet<u32> = self.by_name.values().map(|a| a.id).collect();
+    /// Assigns ids below `id_count` for exactly the names in `wanted`, keeping the ids of
+    /// names seen before (that still fit) and freeing the rest.
+    pub(crate) fn assign(&mut self, wanted: &[String], id_count: u32) {
+        let wanted_set: HashSet<&str> = wanted.iter().map(String::as_str).collect();
+        self.by_name
+            .retain(|name, a| wanted_set.contains(name.as_str()) && a.id < id_count);
+        let used: HashSet<u32> = self.by_name.values().map(|a| a.id).collect();
+        let mut free = (1..id_count).filter(|&id| is_named_rule_id(id) && !used.contains(&id));
         for name in wanted {
             if self.by_name.contains_key(name) {
                 continue;
             }
-            let id = (1..EVASION_RULE)
-                .find(|id| !used.contains(id))
-                .expect("validation caps the number of names below EVASION_RULE");
-            used.insert(id);
+            let id = free
+                .next()
+                .expect("validation keeps the names within capacity.rules");
             self.by_name.insert(
                 name.clone(),
                 Assigned {
@@ -191,14 +193,15 @@ impl RuleIds {
         }
     }
 
-    /// Ids the kernel's tables can take: each between 1 and the reserved ids (exclusive),
-    /// no two rules sharing one, and no epoch above the next one to give out.
+    /// Ids a named rule can have: not 0 nor a reserved id, no two rules sharing one, and
+    /// no epoch above the next one to give out. (An id beyond the rule table's size, after
+    /// `capacity.rules` shrank, is given anew by `assign`.)
     fn validate(&self) -> Result<(), String> {
         let mut seen = BTreeSet::new();
         for (name, assigned) in &self.by_name {
-            if assigned.id == 0 || assigned.id >= EVASION_RULE {
+            if !is_named_rule_id(assigned.id) {
                 return Err(format!(
-                    "rule '{name}' has id {}, outside 1..{EVASION_RULE}",
+                    "rule '{name}' has id {}, which is not a named rule's",
                     assigned.id
                 ));
             }
@@ -303,8 +306,8 @@ mod tests {
                 "the block rule's id",
             ),
             (
-                r#"{"by_name":{"a":{"id":1024,"epoch":1}},"next_epoch":1}"#,
-                "past the rule table",
+                r#"{"by_name":{"a":{"id":1022,"epoch":1}},"next_epoch":1}"#,
+                "http-evasion's id",
             ),
             (
                 r#"{"by_name":{"a":{"id":3,"epoch":1},"b":{"id":3,"epoch":1}},"next_epoch":1}"#,
@@ -330,6 +333,24 @@ mod tests {
             "a valid file is kept"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ids_fill_the_rule_table_around_the_reserved_ids() {
+        let names: Vec<String> = (0..10_000).map(|i| format!("r{i}")).collect();
+        let count = agent_common::rule_id_count(10_000);
+        let mut ids = RuleIds::default();
+        ids.assign(&names, count);
+        let given: BTreeSet<u32> = names.iter().map(|n| ids.id(n)).collect();
+        assert_eq!(given.len(), 10_000, "one id each");
+        assert!(given.iter().all(|&id| is_named_rule_id(id) && id < count));
+        // The table shrinks (capacity.rules lowered, the agent restarted): a rule whose id
+        // no longer fits gets one that does, the others keep theirs.
+        let kept = ids.id("r5");
+        let few = vec!["r5".to_string(), "r9999".to_string()];
+        ids.assign(&few, 1024);
+        assert_eq!(ids.id("r5"), kept);
+        assert!(is_named_rule_id(ids.id("r9999")) && ids.id("r9999") < 1024);
     }
 
     fn tempfile_dir(tag: &str) -> std::path::PathBuf {

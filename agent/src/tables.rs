@@ -10,7 +10,7 @@ use agent_common::{
         HTTP_LENIENT, HTTP_STRICT, ROUTE_DENY, ROUTE_KEY_BYTES, ROUTE_LIMIT, ROUTE_LIMIT_DROP,
         RouteEntry, StatusRules,
     },
-    port_key,
+    port_key, rule_id_count,
 };
 use ipnet::IpNet;
 
@@ -177,7 +177,7 @@ pub fn build(policy: &Policy, ids: &mut RuleIds, cpus: u32) -> Tables {
     for rule in http.iter().flat_map(|http| &http.responses) {
         wanted.push(rule.name.clone());
     }
-    ids.assign(&wanted);
+    ids.assign(&wanted, rule_id_count(policy.capacity.rules));
 
     let mut tables = Tables::default();
     tables.rules.insert(BLOCK_RULE, block_rule());

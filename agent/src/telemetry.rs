@@ -69,6 +69,15 @@ impl RulesInForce {
         self.epochs.get(&rule) == Some(&epoch)
     }
 
+    /// Named rules (deny groups, rate limits, routes, response rules): what fills
+    /// `capacity.rules`.
+    pub fn named_count(&self) -> usize {
+        self.names
+            .keys()
+            .filter(|&&id| agent_common::is_named_rule_id(id))
+            .count()
+    }
+
     /// The mode rule `id` acts in now (a ban of a rule in shadow mode drops nothing).
     pub fn mode(&self, id: u32) -> Mode {
         self.modes.get(&id).copied().unwrap_or_default()
@@ -290,12 +299,14 @@ impl Telemetry {
                 bans: census.bans,
                 blocks: census.blocks,
                 buckets: census.buckets,
+                rules: in_force.rules.named_count(),
                 bans_failed: counters.bans_failed,
                 capacity: CapacityStats {
                     sources: in_force.capacity.sources,
                     cidrs: in_force.capacity.cidrs,
                     bans: in_force.capacity.bans,
                     blocks: in_force.capacity.blocks,
+                    rules: in_force.capacity.rules,
                 },
             },
         })
@@ -339,6 +350,7 @@ impl Telemetry {
             blocks_active: census.blocks,
             allow_entries: in_force.allow_entries,
             deny_entries: in_force.deny_entries,
+            named_rules: in_force.rules.named_count(),
             buckets: census.buckets,
             census_age_secs: census.at.map_or(0, |at| at.elapsed().as_secs()),
             capacity: in_force.capacity,

@@ -31,7 +31,7 @@ fn bench_smoke_run_writes_its_tables_and_numbers() {
         "## Flood throughput, 1,048,576 spoofed sources",
         "## Legitimate HTTP during a one-source UDP flood",
         "## Login flood: NGINX limit_req and Portcullis side by side",
-        "## Applying a deny list",
+        "## Applying a policy",
         "## Policy file edit to enforcement",
         "## Agent memory, idle",
     ] {
@@ -127,6 +127,8 @@ fn bench_smoke_run_writes_its_tables_and_numbers() {
     let control = &json["control_plane"];
     assert_eq!(control["apply"][0]["cidrs"], 1000);
     assert!(positive(&control["apply"][0]["write_s"]));
+    assert_eq!(control["apply"][1]["routes"], 10_000);
+    assert!(positive(&control["apply"][1]["write_s"]));
     let edits = control["edit_to_enforcement_s"].as_array().unwrap();
     assert!(!edits.is_empty() && edits.iter().all(positive), "{edits:?}");
     for row in control["idle_rss_kib"].as_array().unwrap() {

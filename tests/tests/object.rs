@@ -41,6 +41,7 @@ fn every_map_of_the_object_is_as_the_table_says() {
         cidrs: 700,
         bans: 500,
         blocks: 300,
+        rules: 2500,
     };
     let ebpf = loader::load_unpinned(&capacity).unwrap();
     let mut seen = BTreeSet::new();
@@ -79,6 +80,7 @@ fn the_object_holds_only_the_agents_programs() {
         cidrs: 16,
         bans: 16,
         blocks: 16,
+        rules: 16,
     };
     let ebpf = loader::load_unpinned(&capacity).unwrap();
     let programs: BTreeSet<&str> = ebpf.programs().map(|(name, _)| name).collect();
@@ -102,6 +104,7 @@ fn programs_verify_well_within_the_verifiers_budget() {
         cidrs: 16,
         bans: 16,
         blocks: 16,
+        rules: 16,
     };
     let mut ebpf = loader::load_unpinned(&capacity).unwrap();
     let mut report = Vec::new();

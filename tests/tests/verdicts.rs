@@ -1619,3 +1619,56 @@ fn a_passed_requests_retransmission_is_not_charged_again() {
         &[],
     );
 }
+
+/// A policy of 10,000 routes (`capacity.rules` raised) loads, and each route judges its
+/// own requests and counts them under its own rule id, whichever side of the reserved ids
+/// (1022, 1023) its id falls on; a shorter table refuses the policy with the reason.
+#[test]
+fn ten_thousand_routes_each_judge_their_own_requests() {
+    require_kernel!();
+    const ROUTES: usize = 10_000;
+    let policy = |capacity: usize| {
+        let mut text =
+            format!("capacity: {{rules: {capacity}}}\nhttp:\n  ports: [80]\n  routes:\n");
+        for i in 0..ROUTES {
+            text.push_str(&format!("    - {{name: r{i}, path: /r/{i}, deny: true}}\n"));
+        }
+        text
+    };
+    let error = Harness::new(&policy(ROUTES - 1))
+        .err()
+        .expect("too small a table");
+    assert!(
+        error.to_string().contains("capacity.rules (9999)"),
+        "{error:#}"
+    );
+    let h = Harness::new(&policy(ROUTES)).unwrap();
+    let ids: std::collections::HashMap<String, u32> = h
+        .enforcer
+        .rules_in_force()
+        .names
+        .into_iter()
+        .map(|(id, name)| (name, id))
+        .collect();
+    let mut spread = Vec::new();
+    for i in [0, 1020, 1021, 5000, ROUTES - 1] {
+        let name = format!("r{i}");
+        let request = http_segment(80, &format!("GET /r/{i}/x HTTP/1.1\r\n\r\n"));
+        check_xdp(&h, &name, &request, Reason::RouteDenied, &[]);
+        spread.push(ids[&name]);
+        let counted = h.telemetry.rule_counters([ids[&name]]).unwrap();
+        assert_eq!(counted.len(), 1, "{name} counted under its own id");
+        assert_eq!(counted[0].1.dropped, 1, "{name}");
+    }
+    assert!(
+        spread.iter().any(|&id| id < 1022) && spread.iter().any(|&id| id > 1023),
+        "ids on both sides of the reserved ones: {spread:?}"
+    );
+    check_xdp(
+        &h,
+        "no such route",
+        &http_segment(80, "GET /r/10000 HTTP/1.1\r\n\r\n"),
+        Reason::NoMatch,
+        &[],
+    );
+}

@@ -234,6 +234,9 @@ pub struct MapStats {
     /// Operator blocks in the maps.
     pub blocks: usize,
     pub buckets: usize,
+    /// Named rules in force (deny groups, rate limits, routes, response rules).
+    #[serde(default)]
+    pub rules: usize,
     pub bans_failed: u64,
     pub capacity: CapacityStats,
 }
@@ -244,6 +247,8 @@ pub struct CapacityStats {
     pub cidrs: u32,
     pub bans: u32,
     pub blocks: u32,
+    #[serde(default)]
+    pub rules: u32,
 }
 
 /// The answer to `status`.

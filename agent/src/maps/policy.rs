@@ -144,7 +144,7 @@ impl PolicySetMaps {
                 .set(status, StatusRules::default(), 0)
                 .map_err(ctx(specs.status_rules.name))?;
         }
-        for id in 1..agent_common::MAX_RULES {
+        for id in 1..self.rules.len() {
             self.rules
                 .set(id, RuleConfig::default(), 0)
                 .map_err(ctx(specs.rules.name))?;

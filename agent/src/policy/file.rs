@@ -187,6 +187,7 @@ pub struct CapacitySection {
     pub cidrs: Option<u32>,
     pub bans: Option<u32>,
     pub blocks: Option<u32>,
+    pub rules: Option<u32>,
 }
 
 /// `http.strict` as written: a boolean, or a word (`shadow`).

@@ -10,9 +10,6 @@ pub const DEFAULT_STRICT: Option<Mode> = Some(Mode::Enforce);
 /// The rule evasive requests are counted and reported under (`http.strict`); a reserved
 /// name, switched with `portcullis mode http-evasion shadow` like any rule.
 pub const HTTP_EVASION: &str = "http-evasion";
-/// Routes at most: each takes one of the rule ids (`agent_common::MAX_RULES`, shared with
-/// rate limits, response rules and deny names) and up to 27 route keys.
-pub const MAX_ROUTES: usize = 1000;
 /// Response rules at most.
 pub const MAX_RESPONSE_RULES: usize = 32;
 

@@ -28,6 +28,9 @@ pub const DEFAULT_BANS: u32 = 65_536;
 /// Default for `capacity.blocks`: operator blocks per address family, in maps escalation
 /// cannot fill.
 pub const DEFAULT_BLOCKS: u32 = 65_536;
+/// Default for `capacity.rules`: named rules (deny names, rate limits, HTTP routes and
+/// response rules together).
+pub const DEFAULT_RULES: u32 = 1000;
 /// Default for `ban.within`.
 pub const DEFAULT_BAN_WINDOW_NS: u64 = 60_000_000_000;
 /// Defaults for `ban.aggregate`.

@@ -98,6 +98,7 @@ capacity:
             cidrs: super::DEFAULT_CIDRS,
             bans: super::DEFAULT_BANS,
             blocks: super::DEFAULT_BLOCKS,
+            rules: super::DEFAULT_RULES,
         }
     );
 }
@@ -355,6 +356,24 @@ fn invalid_policies_name_the_line_and_the_problem() {
         ("capacity: {bans: 999999999}", 1, |p| {
             matches!(p, Problem::Capacity { field: "bans", .. })
         }),
+        ("capacity: {rules: 65537}", 1, |p| {
+            matches!(p, Problem::Capacity { field: "rules", .. })
+        }),
+        // Four named rules (the unnamed deny group among them) in a table for three, at
+        // the capacity section's line.
+        (
+            "deny: [1.1.1.1]\nrate_limits:\n  - {name: a, protocol: udp, rate: 1/s}\n  - {name: b, protocol: tcp, rate: 1/s}\nhttp:\n  ports: [80]\n  routes:\n    - {name: c, path: /c, deny: true}\ncapacity:\n  rules: 3",
+            10,
+            |p| {
+                matches!(
+                    p,
+                    Problem::TooManyRules {
+                        count: 4,
+                        capacity: 3
+                    }
+                )
+            },
+        ),
     ];
     for (text, line, want) in cases {
         match check(text) {
@@ -621,4 +640,29 @@ fn http_evasion_switches_mode_while_strict() {
     assert_eq!(switched.http.unwrap().strict, Some(Mode::Shadow));
     let off = check("http:\n  ports: [80]\n  strict: false\n").unwrap();
     assert!(off.with_modes(&modes).is_err());
+}
+
+#[test]
+fn routes_fill_capacity_rules_and_no_more() {
+    let policy = |routes: usize| {
+        let mut text = String::from("capacity: {rules: 10000}\nhttp:\n  ports: [80]\n  routes:\n");
+        for i in 0..routes {
+            text.push_str(&format!("    - {{name: r{i}, path: /r/{i}, deny: true}}\n"));
+        }
+        text
+    };
+    let fits = check(&policy(10_000)).expect("10,000 routes in a table for 10,000");
+    assert_eq!(fits.http.unwrap().routes.len(), 10_000);
+    match check(&policy(10_001)) {
+        Err(PolicyError::Invalid {
+            line: 1, problem, ..
+        }) => assert_eq!(
+            problem,
+            Problem::TooManyRules {
+                count: 10_001,
+                capacity: 10_000
+            }
+        ),
+        other => panic!("expected too many rules, got {other:?}"),
+    }
 }

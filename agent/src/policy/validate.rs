@@ -4,7 +4,7 @@
 use std::{collections::HashMap, path::Path};
 
 use agent_common::{
-    MAX_RULES, Mode,
+    Mode,
     http::{MAX_ROUTE_PATH, Method, RULES_PER_STATUS},
 };
 use ipnet::IpNet;
@@ -12,15 +12,15 @@ use serde_saphyr::Spanned;
 
 use super::{
     Aggregate, Ban, CLI_BLOCK, Capacity, Count, DEFAULT_BAN_WINDOW_NS, DEFAULT_BANS,
-    DEFAULT_BLOCKS, DEFAULT_CIDRS, DEFAULT_EVENTS_PER_SECOND, DEFAULT_SOURCES, DenyRule, Limit,
-    Policy, PolicyError, Protocol, RateLimit, UNNAMED_DENY,
+    DEFAULT_BLOCKS, DEFAULT_CIDRS, DEFAULT_EVENTS_PER_SECOND, DEFAULT_RULES, DEFAULT_SOURCES,
+    DenyRule, Limit, Policy, PolicyError, Protocol, RateLimit, UNNAMED_DENY,
     file::{
         AggregateSection, BanSection, PolicyFile, RateLimitItem, ResponseItem, RouteItem,
         StrictField,
     },
     http::{
-        DEFAULT_STRICT, HTTP_EVASION, Http, MAX_RESPONSE_RULES, MAX_ROUTES, OverLimit,
-        ResponseRule, Route, RouteAction,
+        DEFAULT_STRICT, HTTP_EVASION, Http, MAX_RESPONSE_RULES, OverLimit, ResponseRule, Route,
+        RouteAction,
     },
     units::{self, UnitError},
 };
@@ -151,8 +151,11 @@ pub enum Problem {
         count: usize,
         capacity: u32,
     },
-    #[error("{count} rule and deny names, at most {max} fit in the kernel's rule table")]
-    TooManyRules { count: usize, max: u32 },
+    #[error(
+        "{count} named rules (deny names, rate limits, routes, response rules), more than \
+         capacity.rules ({capacity}) allows; raise it (a restart applies it)"
+    )]
+    TooManyRules { count: usize, capacity: u32 },
     #[error("capacity.{field} must be between {min} and {max}, got {value}")]
     Capacity {
         field: &'static str,
@@ -168,6 +171,7 @@ const MAX_SOURCES: u32 = 16 * 1024 * 1024;
 const MAX_CIDRS: u32 = 16 * 1024 * 1024;
 const MAX_BANS: u32 = 4 * 1024 * 1024;
 const MAX_BLOCKS: u32 = 4 * 1024 * 1024;
+const MAX_RULES: u32 = 65_536;
 /// The widest source groups a rule with `ban:` may use: /16 (IPv4) and /32 (IPv6).
 const MIN_BAN_PREFIX_V4: u8 = 16;
 const MIN_BAN_PREFIX_V6: u8 = 32;
@@ -277,7 +281,7 @@ impl Validator<'_> {
         let deny = self.deny(&file, &allow)?;
         let rate_limits = self.rate_limits(&file)?;
         let http = self.http(&file)?;
-        self.check_names(&file)?;
+        self.check_names(&file, &capacity)?;
         self.check_overlaps(&file, &rate_limits)?;
         let allow: Vec<IpNet> = allow.into_iter().map(|(net, _)| net).collect();
         let deny_nets: Vec<IpNet> = deny.iter().map(|d| d.net).collect();
@@ -327,6 +331,7 @@ impl Validator<'_> {
                 cidrs: DEFAULT_CIDRS,
                 bans: DEFAULT_BANS,
                 blocks: DEFAULT_BLOCKS,
+                rules: DEFAULT_RULES,
             });
         };
         let line = line_of(section);
@@ -355,6 +360,7 @@ impl Validator<'_> {
             cidrs: field("cidrs", section.value.cidrs, DEFAULT_CIDRS, MAX_CIDRS)?,
             bans: field("bans", section.value.bans, DEFAULT_BANS, MAX_BANS)?,
             blocks: field("blocks", section.value.blocks, DEFAULT_BLOCKS, MAX_BLOCKS)?,
+            rules: field("rules", section.value.rules, DEFAULT_RULES, MAX_RULES)?,
         })
     }
 
@@ -506,13 +512,15 @@ impl Validator<'_> {
         if ports.is_empty() && !(section.routes.is_empty() && section.responses.is_empty()) {
             return Err(self.invalid(line, Problem::HttpNoPorts));
         }
-        for (what, count, max) in [
-            ("routes", section.routes.len(), MAX_ROUTES),
-            ("responses", section.responses.len(), MAX_RESPONSE_RULES),
-        ] {
-            if count > max {
-                return Err(self.invalid(line, Problem::TooManyHttpRules { what, count, max }));
-            }
+        // Routes count toward capacity.rules (`check_names`).
+        let count = section.responses.len();
+        if count > MAX_RESPONSE_RULES {
+            let problem = Problem::TooManyHttpRules {
+                what: "responses",
+                count,
+                max: MAX_RESPONSE_RULES,
+            };
+            return Err(self.invalid(line, problem));
         }
         // Method (None: every method) and path, to the line that routed them first.
         let mut routed: HashMap<(Option<Method>, &str), u32> = HashMap::new();
@@ -579,7 +587,7 @@ impl Validator<'_> {
 
     /// Rule names and deny names share one namespace: they label counters and events.
     /// Deny entries may share a name (a group); a rate limit's name must be its own.
-    fn check_names(&self, file: &PolicyFile) -> Result<(), PolicyError> {
+    fn check_names(&self, file: &PolicyFile, capacity: &Capacity) -> Result<(), PolicyError> {
         let mut names: HashMap<&str, u32> = HashMap::new();
         names.insert(UNNAMED_DENY, 0);
         names.insert(CLI_BLOCK, 0);
@@ -613,16 +621,18 @@ impl Validator<'_> {
             }
             names.insert(name, line);
         }
-        // Id 0 is never used, and the last two ids are `http-evasion`'s and `portcullis
-        // block`'s (both in `names` already).
-        if names.len() > MAX_RULES as usize - 1 {
-            return Err(self.invalid(
-                1,
-                Problem::TooManyRules {
-                    count: names.len() - 2,
-                    max: MAX_RULES - 3,
-                },
-            ));
+        // Every name takes a rule id but `http-evasion` and `portcullis block`, whose ids
+        // are reserved, and the unnamed deny group when no deny entry is in it.
+        let unnamed_deny = file.deny.iter().any(|item| item.value.name.is_none());
+        let count = names.len() - 3 + usize::from(unnamed_deny);
+        if count > capacity.rules as usize {
+            let problem = Problem::TooManyRules {
+                count,
+                capacity: capacity.rules,
+            };
+            // The capacity section's line when there is one: that is what to change.
+            let line = file.capacity.as_ref().map_or(1, line_of);
+            return Err(self.invalid(line, problem));
         }
         Ok(())
     }

@@ -26,43 +26,81 @@ const PROBE_PORT: u16 = 7000;
 /// The probe's send interval, and so the resolution of the edit-to-enforcement time.
 const PROBE_GAP: Duration = Duration::from_millis(1);
 
-/// Parse + validate, then write + switch, for each deny-list size.
+/// HTTP routes in the route-table row of the apply times.
+const APPLY_ROUTES: usize = 10_000;
+
+/// Parse + validate, then write + switch, for each deny-list size and for a large route
+/// table.
 fn apply_times(scale: &Scale, md: &mut String) -> Result<Value> {
     let _ = writeln!(
         md,
-        "\n## Applying a deny list (median of {})\n\n| CIDRs | parse and validate | write and switch | total |\n|---|---|---|---|",
+        "\n## Applying a policy (median of {})\n\n| policy | parse and validate | write and switch | total |\n|---|---|---|---|",
         scale.rounds
     );
     let mut applies = Vec::new();
-    for &size in &scale.apply_cidrs {
-        let capacity = format!("capacity: {{cidrs: {}}}", size.max(1000) + 16);
-        let text = policy_text(size, None);
-        let small = policy_text(1, None).replace("capacity: {cidrs: 1016}", &capacity);
-        let mut harness = Harness::new(&small)?;
-        let (mut parse, mut write) = (Vec::new(), Vec::new());
-        for _ in 0..scale.rounds {
-            let started = Instant::now();
-            let parsed = policy::parse(Path::new("bench.yaml"), &text)?;
-            parse.push(started.elapsed().as_secs_f64());
-            let started = Instant::now();
-            harness.enforcer.apply(parsed)?;
-            write.push(started.elapsed().as_secs_f64());
-            // Back to the small policy, so that the next round writes the whole list again.
-            harness
-                .enforcer
-                .apply(policy::parse(Path::new("small.yaml"), &small)?)?;
-        }
-        let (parse, write) = (median(parse), median(write));
+    let mut row = |what: String, small: &str, big: &str, record: Value| -> Result<()> {
+        let (parse, write) = apply_time(scale, small, big)?;
         let _ = writeln!(
             md,
-            "| {size} | {:.0} ms | {:.0} ms | {:.0} ms |",
+            "| {what} | {:.0} ms | {:.0} ms | {:.0} ms |",
             parse * 1e3,
             write * 1e3,
             (parse + write) * 1e3
         );
-        applies.push(json!({"cidrs": size, "parse_s": parse, "write_s": write}));
+        let mut record = record;
+        record["parse_s"] = json!(parse);
+        record["write_s"] = json!(write);
+        applies.push(record);
+        Ok(())
+    };
+    for &size in &scale.apply_cidrs {
+        let capacity = format!("capacity: {{cidrs: {}}}", size.max(1000) + 16);
+        let big = policy_text(size, None);
+        let small = policy_text(1, None).replace("capacity: {cidrs: 1016}", &capacity);
+        row(
+            format!("{size} deny CIDRs"),
+            &small,
+            &big,
+            json!({"cidrs": size}),
+        )?;
     }
+    let routes = |count: usize| {
+        let mut text =
+            format!("capacity: {{rules: {APPLY_ROUTES}}}\nhttp:\n  ports: [80]\n  routes:\n");
+        for i in 0..count {
+            let _ = writeln!(
+                text,
+                "    - {{name: r{i}, methods: [GET, POST], path: /api/v1/r{i}, rate: 10/s}}"
+            );
+        }
+        text
+    };
+    row(
+        format!("{APPLY_ROUTES} HTTP routes (2 methods each)"),
+        &routes(1),
+        &routes(APPLY_ROUTES),
+        json!({"routes": APPLY_ROUTES}),
+    )?;
     Ok(Value::Array(applies))
+}
+
+/// Median times to parse `big` and to write it over `small`, the policy in force before
+/// each round (the same capacity, so that the whole of `big` is written each time).
+fn apply_time(scale: &Scale, small: &str, big: &str) -> Result<(f64, f64)> {
+    let mut harness = Harness::new(small)?;
+    let (mut parse, mut write) = (Vec::new(), Vec::new());
+    for _ in 0..scale.rounds {
+        let started = Instant::now();
+        let parsed = policy::parse(Path::new("bench.yaml"), big)?;
+        parse.push(started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        harness.enforcer.apply(parsed)?;
+        write.push(started.elapsed().as_secs_f64());
+        harness
+            .enforcer
+            .apply(policy::parse(Path::new("small.yaml"), small)?)?;
+    }
+    Ok((median(parse), median(write)))
 }
 
 /// Edits the policy file to deny the probe's source while it sends one datagram per
