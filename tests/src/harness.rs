@@ -141,6 +141,23 @@ impl Programs {
         Ok(result.duration.as_nanos() as f64)
     }
 
+    /// As `xdp_ns_per_run`, for the TC egress program.
+    pub fn egress_ns_per_run(&self, frame: &[u8], repeat: u32) -> Result<f64> {
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(TC_EGRESS_PROGRAM)
+            .context("no TC egress program")?
+            .try_into()?;
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat,
+                ..Default::default()
+            })
+            .map_err(|e| anyhow!("BPF_PROG_TEST_RUN (TC egress) x{repeat}: {e}"))?;
+        Ok(result.duration.as_nanos() as f64)
+    }
+
     /// Runs the XDP program once on `frame`.
     pub fn xdp(&self, frame: &[u8]) -> Result<Action> {
         Ok(self.xdp_out(frame)?.0)

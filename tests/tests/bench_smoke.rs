@@ -26,6 +26,7 @@ fn bench_smoke_run_writes_its_tables_and_numbers() {
         "## Per-packet cost",
         "## Deny path with events on and off",
         "## HTTP routes, per packet",
+        "## HTTP responses, per segment",
         "## Flood throughput, one source",
         "## Events under a flood",
         "## Flood throughput, 1,048,576 spoofed sources",
@@ -52,6 +53,11 @@ fn bench_smoke_run_writes_its_tables_and_numbers() {
     let http = json["per_packet"]["http"].as_array().unwrap();
     assert_eq!(http.len(), 4 * 3, "four HTTP paths, three route counts");
     for row in http {
+        assert!(positive(&row["ns_per_packet"]), "{row}");
+    }
+    let responses = json["per_packet"]["responses"].as_array().unwrap();
+    assert_eq!(responses.len(), 4, "four response paths");
+    for row in responses {
         assert!(positive(&row["ns_per_packet"]), "{row}");
     }
 

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use portcullis::loader::XDP_PROGRAM;
 use portcullis_tests::test_programs::FLOOR;
 use portcullis_tests::{
@@ -109,9 +109,11 @@ pub fn run(scale: &Scale) -> Result<(String, Value)> {
     }
     let (http_md, http) = http_paths(scale)?;
     md.push_str(&http_md);
+    let (responses_md, responses) = response_paths(scale)?;
+    md.push_str(&responses_md);
     Ok((
         md,
-        json!({"paths": results, "events": events, "http": http}),
+        json!({"paths": results, "events": events, "http": http, "responses": responses}),
     ))
 }
 
@@ -124,6 +126,56 @@ fn to_http_port(payload: &str) -> Vec<u8> {
     FrameSpec::tcp("203.0.113.9", 80, false, true)
         .content(payload.as_bytes())
         .build()
+}
+
+/// A segment from the server toward a client, from `port`, carrying `payload`.
+fn from_port(port: u16, payload: &str) -> Vec<u8> {
+    FrameSpec::reply("10.0.0.2", port, "203.0.113.9", 40000)
+        .content(payload.as_bytes())
+        .build()
+}
+
+/// What TC egress costs on the segments leaving the server. The rule's `after` is out of
+/// reach, so each run counts the 401 and none bans.
+fn response_paths(scale: &Scale) -> Result<(String, Vec<Value>)> {
+    let policy = "http:\n  ports: [80]\n  responses:\n    - {name: auth-failures, status: [401, 403], ban: {after: 1000000000, within: 1m, for: 1m}}\n";
+    let harness = Harness::new(policy)?;
+    let cases = [
+        (
+            "401 counted by a response rule",
+            from_port(80, "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n"),
+        ),
+        (
+            "200, no rule for its status",
+            from_port(80, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        ),
+        (
+            "body segment from an HTTP port",
+            from_port(80, "{\"items\": [1, 2, 3]}"),
+        ),
+        ("segment from another port", from_port(443, "\x16\x03\x01")),
+    ];
+    let mut md = format!(
+        "\n## HTTP responses, per segment (TC egress, BPF_PROG_TEST_RUN, median of {})\n\n| path | ns per segment |\n|---|---|\n",
+        scale.rounds
+    );
+    let mut results = Vec::new();
+    for (name, frame) in cases {
+        let runs = (0..scale.rounds)
+            .map(|_| harness.programs.egress_ns_per_run(&frame, scale.repeat))
+            .collect::<Result<_>>()?;
+        let ns = median(runs);
+        let _ = writeln!(md, "| {name} | {ns:.0} ns |");
+        results.push(json!({"path": name, "ns_per_packet": ns}));
+    }
+    // The first row must have been the path it names.
+    let rules = harness.enforcer.rules_in_force();
+    let id = rules.names.iter().find(|(_, n)| *n == "auth-failures");
+    let counted = harness.telemetry.rule_counters(id.map(|(id, _)| *id))?;
+    if counted.first().is_none_or(|(_, c)| c.passed == 0) {
+        bail!("the 401 rows were not counted by the response rule");
+    }
+    Ok((md, results))
 }
 
 /// The HTTP paths with growing route tables. Routes are in shadow mode, so that a refusal
