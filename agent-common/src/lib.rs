@@ -6,6 +6,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod admission;
+pub mod decision;
 pub mod event;
 pub mod http;
 pub mod malformed;
@@ -110,6 +111,18 @@ pub struct BlockEntry {
     pub expires_ns: u64,
 }
 
+/// Value of `DECISIONS_V4` / `DECISIONS_V6`: a detector's ban of a prefix (a CrowdSec
+/// decision), in maps of their own that the agent keeps in step with the detector.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecisionEntry {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) time at which the decision ends.
+    pub expires_ns: u64,
+    /// Where the decision came from (`decision::Origin` code): events name it.
+    pub origin: u32,
+    pub _pad: u32,
+}
+
 /// Value of `BANS_V4` / `BANS_V6`: a temporary ban of a source group.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -207,6 +220,7 @@ const _: () = assert!(core::mem::size_of::<RuleConfig>() == 104);
 const _: () = assert!(core::mem::size_of::<AclEntry>() == 8);
 const _: () = assert!(core::mem::size_of::<BanEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<BlockEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<DecisionEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<BucketKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Bucket>() == 32);
 const _: () = assert!(core::mem::size_of::<BanGroup>() == 16);
@@ -232,6 +246,7 @@ mod pod {
     unsafe impl aya::Pod for AclEntry {}
     unsafe impl aya::Pod for BanEntry {}
     unsafe impl aya::Pod for BlockEntry {}
+    unsafe impl aya::Pod for DecisionEntry {}
     unsafe impl aya::Pod for BucketKey {}
     unsafe impl aya::Pod for Bucket {}
     unsafe impl aya::Pod for RuleCounters {}

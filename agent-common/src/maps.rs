@@ -8,8 +8,8 @@
 use core::mem::size_of;
 
 use crate::{
-    AclEntry, BanEntry, BanGroup, BlockEntry, Bucket, BucketKey, CLASS_COUNT, Event, EventBudget,
-    IfaceCounters, PortRules, RuleConfig, RuleCounters, Settings,
+    AclEntry, BanEntry, BanGroup, BlockEntry, Bucket, BucketKey, CLASS_COUNT, DecisionEntry, Event,
+    EventBudget, IfaceCounters, PortRules, RuleConfig, RuleCounters, Settings,
     http::{
         Charged, FlowKey, RESET_FLOWS_ENTRIES, ROUTE_KEY_BYTES, ROUTE_KEYS_PER_ROUTE, RouteEntry,
         RouteLookup, STATUS_CODES, StatusRules,
@@ -42,6 +42,8 @@ pub struct Capacity {
     pub blocks: u32,
     /// Named rules at most (rate limits, HTTP routes and response rules together).
     pub rules: u32,
+    /// Detector decisions (CrowdSec bans) per address family.
+    pub decisions: u32,
 }
 
 /// How many entries a map has.
@@ -61,6 +63,8 @@ pub enum Entries {
     Rules,
     /// HTTP route trie keys: `ROUTE_KEYS_PER_ROUTE` for each of `capacity.rules`.
     RouteKeys,
+    /// `capacity.decisions`.
+    Decisions,
 }
 
 /// What the object declares for maps the policy sizes; every loader replaces it.
@@ -76,6 +80,7 @@ impl Entries {
             Entries::Sources => capacity.sources,
             Entries::Rules => rule_id_count(capacity.rules),
             Entries::RouteKeys => capacity.rules.saturating_mul(ROUTE_KEYS_PER_ROUTE),
+            Entries::Decisions => capacity.decisions,
         }
     }
 }
@@ -323,6 +328,23 @@ pub const BLOCKS_V6: MapSpec = spec(
     size_of::<BlockEntry>(),
     Entries::Blocks,
 );
+/// LPM trie, key IPv4 prefix, value `DecisionEntry`: detector decisions (CrowdSec bans),
+/// checked after operator blocks and before escalation bans.
+pub const DECISIONS_V4: MapSpec = spec(
+    "DECISIONS_V4",
+    MapKind::LpmTrie,
+    LPM_V4_KEY,
+    size_of::<DecisionEntry>(),
+    Entries::Decisions,
+);
+/// LPM trie, key IPv6 prefix, value `DecisionEntry`.
+pub const DECISIONS_V6: MapSpec = spec(
+    "DECISIONS_V6",
+    MapKind::LpmTrie,
+    LPM_V6_KEY,
+    size_of::<DecisionEntry>(),
+    Entries::Decisions,
+);
 /// LPM trie, key IPv4 prefix of a source group, value `BanEntry`: escalation bans.
 pub const BANS_V4: MapSpec = spec(
     "BANS_V4",
@@ -462,7 +484,7 @@ pub const EVENTS: MapSpec = spec(
 .holding(Contents::Disposable);
 
 /// Every map of the agent's object.
-pub const ALL: [MapSpec; 32] = [
+pub const ALL: [MapSpec; 34] = [
     POLICY_SETS[0].acl_v4,
     POLICY_SETS[0].acl_v6,
     POLICY_SETS[0].port_rules,
@@ -480,6 +502,8 @@ pub const ALL: [MapSpec; 32] = [
     GENERATION,
     BLOCKS_V4,
     BLOCKS_V6,
+    DECISIONS_V4,
+    DECISIONS_V6,
     BANS_V4,
     BANS_V6,
     BAN_GROUPS,
@@ -569,11 +593,13 @@ mod tests {
             bans: 30,
             blocks: 40,
             rules: 5000,
+            decisions: 50,
         };
         assert_eq!(BUCKETS.max_entries(&capacity), 10);
         assert_eq!(POLICY_SETS[1].acl_v6.max_entries(&capacity), 40);
         assert_eq!(BANS_V4.max_entries(&capacity), 30);
         assert_eq!(BLOCKS_V6.max_entries(&capacity), 40);
+        assert_eq!(DECISIONS_V4.max_entries(&capacity), 50);
         assert_eq!(RULE_COUNTERS.max_entries(&capacity), 5003);
         assert_eq!(POLICY_SETS[0].rules.max_entries(&capacity), 5003);
         assert_eq!(POLICY_SETS[1].routes.max_entries(&capacity), 135_000);
@@ -583,6 +609,7 @@ mod tests {
             bans: 1,
             blocks: 1,
             rules: 1,
+            decisions: 1,
         };
         assert_eq!(POLICY_SETS[0].acl_v4.max_entries(&huge), u32::MAX);
         // The reserved ids are in the table with the fewest rules.

@@ -32,10 +32,12 @@ pub enum Reason {
     /// target, a request line that does not end within the segment, the HTTP/2 preface,
     /// a fragmented segment).
     HttpEvasion = 10,
+    /// Dropped: a decision from a detector (a CrowdSec ban) covers the source.
+    Decision = 11,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::NoMatch,
         Reason::NotIp,
         Reason::Allowed,
@@ -47,6 +49,7 @@ impl Reason {
         Reason::RouteDenied,
         Reason::RouteLimited,
         Reason::HttpEvasion,
+        Reason::Decision,
     ];
     /// Codes once used and retired: never given to a new reason.
     pub const RETIRED: [u32; 0] = [];
@@ -65,6 +68,7 @@ impl Reason {
             Reason::RouteDenied => "route_denied",
             Reason::RouteLimited => "route_limited",
             Reason::HttpEvasion => "http_evasion",
+            Reason::Decision => "decision",
         }
     }
 
@@ -81,6 +85,7 @@ impl Reason {
             8 => Some(Reason::RouteDenied),
             9 => Some(Reason::RouteLimited),
             10 => Some(Reason::HttpEvasion),
+            11 => Some(Reason::Decision),
             _ => None,
         }
     }
@@ -89,9 +94,11 @@ impl Reason {
     pub const fn action(self) -> Action {
         match self {
             Reason::NoMatch | Reason::NotIp | Reason::Allowed | Reason::WithinLimit => Action::Pass,
-            Reason::Denied | Reason::Banned | Reason::RateLimited | Reason::Malformed => {
-                Action::Drop
-            }
+            Reason::Denied
+            | Reason::Banned
+            | Reason::RateLimited
+            | Reason::Malformed
+            | Reason::Decision => Action::Drop,
             Reason::RouteDenied | Reason::RouteLimited | Reason::HttpEvasion => Action::Reset,
         }
     }
@@ -153,6 +160,7 @@ mod tests {
             (8, "route_denied", Action::Reset),
             (9, "route_limited", Action::Reset),
             (10, "http_evasion", Action::Reset),
+            (11, "decision", Action::Drop),
         ];
         assert_eq!(Reason::ALL.len(), pinned.len());
         for (reason, (code, name, action)) in Reason::ALL.into_iter().zip(pinned) {
@@ -163,6 +171,6 @@ mod tests {
             assert_eq!(Reason::from_code(code), Some(reason));
             assert!(!Reason::RETIRED.contains(&code), "{code} is retired");
         }
-        assert_eq!(Reason::from_code(11), None);
+        assert_eq!(Reason::from_code(12), None);
     }
 }

@@ -1,5 +1,6 @@
-//! The decision, in order: allow list, deny list, operator blocks, escalation bans,
-//! malformed headers, rate-limit rules, HTTP evasion (`http.strict`), HTTP routes, pass. Shared by the XDP and TC programs, which only
+//! The decision, in order: allow list, deny list, operator blocks, detector decisions
+//! (CrowdSec), escalation bans, malformed headers, rate-limit rules, HTTP evasion
+//! (`http.strict`), HTTP routes, pass. Shared by the XDP and TC programs, which only
 //! translate the `Action`.
 //!
 //! A deny entry, ban or rule in shadow mode counts and reports what it would have dropped,
@@ -8,7 +9,7 @@
 use crate::{
     acl, bans, blocks, clock,
     counters::{self, RuleOutcome},
-    evasion, events,
+    decisions, evasion, events,
     frame::{Frame, Tc, Xdp},
     http::{self, Start},
     parse::{Packet, Parsed, l4::IPPROTO_TCP},
@@ -149,9 +150,26 @@ fn judge_ip<F: Frame>(frame: &F, pkt: &Packet, ifindex: u32) -> Action {
     }
     // A ban refuses a source's new connections and new requests, and lets the rest of a
     // connection to an HTTP port close (see `Refusal`). An operator block is always
-    // enforced and wins over a ban.
-    let ban = if blocks::active(pkt) {
+    // enforced and wins over a detector's decision, which is always enforced and wins
+    // over an escalation ban.
+    let blocked = blocks::active(pkt);
+    let decided = if blocked {
+        None
+    } else {
+        decisions::active(pkt)
+    };
+    if let Some(origin) = decided {
+        let refusal = Refusal::of(frame, policy, pkt);
+        if refusal != Refusal::Spare {
+            let reset = refusal == Refusal::Reset;
+            report_decision(pkt, origin, ifindex, reset);
+            return refuse(Reason::Decision, reset);
+        }
+    }
+    let ban = if blocked {
         Some((BLOCK_RULE, Mode::Enforce.code()))
+    } else if decided.is_some() {
+        None
     } else {
         bans::active(policy, pkt).map(|ban| (ban.rule, ban.mode))
     };
@@ -172,10 +190,12 @@ fn judge_ip<F: Frame>(frame: &F, pkt: &Packet, ifindex: u32) -> Action {
     let mut matched = false;
     // Token buckets need the precise clock; nothing before them does. Read once, by the
     // first step that needs it.
-    let mut clock_read = None;
+    // 0: not read yet. (Not an `Option`: its payload would be undefined while `None`, and
+    // a spill of that undefined register is a read the verifier refuses.)
+    let mut clock_read = 0;
     if rules.connection_rule != 0 || rules.packet_rule != 0 {
         let now = clock::precise_ns();
-        clock_read = Some(now);
+        clock_read = now;
         let at = Moment {
             now,
             ifindex,
@@ -232,6 +252,18 @@ fn judge_ip<F: Frame>(frame: &F, pkt: &Packet, ifindex: u32) -> Action {
     })
 }
 
+/// The event of a packet refused by a detector's decision from `origin` (always enforced,
+/// counted by its reason alone): it names the origin where others name the rule.
+#[inline(always)]
+fn report_decision(pkt: &Packet, origin: u32, ifindex: u32, reset: bool) {
+    let action = if reset {
+        EventAction::Reset
+    } else {
+        EventAction::Dropped
+    };
+    events::report(pkt, Reason::Decision, origin, action, ifindex);
+}
+
 /// Applies `http.strict` to an evasive request (`evasion`), counted and reported under the
 /// `http-evasion` rule: true when it is refused (`reset`: by a reset), false in shadow mode.
 #[inline(always)]
@@ -243,7 +275,7 @@ fn evaded(policy: PolicySet, pkt: &Packet, ifindex: u32, reset: bool) -> bool {
 }
 
 /// A request for `route`: the reason it is refused for, or `None` when it goes on.
-/// `clock_read` is the precise time if an earlier step read it; `reset`: a refusal resets
+/// `clock_read` is the precise time if an earlier step read it (else 0); `reset`: a refusal resets
 /// the connection (else it drops the segment).
 #[inline(always)]
 fn judge_route<F: Frame>(
@@ -252,7 +284,7 @@ fn judge_route<F: Frame>(
     pkt: &Packet,
     (route, reset): (RouteEntry, bool),
     ifindex: u32,
-    clock_read: Option<u64>,
+    clock_read: u64,
 ) -> Option<Reason> {
     if route.kind == ROUTE_DENY {
         let mode = policy.rule(route.rule)?.mode;
@@ -273,7 +305,11 @@ fn judge_route<F: Frame>(
             return None;
         }
     }
-    let now = clock_read.unwrap_or_else(clock::precise_ns);
+    let now = if clock_read != 0 {
+        clock_read
+    } else {
+        clock::precise_ns()
+    };
     let at = Moment {
         now,
         ifindex,

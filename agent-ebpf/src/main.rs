@@ -13,6 +13,7 @@ mod bans;
 mod blocks;
 mod clock;
 mod counters;
+mod decisions;
 mod evasion;
 mod events;
 mod frame;

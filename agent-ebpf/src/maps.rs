@@ -4,8 +4,8 @@
 //! agent resizes the maps the policy sizes before loading.
 
 use agent_common::{
-    AclEntry, BanEntry, BanGroup, BlockEntry, Bucket, BucketKey, EventBudget, IfaceCounters,
-    PortRules, RuleConfig, RuleCounters, Settings,
+    AclEntry, BanEntry, BanGroup, BlockEntry, Bucket, BucketKey, DecisionEntry, EventBudget,
+    IfaceCounters, PortRules, RuleConfig, RuleCounters, Settings,
     http::{Charged, FlowKey, ROUTE_KEY_BYTES, RouteEntry, RouteLookup, StatusRules},
     maps::{self as spec, MapSpec, POLICY_SETS, PolicySetMaps},
 };
@@ -78,6 +78,13 @@ pub static BLOCKS_V4: LpmTrie<u32, BlockEntry> =
 #[map]
 pub static BLOCKS_V6: LpmTrie<[u32; 4], BlockEntry> =
     LpmTrie::with_max_entries(entries(spec::BLOCKS_V6), spec::BLOCKS_V6.flags);
+
+#[map]
+pub static DECISIONS_V4: LpmTrie<u32, DecisionEntry> =
+    LpmTrie::with_max_entries(entries(spec::DECISIONS_V4), spec::DECISIONS_V4.flags);
+#[map]
+pub static DECISIONS_V6: LpmTrie<[u32; 4], DecisionEntry> =
+    LpmTrie::with_max_entries(entries(spec::DECISIONS_V6), spec::DECISIONS_V6.flags);
 
 #[map]
 pub static BANS_V4: LpmTrie<u32, BanEntry> =

@@ -10,8 +10,8 @@ use crate::{
     control::{
         client::{self, ClientError},
         protocol::{
-            Applied, BanList, Blocked, Changes, ErrorKind, PolicyShown, Request, Stats, Status,
-            Unblocked,
+            Applied, BanList, Blocked, Changes, CrowdsecStatus, ErrorKind, PolicyShown, Request,
+            Stats, Status, Unblocked,
         },
     },
     policy::{self, Mode, PolicyError},
@@ -295,11 +295,54 @@ pub fn status(socket: &Path, json: bool) -> Result<(), CliError> {
             status.policy_version
         );
     }
+    if let Some(crowdsec) = &status.crowdsec {
+        print_crowdsec(crowdsec);
+    }
     println!(
         "uptime {} s, agent {}",
         status.uptime_secs, status.agent_version
     );
     Ok(())
+}
+
+fn print_crowdsec(crowdsec: &CrowdsecStatus) {
+    let decisions: usize = crowdsec.decisions.values().sum();
+    let by_origin: Vec<String> = crowdsec
+        .decisions
+        .iter()
+        .map(|(origin, n)| format!("{n} {origin}"))
+        .collect();
+    println!(
+        "crowdsec {}: {decisions} decisions enforced ({}), {} pulls, {} failed",
+        crowdsec.lapi_url,
+        if by_origin.is_empty() {
+            "none".to_string()
+        } else {
+            by_origin.join(", ")
+        },
+        crowdsec.pulls,
+        crowdsec.pull_errors
+    );
+    match (crowdsec.stale_since_unix, &crowdsec.last_error) {
+        (Some(since), Some(error)) => println!(
+            "  stale since {}: the last pull failed: {error}; the decisions in force stay",
+            timestamp(since)
+        ),
+        (Some(since), None) => println!("  stale since {} (no pull yet)", timestamp(since)),
+        (None, _) => {
+            if let Some(at) = crowdsec.last_success_unix {
+                println!("  in sync, last pull {}", timestamp(at));
+            }
+        }
+    }
+    if !crowdsec.ignored.is_empty() {
+        let ignored: Vec<String> = crowdsec
+            .ignored
+            .iter()
+            .map(|(why, n)| format!("{n} {why}"))
+            .collect();
+        println!("  not enforced: {}", ignored.join(", "));
+    }
 }
 
 pub fn follow_events(socket: &Path) -> Result<(), CliError> {

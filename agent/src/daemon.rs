@@ -432,11 +432,16 @@ impl Daemon {
                 kind: match b.origin {
                     Origin::Block => BanKind::Block,
                     Origin::Escalation => BanKind::Escalation,
+                    Origin::Decision(_) => BanKind::Decision,
                 },
-                rule: rules.name(b.rule),
+                // A decision names its origin where the others name a rule.
+                rule: match b.origin {
+                    Origin::Decision(origin) => origin.name().to_string(),
+                    _ => rules.name(b.rule),
+                },
                 mode: match b.origin {
-                    Origin::Block => Mode::Enforce,
                     Origin::Escalation => rules.mode(b.rule),
+                    Origin::Block | Origin::Decision(_) => Mode::Enforce,
                 },
                 seconds_left: (b.expires_ns != u64::MAX)
                     .then(|| b.expires_ns.saturating_sub(now) / 1_000_000_000),
@@ -470,6 +475,7 @@ impl Daemon {
             problems,
             took_over_maps: self.took_over_maps,
             policy_file_error: self.file_error.clone(),
+            crowdsec: self.telemetry.crowdsec(),
         }
     }
 }

@@ -6,7 +6,9 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use agent_common::{Event, EventAction, MalformedCause, Reason, RuleCounters, http::Method};
+use agent_common::{
+    Event, EventAction, MalformedCause, Reason, RuleCounters, decision::Origin, http::Method,
+};
 use serde_json::json;
 
 use crate::{maps::Counters, telemetry::RulesInForce};
@@ -66,8 +68,13 @@ pub fn format(
         Some(action) => (action.name(), action.mode().name(), action.verdict().name()),
         None => ("unknown", "unknown", "unknown"),
     };
-    let rule = rules.name(event.rule);
-    let reason = Reason::from_code(event.reason).map_or("unknown", Reason::name);
+    let reason = Reason::from_code(event.reason);
+    // A decision's event names its origin where the others name a rule.
+    let rule = match reason {
+        Some(Reason::Decision) => Origin::from_code(event.rule).name().to_string(),
+        _ => rules.name(event.rule),
+    };
+    let reason = reason.map_or("unknown", Reason::name);
     let interface = ifaces
         .get(&event.ifindex)
         .cloned()

@@ -5,6 +5,7 @@ pub mod bpf_stats;
 pub mod census;
 pub mod cli;
 pub mod control;
+pub mod crowdsec;
 pub mod daemon;
 pub mod default_route;
 pub mod enforcer;

@@ -79,6 +79,16 @@ enum Command {
         /// Seconds between counter summaries on stdout.
         #[arg(long, default_value_t = 10)]
         summary_interval: u64,
+        /// Enforce the ban decisions of this CrowdSec Local API (e.g. http://127.0.0.1:8080),
+        /// as a bouncer; needs --crowdsec-key-file.
+        #[arg(long, env = "PORTCULLIS_CROWDSEC_URL", requires = "crowdsec_key_file")]
+        crowdsec_url: Option<String>,
+        /// File holding the bouncer API key (`cscli bouncers add portcullis`).
+        #[arg(long, env = "PORTCULLIS_CROWDSEC_KEY_FILE", requires = "crowdsec_url")]
+        crowdsec_key_file: Option<PathBuf>,
+        /// Time between decision pulls (e.g. 1s, 500ms).
+        #[arg(long, env = "PORTCULLIS_CROWDSEC_PULL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+        crowdsec_pull_interval: Duration,
     },
     /// Policy files and the policy in force.
     Policy {
@@ -220,6 +230,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             bpf_stats,
             log_format,
             summary_interval,
+            crowdsec_url,
+            crowdsec_key_file,
+            crowdsec_pull_interval,
         } => {
             init_logging(log_format);
             if iface_of_default_route {
@@ -230,6 +243,14 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 }
             }
             // Everything is validated before the kernel is touched.
+            let crowdsec = match (crowdsec_url, crowdsec_key_file) {
+                (Some(url), Some(key_file)) => Some(portcullis::crowdsec::Config::load(
+                    &url,
+                    &key_file,
+                    crowdsec_pull_interval,
+                )?),
+                _ => None,
+            };
             let start = run::start_policy(&policy, &state_dir)?;
             let options = RunOptions {
                 ifaces,
@@ -244,6 +265,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 replace_foreign_xdp,
                 bpf_stats,
                 summary_interval: Duration::from_secs(summary_interval.max(1)),
+                crowdsec,
             };
             // Two threads: the HTTP endpoint, the control socket and the event reader go on
             // while the main loop applies a policy (which it does with block_in_place).

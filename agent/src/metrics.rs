@@ -9,7 +9,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{maps::Counters, policy::Capacity};
+use crate::{control::protocol::CrowdsecStatus, maps::Counters, policy::Capacity};
 
 /// One program's own cost, from the kernel's BPF statistics (`kernel.bpf_stats_enabled`).
 #[derive(Debug, Clone)]
@@ -51,6 +51,8 @@ pub struct Snapshot {
     pub lines_unwritten: u64,
     pub programs: Vec<ProgramStats>,
     pub bpf_stats_enabled: bool,
+    /// The CrowdSec decision sync, when the agent follows a Local API.
+    pub crowdsec: Option<CrowdsecStatus>,
 }
 
 type Labels = Vec<(String, String)>;
@@ -84,6 +86,51 @@ fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
     let counter = Counter::<u64>::default();
     counter.inc_by(value);
     registry.register(name, help, counter);
+}
+
+fn render_crowdsec(registry: &mut Registry, c: &CrowdsecStatus) {
+    let decisions = gauge_family(
+        registry,
+        "crowdsec_decisions",
+        "Prefixes enforced from CrowdSec decisions, by origin (crowdsec, cscli, CAPI, lists...)",
+    );
+    for (origin, n) in &c.decisions {
+        decisions
+            .get_or_create(&labels(&[("origin", origin)]))
+            .set(*n as i64);
+    }
+    let pulls = counter_family(
+        registry,
+        "crowdsec_pulls",
+        "Pulls of the Local API's decision stream, by outcome",
+    );
+    pulls
+        .get_or_create(&labels(&[("outcome", "ok")]))
+        .inc_by(c.pulls);
+    pulls
+        .get_or_create(&labels(&[("outcome", "error")]))
+        .inc_by(c.pull_errors);
+    let ignored = counter_family(
+        registry,
+        "crowdsec_decisions_ignored",
+        "Decisions not enforced, by why (type:captcha, scope:country, malformed...)",
+    );
+    for (why, n) in &c.ignored {
+        ignored.get_or_create(&labels(&[("why", why)])).inc_by(*n);
+    }
+    gauge(
+        registry,
+        "crowdsec_last_pull_timestamp_seconds",
+        "Unix time of the last pull that succeeded (0: none yet)",
+        c.last_success_unix.unwrap_or(0),
+    );
+    gauge(
+        registry,
+        "crowdsec_stale_since_timestamp_seconds",
+        "Unix time since which the decisions in force may be out of date (the Local API is \
+         failing or not reached yet); 0 while in sync",
+        c.stale_since_unix.unwrap_or(0),
+    );
 }
 
 pub fn render(s: &Snapshot) -> String {
@@ -285,6 +332,9 @@ pub fn render(s: &Snapshot) -> String {
         "Policy applies refused or failed (the previous policy stayed)",
         s.apply_failures,
     );
+    if let Some(crowdsec) = &s.crowdsec {
+        render_crowdsec(&mut registry, crowdsec);
+    }
     if s.bpf_stats_enabled {
         let run_time = counter_family(
             &mut registry,
@@ -361,6 +411,7 @@ mod tests {
                 bans: 10,
                 blocks: 20,
                 rules: 1000,
+                decisions: 30,
             },
             policy_version: 3,
             policy_file_valid: true,
@@ -369,6 +420,16 @@ mod tests {
             lines_unwritten: 9,
             programs: vec![],
             bpf_stats_enabled: false,
+            crowdsec: Some(CrowdsecStatus {
+                lapi_url: "http://127.0.0.1:8080".into(),
+                pulls: 12,
+                pull_errors: 3,
+                last_success_unix: Some(1_700_000_000),
+                stale_since_unix: Some(1_700_000_005),
+                last_error: Some("refused".into()),
+                decisions: [("cscli".to_string(), 2), ("crowdsec".to_string(), 5)].into(),
+                ignored: [("type:captcha".to_string(), 1)].into(),
+            }),
         });
         for line in [
             "portcullis_packets_total{reason=\"denied\",verdict=\"drop\"} 7",
@@ -395,6 +456,11 @@ mod tests {
             "portcullis_policy_apply_failures_total 1",
             "portcullis_runtime_errors_total{what=\"ban sweep\"} 2",
             "portcullis_output_lines_unwritten_total 9",
+            "portcullis_crowdsec_decisions{origin=\"crowdsec\"} 5",
+            "portcullis_crowdsec_pulls_total{outcome=\"error\"} 3",
+            "portcullis_crowdsec_decisions_ignored_total{why=\"type:captcha\"} 1",
+            "portcullis_crowdsec_last_pull_timestamp_seconds 1700000000",
+            "portcullis_crowdsec_stale_since_timestamp_seconds 1700000005",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

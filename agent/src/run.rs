@@ -22,6 +22,7 @@ use tokio::{
 use crate::{
     census,
     control::server::{Call, Server},
+    crowdsec,
     daemon::{Daemon, DaemonParts},
     enforcer::Enforcer,
     events::{self, Clock, Output},
@@ -50,6 +51,8 @@ pub struct RunOptions {
     /// Have the kernel time BPF programs while the agent runs, for the run-time metrics.
     pub bpf_stats: bool,
     pub summary_interval: Duration,
+    /// The CrowdSec Local API whose decisions are enforced, if any.
+    pub crowdsec: Option<crowdsec::Config>,
 }
 
 /// How long shutdown may take to flush events before detaching anyway.
@@ -270,6 +273,7 @@ async fn serve(
     let KernelMaps {
         policy: policy_maps,
         bans,
+        mut decisions,
         telemetry,
     } = KernelMaps::take(ebpf)?;
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)? as u32;
@@ -292,6 +296,27 @@ async fn serve(
             capacity: enforcer.policy().capacity,
         },
     ));
+    let crowdsec = match &options.crowdsec {
+        Some(config) => {
+            tracing::info!(url = config.url, interval = ?config.interval, "following the CrowdSec Local API's decisions");
+            Some(tokio::spawn(crowdsec::run(
+                config.clone(),
+                decisions,
+                telemetry.clone(),
+            )))
+        }
+        None => {
+            match crowdsec::lift_all(&mut decisions) {
+                Ok(0) => {}
+                Ok(lifted) => tracing::info!(
+                    lifted,
+                    "no CrowdSec Local API to follow: the decisions an earlier agent left are lifted"
+                ),
+                Err(e) => carry_on(&telemetry, "crowdsec decisions", &e),
+            }
+            None
+        }
+    };
     let mut daemon = Daemon::new(DaemonParts {
         enforcer,
         bans,
@@ -419,6 +444,9 @@ async fn serve(
     control.abort();
     if let Some(metrics) = metrics {
         metrics.abort();
+    }
+    if let Some(crowdsec) = crowdsec {
+        crowdsec.abort();
     }
     match options.on_exit {
         OnExit::Detach => {

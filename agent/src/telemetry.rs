@@ -17,10 +17,11 @@ use agent_common::{Capacity, MalformedCause, Mode, Reason, RuleCounters};
 use crate::{
     census::{self, Census},
     control::protocol::{
-        CapacityStats, ErrorKind, EventCounts, MapStats, Response, RuleCounts, Stats,
+        CapacityStats, CrowdsecStatus, ErrorKind, EventCounts, MapStats, Response, RuleCounts,
+        Stats,
     },
     loader,
-    maps::{Ban, Counters, MapsError, TelemetryMaps, monotonic_now_ns},
+    maps::{Ban, Counters, MapsError, Origin, TelemetryMaps, monotonic_now_ns},
     metrics,
 };
 
@@ -111,6 +112,8 @@ pub struct Telemetry {
     census: RwLock<Census>,
     /// When the main loop last came round (monotonic nanoseconds): what liveness reads.
     main_loop_beat_ns: AtomicU64,
+    /// The CrowdSec decision sync's state, when the agent follows a Local API.
+    crowdsec: RwLock<Option<CrowdsecStatus>>,
 }
 
 impl Telemetry {
@@ -124,7 +127,17 @@ impl Telemetry {
             lines_unwritten: AtomicU64::new(0),
             census: RwLock::new(Census::default()),
             main_loop_beat_ns: AtomicU64::new(monotonic_now_ns()),
+            crowdsec: RwLock::new(None),
         }
+    }
+
+    /// Records the CrowdSec decision sync's state (after every pull).
+    pub fn set_crowdsec(&self, status: CrowdsecStatus) {
+        *self.crowdsec.write().expect("not poisoned") = Some(status);
+    }
+
+    pub fn crowdsec(&self) -> Option<CrowdsecStatus> {
+        self.crowdsec.read().expect("not poisoned").clone()
     }
 
     /// Records that the main loop came round.
@@ -227,7 +240,12 @@ impl Telemetry {
             .maps
             .bans()?
             .into_iter()
-            .filter(|b| b.expires_ns > now && rules.ban_is_current(b.rule, b.epoch))
+            .filter(|b| {
+                // A decision stands on its own; a ban or block on the rule behind it.
+                let current = matches!(b.origin, Origin::Decision(_))
+                    || rules.ban_is_current(b.rule, b.epoch);
+                b.expires_ns > now && current
+            })
             .collect())
     }
 
@@ -367,6 +385,7 @@ impl Telemetry {
             lines_unwritten: self.lines_unwritten.load(Ordering::Relaxed),
             programs,
             bpf_stats_enabled,
+            crowdsec: self.crowdsec(),
         })
     }
 }

@@ -12,7 +12,7 @@ use aya::{
 use portcullis::{
     enforcer::Enforcer,
     loader::{self, TC_EGRESS_PROGRAM, TC_PROGRAM, XDP_PROGRAM},
-    maps::{BanMaps, Counters, KernelMaps, TelemetryMaps},
+    maps::{BanMaps, Counters, DecisionMaps, KernelMaps, TelemetryMaps},
     policy,
 };
 
@@ -37,6 +37,7 @@ pub struct Harness {
     pub programs: Programs,
     pub enforcer: Enforcer,
     pub bans: BanMaps,
+    pub decisions: DecisionMaps,
     pub telemetry: TelemetryMaps,
 }
 
@@ -73,6 +74,7 @@ impl Harness {
             },
             enforcer,
             bans: maps.bans,
+            decisions: maps.decisions,
             telemetry: maps.telemetry,
         })
     }

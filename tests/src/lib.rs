@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod configmap;
+pub mod crowdsec;
 pub mod flood;
 pub mod frames;
 pub mod harness;

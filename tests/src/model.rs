@@ -371,6 +371,8 @@ pub struct Model {
     /// `Limited`): the sketch's slots depend on it.
     rule_ids: Vec<u32>,
     bans: HashMap<IpNet, usize>,
+    /// Detector decisions (the kernel's DECISIONS maps), none ending during a test.
+    decisions: Vec<IpNet>,
     reset_flows: HashSet<(IpAddr, IpAddr, u16, u16)>,
     /// The request (sequence number) a rate-limited route last took a token for, by
     /// connection (the kernel's CHARGED).
@@ -436,12 +438,18 @@ impl Model {
             admission: HashMap::new(),
             rule_ids,
             bans: HashMap::new(),
+            decisions: Vec::new(),
             reset_flows: HashSet::new(),
             charged: HashMap::new(),
             verdicts: HashMap::new(),
             shadow: HashMap::new(),
             malformed: HashMap::new(),
         }
+    }
+
+    /// A detector's decision on `net`, as the test also writes it into the kernel's maps.
+    pub fn add_decision(&mut self, net: IpNet) {
+        self.decisions.push(net);
     }
 
     fn finish(&mut self, reason: Reason) -> (Action, Reason) {
@@ -499,10 +507,17 @@ impl Model {
         {
             return self.finish(Reason::Denied);
         }
+        // A decision is always enforced; a packet it spares (on an HTTP connection) is not
+        // judged by a ban either.
+        let decided = self.decisions.iter().any(|n| contains(n, &pkt.src));
+        if decided && let Some(action) = self.ban_refusal(&pkt) {
+            self.finish(Reason::Decision);
+            return (action, Reason::Decision);
+        }
         let ban_mode = self
             .bans
             .iter()
-            .filter(|(net, _)| contains(net, &pkt.src))
+            .filter(|(net, _)| !decided && contains(net, &pkt.src))
             .max_by_key(|(net, _)| net.prefix_len())
             .map(|(_, &owner)| self.owner_mode(owner));
         if let Some(mode) = ban_mode

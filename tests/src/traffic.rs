@@ -89,6 +89,88 @@ impl Drop for UdpCounter {
     }
 }
 
+/// A datagram from the client to the server every few milliseconds, on a thread of its
+/// own, counted on arrival: to time when a source is cut off or let through again. Bounded:
+/// it stops after `PROBE_LIMIT` or when dropped.
+pub struct Probe {
+    counter: UdpCounter,
+    stop: Arc<AtomicBool>,
+    sender: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A probe sends one datagram this often...
+pub const PROBE_GAP: Duration = Duration::from_millis(5);
+/// ...for at most this long.
+const PROBE_LIMIT: Duration = Duration::from_secs(120);
+
+impl Probe {
+    /// Probes `dst:port` from `src` (addresses of the pair's client and server sides).
+    pub fn start(pair: &NetnsPair, src: &str, dst: &str, port: u16) -> Result<Self> {
+        let counter = UdpCounter::bind(pair, dst, port)?;
+        let socket = pair.client(|| UdpSocket::bind(addr(src, 0)))?;
+        let target = addr(dst, port);
+        let stop = Arc::new(AtomicBool::new(false));
+        let sender = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < PROBE_LIMIT {
+                    let _ = socket.send_to(b"probe", target);
+                    std::thread::sleep(PROBE_GAP);
+                }
+            })
+        };
+        Ok(Self {
+            counter,
+            stop,
+            sender: Some(sender),
+        })
+    }
+
+    /// Waits until a datagram sent after `since` arrives (the source is let through): the
+    /// time from `since` to its arrival.
+    pub fn wait_through(&self, since: Instant, max: Duration) -> Result<Duration> {
+        while since.elapsed() < max {
+            let last = self.counter.last_arrival();
+            // A datagram in flight when `since` was taken may land just after it.
+            if last > since + PROBE_GAP * 2 {
+                return Ok(last - since);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        bail!("the probe did not get through within {max:?}")
+    }
+
+    /// Waits until nothing has arrived for 500 ms (the source is cut off): the time from
+    /// `since` to the last arrival (zero if none arrived after it).
+    pub fn wait_blocked(&self, since: Instant, max: Duration) -> Result<Duration> {
+        let quiet = Duration::from_millis(500);
+        while since.elapsed() < max + quiet {
+            let last = self.counter.last_arrival();
+            if last.elapsed() >= quiet {
+                return Ok(last.saturating_duration_since(since));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        bail!("the probe still got through {max:?} after")
+    }
+
+    /// Whether anything arrived during the last `window`.
+    pub fn arriving(&self, window: Duration) -> bool {
+        std::thread::sleep(window);
+        self.counter.last_arrival().elapsed() < window
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.join();
+        }
+    }
+}
+
 /// Sends `count` UDP datagrams from `src` to `dst:port` in the client namespace, at most
 /// one every `gap` (zero: as fast as the socket allows). Returns how many were sent.
 pub fn udp_send(

@@ -242,6 +242,15 @@ fn random_frame(rng: &mut StdRng, shape: &mut Shape) -> Vec<u8> {
     frame
 }
 
+/// Detector decisions both sides hold during the runs.
+const DECISIONS: [&str; 5] = [
+    "10.1.3.0/24",
+    "198.51.100.0/25",
+    "203.0.2.0/24",
+    "203.0.113.12/30",
+    "2001:db8:5:3::/64",
+];
+
 fn policy(catch_all: bool) -> String {
     if catch_all {
         // The catch-all joins the rate limits, before the http section.
@@ -283,7 +292,7 @@ fn kernel_agrees_with_the_reference_model_on_random_frames() {
     for (hook, catch_all, frames, needed) in RUNS {
         let mut rng = StdRng::seed_from_u64(seed);
         let policy = policy(catch_all);
-        let h = Harness::new(&policy).unwrap();
+        let mut h = Harness::new(&policy).unwrap();
         let rule_ids = h
             .enforcer
             .rules_in_force()
@@ -295,6 +304,18 @@ fn kernel_agrees_with_the_reference_model_on_random_frames() {
             portcullis::policy::parse(Path::new("differential.yaml"), &policy).unwrap(),
             &rule_ids,
         );
+        // Detector decisions: one inside the allow list (allow wins), one inside a deny
+        // entry (the deny wins), others on sources that rate limits and bans also judge.
+        for cidr in DECISIONS {
+            let net: ipnet::IpNet = cidr.parse().unwrap();
+            let entry = agent_common::DecisionEntry {
+                expires_ns: u64::MAX,
+                origin: agent_common::decision::Origin::Crowdsec.code(),
+                _pad: 0,
+            };
+            h.decisions.set(net, entry).unwrap();
+            model.add_decision(net);
+        }
         let hook_name = if catch_all {
             format!("{hook} with catch-all")
         } else {

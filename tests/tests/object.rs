@@ -42,6 +42,7 @@ fn every_map_of_the_object_is_as_the_table_says() {
         bans: 500,
         blocks: 300,
         rules: 2500,
+        decisions: 900,
     };
     let ebpf = loader::load_unpinned(&capacity).unwrap();
     let mut seen = BTreeSet::new();
@@ -81,6 +82,7 @@ fn the_object_holds_only_the_agents_programs() {
         bans: 16,
         blocks: 16,
         rules: 16,
+        decisions: 16,
     };
     let ebpf = loader::load_unpinned(&capacity).unwrap();
     let programs: BTreeSet<&str> = ebpf.programs().map(|(name, _)| name).collect();
@@ -105,6 +107,7 @@ fn programs_verify_well_within_the_verifiers_budget() {
         bans: 16,
         blocks: 16,
         rules: 16,
+        decisions: 16,
     };
     let mut ebpf = loader::load_unpinned(&capacity).unwrap();
     let mut report = Vec::new();

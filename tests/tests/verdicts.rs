@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use agent_common::{Action, MalformedCause, Reason};
+use agent_common::{Action, DecisionEntry, MalformedCause, Reason, decision::Origin};
 use portcullis::maps::Counters;
 use portcullis_tests::{
     frames::{ETH_P_8021AD, ETH_P_8021Q, Ext, FrameSpec, non_ip},
@@ -1671,4 +1671,86 @@ fn ten_thousand_routes_each_judge_their_own_requests() {
         Reason::NoMatch,
         &[],
     );
+}
+
+/// Detector decisions (CrowdSec bans, as the decision sync writes them) refuse a source in
+/// XDP and TC, IPv4 and IPv6, after the allow list (which wins) and operator blocks (which
+/// win and are counted as blocks), and before everything else; an ended decision refuses
+/// nothing. On an HTTP port a decided client is refused as a banned one: SYNs dropped,
+/// requests reset, ACKs spared.
+#[test]
+fn detector_decisions_refuse_after_allow_and_blocks() {
+    require_kernel!();
+    let policy = "allow: [203.0.113.10/32]\nhttp:\n  ports: [80]\n";
+    let mut h = Harness::new(policy).unwrap();
+    let net = |cidr: &str| cidr.parse::<ipnet::IpNet>().unwrap();
+    let until = |secs: u64| DecisionEntry {
+        expires_ns: portcullis::maps::monotonic_now_ns() + secs * 1_000_000_000,
+        origin: Origin::Cscli.code(),
+        _pad: 0,
+    };
+    h.decisions.set(net("203.0.113.0/24"), until(3600)).unwrap();
+    h.decisions
+        .set(net("2001:db8:5::/48"), until(3600))
+        .unwrap();
+    h.decisions
+        .set(
+            net("198.51.100.9/32"),
+            DecisionEntry {
+                expires_ns: 1,
+                ..until(0)
+            },
+        )
+        .unwrap();
+    h.bans.block(net("203.0.113.7/32"), u64::MAX).unwrap();
+    let udp = |src: &str| FrameSpec::udp(src, 53).build();
+    check_both(
+        &h,
+        "decided /24",
+        &udp("203.0.113.5"),
+        Reason::Decision,
+        &[],
+    );
+    check_both(
+        &h,
+        "decided /48",
+        &udp("2001:db8:5::9"),
+        Reason::Decision,
+        &[],
+    );
+    check_both(
+        &h,
+        "allow list wins",
+        &udp("203.0.113.10"),
+        Reason::Allowed,
+        &[],
+    );
+    check_both(&h, "a block wins", &udp("203.0.113.7"), Reason::Banned, &[]);
+    check_both(&h, "ended", &udp("198.51.100.9"), Reason::NoMatch, &[]);
+    check_both(&h, "outside", &udp("203.0.114.5"), Reason::NoMatch, &[]);
+    // On the HTTP port.
+    let syn = FrameSpec::tcp("203.0.113.5", 80, true, false).build();
+    check_both(&h, "decided SYN", &syn, Reason::Decision, &[]);
+    let ack = FrameSpec::tcp("203.0.113.5", 80, false, true)
+        .content(b"")
+        .build();
+    check_both(&h, "decided ACK, spared", &ack, Reason::NoMatch, &[]);
+    let request = FrameSpec::tcp("203.0.113.5", 80, false, true)
+        .content(b"GET / HTTP/1.1\r\n\r\n")
+        .build();
+    for (hook, run) in [
+        ("xdp", Harness::xdp_out as fn(&Harness, &[u8]) -> _),
+        ("tc", Harness::tc_out),
+    ] {
+        let before = h.counters().unwrap();
+        let (action, out) = run(&h, &request).unwrap();
+        assert_eq!(action, Action::Reset, "{hook}: decided request");
+        assert_is_reset_of(hook, &out, &request, hook == "xdp");
+        let counted =
+            h.counters().unwrap().verdict(Reason::Decision) - before.verdict(Reason::Decision);
+        assert_eq!(counted, 1, "{hook}: counted as a decision");
+    }
+    // Lifted: passes again.
+    assert!(h.decisions.remove(net("203.0.113.0/24")).unwrap());
+    check_both(&h, "lifted", &udp("203.0.113.5"), Reason::NoMatch, &[]);
 }

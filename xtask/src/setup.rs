@@ -1,6 +1,9 @@
 //! `cargo xtask setup`: everything the build and the tests need, installed only if missing.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
@@ -12,7 +15,9 @@ use crate::cmd;
 /// benchmarks, the baselines (iptables, nftables), ethtool (veth GRO) and wrk (HTTP load);
 /// buildah to build the container image; podman and runc to run it as the DaemonSet would;
 /// python3-venv for the Kubernetes tools' virtualenv; the libraries Debian's nginx links
-/// (see `nginx`).
+/// and libsqlite3-0, which Debian's crowdsec links (see `unpacked_packages`); musl-tools,
+/// the C compiler `ring` (TLS for the CrowdSec Local API and IP lists) needs for the
+/// image's static build.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
@@ -31,6 +36,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "libssl3",
     "zlib1g",
     "libcrypt1",
+    "libsqlite3-0",
+    "musl-tools",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The pinned PyPI tools, relative to the workspace root.
@@ -45,7 +52,7 @@ pub fn run(_options: &Options) -> Result<()> {
     musl_target()?;
     bpf_linker()?;
     kubernetes_tools()?;
-    nginx()?;
+    unpacked_packages()?;
     eprintln!("setup: all build and test dependencies are in place");
     Ok(())
 }
@@ -226,22 +233,47 @@ pub fn nginx_binary() -> PathBuf {
     cache().join("nginx/usr/sbin/nginx")
 }
 
-/// Debian's nginx package, downloaded and unpacked into the cache, not installed:
-/// installing it would start a service on the host's port 80. The benchmark runs the
-/// binary with a configuration of its own, inside a network namespace.
-fn nginx() -> Result<()> {
-    let binary = nginx_binary();
+/// Debian's crowdsec package unpacked: `usr/bin/crowdsec` (run as a Local API only) and
+/// `usr/bin/cscli`, for the CrowdSec tests.
+pub fn crowdsec_root() -> PathBuf {
+    cache().join("crowdsec")
+}
+
+/// Debian's crowdsec-firewall-bouncer package unpacked, for the benchmark's side-by-side.
+pub fn crowdsec_bouncer_root() -> PathBuf {
+    cache().join("crowdsec-firewall-bouncer")
+}
+
+/// Debian packages the tests and benchmarks run from the cache, downloaded and unpacked
+/// rather than installed: installing nginx or crowdsec would start services on the host
+/// (and crowdsec's install script registers with CrowdSec's Central API over the
+/// internet, which fails here). They run with configurations of their own, in network
+/// namespaces.
+fn unpacked_packages() -> Result<()> {
+    unpack("nginx", &cache().join("nginx"), "usr/sbin/nginx", "-v")?;
+    unpack("crowdsec", &crowdsec_root(), "usr/bin/cscli", "version")?;
+    unpack(
+        "crowdsec-firewall-bouncer",
+        &crowdsec_bouncer_root(),
+        "usr/bin/crowdsec-firewall-bouncer",
+        "-h",
+    )
+}
+
+/// Downloads `package` and unpacks it into `root`, unless `binary` (relative to `root`)
+/// is there already; then runs the binary with `check` to see that it works here.
+fn unpack(package: &str, root: &Path, binary: &str, check: &str) -> Result<()> {
+    let binary = root.join(binary);
     if binary.exists() {
         return Ok(());
     }
-    let root = cache().join("nginx");
     let download = root.join("download");
     std::fs::create_dir_all(&download)
         .with_context(|| format!("creating {}", download.display()))?;
     let fetch = || {
         cmd::run(
             Command::new("apt-get")
-                .args(["download", "-q", "nginx"])
+                .args(["download", "-q", package])
                 .current_dir(&download),
         )
     };
@@ -255,11 +287,11 @@ fn nginx() -> Result<()> {
         .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
         .ok_or_else(|| {
             anyhow!(
-                "apt-get download nginx left no .deb in {}",
+                "apt-get download {package} left no .deb in {}",
                 download.display()
             )
         })?;
-    cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
-    cmd::run(Command::new(&binary).arg("-v"))
+    cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(root))?;
+    cmd::run(Command::new(&binary).arg(check))
         .with_context(|| format!("running {}", binary.display()))
 }

@@ -37,6 +37,7 @@ const KERNEL_TESTS: &[&str] = &["verdicts", "object", "differential", "cli"];
 /// flood: their tests run one at a time.
 const KERNEL_TESTS_SERIAL: &[&str] = &[
     "http",
+    "crowdsec",
     "flood",
     "buckets",
     "netns",
@@ -153,6 +154,11 @@ fn kernel(options: &Options) -> Result<()> {
         (
             "PORTCULLIS_NGINX",
             setup::nginx_binary().display().to_string(),
+        ),
+        // Debian's crowdsec, for its Local API.
+        (
+            "PORTCULLIS_CROWDSEC",
+            setup::crowdsec_root().display().to_string(),
         ),
     ];
     integration(KERNEL_TESTS, false, options, &env)?;

@@ -180,6 +180,8 @@ pub enum BanKind {
     Block,
     /// Made by a rule's escalation.
     Escalation,
+    /// A detector's decision (CrowdSec); `rule` is its origin.
+    Decision,
 }
 
 impl BanKind {
@@ -187,6 +189,7 @@ impl BanKind {
         match self {
             BanKind::Block => "block",
             BanKind::Escalation => "escalation",
+            BanKind::Decision => "decision",
         }
     }
 }
@@ -273,6 +276,29 @@ pub struct Status {
     /// Why the policy file is not what is in force (it is invalid or unreadable, and
     /// `policy_version` is the last good one), with the file's error and line.
     pub policy_file_error: Option<String>,
+    /// The CrowdSec decision sync, when the agent follows a Local API.
+    #[serde(default)]
+    pub crowdsec: Option<CrowdsecStatus>,
+}
+
+/// The CrowdSec decision sync: how the pulls go and what is enforced.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrowdsecStatus {
+    pub lapi_url: String,
+    /// Pulls that succeeded, and that failed.
+    pub pulls: u64,
+    pub pull_errors: u64,
+    /// Unix time of the last pull that succeeded.
+    pub last_success_unix: Option<u64>,
+    /// Unix time since which the decisions in force may be out of date (the first failed
+    /// pull since the last one that succeeded, or the start); `None` while in sync.
+    pub stale_since_unix: Option<u64>,
+    /// Why the last pull failed, while it is failing.
+    pub last_error: Option<String>,
+    /// Prefixes enforced, by origin (`crowdsec`, `cscli`, `CAPI`, `lists`...).
+    pub decisions: BTreeMap<String, usize>,
+    /// Decisions not enforced, by why (`type:captcha`, `scope:country`, `malformed`).
+    pub ignored: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,9 +1,11 @@
 //! Typed handles on the kernel maps, handed out by who may touch them: the policy sets
-//! (`policy`, written only by the enforcer), bans and blocks (`bans`, their own writer), and
-//! everything telemetry reads (`telemetry`, read-only: counters, the ban listing,
+//! (`policy`, written only by the enforcer), bans and blocks (`bans`, their own writer),
+//! detector decisions (`decisions`, written only by the decision sync), and everything
+//! telemetry reads (`telemetry`, read-only: counters, the ban listing,
 //! occupancy). Nothing else reaches a map.
 
 mod bans;
+mod decisions;
 mod policy;
 mod telemetry;
 
@@ -13,6 +15,7 @@ use aya::{
 };
 
 pub use bans::{BanMaps, Swept};
+pub use decisions::DecisionMaps;
 pub use policy::PolicyMaps;
 pub use telemetry::{Ban, Counters, Origin, TelemetryMaps};
 
@@ -50,6 +53,7 @@ pub(crate) fn ctx(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
 pub struct KernelMaps {
     pub policy: PolicyMaps,
     pub bans: BanMaps,
+    pub decisions: DecisionMaps,
     pub telemetry: TelemetryMaps,
 }
 
@@ -68,6 +72,8 @@ impl KernelMaps {
         let bans_v6 = take(names::BANS_V6.name)?;
         let blocks_v4 = take(names::BLOCKS_V4.name)?;
         let blocks_v6 = take(names::BLOCKS_V6.name)?;
+        let decisions_v4 = take(names::DECISIONS_V4.name)?;
+        let decisions_v6 = take(names::DECISIONS_V6.name)?;
         let telemetry = TelemetryMaps {
             counters: typed(names::COUNTERS.name, take(names::COUNTERS.name)?)?,
             malformed: typed(names::MALFORMED.name, take(names::MALFORMED.name)?)?,
@@ -81,6 +87,8 @@ impl KernelMaps {
             bans_v6: typed(names::BANS_V6.name, second_handle(&bans_v6)?)?,
             blocks_v4: typed(names::BLOCKS_V4.name, second_handle(&blocks_v4)?)?,
             blocks_v6: typed(names::BLOCKS_V6.name, second_handle(&blocks_v6)?)?,
+            decisions_v4: typed(names::DECISIONS_V4.name, second_handle(&decisions_v4)?)?,
+            decisions_v6: typed(names::DECISIONS_V6.name, second_handle(&decisions_v6)?)?,
         };
         let policy = PolicyMaps {
             sets,
@@ -95,9 +103,14 @@ impl KernelMaps {
             bans_v4: typed(names::BANS_V4.name, bans_v4)?,
             bans_v6: typed(names::BANS_V6.name, bans_v6)?,
         };
+        let decisions = DecisionMaps {
+            v4: typed(names::DECISIONS_V4.name, decisions_v4)?,
+            v6: typed(names::DECISIONS_V6.name, decisions_v6)?,
+        };
         Ok(Self {
             policy,
             bans,
+            decisions,
             telemetry,
         })
     }

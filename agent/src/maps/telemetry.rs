@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use agent_common::{
-    BLOCK_EPOCH, BLOCK_RULE, BanEntry, BlockEntry, Bucket, BucketKey, IfaceCounters,
+    BLOCK_EPOCH, BLOCK_RULE, BanEntry, BlockEntry, Bucket, BucketKey, DecisionEntry, IfaceCounters,
     MALFORMED_SLOTS, MalformedCause, REASON_SLOTS, Reason, RuleCounters,
 };
 use aya::maps::{HashMap, MapData, PerCpuArray, lpm_trie::LpmTrie};
@@ -18,7 +18,7 @@ use super::{MapsError, ctx, lpm_entries, names};
 pub struct Ban {
     pub net: IpNet,
     pub origin: Origin,
-    /// The rule it is counted under (`BLOCK_RULE` for blocks).
+    /// The rule it is counted under (`BLOCK_RULE` for blocks, 0 for decisions).
     pub rule: u32,
     pub epoch: u32,
     /// `CLOCK_MONOTONIC` nanoseconds; `u64::MAX` for a ban without an end.
@@ -32,6 +32,8 @@ pub enum Origin {
     Block,
     /// A rule's escalation, in the kernel.
     Escalation,
+    /// A detector's decision (CrowdSec), from the origin it names.
+    Decision(agent_common::decision::Origin),
 }
 
 /// Totals over all CPUs of the `COUNTERS` map.
@@ -76,6 +78,8 @@ pub struct TelemetryMaps {
     pub(super) bans_v6: LpmTrie<MapData, [u8; 16], BanEntry>,
     pub(super) blocks_v4: LpmTrie<MapData, [u8; 4], BlockEntry>,
     pub(super) blocks_v6: LpmTrie<MapData, [u8; 16], BlockEntry>,
+    pub(super) decisions_v4: LpmTrie<MapData, [u8; 4], DecisionEntry>,
+    pub(super) decisions_v6: LpmTrie<MapData, [u8; 16], DecisionEntry>,
 }
 
 impl TelemetryMaps {
@@ -189,6 +193,17 @@ impl TelemetryMaps {
                 epoch: ban.epoch,
                 expires_ns: ban.expires_ns,
             });
-        Ok(blocks.chain(bans).collect())
+        let decisions = lpm_entries(&self.decisions_v4, &self.decisions_v6)?
+            .into_iter()
+            .map(|(net, decision)| Ban {
+                net,
+                origin: Origin::Decision(agent_common::decision::Origin::from_code(
+                    decision.origin,
+                )),
+                rule: 0,
+                epoch: 0,
+                expires_ns: decision.expires_ns,
+            });
+        Ok(blocks.chain(bans).chain(decisions).collect())
     }
 }

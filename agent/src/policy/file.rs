@@ -188,6 +188,7 @@ pub struct CapacitySection {
     pub bans: Option<u32>,
     pub blocks: Option<u32>,
     pub rules: Option<u32>,
+    pub decisions: Option<u32>,
 }
 
 /// `http.strict` as written: a boolean, or a word (`shadow`).

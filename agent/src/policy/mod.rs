@@ -31,6 +31,9 @@ pub const DEFAULT_BLOCKS: u32 = 65_536;
 /// Default for `capacity.rules`: named rules (deny names, rate limits, HTTP routes and
 /// response rules together).
 pub const DEFAULT_RULES: u32 = 1000;
+/// Default for `capacity.decisions`: detector decisions (CrowdSec bans, community
+/// blocklists) per address family. Not preallocated: only the decisions held take memory.
+pub const DEFAULT_DECISIONS: u32 = 1_048_576;
 /// Default for `ban.within`.
 pub const DEFAULT_BAN_WINDOW_NS: u64 = 60_000_000_000;
 /// Defaults for `ban.aggregate`.

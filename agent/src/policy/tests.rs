@@ -99,6 +99,7 @@ capacity:
             bans: super::DEFAULT_BANS,
             blocks: super::DEFAULT_BLOCKS,
             rules: super::DEFAULT_RULES,
+            decisions: super::DEFAULT_DECISIONS,
         }
     );
 }

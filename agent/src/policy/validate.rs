@@ -12,8 +12,8 @@ use serde_saphyr::Spanned;
 
 use super::{
     Aggregate, Ban, CLI_BLOCK, Capacity, Count, DEFAULT_BAN_WINDOW_NS, DEFAULT_BANS,
-    DEFAULT_BLOCKS, DEFAULT_CIDRS, DEFAULT_EVENTS_PER_SECOND, DEFAULT_RULES, DEFAULT_SOURCES,
-    DenyRule, Limit, Policy, PolicyError, Protocol, RateLimit, UNNAMED_DENY,
+    DEFAULT_BLOCKS, DEFAULT_CIDRS, DEFAULT_DECISIONS, DEFAULT_EVENTS_PER_SECOND, DEFAULT_RULES,
+    DEFAULT_SOURCES, DenyRule, Limit, Policy, PolicyError, Protocol, RateLimit, UNNAMED_DENY,
     file::{
         AggregateSection, BanSection, PolicyFile, RateLimitItem, ResponseItem, RouteItem,
         StrictField,
@@ -172,6 +172,7 @@ const MAX_CIDRS: u32 = 16 * 1024 * 1024;
 const MAX_BANS: u32 = 4 * 1024 * 1024;
 const MAX_BLOCKS: u32 = 4 * 1024 * 1024;
 const MAX_RULES: u32 = 65_536;
+const MAX_DECISIONS: u32 = 16 * 1024 * 1024;
 /// The widest source groups a rule with `ban:` may use: /16 (IPv4) and /32 (IPv6).
 const MIN_BAN_PREFIX_V4: u8 = 16;
 const MIN_BAN_PREFIX_V6: u8 = 32;
@@ -332,6 +333,7 @@ impl Validator<'_> {
                 bans: DEFAULT_BANS,
                 blocks: DEFAULT_BLOCKS,
                 rules: DEFAULT_RULES,
+                decisions: DEFAULT_DECISIONS,
             });
         };
         let line = line_of(section);
@@ -361,6 +363,12 @@ impl Validator<'_> {
             bans: field("bans", section.value.bans, DEFAULT_BANS, MAX_BANS)?,
             blocks: field("blocks", section.value.blocks, DEFAULT_BLOCKS, MAX_BLOCKS)?,
             rules: field("rules", section.value.rules, DEFAULT_RULES, MAX_RULES)?,
+            decisions: field(
+                "decisions",
+                section.value.decisions,
+                DEFAULT_DECISIONS,
+                MAX_DECISIONS,
+            )?,
         })
     }
 

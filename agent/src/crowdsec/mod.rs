@@ -1,0 +1,230 @@
+//! CrowdSec: the agent as a remediation component ("bouncer") of a CrowdSec Local API. It
+//! pulls the decision stream, enforces `ban` decisions of scope Ip and Range in the kernel's
+//! decision maps with the time each has left, and lifts what is deleted or ends. While the
+//! Local API cannot be reached, what is enforced stays (each decision still ends on time in
+//! the kernel), pulls back off, and `status` and the metrics say since when the decisions
+//! are stale; the next pull that succeeds is a full resync.
+
+pub mod lapi;
+mod table;
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context as _, Result, bail};
+use ipnet::IpNet;
+use tokio::task::block_in_place;
+
+use crate::{
+    control::protocol::CrowdsecStatus,
+    maps::{DecisionMaps, MapsError, monotonic_now_ns},
+    telemetry::Telemetry,
+};
+use lapi::{Lapi, Stream};
+use table::Table;
+
+/// Default time between pulls: short enough that a ban one node posts is in force on every
+/// node within two seconds.
+pub const DEFAULT_PULL_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest wait between pulls while the Local API fails.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Where the decisions come from.
+#[derive(Clone)]
+pub struct Config {
+    pub url: String,
+    /// The bouncer's API key (`cscli bouncers add`), read from a file so that it is never
+    /// on a command line.
+    pub key: String,
+    pub key_file: PathBuf,
+    pub interval: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("url", &self.url)
+            .field("key_file", &self.key_file)
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Reads the key from `key_file` and checks the URL, before anything is loaded.
+    pub fn load(url: &str, key_file: &Path, interval: Duration) -> Result<Self> {
+        let key = std::fs::read_to_string(key_file)
+            .with_context(|| format!("reading the CrowdSec bouncer key {}", key_file.display()))?
+            .trim()
+            .to_string();
+        if key.is_empty() || key.contains(char::is_whitespace) {
+            bail!(
+                "{}: expected one bouncer API key (from `cscli bouncers add`) on one line",
+                key_file.display()
+            );
+        }
+        if interval.is_zero() {
+            bail!("the CrowdSec pull interval must be more than zero");
+        }
+        Lapi::new(url, key.clone())?;
+        Ok(Self {
+            url: url.to_string(),
+            key,
+            key_file: key_file.to_path_buf(),
+            interval,
+        })
+    }
+}
+
+/// The decision sync: the table of decisions held, the maps it keeps in step with it, and
+/// what `status` and the metrics read.
+struct Sync {
+    table: Table,
+    maps: DecisionMaps,
+    status: CrowdsecStatus,
+    /// The next pull asks for every decision (the first, and the first after a failure).
+    resync: bool,
+}
+
+/// Pulls decisions until the agent stops (the task is aborted).
+pub async fn run(config: Config, maps: DecisionMaps, telemetry: Arc<Telemetry>) {
+    let lapi = Lapi::new(&config.url, config.key.clone()).expect("checked by Config::load");
+    let mut sync = Sync {
+        table: Table::default(),
+        maps,
+        status: CrowdsecStatus {
+            lapi_url: config.url.clone(),
+            stale_since_unix: Some(unix_now()),
+            ..CrowdsecStatus::default()
+        },
+        resync: true,
+    };
+    telemetry.set_crowdsec(sync.status.clone());
+    let mut wait = config.interval;
+    loop {
+        let startup = sync.resync;
+        match lapi.pull(startup).await {
+            Ok(stream) => match block_in_place(|| sync.take(&stream, startup)) {
+                Ok(()) => wait = config.interval,
+                Err(e) => {
+                    // The maps refused a write: pull everything again next time.
+                    sync.resync = true;
+                    telemetry.count_runtime_error("crowdsec decisions");
+                    tracing::error!(error = %e, "writing CrowdSec decisions failed; resyncing");
+                }
+            },
+            Err(e) => {
+                if sync.status.last_error.is_none() {
+                    tracing::warn!(error = %e, url = config.url, "the CrowdSec Local API cannot be reached; the decisions in force stay");
+                }
+                sync.failed(e.to_string());
+                wait = (wait * 2).min(MAX_BACKOFF);
+            }
+        }
+        if let Err(e) = block_in_place(|| sync.expire()) {
+            telemetry.count_runtime_error("crowdsec decisions");
+            tracing::error!(error = %e, "lifting ended CrowdSec decisions failed");
+        }
+        telemetry.set_crowdsec(sync.status.clone());
+        tokio::time::sleep(wait).await;
+    }
+}
+
+impl Sync {
+    fn take(&mut self, stream: &Stream, startup: bool) -> Result<(), MapsError> {
+        let (touched, ignored) = self.table.apply(stream, startup, monotonic_now_ns());
+        self.write(&touched)?;
+        if startup {
+            // What an earlier agent left pinned that the Local API no longer has.
+            let held: HashSet<IpNet> = self.table.nets().copied().collect();
+            let mut lifted = 0;
+            for (net, _) in self.maps.entries()? {
+                if !held.contains(&net) && self.maps.remove(net)? {
+                    lifted += 1;
+                }
+            }
+            tracing::info!(
+                decisions = held.len(),
+                lifted,
+                "CrowdSec decisions in sync with the Local API"
+            );
+        } else if !stream.new.is_empty() || !stream.deleted.is_empty() {
+            tracing::info!(
+                new = stream.new.len(),
+                deleted = stream.deleted.len(),
+                "CrowdSec decisions pulled"
+            );
+        }
+        for why in ignored {
+            *self.status.ignored.entry(why.label()).or_default() += 1;
+        }
+        self.resync = false;
+        self.status.pulls += 1;
+        self.status.last_success_unix = Some(unix_now());
+        self.status.stale_since_unix = None;
+        self.status.last_error = None;
+        self.count();
+        Ok(())
+    }
+
+    fn failed(&mut self, error: String) {
+        self.resync = true;
+        self.status.pull_errors += 1;
+        self.status.last_error = Some(error);
+        self.status.stale_since_unix.get_or_insert_with(unix_now);
+    }
+
+    /// Lifts the decisions that ended (the kernel already ignores them).
+    fn expire(&mut self) -> Result<(), MapsError> {
+        let ended = self.table.expire(monotonic_now_ns());
+        if !ended.is_empty() {
+            self.write(&ended)?;
+            self.count();
+        }
+        Ok(())
+    }
+
+    /// Brings the kernel's entry for each of `nets` in line with the table.
+    fn write(&mut self, nets: &HashSet<IpNet>) -> Result<(), MapsError> {
+        for &net in nets {
+            match self.table.entry(net) {
+                Some(entry) => self.maps.set(net, entry)?,
+                None => {
+                    self.maps.remove(net)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn count(&mut self) {
+        self.status.decisions = self
+            .table
+            .count_by_origin()
+            .into_iter()
+            .map(|(origin, n)| (origin.to_string(), n))
+            .collect::<BTreeMap<_, _>>();
+    }
+}
+
+/// Without a Local API to follow, decisions an earlier agent left pinned are lifted: they
+/// are enforced only while the agent follows their source.
+pub fn lift_all(maps: &mut DecisionMaps) -> Result<usize, MapsError> {
+    let mut lifted = 0;
+    for (net, _) in maps.entries()? {
+        if maps.remove(net)? {
+            lifted += 1;
+        }
+    }
+    Ok(lifted)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,203 @@
+//! Portcullis as a CrowdSec remediation component, against a real Local API (Debian's
+//! crowdsec, `crowdsec -no-cs`) in the agent's namespace: decisions added and deleted with
+//! `cscli` are enforced and lifted on live traffic within the pull interval, what cannot be
+//! enforced is counted, and with the Local API down what is enforced stays and is reported
+//! stale until the Local API is back and the agent resyncs.
+
+use std::time::{Duration, Instant};
+
+use portcullis_tests::{
+    agent::{Agent, Leftovers},
+    crowdsec::LocalApi,
+    netns::{CLIENT_V4, NetnsPair, SERVER_V4},
+    require_kernel,
+    traffic::Probe,
+};
+use serde_json::Value;
+
+const PROBE_PORT: u16 = 7001;
+/// What a user of the default pull interval (1 s) may expect: in force within 2 s.
+const WITHIN: Duration = Duration::from_secs(2);
+
+fn crowdsec_status(agent: &Agent) -> Value {
+    agent.status().expect("the agent answers")["crowdsec"].clone()
+}
+
+/// Polls `status` until `done` holds for its `crowdsec` part, for at most 10 s.
+fn wait_status(agent: &Agent, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = crowdsec_status(agent);
+        if done(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{what}: status {status:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn decisions_from_the_local_api_are_enforced_and_lifted() {
+    require_kernel!();
+    let pair = NetnsPair::new().unwrap();
+    let mut lapi = LocalApi::start(&pair.server_ns, "127.0.0.1", 8080).unwrap();
+    let key_file = lapi.bouncer_key_file("portcullis").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, "deny: [192.0.2.0/24]\n").unwrap();
+    let key_arg = key_file.display().to_string();
+    let agent = Agent::start(
+        &pair.server_ns,
+        &pair.server_if,
+        &policy,
+        &["--crowdsec-url", &lapi.url, "--crowdsec-key-file", &key_arg],
+    )
+    .unwrap();
+    wait_status(&agent, "first pull", |s| s["pulls"].as_u64() >= Some(1));
+    let probe = Probe::start(&pair, CLIENT_V4, SERVER_V4, PROBE_PORT).unwrap();
+    probe
+        .wait_through(Instant::now(), Duration::from_secs(5))
+        .unwrap();
+
+    // A ban of the client's address: enforced within the pull interval.
+    let added = Instant::now();
+    lapi.cscli(&["decisions", "add", "-i", CLIENT_V4, "-d", "1h"])
+        .unwrap();
+    let took = probe.wait_blocked(added, Duration::from_secs(5)).unwrap();
+    println!("cscli decisions add -> enforced in {took:?}");
+    assert!(took < WITHIN, "enforced after {took:?}");
+    let status = wait_status(&agent, "one cscli decision", |s| {
+        s["decisions"]["cscli"] == 1
+    });
+    assert!(status["stale_since_unix"].is_null(), "{status:#}");
+    let bans: Value = serde_json::from_slice(&agent.cli(&["bans", "--json"]).stdout).unwrap();
+    let decision = bans["bans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["cidr"] == format!("{CLIENT_V4}/32"))
+        .unwrap_or_else(|| panic!("the decision is listed: {bans:#}"));
+    assert_eq!(decision["kind"], "decision");
+    assert_eq!(decision["rule"], "cscli", "the origin");
+    let left = decision["seconds_left"].as_u64().unwrap();
+    assert!((3500..=3600).contains(&left), "an hour left: {left}");
+    let events = agent.json_lines("event");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["reason"] == "decision" && e["rule"] == "cscli" && e["verdict"] == "drop"),
+        "an event names the decision's origin"
+    );
+
+    // Deleted: lifted within the pull interval.
+    let deleted = Instant::now();
+    lapi.cscli(&["decisions", "delete", "-i", CLIENT_V4])
+        .unwrap();
+    let took = probe.wait_through(deleted, Duration::from_secs(5)).unwrap();
+    println!("cscli decisions delete -> lifted in {took:?}");
+    assert!(took < WITHIN, "lifted after {took:?}");
+
+    // A range covering the client; a captcha decision is counted, not enforced. (A Country
+    // decision is not even sent: the stream gives bouncers Ip and Range decisions only.)
+    lapi.cscli(&["decisions", "add", "-r", "10.77.0.0/24", "-d", "1h"])
+        .unwrap();
+    lapi.cscli(&["decisions", "add", "-i", "10.77.0.99", "-t", "captcha"])
+        .unwrap();
+    lapi.cscli(&["decisions", "add", "--scope", "Country", "-v", "FR"])
+        .unwrap();
+    probe
+        .wait_blocked(Instant::now(), Duration::from_secs(5))
+        .unwrap();
+    let status = wait_status(&agent, "the range and what was ignored", |s| {
+        s["decisions"]["cscli"] == 1 && s["ignored"]["type:captcha"] == 1
+    });
+    println!("{status:#}");
+
+    // The Local API goes away: what is enforced stays, the agent says it is stale and is
+    // still ready.
+    lapi.stop();
+    let status = wait_status(&agent, "stale", |s| !s["stale_since_unix"].is_null());
+    assert!(status["last_error"].is_string(), "{status:#}");
+    assert!(!probe.arriving(Duration::from_secs(2)), "still enforced");
+    let full = agent.status().unwrap();
+    assert_eq!(
+        full["ready"], true,
+        "stale decisions do not make the agent unready"
+    );
+    let metrics = agent.cli(&["stats"]);
+    assert!(metrics.status.success());
+
+    // Back: the agent resyncs, and a deletion made since reaches it.
+    lapi.restart().unwrap();
+    wait_status(&agent, "in sync again", |s| s["stale_since_unix"].is_null());
+    let deleted = Instant::now();
+    lapi.cscli(&["decisions", "delete", "-r", "10.77.0.0/24"])
+        .unwrap();
+    probe.wait_through(deleted, Duration::from_secs(5)).unwrap();
+    wait_status(&agent, "nothing enforced", |s| {
+        s["decisions"].as_object().is_some_and(|d| d.is_empty())
+    });
+}
+
+/// A restarted agent keeps enforcing the decisions it had (pinned, with their ends) while
+/// the Local API is away, says they are stale, and drops what the Local API no longer has
+/// once it resyncs.
+#[test]
+fn a_restarted_agent_keeps_its_decisions_until_it_resyncs() {
+    require_kernel!();
+    let pair = NetnsPair::new().unwrap();
+    let _leftovers = Leftovers::of(&pair.server_ns);
+    let mut lapi = LocalApi::start(&pair.server_ns, "127.0.0.1", 8080).unwrap();
+    let key_file = lapi.bouncer_key_file("portcullis").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, "").unwrap();
+    let key_arg = key_file.display().to_string();
+    let url = lapi.url.clone();
+    let args = [
+        "--crowdsec-url",
+        &url,
+        "--crowdsec-key-file",
+        &key_arg,
+        "--on-exit",
+        "keep",
+    ];
+    let mut first = Agent::start(&pair.server_ns, &pair.server_if, &policy, &args).unwrap();
+    let probe = Probe::start(&pair, CLIENT_V4, SERVER_V4, PROBE_PORT).unwrap();
+    lapi.cscli(&["decisions", "add", "-i", CLIENT_V4, "-d", "1h"])
+        .unwrap();
+    probe
+        .wait_blocked(Instant::now(), Duration::from_secs(5))
+        .unwrap();
+    first.keep_pins();
+    first.keep_state();
+    assert!(first.stop().unwrap().success());
+    drop(first);
+
+    // While no agent runs, the decision is deleted, then the Local API goes away.
+    lapi.cscli(&["decisions", "delete", "-i", CLIENT_V4])
+        .unwrap();
+    lapi.stop();
+    let mut second = Agent::start(&pair.server_ns, &pair.server_if, &policy, &args).unwrap();
+    second.keep_pins();
+    let status = wait_status(&second, "stale", |s| !s["last_error"].is_null());
+    assert!(!status["stale_since_unix"].is_null(), "{status:#}");
+    assert!(
+        !probe.arriving(Duration::from_secs(2)),
+        "the pinned decision is still enforced"
+    );
+
+    // Back: the resync lifts what the Local API no longer has.
+    let back = Instant::now();
+    lapi.restart().unwrap();
+    let took = probe.wait_through(back, Duration::from_secs(40)).unwrap();
+    println!("Local API back -> the deleted decision lifted in {took:?}");
+    let status = wait_status(&second, "in sync", |s| s["stale_since_unix"].is_null());
+    assert!(
+        status["decisions"]
+            .as_object()
+            .is_some_and(|d| d.is_empty()),
+        "{status:#}"
+    );
+    assert!(second.stop().unwrap().success());
+}
