@@ -18,16 +18,19 @@ pub enum Origin {
     Lists = 4,
     /// Imported in bulk with `cscli decisions import`.
     CscliImport = 5,
+    /// A ban another Portcullis agent made and shared through the Local API.
+    Portcullis = 6,
 }
 
 impl Origin {
-    pub const ALL: [Origin; 6] = [
+    pub const ALL: [Origin; 7] = [
         Origin::Other,
         Origin::Crowdsec,
         Origin::Cscli,
         Origin::Capi,
         Origin::Lists,
         Origin::CscliImport,
+        Origin::Portcullis,
     ];
 
     /// The origin as the Local API writes it (`origin` of a decision).
@@ -39,6 +42,7 @@ impl Origin {
             Origin::Capi => "CAPI",
             Origin::Lists => "lists",
             Origin::CscliImport => "cscli-import",
+            Origin::Portcullis => "portcullis",
         }
     }
 
@@ -56,6 +60,7 @@ impl Origin {
             3 => Origin::Capi,
             4 => Origin::Lists,
             5 => Origin::CscliImport,
+            6 => Origin::Portcullis,
             _ => Origin::Other,
         }
     }

@@ -335,6 +335,17 @@ fn print_crowdsec(crowdsec: &CrowdsecStatus) {
             }
         }
     }
+    if crowdsec.bans_shared > 0 || crowdsec.share_errors > 0 {
+        println!(
+            "  {} bans of this node shared, {} posts failed{}",
+            crowdsec.bans_shared,
+            crowdsec.share_errors,
+            crowdsec
+                .last_share_error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" (last: {e})"))
+        );
+    }
     if !crowdsec.ignored.is_empty() {
         let ignored: Vec<String> = crowdsec
             .ignored

@@ -86,6 +86,14 @@ enum Command {
         /// File holding the bouncer API key (`cscli bouncers add portcullis`).
         #[arg(long, env = "PORTCULLIS_CROWDSEC_KEY_FILE", requires = "crowdsec_url")]
         crowdsec_key_file: Option<PathBuf>,
+        /// Credentials of a CrowdSec machine (the file `cscli machines add NAME -f FILE`
+        /// writes): the bans this node makes are posted to the Local API, for every node.
+        #[arg(
+            long,
+            env = "PORTCULLIS_CROWDSEC_MACHINE_FILE",
+            requires = "crowdsec_url"
+        )]
+        crowdsec_machine_file: Option<PathBuf>,
         /// Time between decision pulls (e.g. 1s, 500ms).
         #[arg(long, env = "PORTCULLIS_CROWDSEC_PULL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
         crowdsec_pull_interval: Duration,
@@ -232,6 +240,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             summary_interval,
             crowdsec_url,
             crowdsec_key_file,
+            crowdsec_machine_file,
             crowdsec_pull_interval,
         } => {
             init_logging(log_format);
@@ -248,6 +257,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                     &url,
                     &key_file,
                     crowdsec_pull_interval,
+                    crowdsec_machine_file.as_deref(),
                 )?),
                 _ => None,
             };

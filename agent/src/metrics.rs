@@ -118,6 +118,17 @@ fn render_crowdsec(registry: &mut Registry, c: &CrowdsecStatus) {
     for (why, n) in &c.ignored {
         ignored.get_or_create(&labels(&[("why", why)])).inc_by(*n);
     }
+    let shared = counter_family(
+        registry,
+        "crowdsec_bans_shared",
+        "This node's bans posted to the Local API for the other nodes, by outcome",
+    );
+    shared
+        .get_or_create(&labels(&[("outcome", "ok")]))
+        .inc_by(c.bans_shared);
+    shared
+        .get_or_create(&labels(&[("outcome", "error")]))
+        .inc_by(c.share_errors);
     gauge(
         registry,
         "crowdsec_last_pull_timestamp_seconds",
@@ -429,6 +440,9 @@ mod tests {
                 last_error: Some("refused".into()),
                 decisions: [("cscli".to_string(), 2), ("crowdsec".to_string(), 5)].into(),
                 ignored: [("type:captcha".to_string(), 1)].into(),
+                bans_shared: 4,
+                share_errors: 1,
+                last_share_error: None,
             }),
         });
         for line in [
@@ -460,6 +474,7 @@ mod tests {
             "portcullis_crowdsec_pulls_total{outcome=\"error\"} 3",
             "portcullis_crowdsec_decisions_ignored_total{why=\"type:captcha\"} 1",
             "portcullis_crowdsec_last_pull_timestamp_seconds 1700000000",
+            "portcullis_crowdsec_bans_shared_total{outcome=\"ok\"} 4",
             "portcullis_crowdsec_stale_since_timestamp_seconds 1700000005",
         ] {
             assert!(

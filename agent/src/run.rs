@@ -296,6 +296,8 @@ async fn serve(
             capacity: enforcer.policy().capacity,
         },
     ));
+    // The event reader wakes the CrowdSec sync when the kernel makes a ban, to share it.
+    let bans_made = Arc::new(tokio::sync::Notify::new());
     let crowdsec = match &options.crowdsec {
         Some(config) => {
             tracing::info!(url = config.url, interval = ?config.interval, "following the CrowdSec Local API's decisions");
@@ -303,6 +305,7 @@ async fn serve(
                 config.clone(),
                 decisions,
                 telemetry.clone(),
+                bans_made.clone(),
             )))
         }
         None => {
@@ -434,6 +437,7 @@ async fn serve(
         followers,
         options.summary_interval,
         stopped,
+        bans_made,
     ));
     main_loop(&mut daemon, &telemetry, options, changes, calls, signals).await;
     tracing::info!("shutting down");
@@ -559,6 +563,7 @@ async fn report(
     followers: broadcast::Sender<String>,
     summary_interval: Duration,
     mut stop: oneshot::Receiver<()>,
+    bans_made: Arc<tokio::sync::Notify>,
 ) {
     let clock = Clock::new();
     let mut summary = tokio::time::interval(summary_interval);
@@ -587,6 +592,9 @@ async fn report(
                 let mut lines = Vec::new();
                 while let Some(record) = ring.next() {
                     if let Some(event) = parse_event(&record) {
+                        if event.action == agent_common::EventAction::Banned.code() {
+                            bans_made.notify_one();
+                        }
                         lines.push(events::format(&event, &clock, &in_force.rules, &ifaces));
                     }
                 }

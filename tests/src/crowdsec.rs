@@ -25,14 +25,16 @@ pub fn root() -> PathBuf {
 pub struct LocalApi {
     dir: tempfile::TempDir,
     ns: String,
-    /// `http://ADDR:PORT`, as agents reach it.
+    /// `http://ADDR:PORT`, as agents in its namespace reach it (`127.0.0.1` for a Local API
+    /// listening on every address).
     pub url: String,
     child: Option<Child>,
 }
 
 impl LocalApi {
-    /// Starts a Local API listening on `addr:port` in namespace `ns`, with one machine for
-    /// `cscli` already registered, and waits until it answers.
+    /// Starts a Local API listening on `addr:port` in namespace `ns` (`0.0.0.0`: every
+    /// address), with one machine for `cscli` already registered, and waits until it
+    /// answers.
     pub fn start(ns: &str, addr: &str, port: u16) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let d = dir.path();
@@ -86,8 +88,9 @@ prometheus:
             root = root().display(),
         );
         std::fs::write(d.join("config.yaml"), config)?;
+        let local = if addr == "0.0.0.0" { "127.0.0.1" } else { addr };
         let mut api = Self {
-            url: format!("http://{addr}:{port}"),
+            url: format!("http://{local}:{port}"),
             ns: ns.to_string(),
             dir,
             child: None,
@@ -181,6 +184,23 @@ prometheus:
         }
         let path = self.dir.path().join(format!("{name}.key"));
         std::fs::write(&path, format!("{key}\n"))?;
+        Ok(path)
+    }
+
+    /// Registers a machine and returns the credentials file `cscli` writes for it (`url`,
+    /// `login`, `password`), as an agent that shares its bans takes it.
+    pub fn machine_file(&self, name: &str) -> Result<PathBuf> {
+        let path = self.dir.path().join(format!("{name}.machine.yaml"));
+        self.cscli(&[
+            "machines",
+            "add",
+            name,
+            "--auto",
+            "-f",
+            &path.display().to_string(),
+            "--url",
+            &self.url,
+        ])?;
         Ok(path)
     }
 

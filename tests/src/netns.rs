@@ -266,3 +266,100 @@ impl Drop for NetnsPair {
         }
     }
 }
+
+/// A hub namespace joined to several leaf namespaces ("nodes") by a veth pair each: leaf
+/// `i` has `10.78.i.2/24` on its end and a default route through the hub's `10.78.i.1`.
+/// Nodes share a service in the hub (a CrowdSec Local API on `0.0.0.0`) and see traffic
+/// from the hub's other addresses (`add_hub_addr`). Removed on drop.
+pub struct Star {
+    pub hub_ns: String,
+    pub leaves: Vec<Leaf>,
+}
+
+pub struct Leaf {
+    pub ns: String,
+    /// The leaf's end of its link (where an agent attaches).
+    pub iface: String,
+    pub addr: String,
+    /// The hub's address on this leaf's link.
+    pub hub_addr: String,
+}
+
+impl Star {
+    pub fn new(leaves: usize) -> Result<Self> {
+        let tag = unique_tag();
+        let mut star = Self {
+            hub_ns: format!("pc-h{tag}"),
+            leaves: Vec::new(),
+        };
+        ip(&["netns", "add", &star.hub_ns])?;
+        ip(&["-n", &star.hub_ns, "link", "set", "lo", "up"])?;
+        for i in 0..leaves {
+            let leaf = Leaf {
+                ns: format!("pc-n{i}{tag}"),
+                iface: format!("pcn{i}{tag}"),
+                addr: format!("10.78.{i}.2"),
+                hub_addr: format!("10.78.{i}.1"),
+            };
+            let hub_if = format!("pch{i}{tag}");
+            ip(&["netns", "add", &leaf.ns])?;
+            // From here on, Drop removes this leaf too.
+            star.leaves.push(leaf);
+            let leaf = star.leaves.last().expect("just pushed");
+            ip(&[
+                "link",
+                "add",
+                &leaf.iface,
+                "netns",
+                &leaf.ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &hub_if,
+                "netns",
+                &star.hub_ns,
+            ])?;
+            ip(&["-n", &leaf.ns, "link", "set", "lo", "up"])?;
+            for (ns, dev, addr) in [
+                (&leaf.ns, &leaf.iface, &leaf.addr),
+                (&star.hub_ns, &hub_if, &leaf.hub_addr),
+            ] {
+                ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
+                ip(&["-n", ns, "link", "set", dev, "up"])?;
+            }
+            ip(&[
+                "-n",
+                &leaf.ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &leaf.hub_addr,
+            ])?;
+        }
+        Ok(star)
+    }
+
+    /// Adds `addr` (IPv4) to the hub, as a host every leaf reaches through its link.
+    pub fn add_hub_addr(&self, addr: &str) -> Result<()> {
+        ip(&[
+            "-n",
+            &self.hub_ns,
+            "addr",
+            "add",
+            &format!("{addr}/32"),
+            "dev",
+            "lo",
+        ])
+    }
+}
+
+impl Drop for Star {
+    fn drop(&mut self) {
+        for leaf in &self.leaves {
+            let _ = ip(&["netns", "del", &leaf.ns]);
+        }
+        let _ = ip(&["netns", "del", &self.hub_ns]);
+    }
+}

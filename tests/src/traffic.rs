@@ -34,7 +34,12 @@ pub struct UdpCounter {
 
 impl UdpCounter {
     pub fn bind(pair: &NetnsPair, ip: &str, port: u16) -> Result<Self> {
-        let socket = pair.server(|| UdpSocket::bind(addr(ip, port)))?;
+        Self::bind_in(&pair.server_ns, ip, port)
+    }
+
+    /// As `bind`, in namespace `ns`.
+    pub fn bind_in(ns: &str, ip: &str, port: u16) -> Result<Self> {
+        let socket = NetnsPair::run_in(ns, || UdpSocket::bind(addr(ip, port)))?;
         socket.set_read_timeout(Some(Duration::from_millis(20)))?;
         let received = Arc::new(AtomicU64::new(0));
         let last_arrival = Arc::new(Mutex::new(Instant::now()));
@@ -106,8 +111,13 @@ const PROBE_LIMIT: Duration = Duration::from_secs(120);
 impl Probe {
     /// Probes `dst:port` from `src` (addresses of the pair's client and server sides).
     pub fn start(pair: &NetnsPair, src: &str, dst: &str, port: u16) -> Result<Self> {
-        let counter = UdpCounter::bind(pair, dst, port)?;
-        let socket = pair.client(|| UdpSocket::bind(addr(src, 0)))?;
+        Self::between(&pair.client_ns, src, &pair.server_ns, dst, port)
+    }
+
+    /// Probes `dst:port` in namespace `dst_ns` from `src` in namespace `src_ns`.
+    pub fn between(src_ns: &str, src: &str, dst_ns: &str, dst: &str, port: u16) -> Result<Self> {
+        let counter = UdpCounter::bind_in(dst_ns, dst, port)?;
+        let socket = NetnsPair::run_in(src_ns, || UdpSocket::bind(addr(src, 0)))?;
         let target = addr(dst, port);
         let stop = Arc::new(AtomicBool::new(false));
         let sender = {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use portcullis_tests::{
     agent::{Agent, Leftovers},
     crowdsec::LocalApi,
-    netns::{CLIENT_V4, NetnsPair, SERVER_V4},
+    netns::{CLIENT_V4, NetnsPair, SERVER_V4, Star},
     require_kernel,
     traffic::Probe,
 };
@@ -200,4 +200,158 @@ fn a_restarted_agent_keeps_its_decisions_until_it_resyncs() {
         "{status:#}"
     );
     assert!(second.stop().unwrap().success());
+}
+
+/// Three agents in three namespaces act as three nodes of a fleet, each a bouncer and a
+/// machine of one Local API: a source that trips an escalation ban on node A is dropped on
+/// nodes B and C within 2 s (A keeps one entry for it, its ban); `cscli decisions add` and
+/// `delete` reach all three within 2 s; with the Local API stopped all keep enforcing and
+/// report stale, and with it back they resync.
+#[test]
+fn bans_are_shared_across_the_fleet() {
+    require_kernel!();
+    const ATTACKER: &str = "192.0.2.66";
+    const LISTED: &str = "192.0.2.77";
+    let star = Star::new(3).unwrap();
+    star.add_hub_addr(ATTACKER).unwrap();
+    star.add_hub_addr(LISTED).unwrap();
+    let mut lapi = LocalApi::start(&star.hub_ns, "0.0.0.0", 8080).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "rate_limits:\n  - {name: probe-flood, protocol: udp, ports: [7001], rate: 10/s, burst: 5, ban: {after: 5, within: 1m, for: 10m}}\n",
+    )
+    .unwrap();
+    let mut agents = Vec::new();
+    let mut leftovers = Vec::new();
+    for (i, leaf) in star.leaves.iter().enumerate() {
+        leftovers.push(Leftovers::of(&leaf.ns));
+        let key = lapi.bouncer_key_file(&format!("node{i}")).unwrap();
+        let machine = lapi.machine_file(&format!("node{i}")).unwrap();
+        let url = format!("http://{}:8080", leaf.hub_addr);
+        let (key, machine) = (key.display().to_string(), machine.display().to_string());
+        let args = [
+            "--crowdsec-url",
+            &url,
+            "--crowdsec-key-file",
+            &key,
+            "--crowdsec-machine-file",
+            &machine,
+        ];
+        agents.push(Agent::start(&leaf.ns, &leaf.iface, &policy, &args).unwrap());
+    }
+    for agent in &agents {
+        wait_status(agent, "first pull", |s| s["pulls"].as_u64() >= Some(1));
+    }
+    let probes = |src: &str, port: u16| -> Vec<Probe> {
+        star.leaves
+            .iter()
+            .map(|leaf| Probe::between(&star.hub_ns, src, &leaf.ns, &leaf.addr, port).unwrap())
+            .collect()
+    };
+
+    // The attacker, served by B and C, floods A over the rule's rate: A bans it, and B and
+    // C drop it from the shared decision.
+    let others = probes(ATTACKER, 7002);
+    for probe in &others[1..] {
+        probe
+            .wait_through(Instant::now(), Duration::from_secs(5))
+            .unwrap();
+    }
+    let flood_started = Instant::now();
+    let flood = Probe::between(
+        &star.hub_ns,
+        ATTACKER,
+        &star.leaves[0].ns,
+        &star.leaves[0].addr,
+        7001,
+    )
+    .unwrap();
+    for (node, probe) in ["B", "C"].iter().zip(&others[1..]) {
+        let took = probe
+            .wait_blocked(flood_started, Duration::from_secs(5))
+            .unwrap();
+        println!("node A's ban in force on node {node} {took:?} after the flood began");
+        assert!(took < WITHIN, "node {node}: {took:?}");
+    }
+    drop(flood);
+    // A pulls its own decision back and keeps one entry: its ban.
+    wait_status(&agents[0], "own decision back", |s| {
+        s["ignored"]["own"].as_u64() >= Some(1)
+    });
+    let bans: Value = serde_json::from_slice(&agents[0].cli(&["bans", "--json"]).stdout).unwrap();
+    let on_a: Vec<&Value> = bans["bans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["cidr"] == format!("{ATTACKER}/32"))
+        .collect();
+    assert_eq!(on_a.len(), 1, "one entry on A: {bans:#}");
+    assert_eq!(on_a[0]["kind"], "escalation");
+    let status = crowdsec_status(&agents[0]);
+    assert_eq!(status["bans_shared"], 1, "{status:#}");
+    let bans: Value = serde_json::from_slice(&agents[1].cli(&["bans", "--json"]).stdout).unwrap();
+    assert!(
+        bans["bans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["cidr"] == format!("{ATTACKER}/32")
+                && b["kind"] == "decision"
+                && b["rule"] == "portcullis"),
+        "B holds the decision, origin portcullis: {bans:#}"
+    );
+    let listed = lapi
+        .cscli(&["decisions", "list", "--all", "-o", "json"])
+        .unwrap();
+    assert!(
+        listed.contains("portcullis/probe-flood (node0)"),
+        "the scenario names the rule and the node: {listed}"
+    );
+
+    // cscli decisions reach every node.
+    let listed_probes = probes(LISTED, 7003);
+    for probe in &listed_probes {
+        probe
+            .wait_through(Instant::now(), Duration::from_secs(5))
+            .unwrap();
+    }
+    let added = Instant::now();
+    lapi.cscli(&["decisions", "add", "-i", LISTED, "-d", "1h"])
+        .unwrap();
+    for (node, probe) in ["A", "B", "C"].iter().zip(&listed_probes) {
+        let took = probe.wait_blocked(added, Duration::from_secs(5)).unwrap();
+        println!("cscli decisions add in force on node {node} after {took:?}");
+        assert!(took < WITHIN, "node {node}: {took:?}");
+    }
+    let deleted = Instant::now();
+    lapi.cscli(&["decisions", "delete", "-i", LISTED]).unwrap();
+    for (node, probe) in ["A", "B", "C"].iter().zip(&listed_probes) {
+        let took = probe.wait_through(deleted, Duration::from_secs(5)).unwrap();
+        println!("cscli decisions delete lifted on node {node} after {took:?}");
+        assert!(took < WITHIN, "node {node}: {took:?}");
+    }
+
+    // The Local API away: every node keeps enforcing, and says it is stale.
+    lapi.stop();
+    for agent in &agents {
+        wait_status(agent, "stale", |s| !s["stale_since_unix"].is_null());
+    }
+    for (node, probe) in ["B", "C"].iter().zip(&others[1..]) {
+        assert!(
+            !probe.arriving(Duration::from_secs(1)),
+            "node {node} still drops the attacker"
+        );
+    }
+    lapi.restart().unwrap();
+    for agent in &agents {
+        wait_status(agent, "in sync again", |s| s["stale_since_unix"].is_null());
+    }
+    for (node, probe) in ["B", "C"].iter().zip(&others[1..]) {
+        assert!(
+            !probe.arriving(Duration::from_secs(1)),
+            "node {node} still drops the attacker after the resync"
+        );
+    }
 }

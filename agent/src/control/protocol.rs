@@ -297,8 +297,17 @@ pub struct CrowdsecStatus {
     pub last_error: Option<String>,
     /// Prefixes enforced, by origin (`crowdsec`, `cscli`, `CAPI`, `lists`...).
     pub decisions: BTreeMap<String, usize>,
-    /// Decisions not enforced, by why (`type:captcha`, `scope:country`, `malformed`).
+    /// Decisions not enforced, by why (`type:captcha`, `scope:country`, `malformed`, and
+    /// `own`: this node's bans come back, already enforced as bans).
     pub ignored: BTreeMap<String, u64>,
+    /// This node's bans posted to the Local API (with machine credentials), and failed
+    /// posts, with the last failure while failing.
+    #[serde(default)]
+    pub bans_shared: u64,
+    #[serde(default)]
+    pub share_errors: u64,
+    #[serde(default)]
+    pub last_share_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

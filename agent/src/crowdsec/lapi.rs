@@ -71,13 +71,8 @@ impl Lapi {
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(bad("the scheme must be http or https"));
         }
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| LapiError::Transport(e.to_string()))?;
         Ok(Self {
-            http,
+            http: client()?,
             stream_url: format!("{}/v1/decisions/stream", url.trim_end_matches('/')),
             key,
         })
@@ -93,25 +88,41 @@ impl Lapi {
             .send()
             .await
             .map_err(|e| LapiError::Transport(describe(&e)))?;
-        let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| LapiError::Transport(describe(&e)))?;
-        if !status.is_success() {
-            let body = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-            return Err(LapiError::Status {
-                status: status.as_u16(),
-                body,
-            });
-        }
-        Ok(serde_json::from_slice(&body)?)
+        answer(response).await
     }
+}
+
+/// The HTTP client every request to the Local API goes through.
+pub(super) fn client() -> Result<reqwest::Client, LapiError> {
+    reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| LapiError::Transport(e.to_string()))
+}
+
+/// The JSON body of a successful answer, or the status and the start of the body.
+pub(super) async fn answer<T: serde::de::DeserializeOwned>(
+    response: reqwest::Response,
+) -> Result<T, LapiError> {
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| LapiError::Transport(describe(&e)))?;
+    if !status.is_success() {
+        let body = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+        return Err(LapiError::Status {
+            status: status.as_u16(),
+            body,
+        });
+    }
+    Ok(serde_json::from_slice(&body)?)
 }
 
 /// A transport error's text with its causes, for logs and `status` (the URL in it carries
 /// no secret: the key travels in a header).
-fn describe(error: &reqwest::Error) -> String {
+pub(super) fn describe(error: &reqwest::Error) -> String {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {

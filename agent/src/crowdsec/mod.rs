@@ -4,12 +4,17 @@
 //! Local API cannot be reached, what is enforced stays (each decision still ends on time in
 //! the kernel), pulls back off, and `status` and the metrics say since when the decisions
 //! are stale; the next pull that succeeds is a full resync.
+//!
+//! With machine credentials the agent also shares the bans it makes (escalation and
+//! response rules, in enforce mode): each is posted as an alert with a ban decision, which
+//! every other node pulls. Its own decisions coming back are not held a second time.
 
 pub mod lapi;
 mod table;
+mod watcher;
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, SystemTime},
@@ -17,21 +22,26 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use ipnet::IpNet;
-use tokio::task::block_in_place;
+use tokio::{sync::Notify, task::block_in_place};
 
 use crate::{
     control::protocol::CrowdsecStatus,
-    maps::{DecisionMaps, MapsError, monotonic_now_ns},
+    maps::{DecisionMaps, MapsError, Origin, monotonic_now_ns},
+    policy::Mode,
     telemetry::Telemetry,
 };
 use lapi::{Lapi, Stream};
-use table::Table;
+use table::{Applied, Table};
+pub use watcher::Credentials;
+use watcher::{SharedBan, Watcher};
 
 /// Default time between pulls: short enough that a ban one node posts is in force on every
 /// node within two seconds.
 pub const DEFAULT_PULL_INTERVAL: Duration = Duration::from_secs(1);
 /// The longest wait between pulls while the Local API fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A ban already shared whose end is within this of the shared one is not posted again.
+const SHARE_SLACK_NS: u64 = 2_000_000_000;
 
 /// Where the decisions come from.
 #[derive(Clone)]
@@ -42,6 +52,8 @@ pub struct Config {
     pub key: String,
     pub key_file: PathBuf,
     pub interval: Duration,
+    /// Machine credentials, to share this node's bans; `None`: decisions are only pulled.
+    pub machine: Option<Credentials>,
 }
 
 impl std::fmt::Debug for Config {
@@ -50,13 +62,20 @@ impl std::fmt::Debug for Config {
             .field("url", &self.url)
             .field("key_file", &self.key_file)
             .field("interval", &self.interval)
+            .field("machine", &self.machine)
             .finish_non_exhaustive()
     }
 }
 
 impl Config {
-    /// Reads the key from `key_file` and checks the URL, before anything is loaded.
-    pub fn load(url: &str, key_file: &Path, interval: Duration) -> Result<Self> {
+    /// Reads the key from `key_file` (and the machine's credentials from `machine_file`)
+    /// and checks the URL, before anything is loaded.
+    pub fn load(
+        url: &str,
+        key_file: &Path,
+        interval: Duration,
+        machine_file: Option<&Path>,
+    ) -> Result<Self> {
         let key = std::fs::read_to_string(key_file)
             .with_context(|| format!("reading the CrowdSec bouncer key {}", key_file.display()))?
             .trim()
@@ -71,11 +90,13 @@ impl Config {
             bail!("the CrowdSec pull interval must be more than zero");
         }
         Lapi::new(url, key.clone())?;
+        let machine = machine_file.map(Credentials::load).transpose()?;
         Ok(Self {
             url: url.to_string(),
             key,
             key_file: key_file.to_path_buf(),
             interval,
+            machine,
         })
     }
 }
@@ -88,11 +109,23 @@ struct Sync {
     status: CrowdsecStatus,
     /// The next pull asks for every decision (the first, and the first after a failure).
     resync: bool,
+    /// This node's bans already posted, with their ends (`CLOCK_MONOTONIC` ns).
+    shared: HashMap<IpNet, u64>,
 }
 
-/// Pulls decisions until the agent stops (the task is aborted).
-pub async fn run(config: Config, maps: DecisionMaps, telemetry: Arc<Telemetry>) {
+/// Pulls decisions (and shares this node's bans) until the agent stops (the task is
+/// aborted). `bans_made` wakes it when the kernel reports a new ban, so that the ban
+/// reaches the other nodes without waiting for the next pull.
+pub async fn run(
+    config: Config,
+    maps: DecisionMaps,
+    telemetry: Arc<Telemetry>,
+    bans_made: Arc<Notify>,
+) {
     let lapi = Lapi::new(&config.url, config.key.clone()).expect("checked by Config::load");
+    let mut watcher = config.machine.clone().map(|credentials| {
+        Watcher::new(&config.url, credentials).expect("checked by Config::load")
+    });
     let mut sync = Sync {
         table: Table::default(),
         maps,
@@ -102,13 +135,26 @@ pub async fn run(config: Config, maps: DecisionMaps, telemetry: Arc<Telemetry>) 
             ..CrowdsecStatus::default()
         },
         resync: true,
+        shared: HashMap::new(),
     };
     telemetry.set_crowdsec(sync.status.clone());
     let mut wait = config.interval;
     loop {
         let startup = sync.resync;
-        match lapi.pull(startup).await {
-            Ok(stream) => match block_in_place(|| sync.take(&stream, startup)) {
+        let pulled = lapi.pull(startup).await;
+        if let Some(watcher) = &mut watcher {
+            // After the pull: a startup pull tells which bans were shared before a restart.
+            if pulled.is_ok() {
+                sync.share(watcher, &telemetry).await;
+            }
+        }
+        let own = |d: &lapi::Decision| {
+            watcher
+                .as_ref()
+                .is_some_and(|w| w.credentials().is_own(&d.scenario))
+        };
+        match pulled {
+            Ok(stream) => match block_in_place(|| sync.take(&stream, startup, own)) {
                 Ok(()) => wait = config.interval,
                 Err(e) => {
                     // The maps refused a write: pull everything again next time.
@@ -130,14 +176,34 @@ pub async fn run(config: Config, maps: DecisionMaps, telemetry: Arc<Telemetry>) 
             tracing::error!(error = %e, "lifting ended CrowdSec decisions failed");
         }
         telemetry.set_crowdsec(sync.status.clone());
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = bans_made.notified(), if watcher.is_some() => {}
+        }
     }
 }
 
 impl Sync {
-    fn take(&mut self, stream: &Stream, startup: bool) -> Result<(), MapsError> {
-        let (touched, ignored) = self.table.apply(stream, startup, monotonic_now_ns());
+    fn take(
+        &mut self,
+        stream: &Stream,
+        startup: bool,
+        is_own: impl Fn(&lapi::Decision) -> bool,
+    ) -> Result<(), MapsError> {
+        let Applied {
+            touched,
+            ignored,
+            own,
+        } = self
+            .table
+            .apply(stream, startup, monotonic_now_ns(), is_own);
         self.write(&touched)?;
+        for (net, expires_ns) in own {
+            // Shared by this node before (an earlier run, or just now): not again.
+            let shared = self.shared.entry(net).or_default();
+            *shared = (*shared).max(expires_ns);
+            *self.status.ignored.entry("own".to_string()).or_default() += 1;
+        }
         if startup {
             // What an earlier agent left pinned that the Local API no longer has.
             let held: HashSet<IpNet> = self.table.nets().copied().collect();
@@ -169,6 +235,66 @@ impl Sync {
         self.status.last_error = None;
         self.count();
         Ok(())
+    }
+
+    /// Posts the bans this node made (enforced ones, not yet shared) to the Local API. A
+    /// failure is counted and the bans are tried again next time.
+    async fn share(&mut self, watcher: &mut Watcher, telemetry: &Telemetry) {
+        let bans = match block_in_place(|| telemetry.bans()) {
+            Ok(bans) => bans,
+            Err(e) => {
+                telemetry.count_runtime_error("crowdsec share");
+                tracing::error!(error = %e, "reading the bans to share failed");
+                return;
+            }
+        };
+        let rules = telemetry.in_force().rules.clone();
+        let now = monotonic_now_ns();
+        let mine: HashMap<IpNet, (u64, u32)> = bans
+            .iter()
+            .filter(|b| b.origin == Origin::Escalation && rules.mode(b.rule) == Mode::Enforce)
+            .map(|b| (b.net, (b.expires_ns, b.rule)))
+            .collect();
+        self.shared.retain(|net, _| mine.contains_key(net));
+        let new: Vec<(SharedBan, u64)> = mine
+            .iter()
+            .filter(|(net, (expires_ns, _))| {
+                // Within a second: the end a decision comes back with is computed from the
+                // time it had left.
+                self.shared
+                    .get(net)
+                    .is_none_or(|&shared| shared + SHARE_SLACK_NS < *expires_ns)
+            })
+            .map(|(net, &(expires_ns, rule))| {
+                let ban = SharedBan {
+                    net: *net,
+                    rule: rules.name(rule),
+                    left: Duration::from_nanos(expires_ns.saturating_sub(now)),
+                };
+                (ban, expires_ns)
+            })
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        let bans: Vec<SharedBan> = new.iter().map(|(ban, _)| ban.clone()).collect();
+        match watcher.post(&bans).await {
+            Ok(()) => {
+                for (ban, expires_ns) in new {
+                    tracing::info!(net = %ban.net, rule = ban.rule, "ban shared through the CrowdSec Local API");
+                    self.shared.insert(ban.net, expires_ns);
+                    self.status.bans_shared += 1;
+                }
+                self.status.last_share_error = None;
+            }
+            Err(e) => {
+                if self.status.last_share_error.is_none() {
+                    tracing::warn!(error = %e, "sharing bans through the CrowdSec Local API failed; trying again");
+                }
+                self.status.share_errors += 1;
+                self.status.last_share_error = Some(e.to_string());
+            }
+        }
     }
 
     fn failed(&mut self, error: String) {

@@ -43,6 +43,14 @@ impl Ignored {
     }
 }
 
+/// What one pull changed (see `Table::apply`).
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub touched: HashSet<IpNet>,
+    pub ignored: Vec<Ignored>,
+    pub own: Vec<(IpNet, u64)>,
+}
+
 #[derive(Debug, Default)]
 pub struct Table {
     by_id: HashMap<i64, Held>,
@@ -51,14 +59,17 @@ pub struct Table {
 
 impl Table {
     /// Takes in a pull: deletions first, then new decisions (one that is already held is
-    /// replaced). With `startup` the pull is the whole set and replaces the table. Returns
-    /// the prefixes whose kernel entry may have changed, and what was ignored.
+    /// replaced). With `startup` the pull is the whole set and replaces the table. A
+    /// decision `is_own` says this node posted (its own ban, come back) is not held: the
+    /// node's ban already enforces it. Returns the prefixes whose kernel entry may have
+    /// changed, what was ignored, and the own decisions (prefix, end) seen.
     pub fn apply(
         &mut self,
         stream: &Stream,
         startup: bool,
         now_ns: u64,
-    ) -> (HashSet<IpNet>, Vec<Ignored>) {
+        is_own: impl Fn(&Decision) -> bool,
+    ) -> Applied {
         let mut touched = HashSet::new();
         if startup {
             touched.extend(self.by_net.keys().copied());
@@ -71,11 +82,13 @@ impl Table {
             }
         }
         let mut ignored = Vec::new();
+        let mut own = Vec::new();
         for decision in &stream.new {
             if let Some(net) = self.remove(decision.id) {
                 touched.insert(net);
             }
             match held(decision, now_ns) {
+                Ok(Some(held)) if is_own(decision) => own.push((held.net, held.expires_ns)),
                 Ok(Some(held)) => {
                     touched.insert(held.net);
                     self.by_net.entry(held.net).or_default().insert(decision.id);
@@ -85,7 +98,11 @@ impl Table {
                 Err(why) => ignored.push(why),
             }
         }
-        (touched, ignored)
+        Applied {
+            touched,
+            ignored,
+            own,
+        }
     }
 
     /// Drops the decisions that ended by `now_ns`; returns their prefixes.
@@ -221,7 +238,9 @@ mod tests {
             ],
             deleted: vec![],
         };
-        let (touched, ignored) = table.apply(&stream, true, 0);
+        let Applied {
+            touched, ignored, ..
+        } = table.apply(&stream, true, 0, |_| false);
         assert!(ignored.is_empty());
         assert_eq!(touched.len(), 4);
         let entry = table.entry(net("192.0.2.7/32")).unwrap();
@@ -237,14 +256,17 @@ mod tests {
             "mapped as IPv4"
         );
         // Deleting the longer one leaves the shorter in force.
-        let (touched, _) = table.apply(
-            &Stream {
-                new: vec![],
-                deleted: vec![decision(2, "Ip", "192.0.2.7", "-1s", "cscli")],
-            },
-            false,
-            SECOND,
-        );
+        let touched = table
+            .apply(
+                &Stream {
+                    new: vec![],
+                    deleted: vec![decision(2, "Ip", "192.0.2.7", "-1s", "cscli")],
+                },
+                false,
+                SECOND,
+                |_| false,
+            )
+            .touched;
         assert_eq!(touched, HashSet::from([net("192.0.2.7/32")]));
         let entry = table.entry(net("192.0.2.7/32")).unwrap();
         assert_eq!(entry.origin, Origin::Crowdsec.code());
@@ -260,14 +282,17 @@ mod tests {
         );
         assert!(table.entry(net("2001:db8::1/128")).is_none());
         // A startup pull replaces everything: what it lacks is lifted.
-        let (touched, _) = table.apply(
-            &Stream {
-                new: vec![decision(9, "Ip", "192.0.2.9", "1h", "cscli")],
-                deleted: vec![],
-            },
-            true,
-            62 * SECOND,
-        );
+        let touched = table
+            .apply(
+                &Stream {
+                    new: vec![decision(9, "Ip", "192.0.2.9", "1h", "cscli")],
+                    deleted: vec![],
+                },
+                true,
+                62 * SECOND,
+                |_| false,
+            )
+            .touched;
         assert!(touched.contains(&net("192.0.2.7/32")) && touched.contains(&net("192.0.2.9/32")));
         assert!(table.entry(net("192.0.2.7/32")).is_none());
         assert_eq!(table.nets().count(), 1);
@@ -289,7 +314,9 @@ mod tests {
             ],
             deleted: vec![],
         };
-        let (touched, ignored) = table.apply(&stream, false, 0);
+        let Applied {
+            touched, ignored, ..
+        } = table.apply(&stream, false, 0, |_| false);
         assert!(
             touched.is_empty(),
             "an ended decision is not enforced either"
@@ -305,5 +332,30 @@ mod tests {
             ]
         );
         assert_eq!(ignored[1].label(), "scope:country");
+    }
+
+    #[test]
+    fn own_decisions_come_back_without_a_second_entry() {
+        let mut table = Table::default();
+        let mut own = decision(1, "Ip", "192.0.2.1", "10m", "portcullis");
+        own.scenario = "portcullis/login (node-a)".into();
+        let mut other = decision(2, "Ip", "192.0.2.2", "10m", "portcullis");
+        other.scenario = "portcullis/login (node-b)".into();
+        let applied = table.apply(
+            &Stream {
+                new: vec![own, other],
+                deleted: vec![],
+            },
+            true,
+            0,
+            |d| d.scenario.ends_with("(node-a)"),
+        );
+        assert_eq!(applied.own, vec![(net("192.0.2.1/32"), 600 * SECOND)]);
+        assert!(
+            table.entry(net("192.0.2.1/32")).is_none(),
+            "held once, as a ban"
+        );
+        let entry = table.entry(net("192.0.2.2/32")).unwrap();
+        assert_eq!(entry.origin, Origin::Portcullis.code());
     }
 }
