@@ -80,20 +80,25 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         summary_interval: u64,
         /// Enforce the ban decisions of this CrowdSec Local API (e.g. http://127.0.0.1:8080),
-        /// as a bouncer; needs --crowdsec-key-file.
+        /// as a bouncer; needs --crowdsec-key-file. Default: the `url` of the machine file.
         #[arg(long, env = "PORTCULLIS_CROWDSEC_URL", requires = "crowdsec_key_file")]
         crowdsec_url: Option<String>,
         /// File holding the bouncer API key (`cscli bouncers add portcullis`).
-        #[arg(long, env = "PORTCULLIS_CROWDSEC_KEY_FILE", requires = "crowdsec_url")]
+        #[arg(long, env = "PORTCULLIS_CROWDSEC_KEY_FILE")]
         crowdsec_key_file: Option<PathBuf>,
         /// Credentials of a CrowdSec machine (the file `cscli machines add NAME -f FILE`
-        /// writes): the bans this node makes are posted to the Local API, for every node.
+        /// writes: url, login, password): the bans this node makes are posted to the Local
+        /// API, for every node.
         #[arg(
             long,
             env = "PORTCULLIS_CROWDSEC_MACHINE_FILE",
-            requires = "crowdsec_url"
+            requires = "crowdsec_key_file"
         )]
         crowdsec_machine_file: Option<PathBuf>,
+        /// This node's name where the fleet sees it (the bans it shares). Default: the host
+        /// name; in Kubernetes, the node's name.
+        #[arg(long, env = "PORTCULLIS_NODE_NAME")]
+        node_name: Option<String>,
         /// Time between decision pulls (e.g. 1s, 500ms).
         #[arg(long, env = "PORTCULLIS_CROWDSEC_PULL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
         crowdsec_pull_interval: Duration,
@@ -242,6 +247,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             crowdsec_key_file,
             crowdsec_machine_file,
             crowdsec_pull_interval,
+            node_name,
         } => {
             init_logging(log_format);
             if iface_of_default_route {
@@ -252,14 +258,15 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 }
             }
             // Everything is validated before the kernel is touched.
-            let crowdsec = match (crowdsec_url, crowdsec_key_file) {
-                (Some(url), Some(key_file)) => Some(portcullis::crowdsec::Config::load(
-                    &url,
+            let crowdsec = match crowdsec_key_file {
+                Some(key_file) => Some(portcullis::crowdsec::Config::load(
+                    crowdsec_url.as_deref(),
                     &key_file,
                     crowdsec_pull_interval,
                     crowdsec_machine_file.as_deref(),
+                    node_name.unwrap_or_else(host_name),
                 )?),
-                _ => None,
+                None => None,
             };
             let start = run::start_policy(&policy, &state_dir)?;
             let options = RunOptions {
@@ -328,6 +335,15 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The host's name (the node's, outside a container).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "portcullis".to_string())
 }
 
 #[cfg(test)]

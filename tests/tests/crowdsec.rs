@@ -223,14 +223,17 @@ fn bans_are_shared_across_the_fleet() {
         "rate_limits:\n  - {name: probe-flood, protocol: udp, ports: [7001], rate: 10/s, burst: 5, ban: {after: 5, within: 1m, for: 10m}}\n",
     )
     .unwrap();
+    // One machine for the fleet, as a DaemonSet's pods share one Secret; each agent names
+    // its node.
+    let machine = lapi.machine_file("fleet").unwrap().display().to_string();
     let mut agents = Vec::new();
     let mut leftovers = Vec::new();
     for (i, leaf) in star.leaves.iter().enumerate() {
         leftovers.push(Leftovers::of(&leaf.ns));
         let key = lapi.bouncer_key_file(&format!("node{i}")).unwrap();
-        let machine = lapi.machine_file(&format!("node{i}")).unwrap();
         let url = format!("http://{}:8080", leaf.hub_addr);
-        let (key, machine) = (key.display().to_string(), machine.display().to_string());
+        let key = key.display().to_string();
+        let node = format!("node{i}");
         let args = [
             "--crowdsec-url",
             &url,
@@ -238,6 +241,8 @@ fn bans_are_shared_across_the_fleet() {
             &key,
             "--crowdsec-machine-file",
             &machine,
+            "--node-name",
+            &node,
         ];
         agents.push(Agent::start(&leaf.ns, &leaf.iface, &policy, &args).unwrap());
     }

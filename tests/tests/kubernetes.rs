@@ -30,11 +30,12 @@ const APPLY_WITHIN: Duration = Duration::from_secs(2);
 const SHORT: Duration = Duration::from_millis(300);
 
 /// The kustomizations a user applies.
-fn kustomizations() -> [PathBuf; 3] {
+fn kustomizations() -> [PathBuf; 4] {
     let dir = deploy_dir();
     [
         dir.clone(),
         dir.join("overlays/example"),
+        dir.join("overlays/crowdsec"),
         dir.join("uninstall"),
     ]
 }
@@ -164,6 +165,65 @@ fn manifests_agree_with_the_build() {
             assert!(out.status.success(), "{}", output_text(&out));
         }
     }
+
+    // CrowdSec: off in the base; the overlay turns it on with the agent's own flags, the
+    // credentials read from the Secret's files, and the node's name.
+    let agent_daemonset = |kustomization: &Path| {
+        let (_, documents) = render(&tools, kustomization).unwrap();
+        object(&documents, "DaemonSet", "portcullis").clone()
+    };
+    let base = agent_daemonset(&deploy_dir());
+    assert!(
+        !serde_json::to_string(&base).unwrap().contains("crowdsec"),
+        "the base keeps CrowdSec off"
+    );
+    let on = agent_daemonset(&deploy_dir().join("overlays/crowdsec"));
+    let pod = &on["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "crowdsec")
+        .expect("the Secret is mounted");
+    assert_eq!(mount["readOnly"], true);
+    let dir = mount["mountPath"].as_str().unwrap();
+    let help = Command::new(agent::binary())
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = output_text(&help);
+    for (flag, key) in [
+        ("--crowdsec-key-file", "bouncer-key"),
+        ("--crowdsec-machine-file", "machine.yaml"),
+    ] {
+        assert!(help.contains(flag), "the agent takes {flag}");
+        assert!(
+            args.contains(&format!("{flag}={dir}/{key}").as_str()),
+            "{flag} reads the Secret's {key}: {args:?}"
+        );
+    }
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "crowdsec")
+        .unwrap();
+    assert_eq!(volume["secret"]["secretName"], "portcullis-crowdsec");
+    let node = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "PORTCULLIS_NODE_NAME")
+        .expect("the node's name");
+    assert!(help.contains("PORTCULLIS_NODE_NAME"));
+    assert_eq!(node["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
 
     // The seccomp profile is what its generator makes of the runtime default here.
     let seccomp = deploy_dir().join("seccomp");

@@ -54,6 +54,8 @@ pub struct Config {
     pub interval: Duration,
     /// Machine credentials, to share this node's bans; `None`: decisions are only pulled.
     pub machine: Option<Credentials>,
+    /// This node's name in the bans it shares (`--node-name`, default the host name).
+    pub node: String,
 }
 
 impl std::fmt::Debug for Config {
@@ -63,18 +65,20 @@ impl std::fmt::Debug for Config {
             .field("key_file", &self.key_file)
             .field("interval", &self.interval)
             .field("machine", &self.machine)
+            .field("node", &self.node)
             .finish_non_exhaustive()
     }
 }
 
 impl Config {
     /// Reads the key from `key_file` (and the machine's credentials from `machine_file`)
-    /// and checks the URL, before anything is loaded.
+    /// and checks the URL (`url`, else the machine file's), before anything is loaded.
     pub fn load(
-        url: &str,
+        url: Option<&str>,
         key_file: &Path,
         interval: Duration,
         machine_file: Option<&Path>,
+        node: String,
     ) -> Result<Self> {
         let key = std::fs::read_to_string(key_file)
             .with_context(|| format!("reading the CrowdSec bouncer key {}", key_file.display()))?
@@ -89,14 +93,22 @@ impl Config {
         if interval.is_zero() {
             bail!("the CrowdSec pull interval must be more than zero");
         }
-        Lapi::new(url, key.clone())?;
         let machine = machine_file.map(Credentials::load).transpose()?;
+        let Some(url) = url.or(machine.as_ref().and_then(|m| m.url.as_deref())) else {
+            bail!(
+                "--crowdsec-key-file needs the Local API's URL: --crowdsec-url, or a machine \
+                 file (--crowdsec-machine-file) with a url"
+            );
+        };
+        Lapi::new(url, key.clone())?;
+        let url = url.to_string();
         Ok(Self {
-            url: url.to_string(),
+            url,
             key,
             key_file: key_file.to_path_buf(),
             interval,
             machine,
+            node,
         })
     }
 }
@@ -124,7 +136,8 @@ pub async fn run(
 ) {
     let lapi = Lapi::new(&config.url, config.key.clone()).expect("checked by Config::load");
     let mut watcher = config.machine.clone().map(|credentials| {
-        Watcher::new(&config.url, credentials).expect("checked by Config::load")
+        Watcher::new(&config.url, credentials, config.node.clone())
+            .expect("checked by Config::load")
     });
     let mut sync = Sync {
         table: Table::default(),
@@ -148,11 +161,7 @@ pub async fn run(
                 sync.share(watcher, &telemetry).await;
             }
         }
-        let own = |d: &lapi::Decision| {
-            watcher
-                .as_ref()
-                .is_some_and(|w| w.credentials().is_own(&d.scenario))
-        };
+        let own = |d: &lapi::Decision| watcher.as_ref().is_some_and(|w| w.is_own(d));
         match pulled {
             Ok(stream) => match block_in_place(|| sync.take(&stream, startup, own)) {
                 Ok(()) => wait = config.interval,
@@ -353,4 +362,81 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn configuration_errors_say_what_to_fix() {
+        let dir = std::env::temp_dir().join(format!("pc-crowdsec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = file(&dir, "key", "0123abcd\n");
+        let second = Duration::from_secs(1);
+        let load = |url: Option<&str>, key: &Path, machine: Option<&Path>| {
+            Config::load(url, key, second, machine, "node-a".into()).map_err(|e| format!("{e:#}"))
+        };
+        let config = load(Some("http://127.0.0.1:8080"), &key, None).unwrap();
+        assert_eq!(config.key, "0123abcd");
+        assert!(
+            !format!("{config:?}").contains("0123abcd"),
+            "the key is not printed"
+        );
+
+        let machine = file(
+            &dir,
+            "machine.yaml",
+            "url: http://10.0.0.1:8080\nlogin: fleet\npassword: s3cret-s3cret\n",
+        );
+        let config = load(None, &key, Some(&machine)).unwrap();
+        assert_eq!(config.url, "http://10.0.0.1:8080", "the machine file's url");
+        assert!(
+            !format!("{config:?}").contains("s3cret"),
+            "the password is not printed"
+        );
+        let config = load(Some("http://lapi:8080"), &key, Some(&machine)).unwrap();
+        assert_eq!(config.url, "http://lapi:8080", "the flag wins");
+
+        for (url, key_text, machine_text, want) in [
+            (None, "k", None, "needs the Local API's URL"),
+            (Some("http://x"), "", None, "expected one bouncer API key"),
+            (
+                Some("http://x"),
+                "two words",
+                None,
+                "expected one bouncer API key",
+            ),
+            (Some("lapi:8080"), "k", None, "is not a Local API URL"),
+            (
+                Some("http://x"),
+                "k",
+                Some("login: fleet\n"),
+                "needs a login and a password",
+            ),
+            (
+                Some("http://x"),
+                "k",
+                Some("[not, a, map]"),
+                "expected the YAML",
+            ),
+        ] {
+            let key = file(&dir, "key2", key_text);
+            let machine = machine_text.map(|text| file(&dir, "machine2.yaml", text));
+            let error = load(url, &key, machine.as_deref()).unwrap_err();
+            assert!(error.contains(want), "{error}");
+        }
+        let missing = load(Some("http://x"), &dir.join("nowhere"), None).unwrap_err();
+        assert!(
+            missing.contains("reading the CrowdSec bouncer key"),
+            "{missing}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

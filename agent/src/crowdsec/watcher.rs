@@ -20,10 +20,11 @@ const TOKEN_MARGIN: Duration = Duration::from_secs(60);
 const TOKEN_DEFAULT_LIFE: Duration = Duration::from_secs(30 * 60);
 
 /// The machine's credentials, from the file `cscli machines add NAME -f FILE` writes (`url`,
-/// `login`, `password`; its `url` is not used: `--crowdsec-url` says where the Local API
-/// is). The password is never logged.
-#[derive(Clone, Deserialize)]
+/// `login`, `password`; `--crowdsec-url`, if given, wins over its `url`). The password is
+/// never logged.
+#[derive(Clone)]
 pub struct Credentials {
+    pub url: Option<String>,
     pub login: String,
     pub password: String,
 }
@@ -31,6 +32,7 @@ pub struct Credentials {
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")
+            .field("url", &self.url)
             .field("login", &self.login)
             .finish_non_exhaustive()
     }
@@ -46,6 +48,7 @@ impl Credentials {
         })?;
         #[derive(Deserialize)]
         struct File {
+            url: Option<String>,
             login: Option<String>,
             password: Option<String>,
         }
@@ -57,22 +60,27 @@ impl Credentials {
         })?;
         match (file.login, file.password) {
             (Some(login), Some(password)) if !login.is_empty() && !password.is_empty() => {
-                Ok(Self { login, password })
+                Ok(Self {
+                    url: file.url.filter(|url| !url.is_empty()),
+                    login,
+                    password,
+                })
             }
             _ => bail!("{}: needs a login and a password", path.display()),
         }
     }
+}
 
-    /// The scenario a decision this machine posts carries: the rule, and the machine, so
-    /// that the node can tell its own decisions when they come back.
-    pub fn scenario(&self, rule: &str) -> String {
-        format!("portcullis/{rule} ({})", self.login)
-    }
+/// The scenario of a decision node `node` posts for a ban of `rule`: the node is named so
+/// that it can tell its own decisions when they come back (nodes may share one machine's
+/// credentials, as pods of a DaemonSet sharing a Secret do).
+pub fn scenario(node: &str, rule: &str) -> String {
+    format!("portcullis/{rule} ({node})")
+}
 
-    /// Whether `scenario` is one of this machine's.
-    pub fn is_own(&self, scenario: &str) -> bool {
-        scenario.starts_with("portcullis/") && scenario.ends_with(&format!(" ({})", self.login))
-    }
+/// Whether `scenario` is one node `node` posted.
+pub fn is_own(node: &str, scenario: &str) -> bool {
+    scenario.starts_with("portcullis/") && scenario.ends_with(&format!(" ({node})"))
 }
 
 /// A ban this node made, to share.
@@ -88,21 +96,25 @@ pub struct Watcher {
     http: reqwest::Client,
     base: String,
     credentials: Credentials,
+    /// This node's name, in the scenario of what it posts.
+    node: String,
     token: Option<(String, Instant)>,
 }
 
 impl Watcher {
-    pub fn new(url: &str, credentials: Credentials) -> Result<Self, LapiError> {
+    pub fn new(url: &str, credentials: Credentials, node: String) -> Result<Self, LapiError> {
         Ok(Self {
             http: client()?,
             base: url.trim_end_matches('/').to_string(),
             credentials,
+            node,
             token: None,
         })
     }
 
-    pub fn credentials(&self) -> &Credentials {
-        &self.credentials
+    /// Whether `decision` is one this node posted.
+    pub fn is_own(&self, decision: &super::lapi::Decision) -> bool {
+        is_own(&self.node, &decision.scenario)
     }
 
     async fn token(&mut self) -> Result<String, LapiError> {
@@ -170,14 +182,14 @@ impl Watcher {
             net => ("Range", net.to_string()),
         };
         let seconds = ban.left.as_secs().max(1);
-        let scenario = self.credentials.scenario(&ban.rule);
+        let scenario = scenario(&self.node, &ban.rule);
         json!({
             "scenario": scenario,
             "scenario_hash": "",
             "scenario_version": "",
             "message": format!(
                 "{}: Portcullis rule {} banned {} for {seconds} s",
-                self.credentials.login, ban.rule, ban.net
+                self.node, ban.rule, ban.net
             ),
             "events_count": 1,
             "events": [],
