@@ -27,6 +27,7 @@ fn bench_smoke_run_writes_its_tables_and_numbers() {
         "## Deny path with events on and off",
         "## HTTP routes, per packet",
         "## HTTP responses, per segment",
+        "## CrowdSec decisions, per packet",
         "## Flood throughput, one source",
         "## Events under a flood",
         "## Flood throughput, 1,048,576 spoofed sources",
@@ -55,6 +56,9 @@ fn bench_smoke_run_writes_its_tables_and_numbers() {
     for row in http {
         assert!(positive(&row["ns_per_packet"]), "{row}");
     }
+    let decisions = json["per_packet"]["decisions"].as_array().unwrap();
+    assert_eq!(decisions.len(), 3, "three decision counts");
+    assert!(positive(&decisions[2]["hit_ns"]), "{decisions:?}");
     let responses = json["per_packet"]["responses"].as_array().unwrap();
     assert_eq!(responses.len(), 4, "four response paths");
     for row in responses {

@@ -111,9 +111,11 @@ pub fn run(scale: &Scale) -> Result<(String, Value)> {
     md.push_str(&http_md);
     let (responses_md, responses) = response_paths(scale)?;
     md.push_str(&responses_md);
+    let (decisions_md, decisions) = decision_paths(scale)?;
+    md.push_str(&decisions_md);
     Ok((
         md,
-        json!({"paths": results, "events": events, "http": http, "responses": responses}),
+        json!({"paths": results, "events": events, "http": http, "responses": responses, "decisions": decisions}),
     ))
 }
 
@@ -126,6 +128,69 @@ fn to_http_port(payload: &str) -> Vec<u8> {
     FrameSpec::tcp("203.0.113.9", 80, false, true)
         .content(payload.as_bytes())
         .build()
+}
+
+/// CrowdSec decisions held, for the decision table: none, one (a /15 over the hit's
+/// source), and a community blocklist's worth of /32s besides.
+const DECISION_COUNTS: [usize; 3] = [0, 1, 100_000];
+
+/// What CrowdSec decisions cost: a packet no decision covers (every packet pays the
+/// decision lookup) and a decision hit, as the decision maps fill.
+fn decision_paths(scale: &Scale) -> Result<(String, Vec<Value>)> {
+    let mut harness = Harness::new(&policy_text(10, None))?;
+    let hit = FrameSpec::udp("198.18.0.9", 80).build();
+    let miss = FrameSpec::udp("203.0.113.7", 80).build();
+    let mut md = format!(
+        "\n## CrowdSec decisions, per packet (BPF_PROG_TEST_RUN, median of {})\n\n| path | {} | floor |\n|---|{}---|\n",
+        scale.rounds,
+        DECISION_COUNTS
+            .map(|n| format!("{n} decisions"))
+            .join(" | "),
+        "---|".repeat(DECISION_COUNTS.len())
+    );
+    let entry = agent_common::DecisionEntry {
+        expires_ns: u64::MAX,
+        origin: agent_common::decision::Origin::Capi.code(),
+        _pad: 0,
+    };
+    let mut held = 0;
+    let (mut miss_row, mut hit_row) = (Vec::new(), Vec::new());
+    let mut results = Vec::new();
+    for count in DECISION_COUNTS {
+        while held < count {
+            let net = if held == 0 {
+                "198.18.0.0/15".parse()?
+            } else {
+                let n = held as u32;
+                ipnet::IpNet::new(std::net::Ipv4Addr::from(0x6440_0000 + n * 7).into(), 32)?
+            };
+            harness.decisions.set(net, entry)?;
+            held += 1;
+        }
+        let miss_ns = ns_per_packet(&harness, XDP_PROGRAM, &miss, scale)?;
+        miss_row.push(format!("{miss_ns:.0} ns"));
+        let hit_ns = if count > 0 {
+            let ns = ns_per_packet(&harness, XDP_PROGRAM, &hit, scale)?;
+            hit_row.push(format!("{ns:.0} ns"));
+            Some(ns)
+        } else {
+            hit_row.push("-".to_string());
+            None
+        };
+        results.push(json!({"decisions": count, "no_match_ns": miss_ns, "hit_ns": hit_ns}));
+    }
+    let floor = ns_per_packet(&harness, FLOOR, &miss, scale)?;
+    let _ = writeln!(
+        md,
+        "| no decision (no match) | {} | {floor:.0} ns |",
+        miss_row.join(" | ")
+    );
+    let _ = writeln!(
+        md,
+        "| decision hit | {} | {floor:.0} ns |",
+        hit_row.join(" | ")
+    );
+    Ok((md, results))
 }
 
 /// A segment from the server toward a client, from `port`, carrying `payload`.
