@@ -36,6 +36,7 @@ fn bench_smoke_run_writes_its_tables_and_numbers() {
         "## Applying a policy",
         "## Policy file edit to enforcement",
         "## Agent memory, idle",
+        "## CrowdSec: importing decisions",
     ] {
         assert!(md.contains(heading), "{heading} missing:\n{md}");
     }
@@ -138,6 +139,8 @@ fn bench_smoke_run_writes_its_tables_and_numbers() {
     assert_eq!(control["apply"][0]["cidrs"], 1000);
     assert!(positive(&control["apply"][0]["write_s"]));
     assert_eq!(control["apply"][1]["routes"], 10_000);
+    assert_eq!(json["crowdsec"]["decisions"], 1_000);
+    assert!(positive(&json["crowdsec"]["import_to_enforced_s"]));
     assert!(positive(&control["apply"][1]["write_s"]));
     let edits = control["edit_to_enforcement_s"].as_array().unwrap();
     assert!(!edits.is_empty() && edits.iter().all(positive), "{edits:?}");

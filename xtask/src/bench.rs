@@ -33,6 +33,7 @@ pub fn run(options: &Options) -> Result<()> {
         std::env::current_dir()?.join("target/release/portcullis"),
     );
     command.env("PORTCULLIS_NGINX", setup::nginx_binary());
+    command.env("PORTCULLIS_CROWDSEC", setup::crowdsec_root());
     command.args([
         "run",
         "--release",

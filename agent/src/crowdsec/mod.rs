@@ -5,6 +5,12 @@
 //! the kernel), pulls back off, and `status` and the metrics say since when the decisions
 //! are stale; the next pull that succeeds is a full resync.
 //!
+//! The stream gives each bouncer what was made since its last pull, by creation time; a
+//! decision whose transaction commits after a pull began but was stamped before it (a bulk
+//! `cscli decisions import` is written in batches) is never in an incremental answer. So
+//! the sync resyncs in full once a burst of new decisions settles, and every
+//! `FULL_RESYNC_INTERVAL` in any case; a resync rewrites only the entries that changed.
+//!
 //! With machine credentials the agent also shares the bans it makes (escalation and
 //! response rules, in enforce mode): each is posted as an alert with a ban decision, which
 //! every other node pulls. Its own decisions coming back are not held a second time.
@@ -20,6 +26,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use agent_common::DecisionEntry;
 use anyhow::{Context as _, Result, bail};
 use ipnet::IpNet;
 use tokio::{sync::Notify, task::block_in_place};
@@ -40,8 +47,15 @@ use watcher::{SharedBan, Watcher};
 pub const DEFAULT_PULL_INTERVAL: Duration = Duration::from_secs(1);
 /// The longest wait between pulls while the Local API fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// A ban already shared whose end is within this of the shared one is not posted again.
+/// A ban already shared whose end is within this of the shared one is not posted again;
+/// nor is a kernel entry rewritten whose end moves by less (a resync recomputes ends
+/// from the time each decision has left).
 const SHARE_SLACK_NS: u64 = 2_000_000_000;
+/// New decisions in one pull from which the sync resyncs once the burst is over (see the
+/// module's comment).
+const BURST: usize = 100;
+/// The longest time between full resyncs.
+const FULL_RESYNC_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Where the decisions come from.
 #[derive(Clone)]
@@ -123,6 +137,12 @@ struct Sync {
     resync: bool,
     /// This node's bans already posted, with their ends (`CLOCK_MONOTONIC` ns).
     shared: HashMap<IpNet, u64>,
+    /// What the kernel's maps hold, as this sync wrote it (after a startup pull).
+    written: HashMap<IpNet, DecisionEntry>,
+    /// A pull brought a burst of new decisions: resync once a pull brings none.
+    burst: bool,
+    /// When the last full resync was pulled.
+    last_full: Option<std::time::Instant>,
 }
 
 /// Pulls decisions (and shares this node's bans) until the agent stops (the task is
@@ -149,11 +169,17 @@ pub async fn run(
         },
         resync: true,
         shared: HashMap::new(),
+        written: HashMap::new(),
+        burst: false,
+        last_full: None,
     };
     telemetry.set_crowdsec(sync.status.clone());
     let mut wait = config.interval;
     loop {
-        let startup = sync.resync;
+        let startup = sync.resync
+            || sync
+                .last_full
+                .is_none_or(|at| at.elapsed() >= FULL_RESYNC_INTERVAL);
         let pulled = lapi.pull(startup).await;
         if let Some(watcher) = &mut watcher {
             // After the pull: a startup pull tells which bans were shared before a restart.
@@ -179,6 +205,9 @@ pub async fn run(
                 sync.failed(e.to_string());
                 wait = (wait * 2).min(MAX_BACKOFF);
             }
+        }
+        if startup {
+            release_freed_memory();
         }
         if let Err(e) = block_in_place(|| sync.expire()) {
             telemetry.count_runtime_error("crowdsec decisions");
@@ -207,6 +236,15 @@ impl Sync {
             .table
             .apply(stream, startup, monotonic_now_ns(), is_own);
         self.write(&touched)?;
+        if startup {
+            self.last_full = Some(std::time::Instant::now());
+            self.burst = false;
+        } else if stream.new.len() >= BURST {
+            self.burst = true;
+        } else if self.burst && stream.new.is_empty() {
+            self.burst = false;
+            self.resync = true;
+        }
         for (net, expires_ns) in own {
             // Shared by this node before (an earlier run, or just now): not again.
             let shared = self.shared.entry(net).or_default();
@@ -217,11 +255,14 @@ impl Sync {
             // What an earlier agent left pinned that the Local API no longer has.
             let held: HashSet<IpNet> = self.table.nets().copied().collect();
             let mut lifted = 0;
-            for (net, _) in self.maps.entries()? {
+            for (net, entry) in self.maps.entries()? {
                 if !held.contains(&net) && self.maps.remove(net)? {
                     lifted += 1;
+                } else {
+                    self.written.insert(net, entry);
                 }
             }
+            self.written.retain(|net, _| held.contains(net));
             tracing::info!(
                 decisions = held.len(),
                 lifted,
@@ -237,7 +278,9 @@ impl Sync {
         for why in ignored {
             *self.status.ignored.entry(why.label()).or_default() += 1;
         }
-        self.resync = false;
+        if startup {
+            self.resync = false;
+        }
         self.status.pulls += 1;
         self.status.last_success_unix = Some(unix_now());
         self.status.stale_since_unix = None;
@@ -323,13 +366,24 @@ impl Sync {
         Ok(())
     }
 
-    /// Brings the kernel's entry for each of `nets` in line with the table.
+    /// Brings the kernel's entry for each of `nets` in line with the table, leaving alone
+    /// those already as the table says (within `SHARE_SLACK_NS`).
     fn write(&mut self, nets: &HashSet<IpNet>) -> Result<(), MapsError> {
         for &net in nets {
             match self.table.entry(net) {
-                Some(entry) => self.maps.set(net, entry)?,
+                Some(entry) => {
+                    let same = self.written.get(&net).is_some_and(|w| {
+                        w.origin == entry.origin
+                            && w.expires_ns.abs_diff(entry.expires_ns) < SHARE_SLACK_NS
+                    });
+                    if !same {
+                        self.maps.set(net, entry)?;
+                        self.written.insert(net, entry);
+                    }
+                }
                 None => {
                     self.maps.remove(net)?;
+                    self.written.remove(&net);
                 }
             }
         }
@@ -356,6 +410,17 @@ pub fn lift_all(maps: &mut DecisionMaps) -> Result<usize, MapsError> {
         }
     }
     Ok(lifted)
+}
+
+/// Gives the memory a full pull freed (its JSON, its decisions as parsed: tens of MiB for a
+/// large blocklist) back to the system, which glibc's allocator otherwise keeps. (musl's,
+/// in the static image, returns it by itself.)
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only hands free heap pages back; nothing in use moves.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn unix_now() -> u64 {

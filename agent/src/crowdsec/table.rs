@@ -54,7 +54,8 @@ pub struct Applied {
 #[derive(Debug, Default)]
 pub struct Table {
     by_id: HashMap<i64, Held>,
-    by_net: HashMap<IpNet, HashSet<i64>>,
+    /// The ids on each prefix: usually one, so a short list rather than a set.
+    by_net: HashMap<IpNet, Vec<i64>>,
 }
 
 impl Table {
@@ -91,7 +92,7 @@ impl Table {
                 Ok(Some(held)) if is_own(decision) => own.push((held.net, held.expires_ns)),
                 Ok(Some(held)) => {
                     touched.insert(held.net);
-                    self.by_net.entry(held.net).or_default().insert(decision.id);
+                    self.by_net.entry(held.net).or_default().push(decision.id);
                     self.by_id.insert(decision.id, held);
                 }
                 Ok(None) => {}
@@ -119,7 +120,7 @@ impl Table {
     fn remove(&mut self, id: i64) -> Option<IpNet> {
         let held = self.by_id.remove(&id)?;
         if let Some(ids) = self.by_net.get_mut(&held.net) {
-            ids.remove(&id);
+            ids.retain(|&held_id| held_id != id);
             if ids.is_empty() {
                 self.by_net.remove(&held.net);
             }

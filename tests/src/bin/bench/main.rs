@@ -6,12 +6,14 @@
 //! - `legit`: HTTP rate and latency for a legitimate client, alone and during a flood;
 //! - `login_flood`: a login flood from many addresses against an API, with NGINX's
 //!   `limit_req` and with a Portcullis route enforcing the same limit;
-//! - `control_plane`: apply times, file edit to enforcement, agent memory.
+//! - `control_plane`: apply times, file edit to enforcement, agent memory;
+//! - `crowdsec`: `cscli decisions import` to enforcement, and the agent's memory holding them.
 //!
 //! Writes a Markdown report to stdout and to `<out>/bench.md`, and the numbers to
 //! `<out>/bench.json`. `--smoke` runs a few seconds' worth of each, for the tests.
 
 mod control_plane;
+mod crowdsec;
 mod filters;
 mod flood;
 mod legit;
@@ -140,12 +142,13 @@ fn run() -> Result<()> {
     let mut results = serde_json::Map::new();
     results.insert("smoke".into(), json!(smoke));
     type Section = fn(&Scale) -> Result<(String, serde_json::Value)>;
-    let sections: [(&str, Section); 5] = [
+    let sections: [(&str, Section); 6] = [
         ("per_packet", per_packet::run),
         ("flood", flood::run),
         ("legit_under_flood", legit::run),
         ("login_flood", login::run),
         ("control_plane", control_plane::run),
+        ("crowdsec", crowdsec::run),
     ];
     if let Some(only) = &only
         && !sections.iter().any(|(name, _)| name == only)
