@@ -141,7 +141,7 @@ fn decisions_from_the_local_api_are_enforced_and_lifted() {
 
 /// A restarted agent keeps enforcing the decisions it had (pinned, with their ends) while
 /// the Local API is away, says they are stale, and drops what the Local API no longer has
-/// once it resyncs.
+/// once it resyncs; an agent started without a Local API lifts the pinned decisions.
 #[test]
 fn a_restarted_agent_keeps_its_decisions_until_it_resyncs() {
     require_kernel!();
@@ -199,7 +199,26 @@ fn a_restarted_agent_keeps_its_decisions_until_it_resyncs() {
             .is_some_and(|d| d.is_empty()),
         "{status:#}"
     );
+
+    // A decision in force, then an agent without a Local API to follow takes over: it lifts
+    // the decisions it cannot keep in step.
+    lapi.cscli(&["decisions", "add", "-i", CLIENT_V4, "-d", "1h"])
+        .unwrap();
+    probe
+        .wait_blocked(Instant::now(), Duration::from_secs(5))
+        .unwrap();
     assert!(second.stop().unwrap().success());
+    drop(second);
+    let taken_over = Instant::now();
+    let third = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]).unwrap();
+    probe
+        .wait_through(taken_over, Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        third.stderr_contains("decisions an earlier agent left are lifted"),
+        "{:?}",
+        third.stderr()
+    );
 }
 
 /// Three agents in three namespaces act as three nodes of a fleet, each a bouncer and a
