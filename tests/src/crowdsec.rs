@@ -224,3 +224,133 @@ impl Drop for LocalApi {
         self.stop();
     }
 }
+
+/// Debian's crowdsec-firewall-bouncer (nftables mode), unpacked by `cargo xtask setup`
+/// (`PORTCULLIS_CROWDSEC_BOUNCER` names the directory), following a Local API in namespace
+/// `ns`, where it installs its nftables tables. Killed on drop, with its tables.
+pub struct FirewallBouncer {
+    dir: tempfile::TempDir,
+    ns: String,
+    child: Option<Child>,
+}
+
+/// Where `cargo xtask setup` unpacked Debian's crowdsec-firewall-bouncer package.
+pub fn bouncer_root() -> PathBuf {
+    std::env::var_os("PORTCULLIS_CROWDSEC_BOUNCER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+            Path::new(&home).join(".cache/portcullis/crowdsec-firewall-bouncer")
+        })
+}
+
+impl FirewallBouncer {
+    /// Starts the bouncer against the Local API at `url` with bouncer key `key`, pulling
+    /// every `interval_secs`.
+    pub fn start(ns: &str, url: &str, key: &str, interval_secs: u32) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config = format!(
+            "mode: nftables
+pid_dir: {d}
+update_frequency: {interval_secs}s
+daemonize: false
+log_mode: stdout
+log_level: info
+api_url: {url}/
+api_key: {key}
+disable_ipv6: false
+deny_action: DROP
+deny_log: false
+supported_decisions_types:
+  - ban
+blacklists_ipv4: crowdsec-blacklists
+blacklists_ipv6: crowdsec6-blacklists
+nftables:
+  ipv4:
+    enabled: true
+    set-only: false
+    table: crowdsec
+    chain: crowdsec-chain
+  ipv6:
+    enabled: true
+    set-only: false
+    table: crowdsec6
+    chain: crowdsec6-chain
+prometheus:
+  enabled: false
+",
+            d = dir.path().display()
+        );
+        let path = dir.path().join("bouncer.yaml");
+        std::fs::write(&path, config)?;
+        let log = std::fs::File::create(dir.path().join("bouncer.log"))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(bouncer_root().join("usr/bin/crowdsec-firewall-bouncer"))
+            .arg("-c")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting crowdsec-firewall-bouncer (run `cargo xtask setup`)")?;
+        let bouncer = Self {
+            dir,
+            ns: ns.to_string(),
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while bouncer.set_size().is_none() {
+            if Instant::now() > deadline {
+                bail!(
+                    "the bouncer made no nftables set within 20 s:\n{}",
+                    bouncer.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(bouncer)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("bouncer.log")).unwrap_or_default()
+    }
+
+    /// Addresses in its IPv4 set, or `None` before it made the set.
+    pub fn set_size(&self) -> Option<usize> {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &self.ns, "nft", "-j", "list", "set", "ip", "crowdsec",
+            ])
+            .arg("crowdsec-blacklists")
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let set = json["nftables"]
+            .as_array()?
+            .iter()
+            .find_map(|item| item.get("set"))?;
+        Some(set["elem"].as_array().map_or(0, Vec::len))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for FirewallBouncer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for table in ["ip crowdsec", "ip6 crowdsec6"] {
+            let mut args = vec!["netns", "exec", &self.ns, "nft", "delete", "table"];
+            args.extend(table.split(' '));
+            let _ = Command::new("ip").args(&args).output();
+        }
+    }
+}

@@ -155,10 +155,14 @@ fn kernel(options: &Options) -> Result<()> {
             "PORTCULLIS_NGINX",
             setup::nginx_binary().display().to_string(),
         ),
-        // Debian's crowdsec, for its Local API.
+        // Debian's crowdsec, for its Local API, and its firewall bouncer (the benchmark).
         (
             "PORTCULLIS_CROWDSEC",
             setup::crowdsec_root().display().to_string(),
+        ),
+        (
+            "PORTCULLIS_CROWDSEC_BOUNCER",
+            setup::crowdsec_bouncer_root().display().to_string(),
         ),
     ];
     integration(KERNEL_TESTS, false, options, &env)?;
