@@ -34,7 +34,10 @@ pub fn run(options: &Options) -> Result<()> {
     );
     command.env("PORTCULLIS_NGINX", setup::nginx_binary());
     command.env("PORTCULLIS_CROWDSEC", setup::crowdsec_root());
-    command.env("PORTCULLIS_CROWDSEC_BOUNCER", setup::crowdsec_bouncer_root());
+    command.env(
+        "PORTCULLIS_CROWDSEC_BOUNCER",
+        setup::crowdsec_bouncer_root(),
+    );
     command.args([
         "run",
         "--release",
