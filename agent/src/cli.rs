@@ -335,6 +335,12 @@ fn print_crowdsec(crowdsec: &CrowdsecStatus) {
             }
         }
     }
+    if crowdsec.over_capacity > 0 {
+        println!(
+            "  {} decisions not enforced: the decision maps are full (raise capacity.decisions)",
+            crowdsec.over_capacity
+        );
+    }
     if crowdsec.bans_shared > 0 || crowdsec.share_errors > 0 {
         println!(
             "  {} bans of this node shared, {} posts failed{}",

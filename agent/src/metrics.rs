@@ -131,6 +131,12 @@ fn render_crowdsec(registry: &mut Registry, c: &CrowdsecStatus) {
         .inc_by(c.share_errors);
     gauge(
         registry,
+        "crowdsec_decisions_over_capacity",
+        "Decisions pulled but not enforced because the decision maps are full (raise capacity.decisions)",
+        c.over_capacity as u64,
+    );
+    gauge(
+        registry,
         "crowdsec_last_pull_timestamp_seconds",
         "Unix time of the last pull that succeeded (0: none yet)",
         c.last_success_unix.unwrap_or(0),
@@ -443,6 +449,7 @@ mod tests {
                 bans_shared: 4,
                 share_errors: 1,
                 last_share_error: None,
+                over_capacity: 0,
             }),
         });
         for line in [

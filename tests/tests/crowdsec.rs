@@ -379,3 +379,53 @@ fn bans_are_shared_across_the_fleet() {
         );
     }
 }
+
+/// Decisions beyond `capacity.decisions` are counted, not enforced, and the sync goes on:
+/// no failed pulls, and a decision waiting for room takes the room a deletion makes.
+#[test]
+fn decisions_beyond_the_capacity_are_counted_and_wait_for_room() {
+    require_kernel!();
+    let pair = NetnsPair::new().unwrap();
+    let lapi = LocalApi::start(&pair.server_ns, "127.0.0.1", 8080).unwrap();
+    let key = lapi.bouncer_key_file("portcullis").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, "capacity: {decisions: 2}\n").unwrap();
+    let key = key.display().to_string();
+    let agent = Agent::start(
+        &pair.server_ns,
+        &pair.server_if,
+        &policy,
+        &["--crowdsec-url", &lapi.url, "--crowdsec-key-file", &key],
+    )
+    .unwrap();
+    wait_status(&agent, "first pull", |s| s["pulls"].as_u64() >= Some(1));
+    for other in ["192.0.2.1", "192.0.2.2"] {
+        lapi.cscli(&["decisions", "add", "-i", other, "-d", "1h"])
+            .unwrap();
+    }
+    wait_status(&agent, "the maps full", |s| s["decisions"]["cscli"] == 2);
+    let probe = Probe::start(&pair, CLIENT_V4, SERVER_V4, PROBE_PORT).unwrap();
+    lapi.cscli(&["decisions", "add", "-i", CLIENT_V4, "-d", "1h"])
+        .unwrap();
+    let status = wait_status(&agent, "one over", |s| s["over_capacity"] == 1);
+    assert_eq!(status["pull_errors"], 0, "{status:#}");
+    assert!(
+        probe.arriving(Duration::from_secs(1)),
+        "the third decision waits for room"
+    );
+    let pulls = status["pulls"].as_u64().unwrap();
+    wait_status(&agent, "pulls go on", |s| {
+        s["pulls"].as_u64() >= Some(pulls + 2)
+    });
+    assert!(
+        agent.status().unwrap()["crowdsec"]["last_error"].is_null(),
+        "no error"
+    );
+    // A deletion makes room: the waiting decision takes it.
+    let deleted = Instant::now();
+    lapi.cscli(&["decisions", "delete", "-i", "192.0.2.1"])
+        .unwrap();
+    probe.wait_blocked(deleted, Duration::from_secs(5)).unwrap();
+    wait_status(&agent, "none over", |s| s["over_capacity"] == 0);
+}

@@ -308,6 +308,9 @@ pub struct CrowdsecStatus {
     pub share_errors: u64,
     #[serde(default)]
     pub last_share_error: Option<String>,
+    /// Decisions held but not enforced: the decision maps are full (`capacity.decisions`).
+    #[serde(default)]
+    pub over_capacity: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -367,8 +367,25 @@ impl Sync {
     }
 
     /// Brings the kernel's entry for each of `nets` in line with the table, leaving alone
-    /// those already as the table says (within `SHARE_SLACK_NS`).
+    /// those already as the table says (within `SHARE_SLACK_NS`). When it made room in full
+    /// maps, the decisions waiting for room are written too.
     fn write(&mut self, nets: &HashSet<IpNet>) -> Result<(), MapsError> {
+        let removed = self.write_nets(nets)?;
+        if removed && self.status.over_capacity > 0 {
+            let waiting: HashSet<IpNet> = self
+                .table
+                .nets()
+                .filter(|net| !self.written.contains_key(net))
+                .copied()
+                .collect();
+            self.write_nets(&waiting)?;
+        }
+        Ok(())
+    }
+
+    /// `write` for `nets` alone; true when it removed an entry.
+    fn write_nets(&mut self, nets: &HashSet<IpNet>) -> Result<bool, MapsError> {
+        let mut removed = false;
         for &net in nets {
             match self.table.entry(net) {
                 Some(entry) => {
@@ -377,27 +394,64 @@ impl Sync {
                             && w.expires_ns.abs_diff(entry.expires_ns) < SHARE_SLACK_NS
                     });
                     if !same {
-                        self.maps.set(net, entry)?;
-                        self.written.insert(net, entry);
+                        match self.maps.set(net, entry) {
+                            Ok(()) => {
+                                self.written.insert(net, entry);
+                            }
+                            // The map is full (capacity.decisions): this one waits for
+                            // room (a later write of it, or the next full resync).
+                            Err(e) if is_full(&e) => {}
+                            Err(e) => return Err(e),
+                        }
                     }
                 }
                 None => {
-                    self.maps.remove(net)?;
+                    removed |= self.maps.remove(net)?;
                     self.written.remove(&net);
                 }
             }
         }
-        Ok(())
+        Ok(removed)
     }
 
+    /// What `status` says is enforced: what the kernel's maps hold, by origin, and what the
+    /// table holds beyond their capacity.
     fn count(&mut self) {
-        self.status.decisions = self
+        let mut by_origin: BTreeMap<String, usize> = BTreeMap::new();
+        for entry in self.written.values() {
+            *by_origin
+                .entry(
+                    agent_common::decision::Origin::from_code(entry.origin)
+                        .name()
+                        .to_string(),
+                )
+                .or_default() += 1;
+        }
+        self.status.decisions = by_origin;
+        let over = self
             .table
-            .count_by_origin()
-            .into_iter()
-            .map(|(origin, n)| (origin.to_string(), n))
-            .collect::<BTreeMap<_, _>>();
+            .nets()
+            .filter(|net| !self.written.contains_key(net))
+            .count();
+        if over > 0 && self.status.over_capacity == 0 {
+            tracing::warn!(
+                over,
+                "the decision maps are full: raise capacity.decisions; these decisions are not enforced"
+            );
+        }
+        self.status.over_capacity = over;
     }
+}
+
+/// True when a write failed because the map is full.
+fn is_full(error: &MapsError) -> bool {
+    matches!(
+        error,
+        MapsError::Map {
+            source: aya::maps::MapError::SyscallError(e),
+            ..
+        } if matches!(e.io_error.raw_os_error(), Some(libc::ENOSPC | libc::E2BIG))
+    )
 }
 
 /// Without a Local API to follow, decisions an earlier agent left pinned are lifted: they

@@ -3,7 +3,7 @@
 //! scenarios or origins, and each is deleted on its own).
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     net::IpAddr,
     time::Duration,
 };
@@ -147,19 +147,6 @@ impl Table {
     pub fn nets(&self) -> impl Iterator<Item = &IpNet> {
         self.by_net.keys()
     }
-
-    /// Prefixes enforced, by the origin of their kernel entry.
-    pub fn count_by_origin(&self) -> BTreeMap<&'static str, usize> {
-        let mut counts = BTreeMap::new();
-        for net in self.by_net.keys() {
-            if let Some(entry) = self.entry(*net) {
-                *counts
-                    .entry(Origin::from_code(entry.origin).name())
-                    .or_default() += 1;
-            }
-        }
-        counts
-    }
 }
 
 /// A decision as the kernel enforces it, `None` for one that has already ended, or why it
@@ -272,8 +259,8 @@ mod tests {
         let entry = table.entry(net("192.0.2.7/32")).unwrap();
         assert_eq!(entry.origin, Origin::Crowdsec.code());
         assert_eq!(
-            table.count_by_origin(),
-            BTreeMap::from([("CAPI", 1), ("crowdsec", 2), ("lists", 1)])
+            table.entry(net("198.51.100.0/24")).unwrap().origin,
+            Origin::Lists.code()
         );
         // Time passes: the one-minute decisions end.
         let ended = table.expire(61 * SECOND);
