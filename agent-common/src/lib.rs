@@ -123,6 +123,16 @@ pub struct DecisionEntry {
     pub _pad: u32,
 }
 
+impl DecisionEntry {
+    pub const fn new(expires_ns: u64, origin: decision::Origin) -> Self {
+        Self {
+            expires_ns,
+            origin: origin.code(),
+            _pad: 0,
+        }
+    }
+}
+
 /// Value of `BANS_V4` / `BANS_V6`: a temporary ban of a source group.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

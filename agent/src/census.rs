@@ -38,7 +38,7 @@ pub fn take(telemetry: &Telemetry, previous: &Census) -> Census {
     let counted = telemetry
         .maps()
         .count_buckets(Instant::now() + BUCKET_BUDGET, limit);
-    let (bans, blocks) = match telemetry.maps().bans() {
+    let (bans, blocks) = match telemetry.maps().blocks_and_bans() {
         Ok(all) => (
             all.iter()
                 .filter(|b| b.origin == Origin::Escalation)

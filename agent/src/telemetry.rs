@@ -232,21 +232,28 @@ impl Telemetry {
             .collect())
     }
 
-    /// The bans in force: not expired, and made by a rule that has not changed since.
+    /// The blocks, bans and decisions in force: not expired, and (but for decisions) made
+    /// by a rule that has not changed since.
     pub fn bans(&self) -> Result<Vec<Ban>, MapsError> {
+        Ok(self.in_force_only(self.maps.bans()?))
+    }
+
+    /// As `bans`, without the detector decisions.
+    pub fn blocks_and_bans(&self) -> Result<Vec<Ban>, MapsError> {
+        Ok(self.in_force_only(self.maps.blocks_and_bans()?))
+    }
+
+    fn in_force_only(&self, all: Vec<Ban>) -> Vec<Ban> {
         let rules = &self.in_force().rules;
         let now = monotonic_now_ns();
-        Ok(self
-            .maps
-            .bans()?
-            .into_iter()
+        all.into_iter()
             .filter(|b| {
                 // A decision stands on its own; a ban or block on the rule behind it.
                 let current = matches!(b.origin, Origin::Decision(_))
                     || rules.ban_is_current(b.rule, b.epoch);
                 b.expires_ns > now && current
             })
-            .collect())
+            .collect()
     }
 
     /// What keeps the agent from being ready: programs not attached as the kernel reports

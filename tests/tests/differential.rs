@@ -308,11 +308,10 @@ fn kernel_agrees_with_the_reference_model_on_random_frames() {
         // entry (the deny wins), others on sources that rate limits and bans also judge.
         for cidr in DECISIONS {
             let net: ipnet::IpNet = cidr.parse().unwrap();
-            let entry = agent_common::DecisionEntry {
-                expires_ns: u64::MAX,
-                origin: agent_common::decision::Origin::Crowdsec.code(),
-                _pad: 0,
-            };
+            let entry = agent_common::DecisionEntry::new(
+                u64::MAX,
+                agent_common::decision::Origin::Crowdsec,
+            );
             h.decisions.set(net, entry).unwrap();
             model.add_decision(net);
         }

@@ -1684,23 +1684,16 @@ fn detector_decisions_refuse_after_allow_and_blocks() {
     let policy = "allow: [203.0.113.10/32]\nhttp:\n  ports: [80]\n";
     let mut h = Harness::new(policy).unwrap();
     let net = |cidr: &str| cidr.parse::<ipnet::IpNet>().unwrap();
-    let until = |secs: u64| DecisionEntry {
-        expires_ns: portcullis::maps::monotonic_now_ns() + secs * 1_000_000_000,
-        origin: Origin::Cscli.code(),
-        _pad: 0,
+    let until = |secs: u64| {
+        let expires_ns = portcullis::maps::monotonic_now_ns() + secs * 1_000_000_000;
+        DecisionEntry::new(expires_ns, Origin::Cscli)
     };
     h.decisions.set(net("203.0.113.0/24"), until(3600)).unwrap();
     h.decisions
         .set(net("2001:db8:5::/48"), until(3600))
         .unwrap();
     h.decisions
-        .set(
-            net("198.51.100.9/32"),
-            DecisionEntry {
-                expires_ns: 1,
-                ..until(0)
-            },
-        )
+        .set(net("198.51.100.9/32"), DecisionEntry::new(1, Origin::Cscli))
         .unwrap();
     h.bans.block(net("203.0.113.7/32"), u64::MAX).unwrap();
     let udp = |src: &str| FrameSpec::udp(src, 53).build();

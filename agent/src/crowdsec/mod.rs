@@ -137,7 +137,7 @@ struct Sync {
     resync: bool,
     /// This node's bans already posted, with their ends (`CLOCK_MONOTONIC` ns).
     shared: HashMap<IpNet, u64>,
-    /// What the kernel's maps hold, as this sync wrote it (after a startup pull).
+    /// What the kernel's maps hold: read once at the first full pull, then kept as written.
     written: HashMap<IpNet, DecisionEntry>,
     /// A pull brought a burst of new decisions: resync once a pull brings none.
     burst: bool,
@@ -235,6 +235,12 @@ impl Sync {
         } = self
             .table
             .apply(stream, startup, monotonic_now_ns(), is_own);
+        if self.last_full.is_none() {
+            // The first full pull: what the maps hold (an earlier agent's pins after a
+            // restart) is read once, so that entries already right are not rewritten and
+            // the rest are lifted below. From then on `written` says what they hold.
+            self.written = self.maps.entries()?.into_iter().collect();
+        }
         self.write(&touched)?;
         if startup {
             self.last_full = Some(std::time::Instant::now());
@@ -252,20 +258,21 @@ impl Sync {
             *self.status.ignored.entry("own".to_string()).or_default() += 1;
         }
         if startup {
-            // What an earlier agent left pinned that the Local API no longer has.
-            let held: HashSet<IpNet> = self.table.nets().copied().collect();
-            let mut lifted = 0;
-            for (net, entry) in self.maps.entries()? {
-                if !held.contains(&net) && self.maps.remove(net)? {
-                    lifted += 1;
-                } else {
-                    self.written.insert(net, entry);
-                }
+            // What the maps hold that the Local API no longer has (an earlier agent's pins,
+            // or what a missed deletion left).
+            let gone: Vec<IpNet> = self
+                .written
+                .keys()
+                .filter(|net| self.table.entry(**net).is_none())
+                .copied()
+                .collect();
+            for net in &gone {
+                self.maps.remove(*net)?;
+                self.written.remove(net);
             }
-            self.written.retain(|net, _| held.contains(net));
             tracing::info!(
-                decisions = held.len(),
-                lifted,
+                decisions = self.written.len(),
+                lifted = gone.len(),
                 "CrowdSec decisions in sync with the Local API"
             );
         } else if !stream.new.is_empty() || !stream.deleted.is_empty() {
@@ -285,14 +292,17 @@ impl Sync {
         self.status.last_success_unix = Some(unix_now());
         self.status.stale_since_unix = None;
         self.status.last_error = None;
-        self.count();
+        // Counting walks the table: only when the pull changed something.
+        if !touched.is_empty() {
+            self.count();
+        }
         Ok(())
     }
 
     /// Posts the bans this node made (enforced ones, not yet shared) to the Local API. A
     /// failure is counted and the bans are tried again next time.
     async fn share(&mut self, watcher: &mut Watcher, telemetry: &Telemetry) {
-        let bans = match block_in_place(|| telemetry.bans()) {
+        let bans = match block_in_place(|| telemetry.blocks_and_bans()) {
             Ok(bans) => bans,
             Err(e) => {
                 telemetry.count_runtime_error("crowdsec share");

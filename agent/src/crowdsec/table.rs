@@ -136,11 +136,7 @@ impl Table {
             .iter()
             .map(|id| self.by_id[id])
             .max_by_key(|held| held.expires_ns)?;
-        Some(DecisionEntry {
-            expires_ns: longest.expires_ns,
-            origin: longest.origin.code(),
-            _pad: 0,
-        })
+        Some(DecisionEntry::new(longest.expires_ns, longest.origin))
     }
 
     /// Every prefix a decision covers.

@@ -173,8 +173,17 @@ impl TelemetryMaps {
         Some(count)
     }
 
-    /// Every block and ban in the maps, ended or not (the sweep removes ended ones).
+    /// Every block, ban and decision in the maps, ended or not.
     pub fn bans(&self) -> Result<Vec<Ban>, MapsError> {
+        let mut all = self.blocks_and_bans()?;
+        all.extend(self.decisions()?);
+        Ok(all)
+    }
+
+    /// Every block and escalation ban, ended or not (the sweep removes ended ones): what
+    /// the census counts and a node shares, without reading the decision maps (a community
+    /// blocklist's hundreds of thousands of entries).
+    pub fn blocks_and_bans(&self) -> Result<Vec<Ban>, MapsError> {
         let blocks = lpm_entries(&self.blocks_v4, &self.blocks_v6)?
             .into_iter()
             .map(|(net, block)| Ban {
@@ -193,6 +202,11 @@ impl TelemetryMaps {
                 epoch: ban.epoch,
                 expires_ns: ban.expires_ns,
             });
+        Ok(blocks.chain(bans).collect())
+    }
+
+    /// Every detector decision, ended or not (the decision sync lifts ended ones).
+    pub fn decisions(&self) -> Result<Vec<Ban>, MapsError> {
         let decisions = lpm_entries(&self.decisions_v4, &self.decisions_v6)?
             .into_iter()
             .map(|(net, decision)| Ban {
@@ -204,6 +218,6 @@ impl TelemetryMaps {
                 epoch: 0,
                 expires_ns: decision.expires_ns,
             });
-        Ok(blocks.chain(bans).chain(decisions).collect())
+        Ok(decisions.collect())
     }
 }

@@ -33,9 +33,10 @@ fn import(lapi: &LocalApi, file: &std::path::Path) -> Result<()> {
     let mut attempt = 0;
     loop {
         match lapi.cscli(&["decisions", "import", "-i", &file]) {
-            Err(e) if attempt < 3 && e.to_string().contains("database is locked") => {
+            Err(e) if attempt < 10 && e.to_string().contains("database is locked") => {
                 attempt += 1;
                 eprintln!("bench: the Local API's database was busy; importing again");
+                std::thread::sleep(Duration::from_secs(1));
             }
             other => return other.map(|_| ()),
         }

@@ -156,15 +156,26 @@ fn run() -> Result<()> {
         let names: Vec<&str> = sections.iter().map(|(name, _)| *name).collect();
         bail!("no section {only}; the sections are {}", names.join(", "));
     }
+    // A section that fails is reported and the others still run and are written: a
+    // failure late in a long run must not lose what was measured before it.
+    let mut failed = Vec::new();
     for (name, section) in sections {
         if only.as_ref().is_some_and(|only| only != name) {
             continue;
         }
         eprintln!("bench: {name}");
-        let (text, value) = section(&scale).with_context(|| format!("benchmark {name}"))?;
-        md.push_str(&text);
-        md.push('\n');
-        results.insert(name.into(), value);
+        match section(&scale) {
+            Ok((text, value)) => {
+                md.push_str(&text);
+                md.push('\n');
+                results.insert(name.into(), value);
+            }
+            Err(e) => {
+                eprintln!("bench: {name} failed: {e:#}");
+                let _ = writeln!(md, "\n## {name}: failed\n\n{e:#}\n");
+                failed.push(name);
+            }
+        }
     }
     print!("{md}");
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -178,5 +189,8 @@ fn run() -> Result<()> {
         out.join("bench.md").display(),
         out.join("bench.json").display()
     );
+    if !failed.is_empty() {
+        bail!("sections failed: {}", failed.join(", "));
+    }
     Ok(())
 }

@@ -148,11 +148,7 @@ fn decision_paths(scale: &Scale) -> Result<(String, Vec<Value>)> {
             .join(" | "),
         "---|".repeat(DECISION_COUNTS.len())
     );
-    let entry = agent_common::DecisionEntry {
-        expires_ns: u64::MAX,
-        origin: agent_common::decision::Origin::Capi.code(),
-        _pad: 0,
-    };
+    let entry = agent_common::DecisionEntry::new(u64::MAX, agent_common::decision::Origin::Capi);
     let mut held = 0;
     let (mut miss_row, mut hit_row) = (Vec::new(), Vec::new());
     let mut results = Vec::new();
