@@ -10,8 +10,8 @@ use crate::{
     control::{
         client::{self, ClientError},
         protocol::{
-            Applied, BanList, Blocked, Changes, CrowdsecStatus, ErrorKind, PolicyShown, Request,
-            Stats, Status, Unblocked,
+            Applied, BanList, Blocked, Changes, CrowdsecStatus, ErrorKind, ListStatus, PolicyShown,
+            Request, Stats, Status, Unblocked,
         },
     },
     policy::{self, Mode, PolicyError},
@@ -74,6 +74,13 @@ fn print_changes(changes: &[String]) {
     }
 }
 
+/// On stderr, so scripts reading the changes are not confused, and always shown.
+fn print_warnings(warnings: &[String]) {
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
+}
+
 fn print_json(value: &impl Serialize) {
     println!(
         "{}",
@@ -89,6 +96,7 @@ pub fn policy_apply(socket: &Path, file: &Path) -> Result<(), CliError> {
     let applied: Applied = call(socket, Request::PolicyApply { text, origin })?;
     println!("version {} in force", applied.version);
     print_changes(&applied.changes);
+    print_warnings(&applied.warnings);
     Ok(())
 }
 
@@ -137,6 +145,7 @@ pub fn policy_rollback(socket: &Path, version: Option<u64>) -> Result<(), CliErr
         applied.version
     );
     print_changes(&applied.changes);
+    print_warnings(&applied.warnings);
     Ok(())
 }
 
@@ -144,6 +153,7 @@ pub fn mode(socket: &Path, rule: String, mode: Mode) -> Result<(), CliError> {
     let applied: Applied = call(socket, Request::Mode { rule, mode })?;
     println!("version {} in force", applied.version);
     print_changes(&applied.changes);
+    print_warnings(&applied.warnings);
     Ok(())
 }
 
@@ -298,11 +308,43 @@ pub fn status(socket: &Path, json: bool) -> Result<(), CliError> {
     if let Some(crowdsec) = &status.crowdsec {
         print_crowdsec(crowdsec);
     }
+    for list in &status.lists {
+        print_list(list);
+    }
     println!(
         "uptime {} s, agent {}",
         status.uptime_secs, status.agent_version
     );
     Ok(())
+}
+
+fn print_list(list: &ListStatus) {
+    let read = match (list.read_unix, list.from_cache) {
+        (None, _) => "no copy yet".to_string(),
+        (Some(at), false) => format!("read {}", timestamp(at)),
+        (Some(at), true) => format!("cached copy fetched {}", timestamp(at)),
+    };
+    println!("{}: {} entries, {read}", list.rule, list.entries);
+    if let Some(error) = &list.error {
+        let since = list.failing_since_unix.map(timestamp).unwrap_or_default();
+        println!("  failing since {since}: {error}");
+    }
+    if list.bad_lines > 0 {
+        println!(
+            "  {} bad lines skipped: {}",
+            list.bad_lines,
+            list.bad_lines_shown.join("; ")
+        );
+    }
+    if list.duplicates + list.covered_by_allow > 0 {
+        println!(
+            "  left out: {} already listed, {} inside an allow entry",
+            list.duplicates, list.covered_by_allow
+        );
+    }
+    if let Some(why) = &list.not_applied {
+        println!("  not applied: {why}");
+    }
 }
 
 fn print_crowdsec(crowdsec: &CrowdsecStatus) {

@@ -19,13 +19,23 @@ use crate::{
     },
     enforcer::Enforcer,
     history::History,
+    lists::{self, Copies},
     maps::{BanMaps, MapsError, Origin, Swept, monotonic_now_ns},
-    policy::{self, Mode, PolicyError, units},
+    policy::{self, ListRule, Mode, Policy, PolicyError, units},
     telemetry::{InForce, Telemetry},
 };
 
 pub struct Daemon {
     enforcer: Enforcer,
+    /// The policy in force as its text says it (with mode switches), before its lists'
+    /// entries are merged in: what a list's new copy is merged into.
+    declared: Policy,
+    lists: Copies,
+    /// How each list of `declared` went into the policy in force.
+    lists_in_force: Vec<lists::InForce>,
+    /// The lists to follow (files watched, URLs fetched), for the lists task.
+    wanted_lists: tokio::sync::watch::Sender<Vec<ListRule>>,
+    state_dir: PathBuf,
     bans: BanMaps,
     telemetry: Arc<Telemetry>,
     history: History,
@@ -47,6 +57,13 @@ pub struct Daemon {
 /// What the daemon is started with.
 pub struct DaemonParts {
     pub enforcer: Enforcer,
+    /// The policy `enforcer` put in force before its lists were merged in, the lists'
+    /// copies it was merged with, and how each went in.
+    pub declared: Policy,
+    pub lists: Copies,
+    pub lists_in_force: Vec<lists::InForce>,
+    pub wanted_lists: tokio::sync::watch::Sender<Vec<ListRule>>,
+    pub state_dir: PathBuf,
     pub bans: BanMaps,
     pub telemetry: Arc<Telemetry>,
     pub history: History,
@@ -78,21 +95,6 @@ impl ApplyError {
     }
 }
 
-/// The answer to an apply, a mode switch or a rollback.
-fn applied(
-    result: Result<(u64, Vec<String>), ApplyError>,
-    rolled_back_to: Option<u64>,
-) -> Response {
-    match result {
-        Ok((version, changes)) => Response::ok(&Applied {
-            version,
-            changes,
-            rolled_back_to,
-        }),
-        Err(e) => e.response(),
-    }
-}
-
 fn failed(e: impl Into<anyhow::Error>) -> Response {
     Response::error(ErrorKind::Failed, format!("{:#}", e.into()))
 }
@@ -103,6 +105,11 @@ impl Daemon {
     pub fn new(parts: DaemonParts) -> anyhow::Result<Self> {
         let DaemonParts {
             enforcer,
+            declared,
+            lists,
+            lists_in_force,
+            wanted_lists,
+            state_dir,
             bans,
             telemetry,
             mut history,
@@ -126,6 +133,11 @@ impl Daemon {
         }
         let mut daemon = Self {
             enforcer,
+            declared,
+            lists,
+            lists_in_force,
+            wanted_lists,
+            state_dir,
             bans,
             telemetry,
             history,
@@ -164,14 +176,101 @@ impl Daemon {
     /// Tells telemetry what is in force now.
     fn publish(&self) {
         let policy = self.enforcer.policy();
+        let listed = |allow: bool| -> usize {
+            policy
+                .lists
+                .iter()
+                .zip(&policy.listed)
+                .filter(|(rule, _)| (rule.action == policy::ListAction::Allow) == allow)
+                .map(|(_, nets)| nets.len())
+                .sum()
+        };
         self.telemetry.publish(InForce {
             version: self.version(),
             file_error: self.file_error.clone(),
             rules: self.enforcer.rules_in_force(),
-            allow_entries: policy.allow.len(),
-            deny_entries: policy.deny.len(),
+            allow_entries: policy.allow.len() + listed(true),
+            deny_entries: policy.deny.len() + listed(false),
             capacity: policy.capacity,
+            lists: self.lists.status(&self.declared, &self.lists_in_force),
         });
+    }
+
+    /// The answer to an apply, a mode switch or a rollback, with what to know about the
+    /// lists in force.
+    fn applied(
+        &self,
+        result: Result<(u64, Vec<String>), ApplyError>,
+        rolled_back_to: Option<u64>,
+    ) -> Response {
+        match result {
+            Ok((version, changes)) => Response::ok(&Applied {
+                version,
+                changes,
+                rolled_back_to,
+                warnings: self.list_warnings(),
+            }),
+            Err(e) => e.response(),
+        }
+    }
+
+    /// Lists not read yet, failing, with bad lines or not applied, one line each.
+    pub fn list_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for list in self.lists.status(&self.declared, &self.lists_in_force) {
+            let rule = &list.rule;
+            match (&list.error, list.read_unix) {
+                (Some(error), None) => warnings.push(format!(
+                    "{rule}: {error}; it applies as empty until it can be read"
+                )),
+                (None, None) => warnings.push(format!(
+                    "{rule}: not fetched yet; its entries apply once it is"
+                )),
+                (Some(error), Some(at)) => warnings.push(format!(
+                    "{rule}: {error}; the copy read at {} (Unix time) stays in force",
+                    at
+                )),
+                (None, Some(_)) => {}
+            }
+            if list.bad_lines > 0 {
+                warnings.push(format!(
+                    "{rule}: {} bad lines skipped, the rest applies: {}",
+                    list.bad_lines,
+                    list.bad_lines_shown.join("; ")
+                ));
+            }
+            if let Some(why) = &list.not_applied {
+                warnings.push(format!("{rule}: not applied: {why}"));
+            }
+        }
+        warnings
+    }
+
+    /// Takes a read of one list; a changed copy of a list in force is merged into the
+    /// policy and put in force (the policy's version stays: its text did not change).
+    pub fn list_update(&mut self, update: lists::Update) -> anyhow::Result<()> {
+        let source = update.source.clone();
+        if let lists::Outcome::Failed(error) = &update.outcome {
+            tracing::warn!(list = %source, error, "list not read; the copy in force stays");
+        }
+        let changed = self.lists.update(update);
+        if changed && self.declared.lists.iter().any(|r| r.source == source) {
+            let (policy, in_force) = lists::expand(&self.declared, &self.lists);
+            let changes = policy::diff::diff(self.enforcer.policy(), &policy);
+            if !changes.is_empty() {
+                let started = Instant::now();
+                self.enforcer.apply(policy)?;
+                tracing::info!(
+                    list = %source,
+                    changes = changes.join("; "),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "list applied"
+                );
+            }
+            self.lists_in_force = in_force;
+        }
+        self.publish();
+        Ok(())
     }
 
     /// Validates `text` (+ `modes`), applies it, and records it as a new version. Returns
@@ -198,10 +297,12 @@ impl Daemon {
         source_name: &Path,
     ) -> Result<(u64, Vec<String>), ApplyError> {
         let started = Instant::now();
-        let policy = policy::parse(source_name, text).map_err(ApplyError::Invalid)?;
-        let policy = policy
+        let declared = policy::parse(source_name, text).map_err(ApplyError::Invalid)?;
+        let declared = declared
             .with_modes(&modes)
             .map_err(|e| ApplyError::UnknownRule(e.to_string()))?;
+        self.lists.read_local(&declared, &self.state_dir);
+        let (policy, lists_in_force) = lists::expand(&declared, &self.lists);
         let changes = policy::diff::diff(self.enforcer.policy(), &policy);
         let current = self.history.current();
         if changes.is_empty() && current.is_some_and(|v| v.text == text && v.modes == modes) {
@@ -211,6 +312,16 @@ impl Daemon {
         // Published whatever happened: a failed write leaves the old set in force.
         let recorded = applied.map(|()| {
             self.modes = modes.clone();
+            self.lists.keep_only(&declared);
+            self.lists_in_force = lists_in_force;
+            self.wanted_lists.send_if_modified(|wanted| {
+                let modified = *wanted != declared.lists;
+                if modified {
+                    wanted.clone_from(&declared.lists);
+                }
+                modified
+            });
+            self.declared = declared;
             self.history.record(origin.clone(), text.to_string(), modes)
         });
         self.publish();
@@ -276,15 +387,19 @@ impl Daemon {
             Request::PolicyApply { text, origin } => {
                 let source = PathBuf::from(&origin);
                 let origin = format!("{by}: {origin}");
-                applied(
-                    self.apply_version(&text, BTreeMap::new(), origin, &source),
-                    None,
-                )
+                let result = self.apply_version(&text, BTreeMap::new(), origin, &source);
+                self.applied(result, None)
             }
             Request::PolicyDiff { text } => match policy::parse(Path::new("<diff>"), &text) {
-                Ok(new) => Response::ok(&Changes {
-                    changes: policy::diff::diff(self.enforcer.policy(), &new),
-                }),
+                Ok(new) => {
+                    // With the lists' entries as an apply would merge them; nothing kept.
+                    let mut copies = self.lists.clone();
+                    copies.read_local(&new, &self.state_dir);
+                    let (new, _) = lists::expand(&new, &copies);
+                    Response::ok(&Changes {
+                        changes: policy::diff::diff(self.enforcer.policy(), &new),
+                    })
+                }
                 Err(e) => Response::error(ErrorKind::InvalidPolicy, e.to_string()),
             },
             Request::PolicyShow => self.show(),
@@ -297,10 +412,8 @@ impl Daemon {
                 modes.insert(rule.clone(), mode);
                 let origin = format!("{by}: mode {rule} {}", mode.name());
                 let path = PathBuf::from(format!("version {}", current.number));
-                applied(
-                    self.apply_version(&current.text, modes, origin, &path),
-                    None,
-                )
+                let result = self.apply_version(&current.text, modes, origin, &path);
+                self.applied(result, None)
             }
             Request::Block {
                 cidr,
@@ -359,7 +472,7 @@ impl Daemon {
         let origin = format!("{by}: rollback to {}", target.number);
         let path = PathBuf::from(format!("version {}", target.number));
         let result = self.apply_version(&target.text, target.modes.clone(), origin, &path);
-        applied(result, Some(target.number))
+        self.applied(result, Some(target.number))
     }
 
     fn block(&mut self, cidr: &str, ttl_secs: Option<u64>, reason: Option<String>) -> Response {
@@ -476,6 +589,7 @@ impl Daemon {
             took_over_maps: self.took_over_maps,
             policy_file_error: self.file_error.clone(),
             crowdsec: self.telemetry.crowdsec(),
+            lists: self.telemetry.in_force().lists.clone(),
         }
     }
 }

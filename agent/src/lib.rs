@@ -12,6 +12,8 @@ pub mod enforcer;
 pub mod events;
 pub mod history;
 pub mod http;
+pub mod http_client;
+pub mod lists;
 pub mod loader;
 pub mod maps;
 pub mod metrics;

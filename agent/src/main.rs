@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum, builder::TypedValueParser as _};
 use portcullis::{
     cli::{self, CliError},
     control::DEFAULT_SOCKET,
+    lists,
     loader::{self, DEFAULT_PIN_DIR, Hook, XdpModeOption},
     policy::{self, Mode, PolicyError},
     run::{self, OnExit, RunOptions},
@@ -309,6 +310,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                         http.responses.len(),
                         http.ports
                     );
+                }
+                for list in &loaded.lists {
+                    println!("{}", lists::check(list));
                 }
             }
             PolicyCommand::Apply { file } => cli::policy_apply(socket, &file)?,

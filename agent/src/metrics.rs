@@ -9,7 +9,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{control::protocol::CrowdsecStatus, maps::Counters, policy::Capacity};
+use crate::{
+    control::protocol::{CrowdsecStatus, ListStatus},
+    maps::Counters,
+    policy::Capacity,
+};
 
 /// One program's own cost, from the kernel's BPF statistics (`kernel.bpf_stats_enabled`).
 #[derive(Debug, Clone)]
@@ -53,6 +57,8 @@ pub struct Snapshot {
     pub bpf_stats_enabled: bool,
     /// The CrowdSec decision sync, when the agent follows a Local API.
     pub crowdsec: Option<CrowdsecStatus>,
+    /// The IP lists the policy names.
+    pub lists: Vec<ListStatus>,
 }
 
 type Labels = Vec<(String, String)>;
@@ -148,6 +154,40 @@ fn render_crowdsec(registry: &mut Registry, c: &CrowdsecStatus) {
          failing or not reached yet); 0 while in sync",
         c.stale_since_unix.unwrap_or(0),
     );
+}
+
+fn render_lists(registry: &mut Registry, lists: &[ListStatus]) {
+    let families = [
+        (
+            "list_entries",
+            "Entries of an IP list in force, by list and the name its hits count under",
+        ),
+        (
+            "list_bad_lines",
+            "Lines of an IP list's copy that are not addresses or CIDRs (skipped)",
+        ),
+        (
+            "list_read_timestamp_seconds",
+            "Unix time the list's copy in force was read or fetched (0: no copy yet)",
+        ),
+        (
+            "list_failing_since_timestamp_seconds",
+            "Unix time since which reads of the list fail (its copy in force stays); 0 while they succeed",
+        ),
+    ]
+    .map(|(name, help)| gauge_family(registry, name, help));
+    for list in lists {
+        let labels = labels(&[("list", &list.list), ("name", &list.name)]);
+        let values = [
+            list.entries as u64,
+            list.bad_lines as u64,
+            list.read_unix.unwrap_or(0),
+            list.failing_since_unix.unwrap_or(0),
+        ];
+        for (family, value) in families.iter().zip(values) {
+            family.get_or_create(&labels).set(value as i64);
+        }
+    }
 }
 
 pub fn render(s: &Snapshot) -> String {
@@ -352,6 +392,7 @@ pub fn render(s: &Snapshot) -> String {
     if let Some(crowdsec) = &s.crowdsec {
         render_crowdsec(&mut registry, crowdsec);
     }
+    render_lists(&mut registry, &s.lists);
     if s.bpf_stats_enabled {
         let run_time = counter_family(
             &mut registry,
@@ -451,6 +492,15 @@ mod tests {
                 last_share_error: None,
                 over_capacity: 0,
             }),
+            lists: vec![ListStatus {
+                list: "https://lists.example/drop.txt".into(),
+                name: "spamhaus".into(),
+                entries: 1024,
+                bad_lines: 2,
+                read_unix: Some(1_700_000_100),
+                failing_since_unix: Some(1_700_000_200),
+                ..ListStatus::default()
+            }],
         });
         for line in [
             "portcullis_packets_total{reason=\"denied\",verdict=\"drop\"} 7",
@@ -483,6 +533,10 @@ mod tests {
             "portcullis_crowdsec_last_pull_timestamp_seconds 1700000000",
             "portcullis_crowdsec_bans_shared_total{outcome=\"ok\"} 4",
             "portcullis_crowdsec_stale_since_timestamp_seconds 1700000005",
+            "portcullis_list_entries{list=\"https://lists.example/drop.txt\",name=\"spamhaus\"} 1024",
+            "portcullis_list_bad_lines{list=\"https://lists.example/drop.txt\",name=\"spamhaus\"} 2",
+            "portcullis_list_read_timestamp_seconds{list=\"https://lists.example/drop.txt\",name=\"spamhaus\"} 1700000100",
+            "portcullis_list_failing_since_timestamp_seconds{list=\"https://lists.example/drop.txt\",name=\"spamhaus\"} 1700000200",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -27,7 +27,7 @@ use crate::{
     enforcer::Enforcer,
     events::{self, Clock, Output},
     history::History,
-    http,
+    http, lists,
     loader::{self, Attachment, Hook, XdpModeOption},
     maps::{self, Counters, KernelMaps},
     policy::{self, Mode, Policy, PolicyError},
@@ -277,13 +277,17 @@ async fn serve(
         telemetry,
     } = KernelMaps::take(ebpf)?;
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)? as u32;
+    // List files, and the cached copies of list URLs: what a restart enforces at once.
+    let mut list_copies = lists::Copies::default();
+    list_copies.read_local(&policy, &options.state_dir);
+    let (expanded, lists_in_force) = lists::expand(&policy, &list_copies);
     // The policy is in the maps before any program runs (or, when taking over, before the
     // new programs replace the old): there is no moment where traffic meets no policy.
     let enforcer = if adopting {
         tracing::info!(pin_dir = %options.pin_dir.display(), "taking over the pinned maps of a previous agent");
-        Enforcer::adopt(policy_maps, policy, cpus, &options.state_dir)?
+        Enforcer::adopt(policy_maps, expanded, cpus, &options.state_dir)?
     } else {
-        Enforcer::new(policy_maps, policy, cpus, Some(&options.state_dir))?
+        Enforcer::new(policy_maps, expanded, cpus, Some(&options.state_dir))?
     };
     let telemetry = Arc::new(Telemetry::new(
         telemetry,
@@ -294,6 +298,7 @@ async fn serve(
             allow_entries: 0,
             deny_entries: 0,
             capacity: enforcer.policy().capacity,
+            lists: Vec::new(),
         },
     ));
     // The event reader wakes the CrowdSec sync when the kernel makes a ban, to share it.
@@ -320,8 +325,20 @@ async fn serve(
             None
         }
     };
+    let (wanted_lists, wanted) = tokio::sync::watch::channel(policy.lists.clone());
+    let (list_updates_tx, list_updates) = mpsc::channel(16);
+    let following_lists = tokio::spawn(lists::follow(
+        wanted,
+        list_updates_tx,
+        options.state_dir.clone(),
+    ));
     let mut daemon = Daemon::new(DaemonParts {
         enforcer,
+        declared: policy,
+        lists: list_copies,
+        lists_in_force,
+        wanted_lists,
+        state_dir: options.state_dir.clone(),
         bans,
         telemetry: telemetry.clone(),
         history,
@@ -439,7 +456,16 @@ async fn serve(
         stopped,
         bans_made,
     ));
-    main_loop(&mut daemon, &telemetry, options, changes, calls, signals).await;
+    for warning in daemon.list_warnings() {
+        tracing::warn!("{warning}");
+    }
+    let inputs = Inputs {
+        changes,
+        calls,
+        list_updates,
+        signals,
+    };
+    main_loop(&mut daemon, &telemetry, options, inputs).await;
     tracing::info!("shutting down");
     let _ = stop_reporting.send(());
     if let Err(e) = reporting.await {
@@ -452,6 +478,7 @@ async fn serve(
     if let Some(crowdsec) = crowdsec {
         crowdsec.abort();
     }
+    following_lists.abort();
     match options.on_exit {
         OnExit::Detach => {
             detach_all(attachments);
@@ -500,14 +527,28 @@ const BEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// loop one at a time (they change what is in force), with the synchronous work off the
 /// runtime's async threads. An error is logged and counted, and the loop goes on: nothing
 /// that happens at run time takes the programs away.
+/// What the main loop waits for.
+struct Inputs {
+    /// Events in the policy file's directory.
+    changes: mpsc::Receiver<()>,
+    calls: mpsc::Receiver<Call>,
+    /// Reads of the policy's IP lists.
+    list_updates: mpsc::Receiver<lists::Update>,
+    signals: Signals,
+}
+
 async fn main_loop(
     daemon: &mut Daemon,
     telemetry: &Telemetry,
     options: &RunOptions,
-    mut changes: mpsc::Receiver<()>,
-    mut calls: mpsc::Receiver<Call>,
-    mut signals: Signals,
+    inputs: Inputs,
 ) {
+    let Inputs {
+        mut changes,
+        mut calls,
+        mut list_updates,
+        mut signals,
+    } = inputs;
     let mut sweep = tokio::time::interval(BAN_SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut beat = tokio::time::interval(BEAT_INTERVAL);
@@ -534,6 +575,11 @@ async fn main_loop(
                         error = format!("{e:#}"),
                         "policy not reloaded; the previous policy stays in force"
                     ),
+                }
+            }
+            Some(update) = list_updates.recv() => {
+                if let Err(e) = block_in_place(|| daemon.list_update(update)) {
+                    carry_on(telemetry, "list apply", &e);
                 }
             }
             _ = sweep.tick() => {

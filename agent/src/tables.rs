@@ -16,7 +16,7 @@ use ipnet::IpNet;
 
 use crate::{
     policy::{
-        Count, Limit, Mode, Policy, Protocol, RateLimit,
+        Count, Limit, ListAction, Mode, Policy, Protocol, RateLimit,
         http::{Http, OverLimit, ResponseRule, Route, RouteAction},
     },
     routes,
@@ -162,9 +162,13 @@ fn slot(rules: &mut PortRules, count: Count) -> &mut u32 {
 /// Builds the map contents for `policy`, updating `ids`.
 pub fn build(policy: &Policy, ids: &mut RuleIds, cpus: u32) -> Tables {
     let mut wanted: Vec<String> = Vec::new();
-    for deny in &policy.deny {
-        if !wanted.contains(&deny.name) {
-            wanted.push(deny.name.clone());
+    let list_names = policy.lists.iter().filter_map(|list| match &list.action {
+        ListAction::Deny { name, .. } => Some(name),
+        ListAction::Allow => None,
+    });
+    for name in policy.deny.iter().map(|d| &d.name).chain(list_names) {
+        if !wanted.contains(name) {
+            wanted.push(name.clone());
         }
     }
     for rule in &policy.rate_limits {
@@ -181,7 +185,8 @@ pub fn build(policy: &Policy, ids: &mut RuleIds, cpus: u32) -> Tables {
 
     let mut tables = Tables::default();
     tables.rules.insert(BLOCK_RULE, block_rule());
-    // Validation keeps the two lists apart (no prefix in both, no deny inside an allow).
+    // Validation and `lists::expand` keep allow and deny apart (no prefix in both, no deny
+    // inside an allow).
     let allow = AclEntry {
         rule: 0,
         mode: ACL_ALLOW,
@@ -193,7 +198,22 @@ pub fn build(policy: &Policy, ids: &mut RuleIds, cpus: u32) -> Tables {
         };
         (deny.net, entry)
     });
-    for (net, entry) in policy.allow.iter().map(|net| (*net, allow)).chain(deny) {
+    let listed = policy
+        .lists
+        .iter()
+        .zip(&policy.listed)
+        .flat_map(|(list, nets)| {
+            let entry = match &list.action {
+                ListAction::Allow => allow,
+                ListAction::Deny { name, mode } => AclEntry {
+                    rule: ids.id(name),
+                    mode: mode.code(),
+                },
+            };
+            nets.iter().map(move |net| (*net, entry))
+        });
+    let declared = policy.allow.iter().map(|net| (*net, allow)).chain(deny);
+    for (net, entry) in declared.chain(listed) {
         match net {
             IpNet::V4(n) => tables
                 .acl_v4

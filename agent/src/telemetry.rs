@@ -17,8 +17,8 @@ use agent_common::{Capacity, MalformedCause, Mode, Reason, RuleCounters};
 use crate::{
     census::{self, Census},
     control::protocol::{
-        CapacityStats, CrowdsecStatus, ErrorKind, EventCounts, MapStats, Response, RuleCounts,
-        Stats,
+        CapacityStats, CrowdsecStatus, ErrorKind, EventCounts, ListStatus, MapStats, Response,
+        RuleCounts, Stats,
     },
     loader,
     maps::{Ban, Counters, MapsError, Origin, TelemetryMaps, monotonic_now_ns},
@@ -97,6 +97,8 @@ pub struct InForce {
     pub allow_entries: usize,
     pub deny_entries: usize,
     pub capacity: Capacity,
+    /// The IP lists the policy names, as `status` shows them.
+    pub lists: Vec<ListStatus>,
 }
 
 pub struct Telemetry {
@@ -393,6 +395,7 @@ impl Telemetry {
             programs,
             bpf_stats_enabled,
             crowdsec: self.crowdsec(),
+            lists: in_force.lists.clone(),
         })
     }
 }

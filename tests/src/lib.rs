@@ -12,6 +12,7 @@ pub mod kernel;
 pub mod kubernetes;
 pub mod model;
 pub mod netns;
+pub mod nginx;
 pub mod podman;
 pub mod test_programs;
 pub mod traffic;

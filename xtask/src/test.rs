@@ -38,6 +38,7 @@ const KERNEL_TESTS: &[&str] = &["verdicts", "object", "differential", "cli"];
 const KERNEL_TESTS_SERIAL: &[&str] = &[
     "http",
     "crowdsec",
+    "lists",
     "flood",
     "buckets",
     "netns",
@@ -150,7 +151,7 @@ fn agent_binary() -> Result<(&'static str, String)> {
 fn kernel(options: &Options) -> Result<()> {
     let env = [
         agent_binary()?,
-        // Debian's nginx, for the benchmark's smoke run.
+        // Debian's nginx, for the benchmark's smoke run and as the list server.
         (
             "PORTCULLIS_NGINX",
             setup::nginx_binary().display().to_string(),

@@ -109,6 +109,9 @@ pub struct Applied {
     /// For a rollback: the version whose text was applied again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolled_back_to: Option<u64>,
+    /// What to know about the lists it names (not read yet, bad lines, not applied).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The answer to `policy diff`.
@@ -279,6 +282,39 @@ pub struct Status {
     /// The CrowdSec decision sync, when the agent follows a Local API.
     #[serde(default)]
     pub crowdsec: Option<CrowdsecStatus>,
+    /// The IP lists the policy names.
+    #[serde(default)]
+    pub lists: Vec<ListStatus>,
+}
+
+/// One IP list: what of it is in force, and how its reads go.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListStatus {
+    /// The file or URL.
+    pub list: String,
+    /// The entry naming it, as `policy diff` shows it.
+    pub rule: String,
+    /// The name its hits are counted under ("allow" for an allow list).
+    pub name: String,
+    /// Entries in force.
+    pub entries: usize,
+    /// Entries already held by the policy or an earlier list.
+    pub duplicates: usize,
+    /// Deny entries inside an allow entry, which cannot apply.
+    pub covered_by_allow: usize,
+    /// Why the copy is not applied at all (capacity).
+    pub not_applied: Option<String>,
+    /// Lines of the copy that are not entries, and the first of them.
+    pub bad_lines: usize,
+    pub bad_lines_shown: Vec<String>,
+    /// When the copy in force was read or fetched, and whether it came from the cache.
+    pub read_unix: Option<u64>,
+    pub from_cache: bool,
+    /// The last read or fetch that succeeded (a 304 included).
+    pub checked_unix: Option<u64>,
+    /// Why reads fail, and since when; the copy in force stays.
+    pub error: Option<String>,
+    pub failing_since_unix: Option<u64>,
 }
 
 /// The CrowdSec decision sync: how the pulls go and what is enforced.

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::http_client::describe;
+
 /// How long one request to the Local API may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -118,19 +120,6 @@ pub(super) async fn answer<T: serde::de::DeserializeOwned>(
         });
     }
     Ok(serde_json::from_slice(&body)?)
-}
-
-/// A transport error's text with its causes, for logs and `status` (the URL in it carries
-/// no secret: the key travels in a header).
-pub(super) fn describe(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// A Go duration (`time.Duration.String()`: `1h2m3.5s`, `250ms`, `-1.5s`), as the Local API

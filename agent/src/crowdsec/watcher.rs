@@ -12,7 +12,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::lapi::{LapiError, client, describe};
+use super::lapi::{LapiError, client};
+use crate::http_client::describe;
 
 /// A token is renewed this long before the Local API says it expires.
 const TOKEN_MARGIN: Duration = Duration::from_secs(60);

@@ -1,12 +1,12 @@
 //! What changes between two policies, as lines a person reads: `+` added, `-` removed,
 //! `~` changed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use ipnet::IpNet;
 
 use super::{
-    DenyRule, Mode, Policy, RateLimit,
+    DenyRule, ListSource, Mode, Policy, RateLimit,
     http::{DEFAULT_STRICT, Http},
 };
 
@@ -81,6 +81,7 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<String> {
         lines.push(format!("- rate_limit {}", rule.name));
     }
     http_diff(old.http.as_ref(), new.http.as_ref(), &mut lines);
+    list_diff(old, new, &mut lines);
     if old.events_per_second != new.events_per_second {
         lines.push(format!(
             "~ events.per_second: {} -> {}",
@@ -150,6 +151,49 @@ fn named_changes<T: PartialEq + std::fmt::Debug>(
         .filter(|o| !new.iter().any(|n| name(n) == name(o)))
     {
         lines.push(format!("- {kind} {}", name(item)));
+    }
+}
+
+/// Lists added, removed or changed, with their entries in force (counts, not the entries:
+/// a list holds thousands).
+fn list_diff(old: &Policy, new: &Policy, lines: &mut Vec<String>) {
+    let entries = |p: &Policy| -> HashMap<ListSource, (String, HashSet<IpNet>)> {
+        p.lists
+            .iter()
+            .zip(p.listed.iter().chain(std::iter::repeat(&Vec::new())))
+            .map(|(rule, nets)| {
+                (
+                    rule.source.clone(),
+                    (rule.describe(), nets.iter().copied().collect()),
+                )
+            })
+            .collect()
+    };
+    let (before, after) = (entries(old), entries(new));
+    for rule in &new.lists {
+        let (describe, now) = &after[&rule.source];
+        match before.get(&rule.source) {
+            None => lines.push(format!("+ {describe}: {} entries", now.len())),
+            Some((old_describe, then)) => {
+                let added = now.difference(then).count();
+                let removed = then.difference(now).count();
+                if old_describe != describe {
+                    lines.push(format!("~ {old_describe} -> {describe}"));
+                }
+                if added + removed > 0 {
+                    lines.push(format!(
+                        "~ {describe}: {} -> {} entries (+{added} -{removed})",
+                        then.len(),
+                        now.len()
+                    ));
+                }
+            }
+        }
+    }
+    for rule in &old.lists {
+        if !after.contains_key(&rule.source) {
+            lines.push(format!("- {}", rule.describe()));
+        }
     }
 }
 

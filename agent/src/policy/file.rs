@@ -11,7 +11,7 @@ use serde_saphyr::Spanned;
 #[serde(deny_unknown_fields)]
 pub struct PolicyFile {
     #[serde(default)]
-    pub allow: Vec<Spanned<String>>,
+    pub allow: Vec<Spanned<AllowItem>>,
     #[serde(default)]
     pub deny: Vec<Spanned<DenyItem>>,
     #[serde(default)]
@@ -26,21 +26,52 @@ pub struct PolicyFile {
 
 pub use agent_common::Mode;
 
-/// A deny entry: either a bare CIDR string (enforced, unnamed) or a map.
+/// What an allow or deny entry covers: one CIDR, or every entry of an IP list.
 #[derive(Debug)]
-pub struct DenyItem {
-    pub cidr: String,
-    pub mode: Mode,
-    pub name: Option<String>,
+pub enum Target {
+    Cidr(String),
+    List {
+        /// An absolute file path or an http(s) URL.
+        list: String,
+        /// How often a URL is fetched again (e.g. 1h).
+        refresh: Option<String>,
+    },
 }
 
+/// The fields an allow or deny entry written as a map may have; which are allowed depends
+/// on the entry (allow entries have no mode or name).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DenyItemMap {
-    cidr: String,
+struct EntryMap {
+    cidr: Option<String>,
+    list: Option<String>,
+    refresh: Option<String>,
     #[serde(default)]
     mode: Mode,
     name: Option<String>,
+}
+
+impl EntryMap {
+    fn target<E: de::Error>(self) -> Result<(Target, Mode, Option<String>), E> {
+        let target = match (self.cidr, self.list) {
+            (Some(cidr), None) if self.refresh.is_none() => Target::Cidr(cidr),
+            (Some(_), None) => return Err(E::custom("refresh applies to a list, not a cidr")),
+            (None, Some(list)) => Target::List {
+                list,
+                refresh: self.refresh,
+            },
+            _ => return Err(E::custom("give either cidr or list")),
+        };
+        Ok((target, self.mode, self.name))
+    }
+}
+
+/// A deny entry: a bare CIDR string (enforced, unnamed) or a map with a cidr or a list.
+#[derive(Debug)]
+pub struct DenyItem {
+    pub target: Target,
+    pub mode: Mode,
+    pub name: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for DenyItem {
@@ -50,27 +81,61 @@ impl<'de> Deserialize<'de> for DenyItem {
             type Value = DenyItem;
 
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a CIDR, or a map with cidr and optional mode and name")
+                f.write_str("a CIDR, or a map with cidr or list, and optional mode and name")
             }
 
             fn visit_str<E: de::Error>(self, cidr: &str) -> Result<DenyItem, E> {
                 Ok(DenyItem {
-                    cidr: cidr.to_string(),
+                    target: Target::Cidr(cidr.to_string()),
                     mode: Mode::Enforce,
                     name: None,
                 })
             }
 
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<DenyItem, A::Error> {
-                let item = DenyItemMap::deserialize(MapAccessDeserializer::new(map))?;
-                Ok(DenyItem {
-                    cidr: item.cidr,
-                    mode: item.mode,
-                    name: item.name,
-                })
+                let item = EntryMap::deserialize(MapAccessDeserializer::new(map))?;
+                let (target, mode, name) = item.target()?;
+                Ok(DenyItem { target, mode, name })
             }
         }
         deserializer.deserialize_any(DenyVisitor)
+    }
+}
+
+/// An allow entry: a bare CIDR string, or a map with a cidr or a list.
+#[derive(Debug)]
+pub struct AllowItem {
+    pub target: Target,
+}
+
+impl<'de> Deserialize<'de> for AllowItem {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct AllowVisitor;
+        impl<'de> Visitor<'de> for AllowVisitor {
+            type Value = AllowItem;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a CIDR, or a map with cidr or list")
+            }
+
+            fn visit_str<E: de::Error>(self, cidr: &str) -> Result<AllowItem, E> {
+                Ok(AllowItem {
+                    target: Target::Cidr(cidr.to_string()),
+                })
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<AllowItem, A::Error> {
+                let item = EntryMap::deserialize(MapAccessDeserializer::new(map))?;
+                if item.name.is_some() || item.mode != Mode::Enforce {
+                    return Err(de::Error::custom(
+                        "allow entries have no name or mode: allowed traffic is not counted by rule",
+                    ));
+                }
+                let (target, _, _) = item.target()?;
+                Ok(AllowItem { target })
+            }
+        }
+        deserializer.deserialize_any(AllowVisitor)
     }
 }
 

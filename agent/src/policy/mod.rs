@@ -7,7 +7,10 @@ pub mod http;
 pub mod units;
 mod validate;
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use ipnet::IpNet;
 
@@ -34,6 +37,9 @@ pub const DEFAULT_RULES: u32 = 1000;
 /// Default for `capacity.decisions`: detector decisions (CrowdSec bans, community
 /// blocklists) per address family. Not preallocated: only the decisions held take memory.
 pub const DEFAULT_DECISIONS: u32 = 1_048_576;
+/// Default for a list URL's `refresh`: lists like Spamhaus DROP change a few times a day
+/// and ask not to be fetched more often than hourly.
+pub const DEFAULT_LIST_REFRESH: Duration = Duration::from_secs(3600);
 /// Default for `ban.within`.
 pub const DEFAULT_BAN_WINDOW_NS: u64 = 60_000_000_000;
 /// Defaults for `ban.aggregate`.
@@ -55,6 +61,60 @@ pub struct Policy {
     pub capacity: Capacity,
     /// The `http:` section, if the file has one.
     pub http: Option<http::Http>,
+    /// Allow and deny entries that name an IP list, in the file's order.
+    pub lists: Vec<ListRule>,
+    /// The entries of each list that are in force, in the order of `lists`; empty as parsed,
+    /// filled from the lists' copies by `crate::lists::expand`.
+    pub listed: Vec<Vec<IpNet>>,
+}
+
+/// An allow or deny entry naming an IP list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListRule {
+    pub source: ListSource,
+    pub action: ListAction,
+    /// How often a URL is fetched again; files are watched instead.
+    pub refresh: Duration,
+    /// The entry's line in the policy file.
+    pub line: u32,
+}
+
+/// Where a list's entries come from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ListSource {
+    File(PathBuf),
+    Url(String),
+}
+
+impl std::fmt::Display for ListSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            ListSource::File(path) => write!(f, "{}", path.display()),
+            ListSource::Url(url) => f.write_str(url),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ListAction {
+    Allow,
+    /// Counted under `name` (a deny name, or `UNNAMED_DENY`) and enforced or shadowed.
+    Deny {
+        name: String,
+        mode: Mode,
+    },
+}
+
+impl ListRule {
+    /// "allow" or "deny NAME", as lists are shown to people.
+    pub fn describe(&self) -> String {
+        match &self.action {
+            ListAction::Allow => format!("allow list {}", self.source),
+            ListAction::Deny { name, mode } => {
+                format!("deny list {} ({name}, {})", self.source, mode.name())
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -170,6 +230,17 @@ impl Policy {
             }
             let cidr = units::parse_cidr(name).ok();
             let mut found = false;
+            for list in &mut self.lists {
+                if let ListAction::Deny {
+                    name: list_name,
+                    mode: list_mode,
+                } = &mut list.action
+                    && list_name == name
+                {
+                    *list_mode = *mode;
+                    found = true;
+                }
+            }
             for deny in &mut self.deny {
                 if &deny.name == name || Some(deny.net) == cidr {
                     deny.mode = *mode;

@@ -105,6 +105,46 @@ capacity:
 }
 
 #[test]
+fn list_entries_parse_with_their_sources_and_refresh() {
+    let policy = check(
+        "allow:\n  - 10.0.0.0/8\n  - {list: /etc/portcullis/partners.txt}\ndeny:\n  - 192.0.2.0/24\n  - {list: 'https://www.spamhaus.org/drop/drop.txt', name: spamhaus, refresh: 12h, mode: shadow}\n",
+    )
+    .unwrap();
+    assert_eq!(policy.allow.len(), 1);
+    assert_eq!(policy.deny.len(), 1);
+    let lists: Vec<(String, String, u64, u32)> = policy
+        .lists
+        .iter()
+        .map(|l| {
+            (
+                l.source.to_string(),
+                l.describe(),
+                l.refresh.as_secs(),
+                l.line,
+            )
+        })
+        .collect();
+    assert_eq!(
+        lists,
+        vec![
+            (
+                "/etc/portcullis/partners.txt".to_string(),
+                "allow list /etc/portcullis/partners.txt".to_string(),
+                3600,
+                3
+            ),
+            (
+                "https://www.spamhaus.org/drop/drop.txt".to_string(),
+                "deny list https://www.spamhaus.org/drop/drop.txt (spamhaus, shadow)".to_string(),
+                43_200,
+                6
+            ),
+        ]
+    );
+    assert!(policy.listed.is_empty());
+}
+
+#[test]
 fn empty_file_is_an_empty_policy() {
     for text in ["", "\n", "# nothing yet\n", "{}"] {
         let policy = check(text).unwrap();
@@ -147,6 +187,37 @@ fn invalid_policies_name_the_line_and_the_problem() {
         ),
         ("allow: [10.0.0.0/8]\ndeny: [10.1.0.0/16]", 2, |p| {
             matches!(p, Problem::DenyCoveredByAllow { allow_line: 1, .. })
+        }),
+        (
+            "deny:\n  - {list: relative/drop.txt}",
+            2,
+            |p| matches!(p, Problem::ListSource(s) if s == "relative/drop.txt"),
+        ),
+        (
+            "deny:\n  - {list: 'ftp://lists.example/drop.txt'}",
+            2,
+            |p| matches!(p, Problem::ListSource(_)),
+        ),
+        (
+            "allow:\n  - {list: /etc/drop.txt}\ndeny:\n  - {list: /etc/drop.txt}",
+            4,
+            |p| matches!(p, Problem::ListTwice { first_line: 2, .. }),
+        ),
+        ("deny:\n  - {list: /etc/drop.txt, refresh: 1h}", 2, |p| {
+            matches!(p, Problem::RefreshOfFile { .. })
+        }),
+        (
+            "deny:\n  - {list: 'https://lists.example/d.txt', refresh: 500ms}",
+            2,
+            |p| matches!(p, Problem::RefreshTooShort { .. }),
+        ),
+        (
+            "deny:\n  - {list: 'https://lists.example/d.txt', refresh: soon}",
+            2,
+            |p| matches!(p, Problem::Unit(UnitError::DurationSyntax(_))),
+        ),
+        ("deny:\n  - {list: /etc/drop.txt, name: Bad Name}", 2, |p| {
+            matches!(p, Problem::BadName(_))
         }),
         ("allow: [10.0.0.0/8]\ndeny: [10.0.0.0/8]", 2, |p| {
             matches!(p, Problem::DenyCoveredByAllow { .. })
@@ -426,6 +497,22 @@ fn syntax_errors_name_line_column_and_what_was_wrong() {
             "unknown field `count`",
         ),
         ("allow: [10.0.0.0/8]\n\t- x\n", 2, ""),
+        (
+            "deny:\n  - {cidr: 10.0.0.0/8, list: /etc/x}\n",
+            2,
+            "give either cidr or list",
+        ),
+        ("deny:\n  - {name: x}\n", 2, "give either cidr or list"),
+        (
+            "deny:\n  - {cidr: 10.0.0.0/8, refresh: 1h}\n",
+            2,
+            "refresh applies to a list",
+        ),
+        (
+            "allow:\n  - {list: /etc/x, name: partners}\n",
+            2,
+            "allow entries have no name or mode",
+        ),
     ];
     for (text, line, needle) in cases {
         match check(text) {

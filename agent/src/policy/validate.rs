@@ -12,11 +12,12 @@ use serde_saphyr::Spanned;
 
 use super::{
     Aggregate, Ban, CLI_BLOCK, Capacity, Count, DEFAULT_BAN_WINDOW_NS, DEFAULT_BANS,
-    DEFAULT_BLOCKS, DEFAULT_CIDRS, DEFAULT_DECISIONS, DEFAULT_EVENTS_PER_SECOND, DEFAULT_RULES,
-    DEFAULT_SOURCES, DenyRule, Limit, Policy, PolicyError, Protocol, RateLimit, UNNAMED_DENY,
+    DEFAULT_BLOCKS, DEFAULT_CIDRS, DEFAULT_DECISIONS, DEFAULT_EVENTS_PER_SECOND,
+    DEFAULT_LIST_REFRESH, DEFAULT_RULES, DEFAULT_SOURCES, DenyRule, Limit, ListAction, ListRule,
+    ListSource, Policy, PolicyError, Protocol, RateLimit, UNNAMED_DENY,
     file::{
         AggregateSection, BanSection, PolicyFile, RateLimitItem, ResponseItem, RouteItem,
-        StrictField,
+        StrictField, Target,
     },
     http::{
         DEFAULT_STRICT, HTTP_EVASION, Http, MAX_RESPONSE_RULES, OverLimit, ResponseRule, Route,
@@ -156,6 +157,14 @@ pub enum Problem {
          capacity.rules ({capacity}) allows; raise it (a restart applies it)"
     )]
     TooManyRules { count: usize, capacity: u32 },
+    #[error("list '{0}': name an absolute file path or an http:// or https:// URL")]
+    ListSource(String),
+    #[error("list {list} is named twice (first on line {first_line}); one entry per list")]
+    ListTwice { list: String, first_line: u32 },
+    #[error("list {list}: refresh applies to URLs; files are watched and read when they change")]
+    RefreshOfFile { list: String },
+    #[error("list {list}: refresh must be at least 1s")]
+    RefreshTooShort { list: String },
     #[error("capacity.{field} must be between {min} and {max}, got {value}")]
     Capacity {
         field: &'static str,
@@ -176,6 +185,46 @@ const MAX_DECISIONS: u32 = 16 * 1024 * 1024;
 /// The widest source groups a rule with `ban:` may use: /16 (IPv4) and /32 (IPv6).
 const MIN_BAN_PREFIX_V4: u8 = 16;
 const MIN_BAN_PREFIX_V6: u8 = 32;
+
+/// An entry naming a list: where it comes from and how often it is fetched again.
+fn list_rule(
+    list: &str,
+    refresh: Option<&str>,
+    action: ListAction,
+    line: u32,
+) -> Result<ListRule, Problem> {
+    let is_url = list.starts_with("http://") || list.starts_with("https://");
+    let source = if is_url && reqwest::Url::parse(list).is_ok() {
+        ListSource::Url(list.to_string())
+    } else if !is_url && Path::new(list).is_absolute() {
+        ListSource::File(list.into())
+    } else {
+        return Err(Problem::ListSource(list.to_string()));
+    };
+    let refresh = match (refresh, &source) {
+        (None, _) => DEFAULT_LIST_REFRESH,
+        (Some(_), ListSource::File(_)) => {
+            return Err(Problem::RefreshOfFile {
+                list: source.to_string(),
+            });
+        }
+        (Some(text), ListSource::Url(_)) => {
+            let refresh = std::time::Duration::from_nanos(units::parse_duration(text)?);
+            if refresh < std::time::Duration::from_secs(1) {
+                return Err(Problem::RefreshTooShort {
+                    list: source.to_string(),
+                });
+            }
+            refresh
+        }
+    };
+    Ok(ListRule {
+        source,
+        action,
+        refresh,
+        line,
+    })
+}
 
 /// `ban.aggregate`, with its defaults; the wider prefixes obey the ban prefix bounds.
 fn aggregate(
@@ -280,6 +329,7 @@ impl Validator<'_> {
         let capacity = self.capacity(&file)?;
         let allow = self.allow(&file)?;
         let deny = self.deny(&file, &allow)?;
+        let lists = self.lists(&file)?;
         let rate_limits = self.rate_limits(&file)?;
         let http = self.http(&file)?;
         self.check_names(&file, &capacity)?;
@@ -322,7 +372,47 @@ impl Validator<'_> {
             events_per_second,
             capacity,
             http,
+            lists,
+            listed: Vec::new(),
         })
+    }
+
+    /// The allow and deny entries that name a list: allow lists first, each source once.
+    fn lists(&self, file: &PolicyFile) -> Result<Vec<ListRule>, PolicyError> {
+        let allow = file
+            .allow
+            .iter()
+            .map(|item| (item, &item.value.target, ListAction::Allow));
+        let deny = file.deny.iter().map(|item| {
+            let action = ListAction::Deny {
+                name: item
+                    .value
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| UNNAMED_DENY.to_string()),
+                mode: item.value.mode,
+            };
+            (item, &item.value.target, action)
+        });
+        let entries = allow
+            .map(|(item, target, action)| (line_of(item), target, action))
+            .chain(deny.map(|(item, target, action)| (line_of(item), target, action)));
+        let mut lines: HashMap<ListSource, u32> = HashMap::new();
+        let mut lists = Vec::new();
+        for (line, target, action) in entries {
+            let Target::List { list, refresh } = target else {
+                continue;
+            };
+            let rule = list_rule(list, refresh.as_deref(), action, line)
+                .map_err(|p| self.invalid(line, p))?;
+            if let Some(&first_line) = lines.get(&rule.source) {
+                let list = rule.source.to_string();
+                return Err(self.invalid(line, Problem::ListTwice { list, first_line }));
+            }
+            lines.insert(rule.source.clone(), line);
+            lists.push(rule);
+        }
+        Ok(lists)
     }
 
     fn capacity(&self, file: &PolicyFile) -> Result<Capacity, PolicyError> {
@@ -377,7 +467,10 @@ impl Validator<'_> {
         let mut allow = Vec::with_capacity(file.allow.len());
         for item in &file.allow {
             let line = line_of(item);
-            let net = units::parse_cidr(&item.value).map_err(|e| self.invalid(line, e))?;
+            let Target::Cidr(cidr) = &item.value.target else {
+                continue;
+            };
+            let net = units::parse_cidr(cidr).map_err(|e| self.invalid(line, e))?;
             if let Some(&first_line) = seen.get(&net) {
                 return Err(self.invalid(
                     line,
@@ -412,7 +505,13 @@ impl Validator<'_> {
         }
         for item in &file.deny {
             let line = line_of(item);
-            let net = units::parse_cidr(&item.value.cidr).map_err(|e| self.invalid(line, e))?;
+            if let Some(name) = &item.value.name {
+                check_name(name).map_err(|p| self.invalid(line, p))?;
+            }
+            let Target::Cidr(cidr) = &item.value.target else {
+                continue;
+            };
+            let net = units::parse_cidr(cidr).map_err(|e| self.invalid(line, e))?;
             if let Some(&first_line) = seen.get(&net) {
                 return Err(self.invalid(
                     line,
@@ -438,9 +537,6 @@ impl Validator<'_> {
                         },
                     ));
                 }
-            }
-            if let Some(name) = &item.value.name {
-                check_name(name).map_err(|p| self.invalid(line, p))?;
             }
             deny.push(DenyRule {
                 net,

@@ -9,8 +9,8 @@ use std::{
     fmt::Write as _,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::Command,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -22,6 +22,7 @@ use anyhow::{Context as _, Result, bail};
 use portcullis_tests::{
     agent::Agent,
     netns::{NetnsPair, SERVER_V4},
+    nginx::Nginx,
     traffic::{HttpServer, http_fetch},
 };
 use serde_json::{Value, json};
@@ -58,71 +59,21 @@ impl Front {
     }
 }
 
-/// Debian's nginx, unpacked by `cargo xtask setup` (`PORTCULLIS_NGINX`).
-fn nginx_binary() -> Result<PathBuf> {
-    let path = std::env::var_os("PORTCULLIS_NGINX")
-        .map(PathBuf::from)
-        .context("PORTCULLIS_NGINX is not set (`cargo xtask bench` sets it)")?;
-    if !path.exists() {
-        bail!("{} is missing; run `cargo xtask setup`", path.display());
-    }
-    Ok(path)
-}
-
 /// nginx in the server namespace with `limit_req` on the login; stopped on drop.
-struct Nginx {
-    child: Child,
-    _dir: tempfile::TempDir,
+fn start_nginx(pair: &NetnsPair) -> Result<Nginx> {
+    let nginx = Nginx::start(&pair.server_ns, nginx_conf)?;
+    wait_for_http(pair, HTTP_PORT)?;
+    Ok(nginx)
 }
 
-impl Nginx {
-    fn start(pair: &NetnsPair) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let prefix = dir.path();
-        let conf = prefix.join("nginx.conf");
-        std::fs::write(&conf, nginx_conf(prefix))?;
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", pair.server_ns))
-            .arg(nginx_binary()?)
-            .arg("-p")
-            .arg(prefix)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting nginx")?;
-        let nginx = Self { child, _dir: dir };
-        wait_for_http(pair, HTTP_PORT)?;
-        Ok(nginx)
+/// The CPU time of nginx's processes (master and workers), in seconds.
+fn nginx_cpu_seconds(nginx: &Nginx) -> f64 {
+    let master = nginx.pid();
+    let mut total = process_cpu_seconds(master);
+    for worker in children_of(master) {
+        total += process_cpu_seconds(worker);
     }
-
-    /// The CPU time of nginx's processes (master and workers), in seconds.
-    fn cpu_seconds(&self) -> f64 {
-        let master = self.child.id();
-        let mut total = process_cpu_seconds(master);
-        for worker in children_of(master) {
-            total += process_cpu_seconds(worker);
-        }
-        total
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM: the master stops its workers before it exits.
-        // SAFETY: signalling a child we spawned.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    total
 }
 
 fn nginx_conf(prefix: &Path) -> String {
@@ -301,14 +252,14 @@ fn round(front: Front, duration: Duration) -> Result<Round> {
         _ => None,
     };
     let nginx = match front {
-        Front::Nginx => Some(Nginx::start(&pair)?),
+        Front::Nginx => Some(start_nginx(&pair)?),
         _ => None,
     };
     wait_for_http(&pair, HTTP_PORT)?;
 
     let reached_before = logins_reached(&pair, app_port)?;
     let app_cpu_before = process_cpu_seconds(app.pid());
-    let proxy_cpu_before = nginx.as_ref().map_or(0.0, Nginx::cpu_seconds);
+    let proxy_cpu_before = nginx.as_ref().map_or(0.0, nginx_cpu_seconds);
     let wrk = start_wrk(&pair, duration, "/api/items", 1)?;
     let started = Instant::now();
     let until = started + duration;
@@ -332,7 +283,7 @@ fn round(front: Front, duration: Duration) -> Result<Round> {
     let app_cpu = (process_cpu_seconds(app.pid()) - app_cpu_before) / elapsed;
     let proxy_cpu = nginx
         .as_ref()
-        .map_or(0.0, |n| (n.cpu_seconds() - proxy_cpu_before) / elapsed);
+        .map_or(0.0, |n| (nginx_cpu_seconds(n) - proxy_cpu_before) / elapsed);
     let reached = logins_reached(&pair, app_port)? - reached_before;
     Ok(Round {
         attempts: tally.attempts.load(Ordering::Relaxed),
