@@ -13,7 +13,7 @@ use portcullis::{
     enforcer::Enforcer,
     loader::{self, TC_EGRESS_PROGRAM, TC_PROGRAM, XDP_PROGRAM},
     maps::{BanMaps, Counters, DecisionMaps, KernelMaps, TelemetryMaps},
-    policy,
+    policy::{self, Policy},
 };
 
 use crate::test_programs;
@@ -44,7 +44,11 @@ pub struct Harness {
 impl Harness {
     /// Loads the programs with `policy_yaml` applied.
     pub fn new(policy_yaml: &str) -> Result<Self> {
-        let policy = policy::parse(Path::new("test-policy.yaml"), policy_yaml)?;
+        Self::from_policy(policy::parse(Path::new("test-policy.yaml"), policy_yaml)?)
+    }
+
+    /// Loads the programs with `policy` (validated, its lists merged) applied.
+    pub fn from_policy(policy: Policy) -> Result<Self> {
         let mut ebpf = loader::load_unpinned(&policy.capacity)?;
         let maps = KernelMaps::take(&mut ebpf)?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)? as u32;

@@ -295,3 +295,53 @@ fn an_unreadable_list_is_reported_and_applies_once_it_can_be_read() {
     );
     assert!(lists_status(&agent).is_empty());
 }
+
+/// Bytes the process has read (`rchar` of /proc/PID/io: files, pipes and sockets).
+fn bytes_read(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn watched_files_are_read_again_when_they_change_not_when_they_are_read() {
+    require_kernel!();
+    let pair = NetnsPair::new().unwrap();
+    let _leftovers = Leftovers::of(&pair.server_ns);
+    let dir = tempfile::tempdir().unwrap();
+    // A megabyte each: reading them over and over would show.
+    let list = dir.path().join("big.netset");
+    let mut text = String::new();
+    for i in 0..65_536u32 {
+        text.push_str(&format!("10.{}.{}.0/24\n", 100 + i / 256 % 100, i % 256));
+    }
+    std::fs::write(&list, &text).unwrap();
+    let policy = dir.path().join("policy.yaml");
+    let padding = "# padding\n".repeat(100_000);
+    std::fs::write(
+        &policy,
+        format!(
+            "{padding}deny:\n  - {{list: {}, name: big}}\n",
+            list.display()
+        ),
+    )
+    .unwrap();
+    let agent = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]).unwrap();
+    wait_list(&agent, &list.display().to_string(), "read", |l| {
+        l["entries"] == 25_600
+    });
+    // The agent's own reads of the two files are inotify events too (OPEN,
+    // CLOSE_NOWRITE); taken as changes they would have it read both files every 150 ms.
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = agent.pid().unwrap();
+    let before = bytes_read(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let read = bytes_read(pid) - before;
+    assert!(
+        read < 256 * 1024,
+        "the agent read {read} bytes in 2 s of nothing changing"
+    );
+}

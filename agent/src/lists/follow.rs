@@ -90,11 +90,47 @@ impl Update {
 
 /// Reads a list file now.
 pub fn read_file(path: &Path) -> Update {
+    file_update(path, std::fs::read_to_string(path))
+}
+
+fn file_update(path: &Path, text: std::io::Result<String>) -> Update {
     let source = ListSource::File(path.to_path_buf());
-    match std::fs::read_to_string(path) {
+    match text {
         Ok(text) => Update::parsed(source, &text, false),
         Err(e) => Update::new(source, Outcome::Failed(format!("cannot read: {e}"))),
     }
+}
+
+/// Reads the list files again and sends a read of each whose text (or error) changed since
+/// its last read; `hashes` holds those texts' hashes. Fails when the daemon is gone.
+async fn read_changed(
+    paths: &HashSet<PathBuf>,
+    hashes: &mut HashMap<PathBuf, u64>,
+    updates: &mpsc::Sender<Update>,
+) -> Result<(), ()> {
+    for path in paths {
+        let known = hashes.get(path).copied();
+        let path = path.clone();
+        // Off the runtime's threads: a list may have a million lines.
+        let read = tokio::task::spawn_blocking(move || {
+            let text = std::fs::read_to_string(&path);
+            let hash = match &text {
+                Ok(text) => text_hash(text),
+                Err(e) => text_hash(&e.to_string()),
+            };
+            let update = (known != Some(hash)).then(|| file_update(&path, text));
+            (path, hash, update)
+        })
+        .await;
+        let Ok((path, hash, update)) = read else {
+            continue;
+        };
+        hashes.insert(path, hash);
+        if let Some(update) = update {
+            updates.send(update).await.map_err(|_| ())?;
+        }
+    }
+    Ok(())
 }
 
 /// Runs until the agent stops: follows the lists `wanted` names, sending every read to
@@ -156,6 +192,10 @@ pub async fn follow(
         files.retain(|path, _| paths.contains(path));
         // Lives until the lists change, when it is replaced.
         let _watcher = watch_dirs(&paths, file_events_tx.clone());
+        // What changed between the daemon's read and the watch's start is seen now.
+        if read_changed(&paths, &mut files, &updates).await.is_err() {
+            return;
+        }
         loop {
             tokio::select! {
                 changed = wanted.changed() => {
@@ -171,17 +211,8 @@ pub async fn follow(
                     // One save is a burst of events: let it settle.
                     tokio::time::sleep(Duration::from_millis(150)).await;
                     while file_events.try_recv().is_ok() {}
-                    for path in &paths {
-                        let text = std::fs::read_to_string(path);
-                        let hash = text.as_ref().map_or(0, |t| text_hash(t));
-                        if files.get(path) == Some(&hash) {
-                            continue;
-                        }
-                        files.insert(path.clone(), hash);
-                        let update = read_file(path);
-                        if updates.send(update).await.is_err() {
-                            return;
-                        }
+                    if read_changed(&paths, &mut files, &updates).await.is_err() {
+                        return;
                     }
                 }
             }
@@ -203,7 +234,7 @@ fn watch_dirs(paths: &HashSet<PathBuf>, events: mpsc::Sender<()>) -> Option<Reco
     }
     let mut watcher =
         match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
+            if event.is_ok_and(|e| crate::watch::is_change(&e)) {
                 let _ = events.try_send(());
             }
         }) {
@@ -240,8 +271,8 @@ async fn fetch_every(
                 text,
                 etag,
                 last_modified,
-            }) => match format::parse(&text) {
-                Ok(copy) => {
+            }) => match parse_aside(text).await {
+                Ok((copy, text)) => {
                     let cached = Cached {
                         url: url.clone(),
                         etag: etag.clone(),
@@ -258,7 +289,7 @@ async fn fetch_every(
                         from_cache: false,
                     })
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(e),
             },
             Err(e) => Err(e),
         };
@@ -283,6 +314,17 @@ async fn fetch_every(
         }
         tokio::time::sleep(wait).await;
     }
+}
+
+/// Parses a fetched body off the runtime's threads; gives the text back for the cache.
+async fn parse_aside(text: String) -> Result<(ListCopy, String), String> {
+    tokio::task::spawn_blocking(move || {
+        format::parse(&text)
+            .map(|copy| (copy, text))
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("parsing the list failed: {e}"))?
 }
 
 enum Fetched {

@@ -270,16 +270,16 @@ pub fn expand(declared: &Policy, copies: &Copies) -> (Policy, Vec<InForce>) {
         let Some(copy) = copies.copy(&rule.source) else {
             continue;
         };
-        let fresh: Vec<IpNet> = unique(&copy.nets, &allowed);
-        let counted = allow_count.plus(Families::of(&fresh));
+        let fresh = add_new(&copy.nets, &mut allowed, |_| false);
         let outcome = &mut in_force[index];
         outcome.duplicates = copy.nets.len() - fresh.len();
+        let counted = allow_count.plus(Families::of(&fresh));
         if !counted.fits(capacity) {
+            take_back(&fresh, &mut allowed);
             outcome.not_applied = Some(over_capacity(fresh.len(), capacity));
             continue;
         }
         allow_count = counted;
-        allowed.extend(fresh.iter().copied());
         outcome.entries = fresh.len();
         listed[index] = fresh;
     }
@@ -311,21 +311,22 @@ pub fn expand(declared: &Policy, copies: &Copies) -> (Policy, Vec<InForce>) {
         let Some(copy) = copies.copy(&rule.source) else {
             continue;
         };
-        let unique_nets = unique(&copy.nets, &denied);
+        let mut covered = 0;
+        let fresh = add_new(&copy.nets, &mut denied, |net| {
+            let inside = allow_index.covers(net);
+            covered += usize::from(inside);
+            inside
+        });
         let outcome = &mut in_force[index];
-        outcome.duplicates = copy.nets.len() - unique_nets.len();
-        let fresh: Vec<IpNet> = unique_nets
-            .into_iter()
-            .filter(|net| !allow_index.covers(net))
-            .collect();
-        outcome.covered_by_allow = copy.nets.len() - outcome.duplicates - fresh.len();
+        outcome.covered_by_allow = covered;
+        outcome.duplicates = copy.nets.len() - covered - fresh.len();
         let counted = deny_count.plus(Families::of(&fresh));
         if !counted.fits(capacity) {
+            take_back(&fresh, &mut denied);
             outcome.not_applied = Some(over_capacity(fresh.len(), capacity));
             continue;
         }
         deny_count = counted;
-        denied.extend(fresh.iter().copied());
         outcome.entries = fresh.len();
         listed[index] = fresh;
     }
@@ -333,13 +334,25 @@ pub fn expand(declared: &Policy, copies: &Copies) -> (Policy, Vec<InForce>) {
     (policy, in_force)
 }
 
-/// `nets` without those in `held` and without repeats, in order.
-fn unique(nets: &[IpNet], held: &HashSet<IpNet>) -> Vec<IpNet> {
-    let mut seen: HashSet<IpNet> = HashSet::new();
+/// The entries of `nets` that `skip` keeps and `held` does not hold yet, in order, added to
+/// `held` (one hash operation each: a list may hold a million entries).
+fn add_new(
+    nets: &[IpNet],
+    held: &mut HashSet<IpNet>,
+    mut skip: impl FnMut(&IpNet) -> bool,
+) -> Vec<IpNet> {
+    held.reserve(nets.len());
     nets.iter()
-        .filter(|net| !held.contains(net) && seen.insert(**net))
+        .filter(|net| !skip(net) && held.insert(**net))
         .copied()
         .collect()
+}
+
+/// Undoes `add_new` for a list that is not applied after all.
+fn take_back(added: &[IpNet], held: &mut HashSet<IpNet>) {
+    for net in added {
+        held.remove(net);
+    }
 }
 
 fn over_capacity(entries: usize, capacity: u32) -> String {

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use portcullis::policy;
+use portcullis::{lists, policy};
 use portcullis_tests::{
     agent::Agent,
     harness::Harness,
@@ -81,6 +81,19 @@ fn apply_times(scale: &Scale, md: &mut String) -> Result<Value> {
         &routes(APPLY_ROUTES),
         json!({"routes": APPLY_ROUTES}),
     )?;
+    // The same entries as a plain-text IP list (the format of Spamhaus DROP and FireHOL):
+    // read and merged into the policy instead of parsed from YAML.
+    if let Some(&size) = scale.apply_cidrs.last() {
+        let (parse, write) = list_apply_time(scale, size)?;
+        let _ = writeln!(
+            md,
+            "| {size} entries of a deny list file (read, merge) | {:.0} ms | {:.0} ms | {:.0} ms |",
+            parse * 1e3,
+            write * 1e3,
+            (parse + write) * 1e3
+        );
+        applies.push(json!({"list_entries": size, "parse_s": parse, "write_s": write}));
+    }
     Ok(Value::Array(applies))
 }
 
@@ -99,6 +112,54 @@ fn apply_time(scale: &Scale, small: &str, big: &str) -> Result<(f64, f64)> {
         harness
             .enforcer
             .apply(policy::parse(Path::new("small.yaml"), small)?)?;
+    }
+    Ok((median(parse), median(write)))
+}
+
+/// Median times to read a list of `size` entries and merge it into a policy naming it, and
+/// to write that policy over the same policy with the list empty.
+fn list_apply_time(scale: &Scale, size: usize) -> Result<(f64, f64)> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("feed.netset");
+    let mut text = String::with_capacity(size * 16 + 64);
+    text.push_str("# a feed, one entry per line\n");
+    for i in 0..size {
+        let _ = writeln!(
+            text,
+            "{}.{}.{}.0/24",
+            1 + i / 65536 % 99,
+            i / 256 % 256,
+            i % 256
+        );
+    }
+    std::fs::write(&path, &text)?;
+    let declared = policy::parse(
+        Path::new("bench.yaml"),
+        &format!(
+            "capacity: {{cidrs: {}}}\ndeny:\n  - {{list: {}, name: feed}}\n",
+            size + 16,
+            path.display()
+        ),
+    )?;
+    let (empty, _) = lists::expand(&declared, &lists::Copies::default());
+    let mut harness = Harness::from_policy(empty.clone())?;
+    let (mut parse, mut write) = (Vec::new(), Vec::new());
+    for _ in 0..scale.rounds {
+        let started = Instant::now();
+        let mut copies = lists::Copies::default();
+        copies.read_local(&declared, dir.path());
+        let (full, in_force) = lists::expand(&declared, &copies);
+        parse.push(started.elapsed().as_secs_f64());
+        if in_force[0].entries != size {
+            bail!(
+                "the list put {} of {size} entries in force",
+                in_force[0].entries
+            );
+        }
+        let started = Instant::now();
+        harness.enforcer.apply(full)?;
+        write.push(started.elapsed().as_secs_f64());
+        harness.enforcer.apply(empty.clone())?;
     }
     Ok((median(parse), median(write)))
 }
