@@ -10,8 +10,8 @@ use crate::{
     control::{
         client::{self, ClientError},
         protocol::{
-            Applied, BanList, Blocked, Changes, CrowdsecStatus, ErrorKind, ListStatus, PolicyShown,
-            Request, Stats, Status, Unblocked,
+            Applied, BanKind, BanList, Blocked, Changes, CrowdsecStatus, ErrorKind, ListStatus,
+            PolicyShown, Request, Stats, Status, Unblocked,
         },
     },
     policy::{self, Mode, PolicyError},
@@ -192,8 +192,18 @@ pub fn unblock(socket: &Path, cidr: String) -> Result<(), CliError> {
     Ok(())
 }
 
-pub fn bans(socket: &Path, json: bool) -> Result<(), CliError> {
-    let list: BanList = call(socket, Request::Bans)?;
+/// Decisions listed one per line by a plain `bans`; beyond this (a community blocklist)
+/// they are summed up by origin, and `--kind decision` or `--covering` lists them.
+const DECISIONS_LISTED: usize = 100;
+
+pub fn bans(
+    socket: &Path,
+    kind: Option<BanKind>,
+    covering: Option<String>,
+    json: bool,
+) -> Result<(), CliError> {
+    let filtered = kind.is_some() || covering.is_some();
+    let mut list: BanList = call(socket, Request::Bans { kind, covering })?;
     if json {
         print_json(&list);
         return Ok(());
@@ -201,6 +211,28 @@ pub fn bans(socket: &Path, json: bool) -> Result<(), CliError> {
     if list.bans.is_empty() {
         println!("no bans");
         return Ok(());
+    }
+    let decisions = list
+        .bans
+        .iter()
+        .filter(|b| b.kind == BanKind::Decision)
+        .count();
+    let summary = (!filtered && decisions > DECISIONS_LISTED).then(|| {
+        let mut by_origin: std::collections::BTreeMap<&str, usize> = Default::default();
+        for ban in list.bans.iter().filter(|b| b.kind == BanKind::Decision) {
+            *by_origin.entry(ban.rule.as_str()).or_default() += 1;
+        }
+        let by_origin: Vec<String> = by_origin
+            .iter()
+            .map(|(origin, count)| format!("{origin} {count}"))
+            .collect();
+        format!(
+            "{decisions} decisions ({}): `bans --kind decision` lists them, `bans --covering ADDRESS` finds one",
+            by_origin.join(", ")
+        )
+    });
+    if summary.is_some() {
+        list.bans.retain(|b| b.kind != BanKind::Decision);
     }
     println!(
         "{:<44} {:<11} {:<20} {:<8} {:>12}  reason",
@@ -220,6 +252,9 @@ pub fn bans(socket: &Path, json: bool) -> Result<(), CliError> {
             left,
             ban.reason.as_deref().unwrap_or_default()
         );
+    }
+    if let Some(summary) = summary {
+        println!("{summary}");
     }
     Ok(())
 }

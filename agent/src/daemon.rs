@@ -421,7 +421,7 @@ impl Daemon {
                 reason,
             } => self.block(&cidr, ttl_secs, reason),
             Request::Unblock { cidr } => self.unblock(&cidr),
-            Request::Bans => self.bans(),
+            Request::Bans { kind, covering } => self.bans(kind, covering.as_deref()),
             Request::Stats => self.telemetry.stats_response(),
             Request::Status => Response::ok(&self.status()),
             Request::Events => Response::error(
@@ -531,7 +531,11 @@ impl Daemon {
         }
     }
 
-    fn bans(&self) -> Response {
+    fn bans(&self, kind: Option<BanKind>, covering: Option<&str>) -> Response {
+        let covering = match covering.map(units::parse_cidr).transpose() {
+            Ok(covering) => covering,
+            Err(e) => return Response::error(ErrorKind::BadRequest, e.to_string()),
+        };
         let bans = match self.telemetry.bans() {
             Ok(bans) => bans,
             Err(e) => return failed(e),
@@ -540,6 +544,7 @@ impl Daemon {
         let rules = &self.telemetry.in_force().rules;
         let bans = bans
             .iter()
+            .filter(|b| covering.is_none_or(|net| net.contains(&b.net) || b.net.contains(&net)))
             .map(|b| BanInfo {
                 cidr: b.net.to_string(),
                 kind: match b.origin {
@@ -560,6 +565,7 @@ impl Daemon {
                     .then(|| b.expires_ns.saturating_sub(now) / 1_000_000_000),
                 reason: self.block_reasons.get(&b.net).cloned(),
             })
+            .filter(|b| kind.is_none_or(|kind| b.kind == kind))
             .collect();
         Response::ok(&BanList { bans })
     }

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum, builder::TypedValueParser as _};
 use portcullis::{
     cli::{self, CliError},
-    control::DEFAULT_SOCKET,
+    control::{DEFAULT_SOCKET, protocol::BanKind},
     lists,
     loader::{self, DEFAULT_PIN_DIR, Hook, XdpModeOption},
     policy::{self, Mode, PolicyError},
@@ -130,6 +130,12 @@ enum Command {
     Unblock { cidr: String },
     /// Temporary and escalation bans, with the time they have left.
     Bans {
+        /// Only this kind.
+        #[arg(long, value_enum)]
+        kind: Option<BanKindArg>,
+        /// Only entries that hold this address or CIDR, or lie inside it.
+        #[arg(long, value_name = "CIDR")]
+        covering: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -182,6 +188,24 @@ enum PolicyCommand {
 fn mode_parser() -> impl clap::builder::TypedValueParser<Value = Mode> {
     clap::builder::PossibleValuesParser::new(Mode::ALL.map(Mode::name))
         .map(|name| Mode::from_name(&name).expect("clap only passes listed names"))
+}
+
+/// `bans --kind`, by the names `bans` prints.
+#[derive(Clone, Copy, ValueEnum)]
+enum BanKindArg {
+    Block,
+    Escalation,
+    Decision,
+}
+
+impl BanKindArg {
+    fn kind(self) -> BanKind {
+        match self {
+            BanKindArg::Block => BanKind::Block,
+            BanKindArg::Escalation => BanKind::Escalation,
+            BanKindArg::Decision => BanKind::Decision,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -323,7 +347,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Mode { rule, mode } => cli::mode(socket, rule, mode)?,
         Command::Block { cidr, ttl, reason } => cli::block(socket, cidr, ttl.as_deref(), reason)?,
         Command::Unblock { cidr } => cli::unblock(socket, cidr)?,
-        Command::Bans { json } => cli::bans(socket, json)?,
+        Command::Bans {
+            kind,
+            covering,
+            json,
+        } => cli::bans(socket, kind.map(BanKindArg::kind), covering, json)?,
         Command::Stats { json } => cli::stats(socket, json)?,
         Command::Events { follow: _ } => cli::follow_events(socket)?,
         Command::Status { json } => cli::status(socket, json)?,

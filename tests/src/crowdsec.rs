@@ -316,6 +316,18 @@ prometheus:
         std::fs::read_to_string(self.dir.path().join("bouncer.log")).unwrap_or_default()
     }
 
+    /// Whether its IPv4 set holds `addr`.
+    pub fn holds(&self, addr: std::net::Ipv4Addr) -> bool {
+        Command::new("ip")
+            .args([
+                "netns", "exec", &self.ns, "nft", "get", "element", "ip", "crowdsec",
+            ])
+            .arg("crowdsec-blacklists")
+            .arg(format!("{{ {addr} }}"))
+            .output()
+            .is_ok_and(|out| out.status.success())
+    }
+
     /// Addresses in its IPv4 set, or `None` before it made the set.
     pub fn set_size(&self) -> Option<usize> {
         let out = Command::new("ip")

@@ -182,6 +182,31 @@ fn block_unblock_and_bans() {
     let left = ban["seconds_left"].as_u64().unwrap();
     assert!((590..=600).contains(&left), "{bans}");
 
+    // Filters: by kind, and the entries that hold an address or lie inside a CIDR.
+    run(&agent, &["block", "192.0.2.0/24"], 0);
+    let cidrs = |args: &[&str]| -> Vec<String> {
+        let listed = json(&agent, &[&["bans", "--json"], args].concat());
+        listed["bans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["cidr"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(cidrs(&[]).len(), 2);
+    assert_eq!(cidrs(&["--covering", CLIENT_V4]), ["10.77.0.0/24"]);
+    assert_eq!(cidrs(&["--covering", "10.0.0.0/8"]), ["10.77.0.0/24"]);
+    assert_eq!(
+        cidrs(&["--kind", "block", "--covering", "192.0.2.9"]),
+        ["192.0.2.0/24"]
+    );
+    assert!(cidrs(&["--kind", "escalation"]).is_empty());
+    let none = run(&agent, &["bans", "--kind", "decision"], 0);
+    assert!(none.contains("no bans"), "{none}");
+    let err = run(&agent, &["bans", "--covering", "nonsense"], 64);
+    assert!(err.contains("invalid CIDR 'nonsense'"), "{err}");
+    run(&agent, &["unblock", "192.0.2.0/24"], 0);
+
     let again = run(&agent, &["block", "10.77.0.0/24"], 1);
     assert!(again.contains("10.77.0.0/24 is already blocked"), "{again}");
     run(&agent, &["unblock", "10.77.0.0/24"], 0);

@@ -137,6 +137,39 @@ fn decisions_from_the_local_api_are_enforced_and_lifted() {
     wait_status(&agent, "nothing enforced", |s| {
         s["decisions"].as_object().is_some_and(|d| d.is_empty())
     });
+
+    // A blocklist's worth: `bans` sums decisions up by origin past 100 and lists them on
+    // request; `--covering` finds one.
+    let mut csv = String::from("duration,scope,value\n");
+    for i in 0..150 {
+        csv.push_str(&format!("1h,ip,100.64.0.{i}\n"));
+    }
+    let file = dir.path().join("decisions.csv");
+    std::fs::write(&file, csv).unwrap();
+    lapi.cscli(&["decisions", "import", "-i", &file.display().to_string()])
+        .unwrap();
+    wait_status(&agent, "150 imported", |s| {
+        s["decisions"]["cscli-import"] == 150
+    });
+    let listed = agent.cli(&["bans"]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        text.contains("150 decisions (cscli-import 150): `bans --kind decision` lists them"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("100.64.0.7/32"),
+        "summed up, not listed: {text}"
+    );
+    let all = agent.cli(&["bans", "--kind", "decision"]);
+    assert_eq!(String::from_utf8_lossy(&all.stdout).lines().count(), 151);
+    let one = agent.cli(&["bans", "--covering", "100.64.0.7"]);
+    let text = String::from_utf8_lossy(&one.stdout);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        text.contains("100.64.0.7/32") && text.contains("cscli-import"),
+        "{text}"
+    );
 }
 
 /// A restarted agent keeps enforcing the decisions it had (pinned, with their ends) while

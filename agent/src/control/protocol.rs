@@ -40,8 +40,14 @@ pub enum Request {
     Unblock {
         cidr: String,
     },
-    /// Temporary and escalation bans with their time left.
-    Bans,
+    /// Blocks, escalation bans and detector decisions with their time left; `kind` keeps
+    /// one kind, `covering` the entries that hold an address or CIDR or lie inside it.
+    Bans {
+        #[serde(default)]
+        kind: Option<BanKind>,
+        #[serde(default)]
+        covering: Option<String>,
+    },
     Stats,
     Status,
     /// Stream events as JSON lines until the client hangs up.

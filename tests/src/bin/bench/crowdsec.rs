@@ -4,6 +4,7 @@
 
 use std::{
     fmt::Write as _,
+    net::Ipv4Addr,
     time::{Duration, Instant},
 };
 
@@ -11,11 +12,17 @@ use anyhow::{Context as _, Result, bail};
 use portcullis_tests::{
     agent::{Agent, rss_kib},
     crowdsec::{FirewallBouncer, LocalApi},
+    flood::{Flood, Generator, Sources, udp_frame},
     netns::NetnsPair,
 };
 use serde_json::{Value, json};
 
-use crate::Scale;
+use crate::{
+    Scale,
+    filters::in_ns,
+    flood::{FLOOD_PORT, rx_packets, udp_no_ports},
+    median,
+};
 
 /// Decisions imported at once (a smoke run imports fewer).
 const DECISIONS: usize = 100_000;
@@ -24,6 +31,8 @@ const SMOKE_DECISIONS: usize = 1_000;
 /// is reported (CrowdSec's firewall bouncer never resyncs, and keeps what it missed out).
 const DEADLINE: Duration = Duration::from_secs(90);
 const SMOKE_DEADLINE: Duration = Duration::from_secs(30);
+/// The imported decisions are the addresses from 100.64.0.0 on.
+const FIRST_DECISION: u32 = 0x6440_0000;
 
 /// `cscli decisions import` of `file`, again if the Local API's sqlite database was busy
 /// (the bouncers' pulls read it meanwhile): a decision imported twice is one prefix for
@@ -52,6 +61,49 @@ fn enforced(agent: &Agent) -> u64 {
                 by_origin.values().filter_map(Value::as_u64).sum()
             })
     })
+}
+
+/// A source both enforcers ban: an imported address the bouncer's set holds (it may not
+/// hold them all), or `None`.
+fn banned_by_both(bouncer: &FirewallBouncer, count: usize) -> Option<Ipv4Addr> {
+    (0..50)
+        .map(|i| Ipv4Addr::from(FIRST_DECISION + (i * count / 50) as u32))
+        .find(|&addr| bouncer.holds(addr))
+}
+
+/// Frames per second the server side handles from one banned source: one round of
+/// `scale.flood_time`, the median of `scale.flood_rounds`, and the share not dropped.
+fn banned_flood(
+    generator: &Generator,
+    pair: &NetnsPair,
+    frame: &[u8],
+    scale: &Scale,
+) -> Result<(f64, f64)> {
+    let flood = |limit| {
+        generator.send(
+            &pair.client_ns,
+            &pair.client_if,
+            &Flood {
+                frame,
+                sources: Sources::One,
+                frames: u64::MAX,
+                limit,
+                per_second: None,
+                realtime: false,
+            },
+        )
+    };
+    flood(scale.flood_time / 4)?;
+    let (mut rates, mut passed_shares) = (Vec::new(), Vec::new());
+    for _ in 0..scale.flood_rounds {
+        let (rx, no_ports) = (rx_packets(pair)?, udp_no_ports(pair)?);
+        let sent = flood(scale.flood_time)?;
+        let received = rx_packets(pair)? - rx;
+        let passed = udp_no_ports(pair)? - no_ports;
+        rates.push(received as f64 / sent.elapsed.as_secs_f64());
+        passed_shares.push(passed as f64 / received.max(1) as f64);
+    }
+    Ok((median(rates), median(passed_shares)))
 }
 
 pub fn run(scale: &Scale) -> Result<(String, Value)> {
@@ -90,7 +142,7 @@ pub fn run(scale: &Scale) -> Result<(String, Value)> {
     // Distinct addresses in 100.64.0.0/10, as `cscli decisions import` takes them.
     let mut csv = String::from("duration,scope,value\n");
     for i in 0..count as u32 {
-        let addr = std::net::Ipv4Addr::from(0x6440_0000 + i);
+        let addr = Ipv4Addr::from(FIRST_DECISION + i);
         let _ = writeln!(csv, "4h,ip,{addr}");
     }
     let file = dir.path().join("decisions.csv");
@@ -134,6 +186,46 @@ pub fn run(scale: &Scale) -> Result<(String, Value)> {
     };
     let rss_after = (agent.rss_kib()?, rss_kib(bouncer_pid)?);
     let mib = |kib: u64| kib as f64 / 1024.0;
+
+    // A flood from a source both ban: Portcullis drops it in XDP; then, the agent stopped
+    // (its programs detached), the bouncer's nftables set drops it in the input hook.
+    let source = banned_by_both(&bouncer, count)
+        .context("the bouncer's set holds none of the sampled imported addresses")?;
+    // As in the flood section: GRO on (veth takes the generator's frames only with NAPI
+    // on, which XDP also turns on) and threaded NAPI, so the receiving side works in its
+    // own kernel thread.
+    in_ns(
+        &pair.server_ns,
+        &["ethtool", "-K", &pair.server_if, "gro", "on"],
+    )?;
+    let threaded = format!("echo 1 > /sys/class/net/{}/threaded", pair.server_if);
+    in_ns(&pair.server_ns, &["sh", "-c", &threaded])?;
+    let generator = Generator::new()?;
+    let frame = udp_frame(pair.server_mac()?, source, FLOOD_PORT)?;
+    let (portcullis_pps, portcullis_passed) = banned_flood(&generator, &pair, &frame, scale)?;
+    let mut agent = agent;
+    agent.stop()?;
+    let (bouncer_pps, bouncer_passed) = banned_flood(&generator, &pair, &frame, scale)?;
+    if portcullis_passed > 0.01 || bouncer_passed > 0.01 {
+        bail!(
+            "the banned source got through: {:.1}% past Portcullis, {:.1}% past the bouncer",
+            portcullis_passed * 100.0,
+            bouncer_passed * 100.0
+        );
+    }
+    let flood_md = format!(
+        "\nA flood of 64-byte UDP frames from one banned source ({source}, held by both), \
+         {} rounds of {:.0} s, median; receiving side in its own NAPI thread as in the flood \
+         section:\n\n\
+         | enforcer | frames/s handled | ratio |\n|---|---|---|\n\
+         | Portcullis (XDP, decision map) | {:.2} M | {:.2}x |\n\
+         | crowdsec-firewall-bouncer (nftables set, input hook) | {:.2} M | 1.00x |\n",
+        scale.flood_rounds,
+        scale.flood_time.as_secs_f64(),
+        portcullis_pps / 1e6,
+        portcullis_pps / bouncer_pps,
+        bouncer_pps / 1e6,
+    );
     let md = format!(
         "\n## CrowdSec: importing decisions\n\n\
          `cscli decisions import` of {count} Ip ban decisions into a Local API (Debian's \
@@ -154,7 +246,7 @@ pub fn run(scale: &Scale) -> Result<(String, Value)> {
         outcome(bouncer_done, bouncer_held),
         mib(rss_before.1),
         mib(rss_after.1),
-    );
+    ) + &flood_md;
     Ok((
         md,
         json!({
@@ -167,6 +259,8 @@ pub fn run(scale: &Scale) -> Result<(String, Value)> {
             "rss_after_kib": rss_after.0,
             "bouncer_rss_before_kib": rss_before.1,
             "bouncer_rss_after_kib": rss_after.1,
+            "banned_flood_pps": portcullis_pps,
+            "bouncer_banned_flood_pps": bouncer_pps,
         }),
     ))
 }

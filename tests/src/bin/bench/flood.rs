@@ -25,10 +25,10 @@ use crate::{
 /// A source inside `filters::FLOOD_NET`; spoofed frames vary its low 20 bits.
 pub const FLOOD_SOURCE: Ipv4Addr = Ipv4Addr::new(100, 64, 1, 1);
 /// Nobody listens there: what passes every filter ends as the stack's "no port".
-const FLOOD_PORT: u16 = 9;
+pub const FLOOD_PORT: u16 = 9;
 
 /// Packets the server interface received (`ip -s link`: XDP drops included).
-fn rx_packets(pair: &NetnsPair) -> Result<u64> {
+pub fn rx_packets(pair: &NetnsPair) -> Result<u64> {
     let out = std::process::Command::new("ip")
         .args(["-n", &pair.server_ns, "-s", "-j", "link", "show", "dev"])
         .arg(&pair.server_if)
@@ -40,7 +40,7 @@ fn rx_packets(pair: &NetnsPair) -> Result<u64> {
 }
 
 /// UDP datagrams that reached the server's stack with no socket: what no filter dropped.
-fn udp_no_ports(pair: &NetnsPair) -> Result<u64> {
+pub fn udp_no_ports(pair: &NetnsPair) -> Result<u64> {
     let snmp = in_ns(&pair.server_ns, &["cat", "/proc/net/snmp"])?;
     let mut udp = snmp.lines().filter(|line| line.starts_with("Udp: "));
     let (names, values) = (udp.next(), udp.next());
