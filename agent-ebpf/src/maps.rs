@@ -80,6 +80,12 @@ pub static BLOCKS_V6: LpmTrie<[u32; 4], BlockEntry> =
     LpmTrie::with_max_entries(entries(spec::BLOCKS_V6), spec::BLOCKS_V6.flags);
 
 #[map]
+pub static DECISION_IP_V4: HashMap<u32, DecisionEntry> =
+    HashMap::with_max_entries(entries(spec::DECISION_IP_V4), spec::DECISION_IP_V4.flags);
+#[map]
+pub static DECISION_IP_V6: HashMap<[u32; 4], DecisionEntry> =
+    HashMap::with_max_entries(entries(spec::DECISION_IP_V6), spec::DECISION_IP_V6.flags);
+#[map]
 pub static DECISIONS_V4: LpmTrie<u32, DecisionEntry> =
     LpmTrie::with_max_entries(entries(spec::DECISIONS_V4), spec::DECISIONS_V4.flags);
 #[map]

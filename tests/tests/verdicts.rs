@@ -1746,4 +1746,54 @@ fn detector_decisions_refuse_after_allow_and_blocks() {
     // Lifted: passes again.
     assert!(h.decisions.remove(net("203.0.113.0/24")).unwrap());
     check_both(&h, "lifted", &udp("203.0.113.5"), Reason::NoMatch, &[]);
+
+    // Decisions on one address (the address maps, not the tries), IPv4 and IPv6.
+    h.decisions.set(net("192.0.2.77/32"), until(3600)).unwrap();
+    h.decisions
+        .set(net("2001:db8:9::77/128"), until(3600))
+        .unwrap();
+    check_both(
+        &h,
+        "decided address",
+        &udp("192.0.2.77"),
+        Reason::Decision,
+        &[],
+    );
+    check_both(
+        &h,
+        "its neighbour",
+        &udp("192.0.2.78"),
+        Reason::NoMatch,
+        &[],
+    );
+    check_both(
+        &h,
+        "decided IPv6 address",
+        &udp("2001:db8:9::77"),
+        Reason::Decision,
+        &[],
+    );
+    let listed: Vec<ipnet::IpNet> = h
+        .decisions
+        .entries()
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        listed.contains(&net("192.0.2.77/32")) && listed.contains(&net("2001:db8:9::77/128")),
+        "{listed:?}"
+    );
+    assert!(h.decisions.remove(net("192.0.2.77/32")).unwrap());
+    assert!(
+        !h.decisions.remove(net("192.0.2.77/32")).unwrap(),
+        "removed once"
+    );
+    check_both(
+        &h,
+        "address lifted",
+        &udp("192.0.2.77"),
+        Reason::NoMatch,
+        &[],
+    );
 }

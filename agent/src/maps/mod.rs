@@ -72,8 +72,7 @@ impl KernelMaps {
         let bans_v6 = take(names::BANS_V6.name)?;
         let blocks_v4 = take(names::BLOCKS_V4.name)?;
         let blocks_v6 = take(names::BLOCKS_V6.name)?;
-        let decisions_v4 = take(names::DECISIONS_V4.name)?;
-        let decisions_v6 = take(names::DECISIONS_V6.name)?;
+        let decisions = decisions::DecisionMapsTaken::take(&mut take)?;
         let telemetry = TelemetryMaps {
             counters: typed(names::COUNTERS.name, take(names::COUNTERS.name)?)?,
             malformed: typed(names::MALFORMED.name, take(names::MALFORMED.name)?)?,
@@ -87,8 +86,7 @@ impl KernelMaps {
             bans_v6: typed(names::BANS_V6.name, second_handle(&bans_v6)?)?,
             blocks_v4: typed(names::BLOCKS_V4.name, second_handle(&blocks_v4)?)?,
             blocks_v6: typed(names::BLOCKS_V6.name, second_handle(&blocks_v6)?)?,
-            decisions_v4: typed(names::DECISIONS_V4.name, second_handle(&decisions_v4)?)?,
-            decisions_v6: typed(names::DECISIONS_V6.name, second_handle(&decisions_v6)?)?,
+            decisions: decisions.second()?,
         };
         let policy = PolicyMaps {
             sets,
@@ -104,8 +102,7 @@ impl KernelMaps {
             bans_v6: typed(names::BANS_V6.name, bans_v6)?,
         };
         let decisions = DecisionMaps {
-            v4: typed(names::DECISIONS_V4.name, decisions_v4)?,
-            v6: typed(names::DECISIONS_V6.name, decisions_v6)?,
+            tables: decisions.typed()?,
         };
         Ok(Self {
             policy,
@@ -148,6 +145,7 @@ fn second_handle(map: &Map) -> Result<Map, MapsError> {
     let (name, data): (&'static str, &MapData) = match map {
         Map::LpmTrie(data) => ("LPM trie", data),
         Map::PerCpuArray(data) => ("per-CPU array", data),
+        Map::HashMap(data) => ("hash", data),
         other => panic!("no second handle is taken on {other:?}"),
     };
     let fd = std::os::fd::AsFd::as_fd(data.fd())

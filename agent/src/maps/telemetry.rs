@@ -5,13 +5,13 @@
 use std::time::Instant;
 
 use agent_common::{
-    BLOCK_EPOCH, BLOCK_RULE, BanEntry, BlockEntry, Bucket, BucketKey, DecisionEntry, IfaceCounters,
+    BLOCK_EPOCH, BLOCK_RULE, BanEntry, BlockEntry, Bucket, BucketKey, IfaceCounters,
     MALFORMED_SLOTS, MalformedCause, REASON_SLOTS, Reason, RuleCounters,
 };
 use aya::maps::{HashMap, MapData, PerCpuArray, lpm_trie::LpmTrie};
 use ipnet::IpNet;
 
-use super::{MapsError, ctx, lpm_entries, names};
+use super::{MapsError, ctx, decisions::DecisionTables, lpm_entries, names};
 
 /// One entry of `BANS_V4` / `BANS_V6`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,8 +78,7 @@ pub struct TelemetryMaps {
     pub(super) bans_v6: LpmTrie<MapData, [u8; 16], BanEntry>,
     pub(super) blocks_v4: LpmTrie<MapData, [u8; 4], BlockEntry>,
     pub(super) blocks_v6: LpmTrie<MapData, [u8; 16], BlockEntry>,
-    pub(super) decisions_v4: LpmTrie<MapData, [u8; 4], DecisionEntry>,
-    pub(super) decisions_v6: LpmTrie<MapData, [u8; 16], DecisionEntry>,
+    pub(super) decisions: DecisionTables,
 }
 
 impl TelemetryMaps {
@@ -207,7 +206,9 @@ impl TelemetryMaps {
 
     /// Every detector decision, ended or not (the decision sync lifts ended ones).
     pub fn decisions(&self) -> Result<Vec<Ban>, MapsError> {
-        let decisions = lpm_entries(&self.decisions_v4, &self.decisions_v6)?
+        let decisions = self
+            .decisions
+            .entries()?
             .into_iter()
             .map(|(net, decision)| Ban {
                 net,
