@@ -197,7 +197,14 @@ pub const IFACE_SLOTS: u32 = 256;
 /// sees one whole policy.
 #[derive(Clone, Copy, Debug)]
 pub struct PolicySetMaps {
-    /// LPM trie, key IPv4 prefix, value `AclEntry`: the allow and deny lists.
+    /// Hash, key IPv4 address, value `AclEntry`: allow and deny entries of one address (a
+    /// /32), looked up before the trie: an address's own entry is the longest match there
+    /// is, and a hash lookup costs the same for a list of 100,000 addresses as for one,
+    /// where a trie that deep costs a flood some 500 ns a packet (BENCHMARKS.md).
+    pub acl_ip_v4: MapSpec,
+    /// Hash, key IPv6 address, value `AclEntry`: entries of one address (a /128).
+    pub acl_ip_v6: MapSpec,
+    /// LPM trie, key IPv4 prefix, value `AclEntry`: the allow and deny lists' wider entries.
     pub acl_v4: MapSpec,
     /// LPM trie, key IPv6 prefix, value `AclEntry`.
     pub acl_v6: MapSpec,
@@ -216,7 +223,10 @@ pub struct PolicySetMaps {
     pub status_rules: MapSpec,
 }
 
-const fn policy_set(
+/// The names of one policy set's maps.
+struct PolicySetNames {
+    acl_ip_v4: &'static str,
+    acl_ip_v6: &'static str,
     acl_v4: &'static str,
     acl_v6: &'static str,
     port_rules: &'static str,
@@ -224,8 +234,43 @@ const fn policy_set(
     rules: &'static str,
     routes: &'static str,
     status_rules: &'static str,
-) -> PolicySetMaps {
+}
+
+const fn policy_set(names: PolicySetNames) -> PolicySetMaps {
+    let PolicySetNames {
+        acl_ip_v4,
+        acl_ip_v6,
+        acl_v4,
+        acl_v6,
+        port_rules,
+        class_rules,
+        rules,
+        routes,
+        status_rules,
+    } = names;
     PolicySetMaps {
+        acl_ip_v4: MapSpec {
+            flags: BPF_F_NO_PREALLOC,
+            ..spec(
+                acl_ip_v4,
+                MapKind::Hash,
+                4,
+                size_of::<AclEntry>(),
+                Entries::Cidrs,
+            )
+            .holding(Contents::Policy)
+        },
+        acl_ip_v6: MapSpec {
+            flags: BPF_F_NO_PREALLOC,
+            ..spec(
+                acl_ip_v6,
+                MapKind::Hash,
+                16,
+                size_of::<AclEntry>(),
+                Entries::Cidrs,
+            )
+            .holding(Contents::Policy)
+        },
         acl_v4: spec(
             acl_v4,
             MapKind::LpmTrie,
@@ -289,24 +334,28 @@ const fn policy_set(
 }
 
 pub const POLICY_SETS: [PolicySetMaps; 2] = [
-    policy_set(
-        "ACL_V4_0",
-        "ACL_V6_0",
-        "PORT_RULES_0",
-        "CLASS_RULES_0",
-        "RULES_0",
-        "ROUTES_0",
-        "STATUS_RULES_0",
-    ),
-    policy_set(
-        "ACL_V4_1",
-        "ACL_V6_1",
-        "PORT_RULES_1",
-        "CLASS_RULES_1",
-        "RULES_1",
-        "ROUTES_1",
-        "STATUS_RULES_1",
-    ),
+    policy_set(PolicySetNames {
+        acl_ip_v4: "ACL_IP_V4_0",
+        acl_ip_v6: "ACL_IP_V6_0",
+        acl_v4: "ACL_V4_0",
+        acl_v6: "ACL_V6_0",
+        port_rules: "PORT_RULES_0",
+        class_rules: "CLASS_RULES_0",
+        rules: "RULES_0",
+        routes: "ROUTES_0",
+        status_rules: "STATUS_RULES_0",
+    }),
+    policy_set(PolicySetNames {
+        acl_ip_v4: "ACL_IP_V4_1",
+        acl_ip_v6: "ACL_IP_V6_1",
+        acl_v4: "ACL_V4_1",
+        acl_v6: "ACL_V6_1",
+        port_rules: "PORT_RULES_1",
+        class_rules: "CLASS_RULES_1",
+        rules: "RULES_1",
+        routes: "ROUTES_1",
+        status_rules: "STATUS_RULES_1",
+    }),
 ];
 
 /// Array with one `u32`: 0 or 1, the policy set in force.
@@ -510,7 +559,9 @@ pub const EVENTS: MapSpec = spec(
 .holding(Contents::Disposable);
 
 /// Every map of the agent's object.
-pub const ALL: [MapSpec; 36] = [
+pub const ALL: [MapSpec; 40] = [
+    POLICY_SETS[0].acl_ip_v4,
+    POLICY_SETS[0].acl_ip_v6,
     POLICY_SETS[0].acl_v4,
     POLICY_SETS[0].acl_v6,
     POLICY_SETS[0].port_rules,
@@ -518,6 +569,8 @@ pub const ALL: [MapSpec; 36] = [
     POLICY_SETS[0].rules,
     POLICY_SETS[0].routes,
     POLICY_SETS[0].status_rules,
+    POLICY_SETS[1].acl_ip_v4,
+    POLICY_SETS[1].acl_ip_v6,
     POLICY_SETS[1].acl_v4,
     POLICY_SETS[1].acl_v6,
     POLICY_SETS[1].port_rules,

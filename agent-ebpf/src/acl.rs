@@ -1,6 +1,8 @@
-//! Allow and deny lists: one longest-prefix-match lookup for both, whatever their size.
+//! Allow and deny lists: one longest-prefix match for both, whatever their size.
 //! Validation refuses a deny entry inside an allow entry, so when both lists cover a
 //! source the allow entry is the longer prefix, and the longest match is the answer.
+//! Entries of one address are in a hash map, looked up first (an address's own entry is
+//! the longest match there is); the trie holds the wider ones.
 
 use agent_common::AclEntry;
 use aya_ebpf::maps::lpm_trie::Key;
@@ -9,9 +11,16 @@ use crate::{parse::Packet, policy_set::PolicySet};
 
 #[inline(always)]
 pub fn lookup(policy: PolicySet, pkt: &Packet) -> Option<AclEntry> {
+    // SAFETY: the values are copied out at once; the agent writes only the set not in force.
     if pkt.v4 {
-        policy.acl_v4().get(Key::new(32, pkt.src[3])).copied()
+        match unsafe { policy.acl_ip_v4().get(pkt.src[3]) } {
+            Some(entry) => Some(*entry),
+            None => policy.acl_v4().get(Key::new(32, pkt.src[3])).copied(),
+        }
     } else {
-        policy.acl_v6().get(Key::new(128, pkt.src)).copied()
+        match unsafe { policy.acl_ip_v6().get(pkt.src) } {
+            Some(entry) => Some(*entry),
+            None => policy.acl_v6().get(Key::new(128, pkt.src)).copied(),
+        }
     }
 }

@@ -27,6 +27,18 @@ const SET_0: PolicySetMaps = POLICY_SETS[0];
 const SET_1: PolicySetMaps = POLICY_SETS[1];
 
 #[map]
+pub static ACL_IP_V4_0: HashMap<u32, AclEntry> =
+    HashMap::with_max_entries(entries(SET_0.acl_ip_v4), SET_0.acl_ip_v4.flags);
+#[map]
+pub static ACL_IP_V4_1: HashMap<u32, AclEntry> =
+    HashMap::with_max_entries(entries(SET_1.acl_ip_v4), SET_1.acl_ip_v4.flags);
+#[map]
+pub static ACL_IP_V6_0: HashMap<[u32; 4], AclEntry> =
+    HashMap::with_max_entries(entries(SET_0.acl_ip_v6), SET_0.acl_ip_v6.flags);
+#[map]
+pub static ACL_IP_V6_1: HashMap<[u32; 4], AclEntry> =
+    HashMap::with_max_entries(entries(SET_1.acl_ip_v6), SET_1.acl_ip_v6.flags);
+#[map]
 pub static ACL_V4_0: LpmTrie<u32, AclEntry> =
     LpmTrie::with_max_entries(entries(SET_0.acl_v4), SET_0.acl_v4.flags);
 #[map]

@@ -10,8 +10,9 @@ use agent_common::{
 use aya_ebpf::maps::{Array, HashMap, LpmTrie};
 
 use crate::maps::{
-    ACL_V4_0, ACL_V4_1, ACL_V6_0, ACL_V6_1, CLASS_RULES_0, CLASS_RULES_1, GENERATION, PORT_RULES_0,
-    PORT_RULES_1, ROUTES_0, ROUTES_1, RULES_0, RULES_1, STATUS_RULES_0, STATUS_RULES_1,
+    ACL_IP_V4_0, ACL_IP_V4_1, ACL_IP_V6_0, ACL_IP_V6_1, ACL_V4_0, ACL_V4_1, ACL_V6_0, ACL_V6_1,
+    CLASS_RULES_0, CLASS_RULES_1, GENERATION, PORT_RULES_0, PORT_RULES_1, ROUTES_0, ROUTES_1,
+    RULES_0, RULES_1, STATUS_RULES_0, STATUS_RULES_1,
 };
 
 #[derive(Clone, Copy)]
@@ -30,6 +31,16 @@ impl PolicySet {
     #[inline(always)]
     fn pick<T>(&self, first: &'static T, second: &'static T) -> &'static T {
         if self.second { second } else { first }
+    }
+
+    #[inline(always)]
+    pub fn acl_ip_v4(&self) -> &'static HashMap<u32, AclEntry> {
+        self.pick(&ACL_IP_V4_0, &ACL_IP_V4_1)
+    }
+
+    #[inline(always)]
+    pub fn acl_ip_v6(&self) -> &'static HashMap<[u32; 4], AclEntry> {
+        self.pick(&ACL_IP_V6_0, &ACL_IP_V6_1)
     }
 
     #[inline(always)]

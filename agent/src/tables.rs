@@ -29,7 +29,10 @@ pub type Prefix6 = (u32, [u8; 16]);
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tables {
-    /// Allow and deny entries in one trie per family (see `AclEntry`).
+    /// Allow and deny entries of one address, in one hash map per family, and the wider
+    /// ones in one trie per family (see `AclEntry`).
+    pub acl_ip_v4: BTreeMap<[u8; 4], AclEntry>,
+    pub acl_ip_v6: BTreeMap<[u8; 16], AclEntry>,
     pub acl_v4: BTreeMap<Prefix4, AclEntry>,
     pub acl_v6: BTreeMap<Prefix6, AclEntry>,
     pub port_rules: BTreeMap<u32, PortRules>,
@@ -215,13 +218,23 @@ pub fn build(policy: &Policy, ids: &mut RuleIds, cpus: u32) -> Tables {
     let declared = policy.allow.iter().map(|net| (*net, allow)).chain(deny);
     for (net, entry) in declared.chain(listed) {
         match net {
-            IpNet::V4(n) => tables
-                .acl_v4
-                .insert((n.prefix_len().into(), n.addr().octets()), entry),
-            IpNet::V6(n) => tables
-                .acl_v6
-                .insert((n.prefix_len().into(), n.addr().octets()), entry),
-        };
+            IpNet::V4(n) if n.prefix_len() == 32 => {
+                tables.acl_ip_v4.insert(n.addr().octets(), entry);
+            }
+            IpNet::V6(n) if n.prefix_len() == 128 => {
+                tables.acl_ip_v6.insert(n.addr().octets(), entry);
+            }
+            IpNet::V4(n) => {
+                tables
+                    .acl_v4
+                    .insert((n.prefix_len().into(), n.addr().octets()), entry);
+            }
+            IpNet::V6(n) => {
+                tables
+                    .acl_v6
+                    .insert((n.prefix_len().into(), n.addr().octets()), entry);
+            }
+        }
     }
 
     // Least specific first, so more specific rules overwrite: every protocol, then one

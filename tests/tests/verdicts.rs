@@ -298,6 +298,84 @@ fn stateless_verdicts_agree_between_xdp_and_tc() {
     }
 }
 
+/// Entries of one address live in hash maps, wider ones in the tries: an address's own
+/// entry must still be the longest match, with its own mode, and go when the policy drops it.
+#[test]
+fn address_entries_are_the_longest_match() {
+    require_kernel!();
+    let policy = "allow: [203.0.113.77/32, '2001:db8:bad::77']\n\
+                  deny:\n  - 203.0.113.0/24\n  - {cidr: 203.0.113.9/32, name: one, mode: shadow}\n\
+                  \x20 - 198.51.100.7/32\n  - 2001:db8:bad::/48\n  - '2001:db8:5::9'\n";
+    let mut h = Harness::new(policy).unwrap();
+    let udp = |src: &str| FrameSpec::udp(src, 9999).build();
+    let cases = [
+        (
+            "allowed address in a denied /24",
+            "203.0.113.77",
+            Reason::Allowed,
+            vec![],
+        ),
+        (
+            "shadowed address in a denied /24",
+            "203.0.113.9",
+            Reason::NoMatch,
+            vec![Reason::Denied],
+        ),
+        (
+            "the /24 around them",
+            "203.0.113.10",
+            Reason::Denied,
+            vec![],
+        ),
+        ("denied address", "198.51.100.7", Reason::Denied, vec![]),
+        ("its neighbour", "198.51.100.8", Reason::NoMatch, vec![]),
+        (
+            "allowed IPv6 address in a denied /48",
+            "2001:db8:bad::77",
+            Reason::Allowed,
+            vec![],
+        ),
+        (
+            "the /48 around it",
+            "2001:db8:bad::78",
+            Reason::Denied,
+            vec![],
+        ),
+        (
+            "denied IPv6 address",
+            "2001:db8:5::9",
+            Reason::Denied,
+            vec![],
+        ),
+    ];
+    for (what, src, want, shadow) in &cases {
+        check_both(&h, what, &udp(src), *want, shadow);
+    }
+    h.apply("deny: [203.0.113.0/24, 2001:db8:bad::/48]\n")
+        .unwrap();
+    check_both(
+        &h,
+        "allow entry gone",
+        &udp("203.0.113.77"),
+        Reason::Denied,
+        &[],
+    );
+    check_both(
+        &h,
+        "deny entry gone",
+        &udp("198.51.100.7"),
+        Reason::NoMatch,
+        &[],
+    );
+    check_both(
+        &h,
+        "IPv6 deny entry gone",
+        &udp("2001:db8:5::9"),
+        Reason::NoMatch,
+        &[],
+    );
+}
+
 #[test]
 fn truncated_frames_at_every_header_boundary() {
     require_kernel!();

@@ -20,6 +20,8 @@ use crate::tables::Tables;
 pub(super) struct PolicySetMaps {
     /// Names for errors.
     specs: &'static Specs,
+    acl_ip_v4: HashMap<MapData, [u8; 4], AclEntry>,
+    acl_ip_v6: HashMap<MapData, [u8; 16], AclEntry>,
     acl_v4: LpmTrie<MapData, [u8; 4], AclEntry>,
     acl_v6: LpmTrie<MapData, [u8; 16], AclEntry>,
     port_rules: HashMap<MapData, u32, PortRules>,
@@ -36,6 +38,8 @@ impl PolicySetMaps {
     ) -> Result<Self, MapsError> {
         Ok(Self {
             specs,
+            acl_ip_v4: typed(specs.acl_ip_v4.name, take(specs.acl_ip_v4.name)?)?,
+            acl_ip_v6: typed(specs.acl_ip_v6.name, take(specs.acl_ip_v6.name)?)?,
             acl_v4: typed(specs.acl_v4.name, take(specs.acl_v4.name)?)?,
             acl_v6: typed(specs.acl_v6.name, take(specs.acl_v6.name)?)?,
             port_rules: typed(specs.port_rules.name, take(specs.port_rules.name)?)?,
@@ -49,6 +53,18 @@ impl PolicySetMaps {
     /// Moves this set from `old` to `new`, writing only what differs.
     fn write(&mut self, old: &Tables, new: &Tables) -> Result<(), MapsError> {
         let specs = self.specs;
+        sync_hash(
+            &mut self.acl_ip_v4,
+            &old.acl_ip_v4,
+            &new.acl_ip_v4,
+            specs.acl_ip_v4.name,
+        )?;
+        sync_hash(
+            &mut self.acl_ip_v6,
+            &old.acl_ip_v6,
+            &new.acl_ip_v6,
+            specs.acl_ip_v6.name,
+        )?;
         sync_lpm(
             &mut self.acl_v4,
             &old.acl_v4,
@@ -130,6 +146,8 @@ impl PolicySetMaps {
                 }
             }};
         }
+        clear_keyed!(self.acl_ip_v4, specs.acl_ip_v4.name);
+        clear_keyed!(self.acl_ip_v6, specs.acl_ip_v6.name);
         clear_keyed!(self.acl_v4, specs.acl_v4.name);
         clear_keyed!(self.acl_v6, specs.acl_v6.name);
         clear_keyed!(self.port_rules, specs.port_rules.name);
@@ -218,6 +236,25 @@ impl PolicyMaps {
 
 /// Moves an LPM trie from holding `old` to holding `new`: inserts what is new or changed,
 /// removes what is gone. A key already missing is not an error: the state wanted is reached.
+/// Writes the entries of `new` that `old` lacks or holds otherwise, and removes those only
+/// `old` has.
+fn sync_hash<K: aya::Pod + Ord, V: aya::Pod + PartialEq>(
+    map: &mut HashMap<MapData, K, V>,
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+    name: &'static str,
+) -> Result<(), MapsError> {
+    for (key, value) in new {
+        if old.get(key) != Some(value) {
+            map.insert(key, value, 0).map_err(ctx(name))?;
+        }
+    }
+    for key in old.keys().filter(|k| !new.contains_key(k)) {
+        ignore_missing(map.remove(key)).map_err(ctx(name))?;
+    }
+    Ok(())
+}
+
 fn sync_lpm<K: aya::Pod + Ord, V: aya::Pod + PartialEq>(
     map: &mut LpmTrie<MapData, K, V>,
     old: &BTreeMap<(u32, K), V>,

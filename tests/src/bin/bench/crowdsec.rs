@@ -218,9 +218,18 @@ pub fn run(scale: &Scale) -> Result<(String, Value)> {
     unsafe { libc::kill(bouncer_pid as i32, libc::SIGSTOP) };
     let floods = (|| -> Result<_> {
         let decision = banned_flood(&generator, &pair, &frame, scale)?;
-        // The same source on the deny list, which is judged before decisions: the deny
-        // path's rate in this same bed, to read the decision path's against.
-        std::fs::write(&policy, format!("deny: [{source}/32]\n"))?;
+        // The same addresses as a deny list (an IP list file), judged before decisions:
+        // the blocklist enforced without CrowdSec, in this same bed.
+        let mut listed = String::with_capacity(count * 16);
+        for i in 0..count as u32 {
+            let _ = writeln!(listed, "{}", Ipv4Addr::from(FIRST_DECISION + i));
+        }
+        let list = dir.path().join("blocklist.txt");
+        std::fs::write(&list, listed)?;
+        std::fs::write(
+            &policy,
+            format!("deny:\n  - {{list: {}}}\n", list.display()),
+        )?;
         let applied = agent.cli(&["policy", "apply", &policy.display().to_string()]);
         if !applied.status.success() {
             bail!("policy apply: {}", String::from_utf8_lossy(&applied.stderr));
@@ -249,7 +258,7 @@ pub fn run(scale: &Scale) -> Result<(String, Value)> {
          dropping works:\n\n\
          | enforcer | frames/s handled | ratio |\n|---|---|---|\n\
          | Portcullis (XDP, decision map) | {:.2} M | {:.2}x |\n\
-         | Portcullis (XDP, the same source on the deny list) | {:.2} M | {:.2}x |\n\
+         | Portcullis (XDP, the same {count} addresses as a deny list file) | {:.2} M | {:.2}x |\n\
          | crowdsec-firewall-bouncer (nftables set, input hook) | {:.2} M | 1.00x |\n",
         scale.flood_rounds,
         scale.flood_time.as_secs_f64(),
