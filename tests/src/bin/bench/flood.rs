@@ -58,6 +58,12 @@ pub fn udp_no_ports(pair: &NetnsPair) -> Result<u64> {
 /// What one filter did with a flood.
 pub struct Outcome {
     pub packets_per_second: f64,
+    /// Each round's frames per second, in round order (the rounds go round-robin over the
+    /// filters, so round `i` of two filters ran minutes apart at most).
+    pub rates: Vec<f64>,
+    /// For Portcullis: the program's own time per run, from the kernel's BPF statistics
+    /// over one more flood of the same length.
+    pub program_ns_per_run: Option<f64>,
     /// Share of received frames that did not reach the stack.
     pub dropped: f64,
     /// The agent's largest RSS while flooded, for Portcullis.
@@ -131,7 +137,38 @@ impl Case {
         Ok(())
     }
 
-    fn outcome(self) -> Result<Outcome> {
+    /// One more flood with the kernel timing BPF programs: the Portcullis program's own time
+    /// per run (the rest of a packet's cost is the stack's and the bed's). Not one of the
+    /// measured rounds: timing costs every program some nanoseconds a run.
+    fn program_time(
+        &self,
+        generator: &Generator,
+        sources: Sources,
+        scale: &Scale,
+    ) -> Result<Option<f64>> {
+        let Some(agent) = &self.installed.agent else {
+            return Ok(None);
+        };
+        let status = agent.status().context("the agent answers")?;
+        let id = status["interfaces"][0]["program_id"]
+            .as_u64()
+            .context("no program id in status")? as u32;
+        let run = |id: u32| -> Result<(u64, u64)> {
+            let info = aya::programs::loaded_programs()
+                .filter_map(Result::ok)
+                .find(|info| info.id() == id)
+                .with_context(|| format!("program {id} is not loaded"))?;
+            Ok((info.run_time().as_nanos() as u64, info.run_count()))
+        };
+        let _timing = portcullis::bpf_stats::enable().context("BPF_ENABLE_STATS")?;
+        let (time, count) = run(id)?;
+        self.flood(generator, sources, scale.flood_time)?;
+        let (time_after, count_after) = run(id)?;
+        let runs = count_after.saturating_sub(count);
+        Ok((runs > 0).then(|| (time_after - time) as f64 / runs as f64))
+    }
+
+    fn outcome(self, program_ns_per_run: Option<f64>) -> Result<Outcome> {
         let events = match &self.installed.agent {
             Some(agent) => {
                 let out = agent.cli(&["stats", "--json"]);
@@ -146,7 +183,9 @@ impl Case {
             None => None,
         };
         Ok(Outcome {
-            packets_per_second: median(self.rates),
+            packets_per_second: median(self.rates.clone()),
+            rates: self.rates,
+            program_ns_per_run,
             dropped: median(self.dropped),
             agent_rss_kib: self.rss.map(RssSampler::stop),
             events,
@@ -178,7 +217,10 @@ fn measure_all(
     }
     cases
         .into_iter()
-        .map(|case| Ok((case.filter, case.outcome()?)))
+        .map(|case| {
+            let program = case.program_time(generator, sources, scale)?;
+            Ok((case.filter, case.outcome(program)?))
+        })
         .collect()
 }
 
@@ -222,6 +264,7 @@ const ONE_SOURCE: &[Filter] = &[
 ];
 
 const SPOOFED: &[Filter] = &[
+    Filter::DropAll,
     Filter::None,
     Filter::PortcullisXdpLimit,
     Filter::IptablesHashlimit,
@@ -239,10 +282,18 @@ pub fn run(scale: &Scale) -> Result<(String, Value)> {
         let _ = writeln!(
             md,
             "\n## Flood throughput, {title} (64-byte UDP over veth, median of {})\n\n\
-             | receiving side | packets/s | vs iptables hashlimit | dropped before the stack | agent RSS (largest) |\n|---|---|---|---|---|",
+             Added per packet: the median over rounds of 1/rate minus 1/rate of the ceiling \
+             program in the same round, what the filter costs on top of what the bed costs. \
+             Program per run: the kernel's BPF statistics over one more flood.\n\n\
+             | receiving side | packets/s | min - max | added per packet | program per run | vs iptables hashlimit | dropped before the stack | agent RSS (largest) |\n|---|---|---|---|---|---|---|---|",
             scale.flood_rounds
         );
         let outcomes = measure_all(&generator, filters, sources, scale)?;
+        let ceiling = outcomes
+            .iter()
+            .find(|(f, _)| *f == Filter::DropAll)
+            .map(|(_, o)| o.rates.clone())
+            .context("no ceiling case")?;
         let iptables = outcomes
             .iter()
             .find(|(f, _)| *f == Filter::IptablesHashlimit)
@@ -253,17 +304,27 @@ pub fn run(scale: &Scale) -> Result<(String, Value)> {
             let rss = outcome.agent_rss_kib.map_or("-".to_string(), |kib| {
                 format!("{:.1} MiB", kib as f64 / 1024.0)
             });
+            let added_ns = added_per_packet_ns(&outcome.rates, &ceiling);
+            let (min, max) = spread(&outcome.rates);
+            let program = outcome
+                .program_ns_per_run
+                .map_or("-".to_string(), |ns| format!("{ns:.0} ns"));
             let _ = writeln!(
                 md,
-                "| {} | {:.2} M | {ratio:.2}x | {:.1}% | {rss} |",
+                "| {} | {:.2} M | {:.2} - {:.2} M | {added_ns:.0} ns | {program} | {ratio:.2}x | {:.1}% | {rss} |",
                 filter.label(),
                 outcome.packets_per_second / 1e6,
+                min / 1e6,
+                max / 1e6,
                 outcome.dropped * 100.0
             );
             results.push(json!({
                 "sources": title,
                 "filter": filter.label(),
                 "packets_per_second": outcome.packets_per_second,
+                "rounds": outcome.rates,
+                "added_ns_per_packet": added_ns,
+                "program_ns_per_run": outcome.program_ns_per_run,
                 "ratio_to_iptables_hashlimit": ratio,
                 "dropped_share": outcome.dropped,
                 "agent_rss_kib": outcome.agent_rss_kib,
@@ -275,6 +336,24 @@ pub fn run(scale: &Scale) -> Result<(String, Value)> {
         }
     }
     Ok((md, Value::Array(results)))
+}
+
+/// What a filter adds to each packet over the ceiling program, round by round: 1/rate of
+/// the filter minus 1/rate of the ceiling in the same round, the median over rounds.
+fn added_per_packet_ns(rates: &[f64], ceiling: &[f64]) -> f64 {
+    let added: Vec<f64> = rates
+        .iter()
+        .zip(ceiling)
+        .map(|(rate, ceiling)| 1e9 / rate - 1e9 / ceiling)
+        .collect();
+    median(added)
+}
+
+/// The lowest and highest of `rates`.
+fn spread(rates: &[f64]) -> (f64, f64) {
+    let min = rates.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = rates.iter().copied().fold(0.0, f64::max);
+    (min, max)
 }
 
 /// The deny flood with events on (default budget) against events off.
