@@ -521,6 +521,17 @@ pub const IFACE_COUNTERS: MapSpec = spec(
     Entries::Fixed(IFACE_SLOTS),
 )
 .holding(Contents::Disposable);
+/// Array of `u32` bits (`HAS_V4`, `HAS_V6`): which address hash maps hold entries. Entries
+/// 0 and 1 are the policy sets' (`ACL_IP_*`), entry `DECISION_ADDRESSES` the decisions'
+/// (`DECISION_IP_*`). A hash lookup reads a bucket even in an empty map, and with random
+/// sources that is a cache and TLB miss: a spoofed flood measured the program at 1,008 ns a
+/// run with the two lookups always made, 603 ns without them.
+pub const HAS_ADDRESSES: MapSpec = spec("HAS_ADDRESSES", MapKind::Array, 4, 4, Entries::Fixed(3));
+/// Bits of a `HAS_ADDRESSES` entry.
+pub const HAS_V4: u32 = 1;
+pub const HAS_V6: u32 = 2;
+/// The `HAS_ADDRESSES` entry of the decision maps.
+pub const DECISION_ADDRESSES: u32 = 2;
 /// Array with one `Settings`.
 pub const SETTINGS: MapSpec = spec(
     "SETTINGS",
@@ -559,7 +570,7 @@ pub const EVENTS: MapSpec = spec(
 .holding(Contents::Disposable);
 
 /// Every map of the agent's object.
-pub const ALL: [MapSpec; 40] = [
+pub const ALL: [MapSpec; 41] = [
     POLICY_SETS[0].acl_ip_v4,
     POLICY_SETS[0].acl_ip_v6,
     POLICY_SETS[0].acl_v4,
@@ -597,6 +608,7 @@ pub const ALL: [MapSpec; 40] = [
     RULE_COUNTERS,
     IFACE_COUNTERS,
     SETTINGS,
+    HAS_ADDRESSES,
     EVENT_BUDGET,
     MALFORMED,
     EVENTS,

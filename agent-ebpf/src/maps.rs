@@ -145,6 +145,9 @@ pub static RULE_COUNTERS: PerCpuArray<RuleCounters> =
 pub static IFACE_COUNTERS: PerCpuArray<IfaceCounters> =
     PerCpuArray::with_max_entries(entries(spec::IFACE_COUNTERS), spec::IFACE_COUNTERS.flags);
 #[map]
+pub static HAS_ADDRESSES: Array<u32> =
+    Array::with_max_entries(entries(spec::HAS_ADDRESSES), spec::HAS_ADDRESSES.flags);
+#[map]
 pub static SETTINGS: Array<Settings> =
     Array::with_max_entries(entries(spec::SETTINGS), spec::SETTINGS.flags);
 #[map]

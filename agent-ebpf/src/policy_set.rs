@@ -28,6 +28,12 @@ impl PolicySet {
         }
     }
 
+    /// 0 or 1: this set's index in maps shared by both (`HAS_ADDRESSES`).
+    #[inline(always)]
+    pub fn index(&self) -> u32 {
+        u32::from(self.second)
+    }
+
     #[inline(always)]
     fn pick<T>(&self, first: &'static T, second: &'static T) -> &'static T {
         if self.second { second } else { first }

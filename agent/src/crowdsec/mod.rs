@@ -207,6 +207,11 @@ pub async fn run(
             }
         }
         if startup {
+            // Addresses all lifted: the kernel stops looking for them.
+            if let Err(e) = sync.maps.refresh_has_addresses() {
+                telemetry.count_runtime_error("crowdsec decisions");
+                tracing::error!(error = %e, "marking the decision maps failed");
+            }
             release_freed_memory();
         }
         if let Err(e) = block_in_place(|| sync.expire()) {
@@ -473,6 +478,7 @@ pub fn lift_all(maps: &mut DecisionMaps) -> Result<usize, MapsError> {
             lifted += 1;
         }
     }
+    maps.refresh_has_addresses()?;
     Ok(lifted)
 }
 

@@ -5,7 +5,7 @@
 
 use agent_common::DecisionEntry;
 use aya::maps::{
-    HashMap, Map, MapData,
+    Array, HashMap, Map, MapData,
     lpm_trie::{Key, LpmTrie},
 };
 use ipnet::IpNet;
@@ -78,6 +78,10 @@ impl DecisionTables {
 
 pub struct DecisionMaps {
     pub(super) tables: DecisionTables,
+    /// `HAS_ADDRESSES`, whose `DECISION_ADDRESSES` entry says which address maps the
+    /// kernel must look in, and what was last written there.
+    pub(super) has_addresses: Array<MapData, u32>,
+    pub(super) has: u32,
 }
 
 impl DecisionMaps {
@@ -86,8 +90,44 @@ impl DecisionMaps {
         self.tables.entries()
     }
 
+    /// Tells the kernel which address maps hold decisions, from what they hold now. Marks
+    /// are set as addresses arrive (`set`) and cleared only here: a mark on an empty map
+    /// costs a lookup, never a decision.
+    pub fn refresh_has_addresses(&mut self) -> Result<(), MapsError> {
+        let mut has = 0;
+        if self.tables.ips_v4.keys().next().is_some() {
+            has |= names::HAS_V4;
+        }
+        if self.tables.ips_v6.keys().next().is_some() {
+            has |= names::HAS_V6;
+        }
+        self.write_has(has)
+    }
+
+    fn write_has(&mut self, has: u32) -> Result<(), MapsError> {
+        self.has_addresses
+            .set(names::DECISION_ADDRESSES, has, 0)
+            .map_err(ctx(names::HAS_ADDRESSES.name))?;
+        self.has = has;
+        Ok(())
+    }
+
     /// Puts `entry` on exactly `net`, in place of what was there.
     pub fn set(&mut self, net: IpNet, entry: DecisionEntry) -> Result<(), MapsError> {
+        let mark = match net {
+            IpNet::V4(n) if n.prefix_len() == 32 => names::HAS_V4,
+            IpNet::V6(n) if n.prefix_len() == 128 => names::HAS_V6,
+            _ => 0,
+        };
+        self.set_entry(net, entry)?;
+        // After the entry: a packet that sees the mark finds what it marks.
+        if self.has & mark != mark {
+            self.write_has(self.has | mark)?;
+        }
+        Ok(())
+    }
+
+    fn set_entry(&mut self, net: IpNet, entry: DecisionEntry) -> Result<(), MapsError> {
         let t = &mut self.tables;
         match net {
             IpNet::V4(n) if n.prefix_len() == 32 => t

@@ -73,6 +73,7 @@ impl KernelMaps {
         let blocks_v4 = take(names::BLOCKS_V4.name)?;
         let blocks_v6 = take(names::BLOCKS_V6.name)?;
         let decisions = decisions::DecisionMapsTaken::take(&mut take)?;
+        let has_addresses = take(names::HAS_ADDRESSES.name)?;
         let telemetry = TelemetryMaps {
             counters: typed(names::COUNTERS.name, take(names::COUNTERS.name)?)?,
             malformed: typed(names::MALFORMED.name, take(names::MALFORMED.name)?)?,
@@ -92,6 +93,7 @@ impl KernelMaps {
             sets,
             generation: typed(names::GENERATION.name, take(names::GENERATION.name)?)?,
             settings: typed(names::SETTINGS.name, take(names::SETTINGS.name)?)?,
+            has_addresses: typed(names::HAS_ADDRESSES.name, second_handle(&has_addresses)?)?,
             rule_counters: typed(names::RULE_COUNTERS.name, rule_counters)?,
             cpus,
         };
@@ -101,9 +103,13 @@ impl KernelMaps {
             bans_v4: typed(names::BANS_V4.name, bans_v4)?,
             bans_v6: typed(names::BANS_V6.name, bans_v6)?,
         };
-        let decisions = DecisionMaps {
+        let mut decisions = DecisionMaps {
             tables: decisions.typed()?,
+            has_addresses: typed(names::HAS_ADDRESSES.name, has_addresses)?,
+            has: 0,
         };
+        // Pinned decisions an earlier agent left are enforced from the start.
+        decisions.refresh_has_addresses()?;
         Ok(Self {
             policy,
             bans,
@@ -146,6 +152,7 @@ fn second_handle(map: &Map) -> Result<Map, MapsError> {
         Map::LpmTrie(data) => ("LPM trie", data),
         Map::PerCpuArray(data) => ("per-CPU array", data),
         Map::HashMap(data) => ("hash", data),
+        Map::Array(data) => ("array", data),
         other => panic!("no second handle is taken on {other:?}"),
     };
     let fd = std::os::fd::AsFd::as_fd(data.fd())

@@ -176,6 +176,8 @@ pub struct PolicyMaps {
     pub(super) sets: [PolicySetMaps; 2],
     pub(super) generation: Array<MapData, u32>,
     pub(super) settings: Array<MapData, Settings>,
+    /// Which address hash maps hold entries; the enforcer writes the policy sets' entries.
+    pub(super) has_addresses: Array<MapData, u32>,
     pub(super) rule_counters: PerCpuArray<MapData, RuleCounters>,
     /// Possible CPUs: the length of every per-CPU value.
     pub(super) cpus: usize,
@@ -202,12 +204,25 @@ impl PolicyMaps {
     /// Writes the difference from `old` to `new` into policy set `set`, which must not be
     /// in force.
     pub fn write_set(&mut self, set: usize, old: &Tables, new: &Tables) -> Result<(), MapsError> {
-        self.sets[set].write(old, new)
+        self.sets[set].write(old, new)?;
+        let mut has = 0;
+        if !new.acl_ip_v4.is_empty() {
+            has |= names::HAS_V4;
+        }
+        if !new.acl_ip_v6.is_empty() {
+            has |= names::HAS_V6;
+        }
+        self.has_addresses
+            .set(set as u32, has, 0)
+            .map_err(ctx(names::HAS_ADDRESSES.name))
     }
 
     /// Empties policy set `set` (not in force), whatever it holds.
     pub fn clear_set(&mut self, set: usize) -> Result<(), MapsError> {
-        self.sets[set].clear()
+        self.sets[set].clear()?;
+        self.has_addresses
+            .set(set as u32, 0, 0)
+            .map_err(ctx(names::HAS_ADDRESSES.name))
     }
 
     /// The maps both sets share: settings, and per-rule counters, which start from zero
@@ -234,10 +249,7 @@ impl PolicyMaps {
     }
 }
 
-/// Moves an LPM trie from holding `old` to holding `new`: inserts what is new or changed,
-/// removes what is gone. A key already missing is not an error: the state wanted is reached.
-/// Writes the entries of `new` that `old` lacks or holds otherwise, and removes those only
-/// `old` has.
+/// Moves a hash map from holding `old` to holding `new`, as `sync_lpm` does a trie.
 fn sync_hash<K: aya::Pod + Ord, V: aya::Pod + PartialEq>(
     map: &mut HashMap<MapData, K, V>,
     old: &BTreeMap<K, V>,
@@ -255,6 +267,8 @@ fn sync_hash<K: aya::Pod + Ord, V: aya::Pod + PartialEq>(
     Ok(())
 }
 
+/// Moves an LPM trie from holding `old` to holding `new`: inserts what is new or changed,
+/// removes what is gone. A key already missing is not an error: the state wanted is reached.
 fn sync_lpm<K: aya::Pod + Ord, V: aya::Pod + PartialEq>(
     map: &mut LpmTrie<MapData, K, V>,
     old: &BTreeMap<(u32, K), V>,
