@@ -71,12 +71,24 @@ fn bench_smoke_run_writes_its_tables_and_numbers() {
     let flood = json["flood"].as_array().unwrap();
     assert_eq!(
         flood.len(),
-        13,
-        "9 filters with one source, 4 with spoofed ones"
+        14,
+        "9 filters with one source, 5 with spoofed ones (the ceiling in both)"
     );
     for row in flood {
         assert!(positive(&row["packets_per_second"]), "{row}");
         let filter = row["filter"].as_str().unwrap();
+        // Each round's rate, and the cost over the ceiling (none for the ceiling itself);
+        // the program's own time for Portcullis only.
+        assert!(!row["rounds"].as_array().unwrap().is_empty(), "{row}");
+        assert!(row["added_ns_per_packet"].is_f64(), "{row}");
+        if filter.starts_with("XDP read source + drop") {
+            assert_eq!(row["added_ns_per_packet"].as_f64(), Some(0.0), "{row}");
+        }
+        assert_eq!(
+            filter.starts_with("Portcullis"),
+            positive(&row["program_ns_per_run"]),
+            "{row}"
+        );
         if filter == "iptables raw hashlimit" {
             assert_eq!(row["ratio_to_iptables_hashlimit"].as_f64(), Some(1.0));
         }
@@ -141,6 +153,19 @@ fn bench_smoke_run_writes_its_tables_and_numbers() {
     assert_eq!(control["apply"][1]["routes"], 10_000);
     assert_eq!(json["crowdsec"]["decisions"], 1_000);
     assert!(positive(&json["crowdsec"]["import_to_enforced_s"]));
+    // The flood from a banned source met each enforcer (the section fails if it got
+    // through either).
+    for key in [
+        "banned_flood_pps",
+        "denied_flood_pps",
+        "bouncer_banned_flood_pps",
+    ] {
+        assert!(
+            positive(&json["crowdsec"][key]),
+            "{key}: {}",
+            json["crowdsec"]
+        );
+    }
     assert!(positive(&control["apply"][1]["write_s"]));
     let edits = control["edit_to_enforcement_s"].as_array().unwrap();
     assert!(!edits.is_empty() && edits.iter().all(positive), "{edits:?}");
