@@ -145,6 +145,28 @@ pub struct Installed {
     _policy_dir: Option<TempDir>,
 }
 
+impl Installed {
+    /// The XDP or TC program judging the flood, for those that are BPF programs: the
+    /// agent's (as its status names it) or the ceiling's.
+    pub fn program_id(&self) -> Result<Option<u32>> {
+        if let Some(agent) = &self.agent {
+            let status = agent.status().context("the agent answers")?;
+            let id = status["interfaces"][0]["program_id"]
+                .as_u64()
+                .context("no program id in status")?;
+            return Ok(Some(id as u32));
+        }
+        let Some(object) = &self._object else {
+            return Ok(None);
+        };
+        let program: &Xdp = object
+            .program(DROP_ALL)
+            .context("no drop-all program")?
+            .try_into()?;
+        Ok(Some(program.info()?.id()))
+    }
+}
+
 /// Appends `rule` to the raw table's PREROUTING chain, where iptables sees packets first.
 fn iptables_raw(pair: &NetnsPair, rule: &[&str]) -> Result<Installed> {
     let command = [&["iptables", "-t", "raw", "-A", "PREROUTING"], rule].concat();

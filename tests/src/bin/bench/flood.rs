@@ -61,8 +61,8 @@ pub struct Outcome {
     /// Each round's frames per second, in round order (the rounds go round-robin over the
     /// filters, so round `i` of two filters ran minutes apart at most).
     pub rates: Vec<f64>,
-    /// For Portcullis: the program's own time per run, from the kernel's BPF statistics
-    /// over one more flood of the same length.
+    /// For Portcullis and the ceiling: the program's own time per run, from the kernel's
+    /// BPF statistics over one more flood of the same length.
     pub program_ns_per_run: Option<f64>,
     /// Share of received frames that did not reach the stack.
     pub dropped: f64,
@@ -137,22 +137,18 @@ impl Case {
         Ok(())
     }
 
-    /// One more flood with the kernel timing BPF programs: the Portcullis program's own time
-    /// per run (the rest of a packet's cost is the stack's and the bed's). Not one of the
-    /// measured rounds: timing costs every program some nanoseconds a run.
+    /// One more flood with the kernel timing BPF programs: the program's own time per run,
+    /// Portcullis's or the ceiling's (the rest of a packet's cost is the stack's and the
+    /// bed's). Not one of the measured rounds: timing costs every program a little a run.
     fn program_time(
         &self,
         generator: &Generator,
         sources: Sources,
         scale: &Scale,
     ) -> Result<Option<f64>> {
-        let Some(agent) = &self.installed.agent else {
+        let Some(id) = self.installed.program_id()? else {
             return Ok(None);
         };
-        let status = agent.status().context("the agent answers")?;
-        let id = status["interfaces"][0]["program_id"]
-            .as_u64()
-            .context("no program id in status")? as u32;
         let run = |id: u32| -> Result<(u64, u64)> {
             let info = aya::programs::loaded_programs()
                 .filter_map(Result::ok)
