@@ -261,30 +261,17 @@ pub fn expand(declared: &Policy, copies: &Copies) -> (Policy, Vec<InForce>) {
     let mut in_force = vec![InForce::default(); policy.lists.len()];
     let mut listed = vec![Vec::new(); policy.lists.len()];
 
-    let mut allowed: HashSet<IpNet> = policy.allow.iter().copied().collect();
-    let mut allow_count = Families::of(&policy.allow);
+    let mut allowed = Held::of(&policy.allow);
     for (index, rule) in policy.lists.iter().enumerate() {
         if rule.action != ListAction::Allow {
             continue;
         }
-        let Some(copy) = copies.copy(&rule.source) else {
-            continue;
-        };
-        let fresh = add_new(&copy.nets, &mut allowed, |_| false);
-        let outcome = &mut in_force[index];
-        outcome.duplicates = copy.nets.len() - fresh.len();
-        let counted = allow_count.plus(Families::of(&fresh));
-        if !counted.fits(capacity) {
-            take_back(&fresh, &mut allowed);
-            outcome.not_applied = Some(over_capacity(fresh.len(), capacity));
-            continue;
+        if let Some(copy) = copies.copy(&rule.source) {
+            (in_force[index], listed[index]) = allowed.add(copy, capacity, |_| false);
         }
-        allow_count = counted;
-        outcome.entries = fresh.len();
-        listed[index] = fresh;
     }
     let mut allow_index = AllowIndex::default();
-    for net in &allowed {
+    for net in &allowed.nets {
         allow_index.insert(*net);
     }
 
@@ -302,56 +289,70 @@ pub fn expand(declared: &Policy, copies: &Copies) -> (Policy, Vec<InForce>) {
         );
     }
     policy.deny = deny;
-    let mut denied: HashSet<IpNet> = policy.deny.iter().map(|d| d.net).collect();
-    let mut deny_count = Families::of(&denied);
+    let declared_nets: Vec<IpNet> = policy.deny.iter().map(|d| d.net).collect();
+    let mut denied = Held::of(&declared_nets);
     for (index, rule) in policy.lists.iter().enumerate() {
         if rule.action == ListAction::Allow {
             continue;
         }
-        let Some(copy) = copies.copy(&rule.source) else {
-            continue;
-        };
-        let mut covered = 0;
-        let fresh = add_new(&copy.nets, &mut denied, |net| {
-            let inside = allow_index.covers(net);
-            covered += usize::from(inside);
-            inside
-        });
-        let outcome = &mut in_force[index];
-        outcome.covered_by_allow = covered;
-        outcome.duplicates = copy.nets.len() - covered - fresh.len();
-        let counted = deny_count.plus(Families::of(&fresh));
-        if !counted.fits(capacity) {
-            take_back(&fresh, &mut denied);
-            outcome.not_applied = Some(over_capacity(fresh.len(), capacity));
-            continue;
+        if let Some(copy) = copies.copy(&rule.source) {
+            (in_force[index], listed[index]) =
+                denied.add(copy, capacity, |net| allow_index.covers(net));
         }
-        deny_count = counted;
-        outcome.entries = fresh.len();
-        listed[index] = fresh;
     }
     policy.listed = listed;
     (policy, in_force)
 }
 
-/// The entries of `nets` that `skip` keeps and `held` does not hold yet, in order, added to
-/// `held` (one hash operation each: a list may hold a million entries).
-fn add_new(
-    nets: &[IpNet],
-    held: &mut HashSet<IpNet>,
-    mut skip: impl FnMut(&IpNet) -> bool,
-) -> Vec<IpNet> {
-    held.reserve(nets.len());
-    nets.iter()
-        .filter(|net| !skip(net) && held.insert(**net))
-        .copied()
-        .collect()
+/// The entries of one kind (allow or deny) so far, and how many of each family.
+struct Held {
+    nets: HashSet<IpNet>,
+    count: Families,
 }
 
-/// Undoes `add_new` for a list that is not applied after all.
-fn take_back(added: &[IpNet], held: &mut HashSet<IpNet>) {
-    for net in added {
-        held.remove(net);
+impl Held {
+    fn of(nets: &[IpNet]) -> Self {
+        Self {
+            nets: nets.iter().copied().collect(),
+            count: Families::of(nets),
+        }
+    }
+
+    /// Adds the entries of `copy` not held yet and not `covered` (counted as covered by an
+    /// allow entry), in order, one hash operation each (a list may hold a million); or
+    /// none of them if they would take a family over `capacity`.
+    fn add(
+        &mut self,
+        copy: &ListCopy,
+        capacity: u32,
+        mut covered: impl FnMut(&IpNet) -> bool,
+    ) -> (InForce, Vec<IpNet>) {
+        let mut outcome = InForce::default();
+        self.nets.reserve(copy.nets.len());
+        let fresh: Vec<IpNet> = copy
+            .nets
+            .iter()
+            .filter(|net| {
+                if covered(net) {
+                    outcome.covered_by_allow += 1;
+                    return false;
+                }
+                self.nets.insert(**net)
+            })
+            .copied()
+            .collect();
+        outcome.duplicates = copy.nets.len() - outcome.covered_by_allow - fresh.len();
+        let counted = self.count.plus(Families::of(&fresh));
+        if !counted.fits(capacity) {
+            for net in &fresh {
+                self.nets.remove(net);
+            }
+            outcome.not_applied = Some(over_capacity(fresh.len(), capacity));
+            return (outcome, Vec::new());
+        }
+        self.count = counted;
+        outcome.entries = fresh.len();
+        (outcome, fresh)
     }
 }
 

@@ -20,7 +20,7 @@ use portcullis_tests::{
 };
 use serde_json::{Value, json};
 
-use crate::{Scale, median, policy_text};
+use crate::{Scale, bench_cidr, median, policy_text};
 
 const PROBE_PORT: u16 = 7000;
 /// The probe's send interval, and so the resolution of the edit-to-enforcement time.
@@ -124,13 +124,7 @@ fn list_apply_time(scale: &Scale, size: usize) -> Result<(f64, f64)> {
     let mut text = String::with_capacity(size * 16 + 64);
     text.push_str("# a feed, one entry per line\n");
     for i in 0..size {
-        let _ = writeln!(
-            text,
-            "{}.{}.{}.0/24",
-            1 + i / 65536 % 99,
-            i / 256 % 256,
-            i % 256
-        );
+        let _ = writeln!(text, "{}", bench_cidr(i));
     }
     std::fs::write(&path, &text)?;
     let declared = policy::parse(

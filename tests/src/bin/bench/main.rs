@@ -107,19 +107,18 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// The `i`th of the benchmarks' deny /24s, spread over 1.0.0.0-99.255.255.0.
+pub fn bench_cidr(i: usize) -> String {
+    format!("{}.{}.{}.0/24", 1 + i / 65536 % 99, i / 256 % 256, i % 256)
+}
+
 /// A policy with `cidrs` deny /24s (IPv4, spread over 1.0.0.0-99.255.255.0), an allow entry,
 /// a rate limit that always has tokens and one that never does.
 pub fn policy_text(cidrs: usize, events_per_second: Option<u32>) -> String {
     let mut text = String::with_capacity(cidrs * 20 + 512);
     text.push_str("allow: [192.0.2.0/24]\ndeny:\n  - 10.0.0.0/8\n  - 2001:db8:bad::/48\n");
     for i in 0..cidrs.saturating_sub(1) {
-        let _ = writeln!(
-            text,
-            "  - {}.{}.{}.0/24",
-            1 + i / 65536 % 99,
-            i / 256 % 256,
-            i % 256
-        );
+        let _ = writeln!(text, "  - {}", bench_cidr(i));
     }
     text.push_str(
         "rate_limits:\n  - {name: roomy, protocol: udp, ports: [53], rate: 1000000000/s, burst: 1000000000}\n  - {name: tight, protocol: udp, ports: [5353], rate: 1/h, burst: 1}\n",
