@@ -166,12 +166,12 @@ fn slot(rules: &mut PortRules, count: Count) -> &mut u32 {
 pub fn build(policy: &Policy, ids: &mut RuleIds, cpus: u32) -> Tables {
     let mut wanted: Vec<String> = Vec::new();
     let list_names = policy.lists.iter().filter_map(|list| match &list.action {
-        ListAction::Deny { name, .. } => Some(name),
+        ListAction::Deny { name, .. } => Some(name.as_str()),
         ListAction::Allow => None,
     });
-    for name in policy.deny.iter().map(|d| &d.name).chain(list_names) {
-        if !wanted.contains(name) {
-            wanted.push(name.clone());
+    for name in policy.deny.iter().map(|d| &*d.name).chain(list_names) {
+        if !wanted.iter().any(|w| w == name) {
+            wanted.push(name.to_string());
         }
     }
     for rule in &policy.rate_limits {

@@ -9,6 +9,7 @@ mod validate;
 
 use std::{
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -121,8 +122,9 @@ impl ListRule {
 pub struct DenyRule {
     pub net: IpNet,
     pub mode: Mode,
-    /// The group it is counted under: its `name`, or `UNNAMED_DENY`.
-    pub name: String,
+    /// The group it is counted under: its `name`, or `UNNAMED_DENY`; shared by the
+    /// rule's entries.
+    pub name: Arc<str>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -242,7 +244,7 @@ impl Policy {
                 }
             }
             for deny in &mut self.deny {
-                if &deny.name == name || Some(deny.net) == cidr {
+                if *deny.name == *name.as_str() || Some(deny.net) == cidr {
                     deny.mode = *mode;
                     found = true;
                 }

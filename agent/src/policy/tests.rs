@@ -185,6 +185,22 @@ fn invalid_policies_name_the_line_and_the_problem() {
                 )
             },
         ),
+        // Two entries repeated: the first repeat in file order is named, with the line
+        // it repeats (the check sorts the entries, so order must come out right).
+        (
+            "deny:\n  - 203.0.113.0/24\n  - 10.0.0.0/8\n  - 10.0.0.0/8\n  - 203.0.113.0/24\n  - 10.0.0.0/8",
+            4,
+            |p| {
+                matches!(
+                    p,
+                    Problem::Duplicate {
+                        list: "deny",
+                        first_line: 3,
+                        ..
+                    }
+                )
+            },
+        ),
         ("allow: [10.0.0.0/8]\ndeny: [10.1.0.0/16]", 2, |p| {
             matches!(p, Problem::DenyCoveredByAllow { allow_line: 1, .. })
         }),
