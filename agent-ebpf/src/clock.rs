@@ -1,6 +1,7 @@
 //! The two clocks, both CLOCK_MONOTONIC. The precise one costs tens of nanoseconds per read
-//! (a TSC read, more in a VM); the coarse one reads the time of the last tick. Only token
-//! buckets need the precise clock, so the deny path never reads it.
+//! (a TSC read, more in a VM); the coarse one reads the time of the last tick. Only the
+//! buckets of rules whose burst is tight beside a tick need the precise clock (the agent
+//! says which, `RuleConfig::clock`), so the deny path never reads it.
 
 use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 

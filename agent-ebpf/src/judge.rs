@@ -18,8 +18,8 @@ use crate::{
     reset::Segment,
 };
 use agent_common::{
-    ACL_ALLOW, Action, BLOCK_RULE, EVASION_RULE, EventAction, MalformedCause, Mode, PortRules,
-    Reason,
+    ACL_ALLOW, Action, BLOCK_RULE, CLOCK_COARSE, EVASION_RULE, EventAction, MalformedCause, Mode,
+    PortRules, Reason,
     http::{HTTP_NONE, HTTP_STRICT, ROUTE_DENY, ROUTE_LIMIT_DROP, RouteEntry},
 };
 use aya_ebpf::{
@@ -188,27 +188,29 @@ fn judge_ip<F: Frame>(frame: &F, pkt: &Packet, ifindex: u32) -> Action {
         return finish(Reason::NoMatch);
     }
     let mut matched = false;
-    // Token buckets need the precise clock; nothing before them does. Read once, by the
-    // first step that needs it.
-    // 0: not read yet. (Not an `Option`: its payload would be undefined while `None`, and
-    // a spill of that undefined register is a read the verifier refuses.)
-    let mut clock_read = 0;
     if rules.connection_rule != 0 || rules.packet_rule != 0 {
-        let now = clock::precise_ns();
-        clock_read = now;
-        let at = Moment {
-            now,
-            ifindex,
-            reset: false,
-        };
         if pkt.syn && rules.connection_rule != 0 {
-            if limit(policy, pkt, rules.connection_rule, Reason::RateLimited, &at) {
+            if limit(
+                policy,
+                pkt,
+                rules.connection_rule,
+                Reason::RateLimited,
+                ifindex,
+                false,
+            ) {
                 return finish(Reason::RateLimited);
             }
             matched = true;
         }
         if rules.packet_rule != 0 {
-            if limit(policy, pkt, rules.packet_rule, Reason::RateLimited, &at) {
+            if limit(
+                policy,
+                pkt,
+                rules.packet_rule,
+                Reason::RateLimited,
+                ifindex,
+                false,
+            ) {
                 return finish(Reason::RateLimited);
             }
             matched = true;
@@ -229,9 +231,7 @@ fn judge_ip<F: Frame>(frame: &F, pkt: &Packet, ifindex: u32) -> Action {
                 }
                 if let Some(route) = route {
                     let reset = reset && route.kind != ROUTE_LIMIT_DROP;
-                    if let Some(reason) =
-                        judge_route(frame, policy, pkt, (route, reset), ifindex, clock_read)
-                    {
+                    if let Some(reason) = judge_route(frame, policy, pkt, (route, reset), ifindex) {
                         return refuse(reason, reset);
                     }
                     // As for rate limits, a request its route's bucket took counts as within
@@ -275,8 +275,7 @@ fn evaded(policy: PolicySet, pkt: &Packet, ifindex: u32, reset: bool) -> bool {
 }
 
 /// A request for `route`: the reason it is refused for, or `None` when it goes on.
-/// `clock_read` is the precise time if an earlier step read it (else 0); `reset`: a refusal resets
-/// the connection (else it drops the segment).
+/// `reset`: a refusal resets the connection (else it drops the segment).
 #[inline(always)]
 fn judge_route<F: Frame>(
     frame: &F,
@@ -284,7 +283,6 @@ fn judge_route<F: Frame>(
     pkt: &Packet,
     (route, reset): (RouteEntry, bool),
     ifindex: u32,
-    clock_read: u64,
 ) -> Option<Reason> {
     if route.kind == ROUTE_DENY {
         let mode = policy.rule(route.rule)?.mode;
@@ -305,29 +303,18 @@ fn judge_route<F: Frame>(
             return None;
         }
     }
-    let now = if clock_read != 0 {
-        clock_read
-    } else {
-        clock::precise_ns()
-    };
-    let at = Moment {
-        now,
+    let refused = limit(
+        policy,
+        pkt,
+        route.rule,
+        Reason::RouteLimited,
         ifindex,
         reset,
-    };
-    let refused = limit(policy, pkt, route.rule, Reason::RouteLimited, &at);
+    );
     if !refused && let Some((flow, seq)) = &connection {
         Segment::charged(flow, *seq);
     }
     refused.then_some(Reason::RouteLimited)
-}
-
-/// When and where a bucket is taken: the precise time, the interface, and whether a
-/// refusal resets the connection (a route's) or drops the packet.
-struct Moment {
-    now: u64,
-    ifindex: u32,
-    reset: bool,
 }
 
 /// The verdict on a packet refused for `reason`: a reset for a request or a banned
@@ -378,16 +365,30 @@ fn rules_for(policy: PolicySet, pkt: &Packet) -> PortRules {
     policy.rules_for(pkt.class, pkt.has_port.then_some(pkt.dport))
 }
 
-/// Runs the packet through one rule's bucket; true when it must be refused (for `reason`).
+/// Runs the packet, which arrived on `ifindex`, through one rule's bucket; true when it
+/// must be refused (for `reason`; `reset`: by a reset, else a drop).
 #[inline(always)]
-fn limit(policy: PolicySet, pkt: &Packet, rule: u32, reason: Reason, at: &Moment) -> bool {
-    let (now, ifindex) = (at.now, at.ifindex);
+fn limit(
+    policy: PolicySet,
+    pkt: &Packet,
+    rule: u32,
+    reason: Reason,
+    ifindex: u32,
+    reset: bool,
+) -> bool {
     let Some(cfg) = policy.rule(rule) else {
         return false;
     };
     if cfg.interval_ns == 0 {
         return false;
     }
+    // Nothing before the buckets reads a clock. The coarse one is a tick behind at most,
+    // which the agent allows only where a tick is small beside the rule's burst.
+    let now = if cfg.clock == CLOCK_COARSE {
+        clock::coarse_ns()
+    } else {
+        clock::precise_ns()
+    };
     match ratelimit::take(rule, cfg, pkt, now) {
         Outcome::Within => {
             counters::rule(rule, RuleOutcome::Passed);
@@ -397,7 +398,7 @@ fn limit(policy: PolicySet, pkt: &Packet, rule: u32, reason: Reason, at: &Moment
             if escalate {
                 bans::make(pkt, rule, cfg, now, ifindex);
             }
-            enforce(pkt, reason, rule, cfg.mode, ifindex, at.reset)
+            enforce(pkt, reason, rule, cfg.mode, ifindex, reset)
         }
     }
 }

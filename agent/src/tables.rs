@@ -1,11 +1,11 @@
 //! The policy as the kernel's map contents: LPM entries, port and class rule tables, rule
 //! configurations, the route trie, under the ids and epochs `RuleIds` gives each rule.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::OnceLock};
 
 use agent_common::{
     ACL_ALLOW, AclEntry, BLOCK_EPOCH, BLOCK_RULE, CLASS_COUNT, CLASS_ICMP, CLASS_OTHER, CLASS_TCP,
-    CLASS_UDP, EVASION_RULE, PortRules, RuleConfig, Settings,
+    CLASS_UDP, CLOCK_COARSE, CLOCK_PRECISE, EVASION_RULE, PortRules, RuleConfig, Settings,
     http::{
         HTTP_LENIENT, HTTP_STRICT, ROUTE_DENY, ROUTE_KEY_BYTES, ROUTE_LIMIT, ROUTE_LIMIT_DROP,
         RouteEntry, StatusRules,
@@ -80,9 +80,10 @@ fn block_rule() -> RuleConfig {
 
 /// The kernel's configuration of a rate limit or a rate-limited route.
 fn limit_config(limit: &Limit, mode: Mode) -> RuleConfig {
+    let capacity_ns = limit.burst * limit.interval_ns;
     RuleConfig {
         interval_ns: limit.interval_ns,
-        capacity_ns: limit.burst * limit.interval_ns,
+        capacity_ns,
         ban_window_ns: limit.ban.map_or(0, |b| b.within_ns),
         ban_for_ns: limit.ban.map_or(0, |b| b.for_ns),
         ban_after: limit.ban.map_or(0, |b| b.after),
@@ -92,8 +93,41 @@ fn limit_config(limit: &Limit, mode: Mode) -> RuleConfig {
         prefix_v6: limit.prefix_v6 as u32,
         mask_v4: mask_v4(limit.prefix_v4),
         mask_v6: mask_v6(limit.prefix_v6),
+        clock: if coarse_clock_suffices(limit.interval_ns, capacity_ns, coarse_tick_ns()) {
+            CLOCK_COARSE
+        } else {
+            CLOCK_PRECISE
+        },
         ..aggregation(limit)
     }
+}
+
+/// Whether a bucket may read the coarse clock (the time of the last tick, a fraction of
+/// the precise clock's cost), which lags the precise one by up to a tick (`tick_ns`). On a
+/// lagging clock the long-run rate is the same; within a window a bucket may pass up to a
+/// tick's worth of packets more (tick / interval) and refuse a packet that comes within a
+/// tick of the bucket having room. Room in the burst for eight ticks beyond one packet
+/// keeps both under an eighth of the burst; tighter rules keep the precise clock.
+pub fn coarse_clock_suffices(interval_ns: u64, capacity_ns: u64, tick_ns: u64) -> bool {
+    tick_ns > 0 && capacity_ns.saturating_sub(interval_ns) >= tick_ns.saturating_mul(8)
+}
+
+/// The coarse clock's step (the kernel's tick), or 0 if it cannot be read.
+fn coarse_tick_ns() -> u64 {
+    static TICK_NS: OnceLock<u64> = OnceLock::new();
+    *TICK_NS.get_or_init(|| {
+        let mut resolution = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_getres writes one timespec, which outlives the call.
+        if unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut resolution) } != 0 {
+            return 0;
+        }
+        (resolution.tv_sec as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(resolution.tv_nsec as u64)
+    })
 }
 
 /// The rule's ban aggregation; a family widens only to a prefix wider than its groups.
@@ -347,6 +381,42 @@ mod tests {
 
     fn tables(yaml: &str, ids: &mut RuleIds) -> Tables {
         build(&policy::parse(Path::new("t.yaml"), yaml).unwrap(), ids, 2)
+    }
+
+    #[test]
+    fn buckets_read_the_coarse_clock_only_with_room_for_eight_ticks() {
+        const MS: u64 = 1_000_000;
+        let tick = 4 * MS;
+        // (rate interval, burst, coarse?)
+        let cases = [
+            (10 * MS, 20, true),      // 100/s burst 20: 190 ms of room
+            (10 * MS, 4, false),      // 100/s burst 4: 30 ms, under 8 ticks (32 ms)
+            (10 * MS, 1, false),      // burst 1: no room, every tick counts
+            (MS, 33, true),           // 1000/s burst 33: 32 ms, exactly 8 ticks
+            (MS, 32, false),          // 31 ms
+            (100_000, 100, false),    // 10,000/s burst 100: 9.9 ms
+            (1, 1_000_000_000, true), // a rule that never runs dry
+        ];
+        for (interval, burst, coarse) in cases {
+            assert_eq!(
+                coarse_clock_suffices(interval, interval * burst, tick),
+                coarse,
+                "interval {interval} ns, burst {burst}"
+            );
+        }
+        // A tick that cannot be read: the precise clock.
+        assert!(!coarse_clock_suffices(10 * MS, 200 * MS, 0));
+        // The rule the kernel gets says which.
+        let mut ids = RuleIds::default();
+        let t = tables(
+            "rate_limits:\n  - {name: roomy, protocol: udp, rate: 100/s, burst: 20}\n  - {name: tight, protocol: udp, ports: [53], rate: 100/s, burst: 1}\n",
+            &mut ids,
+        );
+        let clock_of = |name: &str| t.rules[&ids.id(name)].clock;
+        assert_eq!(clock_of("tight"), CLOCK_PRECISE);
+        if coarse_tick_ns() > 0 && coarse_tick_ns() <= 20 * MS {
+            assert_eq!(clock_of("roomy"), CLOCK_COARSE);
+        }
     }
 
     #[test]
