@@ -28,6 +28,7 @@ fn bench_smoke_run_writes_its_tables_and_numbers() {
         "## HTTP routes, per packet",
         "## HTTP responses, per segment",
         "## CrowdSec decisions, per packet",
+        "## Bans and blocks, per packet",
         "## Flood throughput, one source",
         "## Events under a flood",
         "## Flood throughput, 1,048,576 spoofed sources",
@@ -63,6 +64,11 @@ fn bench_smoke_run_writes_its_tables_and_numbers() {
     let responses = json["per_packet"]["responses"].as_array().unwrap();
     assert_eq!(responses.len(), 4, "four response paths");
     for row in responses {
+        assert!(positive(&row["ns_per_packet"]), "{row}");
+    }
+    let bans = json["per_packet"]["bans"].as_array().unwrap();
+    assert_eq!(bans.len(), 3, "ban hit, block hit, deny hit");
+    for row in bans {
         assert!(positive(&row["ns_per_packet"]), "{row}");
     }
 

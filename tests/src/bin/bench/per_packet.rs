@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 
+use agent_common::Action;
 use anyhow::{Result, bail};
 use portcullis::loader::XDP_PROGRAM;
 use portcullis_tests::test_programs::FLOOR;
@@ -113,9 +114,11 @@ pub fn run(scale: &Scale) -> Result<(String, Value)> {
     md.push_str(&responses_md);
     let (decisions_md, decisions) = decision_paths(scale)?;
     md.push_str(&decisions_md);
+    let (bans_md, bans) = ban_paths(scale)?;
+    md.push_str(&bans_md);
     Ok((
         md,
-        json!({"paths": results, "events": events, "http": http, "responses": responses, "decisions": decisions}),
+        json!({"paths": results, "events": events, "http": http, "responses": responses, "decisions": decisions, "bans": bans}),
     ))
 }
 
@@ -186,6 +189,49 @@ fn decision_paths(scale: &Scale) -> Result<(String, Vec<Value>)> {
         "| decision hit | {} | {floor:.0} ns |",
         hit_row.join(" | ")
     );
+    Ok((md, results))
+}
+
+/// What a banned or blocked source's packet costs: a source banned by a rate limit's
+/// `ban:` (its own packets made the ban), and one an operator blocked, each next to a deny
+/// list entry for the same kind of source.
+fn ban_paths(scale: &Scale) -> Result<(String, Vec<Value>)> {
+    let policy = "deny: [10.0.0.0/8]\nrate_limits:\n  - {name: probe, protocol: udp, ports: [7], rate: 1/h, burst: 1, ban: {after: 1, within: 1h, for: 1h}}\n";
+    let mut harness = Harness::new(policy)?;
+    let banned = FrameSpec::udp("203.0.113.20", 7).build();
+    // The first packet is remembered, the second is over the limit and bans the source.
+    for _ in 0..2 {
+        harness.xdp(&banned)?;
+    }
+    let blocked = FrameSpec::udp("198.51.100.9", 7).build();
+    let an_hour = std::time::Duration::from_secs(3600).as_nanos() as u64;
+    harness.bans.block(
+        "198.51.100.0/24".parse()?,
+        portcullis::maps::monotonic_now_ns() + an_hour,
+    )?;
+    let cases = [
+        ("escalation ban hit", banned),
+        ("operator block hit", blocked),
+        (
+            "deny hit (for comparison)",
+            FrameSpec::udp("10.1.2.3", 7).build(),
+        ),
+    ];
+    let mut md = format!(
+        "\n## Bans and blocks, per packet (BPF_PROG_TEST_RUN, median of {})\n\n| path | ns per packet | floor |\n|---|---|---|\n",
+        scale.rounds
+    );
+    let mut results = Vec::new();
+    for (name, frame) in cases {
+        let verdict = harness.xdp(&frame)?;
+        if verdict != Action::Drop {
+            bail!("{name}: the frame was not dropped ({verdict:?})");
+        }
+        let ns = ns_per_packet(&harness, XDP_PROGRAM, &frame, scale)?;
+        let floor = ns_per_packet(&harness, FLOOR, &frame, scale)?;
+        let _ = writeln!(md, "| {name} | {ns:.0} ns | {floor:.0} ns |");
+        results.push(json!({"path": name, "ns_per_packet": ns, "floor_ns_per_packet": floor}));
+    }
     Ok((md, results))
 }
 
