@@ -11,7 +11,7 @@ use aya::{
 use portcullis_tests::{
     agent::Agent,
     netns::NetnsPair,
-    test_programs::{self, DROP_ALL},
+    test_programs::{self, DROP_ALL, FLOOR},
 };
 use tempfile::TempDir;
 
@@ -27,6 +27,9 @@ pub enum Filter {
     /// An XDP program that reads the source address and drops: what the test bed handles
     /// at best.
     DropAll,
+    /// An XDP program that only passes: what a frame that an XDP program lets through
+    /// costs the bed (on veth, more than a frame with no program at all).
+    PassAll,
     /// Portcullis on XDP, denying the flood's network; `events` false sets the budget to 0.
     PortcullisXdpDeny {
         events: bool,
@@ -46,6 +49,7 @@ impl Filter {
         match self {
             Filter::None => "no filter",
             Filter::DropAll => "XDP read source + drop (test bed ceiling)",
+            Filter::PassAll => "XDP pass only (the bed's cost of a passed frame)",
             Filter::PortcullisXdpDeny { events: true } => "Portcullis XDP deny",
             Filter::PortcullisXdpDeny { events: false } => "Portcullis XDP deny, events off",
             Filter::PortcullisXdpLimit => "Portcullis XDP rate limit",
@@ -70,7 +74,8 @@ impl Filter {
         );
         match self {
             Filter::None => Ok(Installed::default()),
-            Filter::DropAll => drop_all(pair, ifaces),
+            Filter::DropAll => test_program(pair, ifaces, DROP_ALL),
+            Filter::PassAll => test_program(pair, ifaces, FLOOR),
             Filter::PortcullisXdpDeny { events } => {
                 let budget = if events {
                     ""
@@ -140,14 +145,15 @@ impl Filter {
 #[derive(Default)]
 pub struct Installed {
     pub agent: Option<Agent>,
-    /// Holds `DropAll`'s attachment: dropping the object detaches it.
-    _object: Option<Ebpf>,
+    /// Holds a test program's attachment (`DropAll`, `PassAll`): dropping the object
+    /// detaches it.
+    _object: Option<(Ebpf, &'static str)>,
     _policy_dir: Option<TempDir>,
 }
 
 impl Installed {
     /// The XDP or TC program judging the flood, for those that are BPF programs: the
-    /// agent's (as its status names it) or the ceiling's.
+    /// agent's (as its status names it) or the test program's.
     pub fn program_id(&self) -> Result<Option<u32>> {
         if let Some(agent) = &self.agent {
             let status = agent.status().context("the agent answers")?;
@@ -156,12 +162,12 @@ impl Installed {
                 .context("no program id in status")?;
             return Ok(Some(id as u32));
         }
-        let Some(object) = &self._object else {
+        let Some((object, name)) = &self._object else {
             return Ok(None);
         };
         let program: &Xdp = object
-            .program(DROP_ALL)
-            .context("no drop-all program")?
+            .program(name)
+            .with_context(|| format!("no {name} program"))?
             .try_into()?;
         Ok(Some(program.info()?.id()))
     }
@@ -194,18 +200,19 @@ fn portcullis(pair: &NetnsPair, ifaces: &[&str], policy: &str, hook: &str) -> Re
     })
 }
 
-fn drop_all(pair: &NetnsPair, ifaces: &[&str]) -> Result<Installed> {
-    let mut object = test_programs::load(&[DROP_ALL])?;
+/// Attaches the test program `name` (native XDP) to `ifaces`.
+fn test_program(pair: &NetnsPair, ifaces: &[&str], name: &'static str) -> Result<Installed> {
+    let mut object = test_programs::load(&[name])?;
     let program: &mut Xdp = object
-        .program_mut(DROP_ALL)
-        .context("no drop-all program")?
+        .program_mut(name)
+        .with_context(|| format!("no {name} program"))?
         .try_into()?;
     for iface in ifaces {
         pair.server(|| program.attach(iface, XdpMode::Driver))
-            .with_context(|| format!("attaching {DROP_ALL} to {iface}"))?;
+            .with_context(|| format!("attaching {name} to {iface}"))?;
     }
     Ok(Installed {
-        _object: Some(object),
+        _object: Some((object, name)),
         ..Default::default()
     })
 }

@@ -262,6 +262,7 @@ const ONE_SOURCE: &[Filter] = &[
 const SPOOFED: &[Filter] = &[
     Filter::DropAll,
     Filter::None,
+    Filter::PassAll,
     Filter::PortcullisXdpLimit,
     Filter::IptablesHashlimit,
     Filter::NftMeter,
