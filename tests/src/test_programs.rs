@@ -12,6 +12,8 @@ pub static OBJECT: &[u8] =
 pub const FLOOR: &str = "portcullis_floor";
 /// Reads a frame's source and drops it: the flood benchmark's ceiling.
 pub const DROP_ALL: &str = "portcullis_drop_all";
+/// The ceiling with a known amount of work added: the flood benchmark's calibration.
+pub const DROP_ALL_BUSY: &str = "portcullis_drop_all_busy";
 /// The flood generator (run with BPF_F_TEST_XDP_LIVE_FRAMES): sends its frame as given.
 pub const FLOOD: &str = "portcullis_flood";
 /// The flood generator with a random source in the frame's /12.
@@ -21,7 +23,14 @@ pub const FLOOD_SPOOFED: &str = "portcullis_flood_spoofed";
 pub const FLOOD_SEQUENTIAL: &str = "portcullis_flood_sequential";
 
 /// Every program of the object.
-pub const ALL: [&str; 5] = [FLOOR, DROP_ALL, FLOOD, FLOOD_SPOOFED, FLOOD_SEQUENTIAL];
+pub const ALL: [&str; 6] = [
+    FLOOR,
+    DROP_ALL,
+    DROP_ALL_BUSY,
+    FLOOD,
+    FLOOD_SPOOFED,
+    FLOOD_SEQUENTIAL,
+];
 
 /// The object with the XDP programs `names` loaded.
 pub fn load(names: &[&str]) -> Result<Ebpf> {

@@ -77,8 +77,8 @@ fn bench_smoke_run_writes_its_tables_and_numbers() {
     let flood = json["flood"].as_array().unwrap();
     assert_eq!(
         flood.len(),
-        15,
-        "9 filters with one source, 6 with spoofed ones (the ceiling in both, XDP pass only in the spoofed)"
+        16,
+        "10 filters with one source (the ceiling and its calibration), 6 with spoofed ones (the ceiling, XDP pass only)"
     );
     for row in flood {
         assert!(positive(&row["packets_per_second"]), "{row}");

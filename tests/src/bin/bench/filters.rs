@@ -11,7 +11,7 @@ use aya::{
 use portcullis_tests::{
     agent::Agent,
     netns::NetnsPair,
-    test_programs::{self, DROP_ALL, FLOOR},
+    test_programs::{self, DROP_ALL, DROP_ALL_BUSY, FLOOR},
 };
 use tempfile::TempDir;
 
@@ -27,6 +27,9 @@ pub enum Filter {
     /// An XDP program that reads the source address and drops: what the test bed handles
     /// at best.
     DropAll,
+    /// The ceiling with about 80 ns of known work added: how much flood time a known
+    /// amount of program time costs in this bed.
+    DropAllBusy,
     /// An XDP program that only passes: what a frame that an XDP program lets through
     /// costs the bed (on veth, more than a frame with no program at all).
     PassAll,
@@ -49,6 +52,7 @@ impl Filter {
         match self {
             Filter::None => "no filter",
             Filter::DropAll => "XDP read source + drop (test bed ceiling)",
+            Filter::DropAllBusy => "XDP read source + 4 clock reads + drop (bed calibration)",
             Filter::PassAll => "XDP pass only (the bed's cost of a passed frame)",
             Filter::PortcullisXdpDeny { events: true } => "Portcullis XDP deny",
             Filter::PortcullisXdpDeny { events: false } => "Portcullis XDP deny, events off",
@@ -75,6 +79,7 @@ impl Filter {
         match self {
             Filter::None => Ok(Installed::default()),
             Filter::DropAll => test_program(pair, ifaces, DROP_ALL),
+            Filter::DropAllBusy => test_program(pair, ifaces, DROP_ALL_BUSY),
             Filter::PassAll => test_program(pair, ifaces, FLOOR),
             Filter::PortcullisXdpDeny { events } => {
                 let budget = if events {

@@ -249,6 +249,7 @@ impl RssSampler {
 
 const ONE_SOURCE: &[Filter] = &[
     Filter::DropAll,
+    Filter::DropAllBusy,
     Filter::None,
     Filter::PortcullisXdpDeny { events: true },
     Filter::PortcullisXdpDeny { events: false },
