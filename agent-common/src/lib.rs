@@ -87,7 +87,9 @@ pub struct RuleConfig {
     /// tick) rather than the precise one, which costs tens of nanoseconds a packet; the
     /// agent chooses it where a tick is small beside the rule's burst.
     pub clock: u32,
-    pub _reserved: u32,
+    /// The coarse clock's step (the kernel's tick) in ns, 0 if unknown: a bucket more
+    /// than two ticks from having room refuses without reading the precise clock.
+    pub tick_ns: u32,
 }
 
 /// `RuleConfig::clock`: the precise clock (the default) or the coarse one.

@@ -18,8 +18,8 @@ use crate::{
     reset::Segment,
 };
 use agent_common::{
-    ACL_ALLOW, Action, BLOCK_RULE, CLOCK_COARSE, EVASION_RULE, EventAction, MalformedCause, Mode,
-    PortRules, Reason,
+    ACL_ALLOW, Action, BLOCK_RULE, EVASION_RULE, EventAction, MalformedCause, Mode, PortRules,
+    Reason,
     http::{HTTP_NONE, HTTP_STRICT, ROUTE_DENY, ROUTE_LIMIT_DROP, RouteEntry},
 };
 use aya_ebpf::{
@@ -382,13 +382,8 @@ fn limit(
     if cfg.interval_ns == 0 {
         return false;
     }
-    // Nothing before the buckets reads a clock. The coarse one is a tick behind at most,
-    // which the agent allows only where a tick is small beside the rule's burst.
-    let now = if cfg.clock == CLOCK_COARSE {
-        clock::coarse_ns()
-    } else {
-        clock::precise_ns()
-    };
+    // The bucket reads the precise clock only where its rule needs it (see `take`).
+    let now = clock::coarse_ns();
     match ratelimit::take(rule, cfg, pkt, now) {
         Outcome::Within => {
             counters::rule(rule, RuleOutcome::Passed);

@@ -15,11 +15,11 @@
 //! and `agent_common::admission`), so the LRU map holds sources that came back.
 
 use agent_common::{
-    Bucket, BucketKey, RuleConfig,
+    Bucket, BucketKey, CLOCK_COARSE, RuleConfig,
     maps::{COUNTER_BUCKETS_CREATED, COUNTER_UNADMITTED},
 };
 
-use crate::{admission, atomic, counters, maps::BUCKETS, parse::Packet};
+use crate::{admission, atomic, clock, counters, maps::BUCKETS, parse::Packet};
 
 pub enum Outcome {
     /// The packet took a token.
@@ -67,28 +67,60 @@ fn group_key(rule: u32, cfg: &RuleConfig, pkt: &Packet) -> BucketKey {
     BucketKey { rule, addr }
 }
 
+/// Runs a packet through its group's bucket under `rule`. `coarse` is the coarse clock's
+/// time; the precise clock is read only for a rule that needs it (`RuleConfig::clock`),
+/// and not even then for a bucket that is surely empty.
 #[inline(always)]
-pub fn take(rule: u32, cfg: &RuleConfig, pkt: &Packet, now: u64) -> Outcome {
+pub fn take(rule: u32, cfg: &RuleConfig, pkt: &Packet, coarse: u64) -> Outcome {
     let key = group_key(rule, cfg, pkt);
     let Some(bucket) = BUCKETS.get_ptr_mut(key) else {
-        return admit(key, cfg, now);
+        return admit(key, cfg, now(cfg, coarse));
     };
     // SAFETY: the pointer comes from a successful lookup and stays valid for this program
     // run; the fields other CPUs write concurrently are only accessed atomically below.
     unsafe {
         if (*bucket).epoch != cfg.epoch {
             // The rule changed: start over. Racing CPUs write the same fresh state.
-            *bucket = fresh_bucket(cfg, now);
+            *bucket = fresh_bucket(cfg, now(cfg, coarse));
             return Outcome::Within;
         }
-        if take_token(&raw mut (*bucket).tat_ns, cfg, now) {
+        let tat = &raw mut (*bucket).tat_ns;
+        if !surely_empty(core::ptr::read_volatile(tat), cfg, coarse)
+            && take_token(tat, cfg, now(cfg, coarse))
+        {
             return Outcome::Within;
         }
         if cfg.ban_for_ns == 0 {
             return Outcome::Over { escalate: false };
         }
-        escalation(bucket, cfg, now)
+        // Escalation windows and bans last seconds or more: the coarse clock will do.
+        escalation(bucket, cfg, coarse)
     }
+}
+
+/// The time a rule's buckets are judged by: the coarse clock's where the agent allowed
+/// it, else the precise clock's.
+#[inline(always)]
+fn now(cfg: &RuleConfig, coarse: u64) -> u64 {
+    if cfg.clock == CLOCK_COARSE {
+        coarse
+    } else {
+        clock::precise_ns()
+    }
+}
+
+/// True when a bucket whose TAT is `tat` refuses the packet whatever the precise time: it
+/// would still be over the limit two ticks after `coarse` (which lags the precise clock by
+/// at most one). A flood against a tight rule so spends no precise clock read on its drops.
+#[inline(always)]
+fn surely_empty(tat: u64, cfg: &RuleConfig, coarse: u64) -> bool {
+    let tick_ns = u64::from(cfg.tick_ns);
+    tick_ns != 0
+        && tat.saturating_add(cfg.interval_ns)
+            > cfg
+                .capacity_ns
+                .saturating_add(coarse)
+                .saturating_add(2 * tick_ns)
 }
 
 /// Counts one event of `pkt`'s source group (a response rule's match) in `rule`'s

@@ -98,6 +98,8 @@ fn limit_config(limit: &Limit, mode: Mode) -> RuleConfig {
         } else {
             CLOCK_PRECISE
         },
+        // A tick beyond u32 (over 4 s) is no tick the kernel has: 0 turns the shortcut off.
+        tick_ns: u32::try_from(coarse_tick_ns()).unwrap_or(0),
         ..aggregation(limit)
     }
 }
@@ -414,6 +416,12 @@ mod tests {
         );
         let clock_of = |name: &str| t.rules[&ids.id(name)].clock;
         assert_eq!(clock_of("tight"), CLOCK_PRECISE);
+        // The tick goes with every rule: a precise one uses it to skip the clock while
+        // its bucket is surely empty.
+        assert_eq!(
+            u64::from(t.rules[&ids.id("tight")].tick_ns),
+            coarse_tick_ns()
+        );
         if coarse_tick_ns() > 0 && coarse_tick_ns() <= 20 * MS {
             assert_eq!(clock_of("roomy"), CLOCK_COARSE);
         }

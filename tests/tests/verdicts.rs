@@ -913,6 +913,26 @@ rate_limits:
     check_xdp(&h, "ban expired", &frame, Reason::WithinLimit, &[]);
 }
 
+/// A rule with no room in its burst reads the precise clock, and skips the read only for a
+/// bucket more than two ticks from having room: a packet that comes as its token does,
+/// within a tick of it, passes.
+#[test]
+fn a_tight_bucket_passes_the_packet_that_comes_as_its_token_does() {
+    require_kernel!();
+    let h = Harness::new(
+        "rate_limits:\n  - {name: tight, protocol: udp, ports: [7001], rate: 10/s, burst: 1}\n",
+    )
+    .unwrap();
+    let frame = FrameSpec::udp("203.0.113.31", 7001).build();
+    check_xdp(&h, "first packet", &frame, Reason::WithinLimit, &[]);
+    check_xdp(&h, "second at once", &frame, Reason::RateLimited, &[]);
+    // The token is back 100 ms after the first packet; the coarse clock may still be up
+    // to a tick (4 ms at 250 Hz) behind then.
+    std::thread::sleep(Duration::from_millis(101));
+    check_xdp(&h, "as the token is back", &frame, Reason::WithinLimit, &[]);
+    check_xdp(&h, "and again at once", &frame, Reason::RateLimited, &[]);
+}
+
 #[test]
 fn reapply_keeps_unchanged_rules_and_resets_changed_ones() {
     require_kernel!();
