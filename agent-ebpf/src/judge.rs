@@ -383,15 +383,15 @@ fn limit(
         return false;
     }
     // The bucket reads the precise clock only where its rule needs it (see `take`).
-    let now = clock::coarse_ns();
-    match ratelimit::take(rule, cfg, pkt, now) {
+    let coarse = clock::coarse_ns();
+    match ratelimit::take(rule, cfg, pkt, coarse) {
         Outcome::Within => {
             counters::rule(rule, RuleOutcome::Passed);
             false
         }
         Outcome::Over { escalate } => {
             if escalate {
-                bans::make(pkt, rule, cfg, now, ifindex);
+                bans::make(pkt, rule, cfg, coarse, ifindex);
             }
             enforce(pkt, reason, rule, cfg.mode, ifindex, reset)
         }

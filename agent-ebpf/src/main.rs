@@ -11,6 +11,7 @@ mod admission;
 mod atomic;
 mod bans;
 mod blocks;
+mod by_source;
 mod clock;
 mod counters;
 mod decisions;

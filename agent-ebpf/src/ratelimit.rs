@@ -85,9 +85,9 @@ pub fn take(rule: u32, cfg: &RuleConfig, pkt: &Packet, coarse: u64) -> Outcome {
             return Outcome::Within;
         }
         let tat = &raw mut (*bucket).tat_ns;
-        if !surely_empty(core::ptr::read_volatile(tat), cfg, coarse)
-            && take_token(tat, cfg, now(cfg, coarse))
-        {
+        // A torn read is impossible for an aligned u64.
+        let seen = core::ptr::read_volatile(tat);
+        if !surely_empty(seen, cfg, coarse) && take_token(tat, seen, cfg, now(cfg, coarse)) {
             return Outcome::Within;
         }
         if cfg.ban_for_ns == 0 {
@@ -193,21 +193,20 @@ fn admit(key: BucketKey, cfg: &RuleConfig, now: u64) -> Outcome {
 }
 
 /// Moves the TAT on by one packet's cost if that stays within the burst; false when the
-/// bucket is empty (or, after `CAS_TRIES` lost races, emptied by other CPUs).
+/// bucket is empty (or, after `CAS_TRIES` lost races, emptied by other CPUs). `seen`: the
+/// TAT as the caller read it.
 ///
 /// # Safety
 /// `tat` points into a bucket from a successful lookup.
 #[inline(always)]
-unsafe fn take_token(tat: *mut u64, cfg: &RuleConfig, now: u64) -> bool {
-    // SAFETY: as the caller promises; a torn read is impossible for an aligned u64.
-    let mut seen = unsafe { core::ptr::read_volatile(tat) };
+unsafe fn take_token(tat: *mut u64, mut seen: u64, cfg: &RuleConfig, now: u64) -> bool {
     for _ in 0..CAS_TRIES {
         // A TAT in the past is a full bucket: time beyond full earns nothing.
         let next = seen.max(now).saturating_add(cfg.interval_ns);
         if next.saturating_sub(now) > cfg.capacity_ns {
             return false;
         }
-        // SAFETY: as above.
+        // SAFETY: as the caller promises.
         match unsafe { atomic::compare_exchange(tat, seen, next) } {
             Ok(_) => return true,
             Err(current) => seen = current,

@@ -81,6 +81,7 @@ fn block_rule() -> RuleConfig {
 /// The kernel's configuration of a rate limit or a rate-limited route.
 fn limit_config(limit: &Limit, mode: Mode) -> RuleConfig {
     let capacity_ns = limit.burst * limit.interval_ns;
+    let tick_ns = coarse_tick_ns();
     RuleConfig {
         interval_ns: limit.interval_ns,
         capacity_ns,
@@ -93,13 +94,13 @@ fn limit_config(limit: &Limit, mode: Mode) -> RuleConfig {
         prefix_v6: limit.prefix_v6 as u32,
         mask_v4: mask_v4(limit.prefix_v4),
         mask_v6: mask_v6(limit.prefix_v6),
-        clock: if coarse_clock_suffices(limit.interval_ns, capacity_ns, coarse_tick_ns()) {
+        clock: if coarse_clock_suffices(limit.interval_ns, capacity_ns, tick_ns) {
             CLOCK_COARSE
         } else {
             CLOCK_PRECISE
         },
         // A tick beyond u32 (over 4 s) is no tick the kernel has: 0 turns the shortcut off.
-        tick_ns: u32::try_from(coarse_tick_ns()).unwrap_or(0),
+        tick_ns: u32::try_from(tick_ns).unwrap_or(0),
         ..aggregation(limit)
     }
 }

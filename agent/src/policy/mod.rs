@@ -244,7 +244,7 @@ impl Policy {
                 }
             }
             for deny in &mut self.deny {
-                if *deny.name == *name.as_str() || Some(deny.net) == cidr {
+                if &*deny.name == name.as_str() || Some(deny.net) == cidr {
                     deny.mode = *mode;
                     found = true;
                 }

@@ -550,10 +550,7 @@ impl Validator<'_> {
                 }
             }
             let name = item.value.name.as_deref().unwrap_or(UNNAMED_DENY);
-            let name = match names.get(name) {
-                Some(shared) => Arc::clone(shared),
-                None => names.entry(name).or_insert_with(|| Arc::from(name)).clone(),
-            };
+            let name = Arc::clone(names.entry(name).or_insert_with(|| Arc::from(name)));
             deny.push(DenyRule {
                 net,
                 mode: item.value.mode,
