@@ -58,10 +58,12 @@ http:
 /// packet can end as `no_match`; it gets a run of its own.
 const CATCH_ALL: &str = "  - {name: everything, protocol: any, rate: 1/h, burst: 150, prefix_v4: 16, prefix_v6: 48, mode: shadow}\n";
 
-/// (hook, catch-all rule, frames, frames that must be judged).
+/// (hook, catch-all rule, frames, frames that must be judged). The catch-all run's 30,000
+/// frames left a shadow route's limit unreached for some seeds (12074312539527019169):
+/// its coverage checks need more.
 const RUNS: [(&str, bool, usize, usize); 3] = [
     ("xdp", false, 100_000, 100_000),
-    ("xdp", true, 30_000, 30_000),
+    ("xdp", true, 60_000, 60_000),
     ("tc", false, 40_000, 30_000),
 ];
 
