@@ -5,7 +5,7 @@ use which::which;
 fn main() {
     // Global functions (see judge.rs and frame.rs): kept global for the verifier to check on their own.
     println!(
-        "cargo:rustc-link-arg-bins=--export=portcullis_judge_xdp,portcullis_judge_tc,portcullis_reset_xdp,portcullis_reset_tc,portcullis_evasive_target"
+        "cargo:rustc-link-arg-bins=--export=portcullis_judge_xdp_0,portcullis_judge_xdp_1,portcullis_judge_tc_0,portcullis_judge_tc_1,portcullis_reset_xdp,portcullis_reset_tc,portcullis_evasive_target"
     );
     if let Ok(linker) = which("bpf-linker") {
         println!("cargo:rerun-if-changed={}", linker.display());

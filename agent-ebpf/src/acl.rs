@@ -9,7 +9,7 @@ use agent_common::AclEntry;
 use crate::{by_source::SourceMaps, maps::HAS_ADDRESSES, parse::Packet, policy_set::PolicySet};
 
 #[inline(always)]
-pub fn lookup(policy: PolicySet, pkt: &Packet) -> Option<AclEntry> {
+pub fn lookup<const S: bool>(policy: PolicySet<S>, pkt: &Packet) -> Option<AclEntry> {
     // The agent writes only the set not in force, this set's mark included.
     let has = HAS_ADDRESSES.get(policy.index()).copied().unwrap_or(0);
     SourceMaps {

@@ -25,7 +25,7 @@ pub struct ActiveBan {
 }
 
 #[inline(always)]
-pub fn active(policy: PolicySet, pkt: &Packet) -> Option<ActiveBan> {
+pub fn active<const S: bool>(policy: PolicySet<S>, pkt: &Packet) -> Option<ActiveBan> {
     let ban = if pkt.v4 {
         *BANS_V4.get(Key::new(32, pkt.src[3]))?
     } else {

@@ -13,7 +13,7 @@ use aya_ebpf::{
 
 use agent_common::{Action, http::FlowKey};
 
-use crate::{judge, parse::Packet, reset};
+use crate::{judge, parse::Packet, policy_set, reset};
 
 pub trait Frame {
     /// Copies `len` bytes at `offset` to `dst`; false when the frame has fewer.
@@ -52,7 +52,8 @@ pub trait Frame {
     /// `pkt`'s connection and sequence number (see `reset::Segment::connection`).
     fn connection(&self, pkt: &Packet) -> Option<(FlowKey, u32)>;
     /// The judge's verdict on the IP packet `pkt` of this frame, arrived on `ifindex`
-    /// (`judge::judge_ip`, through the global function of the hook).
+    /// (`judge::judge_ip`, through the global function of the hook and the policy set in
+    /// force).
     fn judge_ip(&self, pkt: &Packet, ifindex: u32) -> Action;
 }
 
@@ -83,7 +84,12 @@ impl Frame for Xdp<'_> {
 
     #[inline(always)]
     fn judge_ip(&self, pkt: &Packet, ifindex: u32) -> Action {
-        judge::action_of(judge::portcullis_judge_xdp(self.0.ctx, pkt, ifindex))
+        let code = if policy_set::second_in_force() {
+            judge::portcullis_judge_xdp_1(self.0.ctx, pkt, ifindex)
+        } else {
+            judge::portcullis_judge_xdp_0(self.0.ctx, pkt, ifindex)
+        };
+        judge::action_of(code)
     }
 
     #[inline(always)]
@@ -133,7 +139,12 @@ impl Frame for Tc<'_> {
 
     #[inline(always)]
     fn judge_ip(&self, pkt: &Packet, ifindex: u32) -> Action {
-        judge::action_of(judge::portcullis_judge_tc(self.0.skb.skb, pkt, ifindex))
+        let code = if policy_set::second_in_force() {
+            judge::portcullis_judge_tc_1(self.0.skb.skb, pkt, ifindex)
+        } else {
+            judge::portcullis_judge_tc_0(self.0.skb.skb, pkt, ifindex)
+        };
+        judge::action_of(code)
     }
 
     #[inline(always)]

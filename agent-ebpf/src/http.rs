@@ -68,7 +68,7 @@ pub enum Start {
 
 /// What `pkt`'s payload starts; for a request, its route looked up.
 #[inline(always)]
-pub fn read<F: Frame>(frame: &F, policy: PolicySet, pkt: &Packet) -> Start {
+pub fn read<F: Frame, const S: bool>(frame: &F, policy: PolicySet<S>, pkt: &Packet) -> Start {
     let payload = u32::from(pkt.payload_off);
     if payload == 0 {
         return Start::Other;
@@ -115,9 +115,9 @@ fn scratch_holds(method: u8, target_len: u32) {
 /// Reads the request target at `target` into the route scratch, after `method`'s code, and
 /// looks it up: the route (if one matches) and the bytes read; `None` if none could be.
 #[inline(always)]
-fn route<F: Frame>(
+fn route<F: Frame, const S: bool>(
     frame: &F,
-    policy: PolicySet,
+    policy: PolicySet<S>,
     target: u32,
     method: Method,
 ) -> Option<(Option<RouteEntry>, u32)> {

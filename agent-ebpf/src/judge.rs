@@ -49,7 +49,8 @@ pub fn judge<F: Frame>(frame: &F, parsed: &Parsed, ifindex: u32) -> Action {
 // the verifier checks it once, for any packet, rather than once for each of the many ways
 // the parser can end (VLAN tags, IPv6 extension headers, options), which it cannot tell
 // apart from one another and so could not prune. The packet is passed by pointer, the
-// answer is an `Action` code.
+// answer is an `Action` code. There is one function for each policy set (see
+// `policy_set`): the caller picks the one in force.
 
 /// `Action` as a global function's answer.
 const ACTION_PASS: u32 = 0;
@@ -74,23 +75,71 @@ pub fn action_of(code: u32) -> Action {
     }
 }
 
-/// `judge_ip` for XDP. (`pkt` is never null: the caller passes its own stack; the check
-/// is for the verifier.)
+/// `judge_ip` for XDP with the first policy set.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn portcullis_judge_xdp(ctx: *mut xdp_md, pkt: *const Packet, ifindex: u32) -> u32 {
+pub extern "C" fn portcullis_judge_xdp_0(
+    ctx: *mut xdp_md,
+    pkt: *const Packet,
+    ifindex: u32,
+) -> u32 {
+    judge_xdp(PolicySet::<false>, ctx, pkt, ifindex)
+}
+
+/// `judge_ip` for XDP with the second policy set.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn portcullis_judge_xdp_1(
+    ctx: *mut xdp_md,
+    pkt: *const Packet,
+    ifindex: u32,
+) -> u32 {
+    judge_xdp(PolicySet::<true>, ctx, pkt, ifindex)
+}
+
+/// `judge_ip` for TC with the first policy set.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn portcullis_judge_tc_0(
+    skb: *mut __sk_buff,
+    pkt: *const Packet,
+    ifindex: u32,
+) -> u32 {
+    judge_tc(PolicySet::<false>, skb, pkt, ifindex)
+}
+
+/// `judge_ip` for TC with the second policy set.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn portcullis_judge_tc_1(
+    skb: *mut __sk_buff,
+    pkt: *const Packet,
+    ifindex: u32,
+) -> u32 {
+    judge_tc(PolicySet::<true>, skb, pkt, ifindex)
+}
+
+/// The body of the XDP global functions. (`pkt` is never null: the caller passes its own
+/// stack; the check is for the verifier.)
+#[inline(always)]
+fn judge_xdp<const S: bool>(
+    policy: PolicySet<S>,
+    ctx: *mut xdp_md,
+    pkt: *const Packet,
+    ifindex: u32,
+) -> u32 {
     // SAFETY: a null pointer gives `None`; otherwise the caller's packet.
     let Some(pkt) = (unsafe { pkt.as_ref() }) else {
         return ACTION_PASS;
     };
     let ctx = XdpContext::new(ctx);
-    action_code(judge_ip(&Xdp(&ctx), pkt, ifindex))
+    action_code(judge_ip(&Xdp(&ctx), policy, pkt, ifindex))
 }
 
-/// `judge_ip` for TC.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn portcullis_judge_tc(
+/// The body of the TC global functions.
+#[inline(always)]
+fn judge_tc<const S: bool>(
+    policy: PolicySet<S>,
     skb: *mut __sk_buff,
     pkt: *const Packet,
     ifindex: u32,
@@ -100,7 +149,7 @@ pub extern "C" fn portcullis_judge_tc(
         return ACTION_PASS;
     };
     let ctx = TcContext::new(skb);
-    action_code(judge_ip(&Tc(&ctx), pkt, ifindex))
+    action_code(judge_ip(&Tc(&ctx), policy, pkt, ifindex))
 }
 
 #[inline(always)]
@@ -138,8 +187,12 @@ fn enforce(pkt: &Packet, reason: Reason, rule: u32, mode: u32, ifindex: u32, res
 }
 
 #[inline(always)]
-fn judge_ip<F: Frame>(frame: &F, pkt: &Packet, ifindex: u32) -> Action {
-    let policy = PolicySet::current();
+fn judge_ip<F: Frame, const S: bool>(
+    frame: &F,
+    policy: PolicySet<S>,
+    pkt: &Packet,
+    ifindex: u32,
+) -> Action {
     if let Some(entry) = acl::lookup(policy, pkt) {
         if entry.mode == ACL_ALLOW {
             return finish(Reason::Allowed);
@@ -267,7 +320,7 @@ fn report_decision(pkt: &Packet, origin: u32, ifindex: u32, reset: bool) {
 /// Applies `http.strict` to an evasive request (`evasion`), counted and reported under the
 /// `http-evasion` rule: true when it is refused (`reset`: by a reset), false in shadow mode.
 #[inline(always)]
-fn evaded(policy: PolicySet, pkt: &Packet, ifindex: u32, reset: bool) -> bool {
+fn evaded<const S: bool>(policy: PolicySet<S>, pkt: &Packet, ifindex: u32, reset: bool) -> bool {
     let mode = policy
         .rule(EVASION_RULE)
         .map_or(Mode::Enforce.code(), |cfg| cfg.mode);
@@ -277,9 +330,9 @@ fn evaded(policy: PolicySet, pkt: &Packet, ifindex: u32, reset: bool) -> bool {
 /// A request for `route`: the reason it is refused for, or `None` when it goes on.
 /// `reset`: a refusal resets the connection (else it drops the segment).
 #[inline(always)]
-fn judge_route<F: Frame>(
+fn judge_route<F: Frame, const S: bool>(
     frame: &F,
-    policy: PolicySet,
+    policy: PolicySet<S>,
     pkt: &Packet,
     (route, reset): (RouteEntry, bool),
     ifindex: u32,
@@ -342,7 +395,7 @@ enum Refusal {
 
 impl Refusal {
     #[inline(always)]
-    fn of<F: Frame>(frame: &F, policy: PolicySet, pkt: &Packet) -> Refusal {
+    fn of<F: Frame, const S: bool>(frame: &F, policy: PolicySet<S>, pkt: &Packet) -> Refusal {
         if pkt.syn
             || pkt.more_fragments
             || pkt.l4_off == 0
@@ -361,15 +414,15 @@ impl Refusal {
 
 /// Rules scoped to the packet's port take precedence over rules for its whole class.
 #[inline(always)]
-fn rules_for(policy: PolicySet, pkt: &Packet) -> PortRules {
+fn rules_for<const S: bool>(policy: PolicySet<S>, pkt: &Packet) -> PortRules {
     policy.rules_for(pkt.class, pkt.has_port.then_some(pkt.dport))
 }
 
 /// Runs the packet, which arrived on `ifindex`, through one rule's bucket; true when it
 /// must be refused (for `reason`; `reset`: by a reset, else a drop).
 #[inline(always)]
-fn limit(
-    policy: PolicySet,
+fn limit<const S: bool>(
+    policy: PolicySet<S>,
     pkt: &Packet,
     rule: u32,
     reason: Reason,

@@ -18,7 +18,7 @@ use crate::{
     counters::RuleOutcome,
     frame::Frame,
     parse::{Packet, ip::V4_MAPPED_WORD, l4::IPPROTO_TCP},
-    policy_set::PolicySet,
+    policy_set::{self, PolicySet},
     ratelimit,
 };
 
@@ -34,10 +34,25 @@ pub fn count<F: Frame>(frame: &F, pkt: &Packet, ifindex: u32) {
     if pkt.protocol != IPPROTO_TCP || pkt.payload_off == 0 || pkt.malformed.is_some() {
         return;
     }
-    let policy = PolicySet::current();
     let Some(sport) = source_port(frame, pkt) else {
         return;
     };
+    if policy_set::second_in_force() {
+        count_by(frame, PolicySet::<true>, pkt, sport, ifindex);
+    } else {
+        count_by(frame, PolicySet::<false>, pkt, sport, ifindex);
+    }
+}
+
+/// `count` with the policy set in force, for a segment from `sport`.
+#[inline(always)]
+fn count_by<F: Frame, const S: bool>(
+    frame: &F,
+    policy: PolicySet<S>,
+    pkt: &Packet,
+    sport: u16,
+    ifindex: u32,
+) {
     if policy.rules_for(CLASS_TCP, Some(sport)).http == HTTP_NONE {
         return;
     }
@@ -64,7 +79,7 @@ pub fn count<F: Frame>(frame: &F, pkt: &Packet, ifindex: u32) {
 
 /// One response of `client`'s toward response rule `rule`.
 #[inline(always)]
-fn charge(policy: PolicySet, client: &Packet, rule: u32, ifindex: u32, now: u64) {
+fn charge<const S: bool>(policy: PolicySet<S>, client: &Packet, rule: u32, ifindex: u32, now: u64) {
     let Some(cfg) = policy.rule(rule) else {
         return;
     };
