@@ -532,6 +532,21 @@ pub const HAS_V4: u32 = 1;
 pub const HAS_V6: u32 = 2;
 /// The `HAS_ADDRESSES` entry of the decision maps.
 pub const DECISION_ADDRESSES: u32 = 2;
+/// Array of `u32`, one entry for each pair of source tries that is often empty
+/// (`EMPTY_BLOCKS`, `EMPTY_DECISION_RANGES`, `EMPTY_BANS`): `MARKED_EMPTY` when the agent
+/// found both empty, and the kernel skips their lookups; 0, a fresh map's value, when it
+/// must look. The agent clears a mark before it inserts and sets it only after finding the
+/// tries empty, then looks once more; the kernel, which makes bans, clears the ban mark
+/// after each. A lookup in an empty trie still costs a call: the three cost 9 ns of the
+/// 56 ns rate-limit path.
+pub const EMPTY_TRIES: MapSpec =
+    spec("EMPTY_TRIES", MapKind::Array, 4, 4, Entries::Fixed(3)).holding(Contents::Disposable);
+/// Entries of `EMPTY_TRIES`.
+pub const EMPTY_BLOCKS: u32 = 0;
+pub const EMPTY_DECISION_RANGES: u32 = 1;
+pub const EMPTY_BANS: u32 = 2;
+/// The value of an `EMPTY_TRIES` entry whose tries the agent found empty.
+pub const MARKED_EMPTY: u32 = 1;
 /// Array with one `Settings`.
 pub const SETTINGS: MapSpec = spec(
     "SETTINGS",
@@ -570,7 +585,7 @@ pub const EVENTS: MapSpec = spec(
 .holding(Contents::Disposable);
 
 /// Every map of the agent's object.
-pub const ALL: [MapSpec; 41] = [
+pub const ALL: [MapSpec; 42] = [
     POLICY_SETS[0].acl_ip_v4,
     POLICY_SETS[0].acl_ip_v6,
     POLICY_SETS[0].acl_v4,
@@ -609,6 +624,7 @@ pub const ALL: [MapSpec; 41] = [
     IFACE_COUNTERS,
     SETTINGS,
     HAS_ADDRESSES,
+    EMPTY_TRIES,
     EVENT_BUDGET,
     MALFORMED,
     EVENTS,

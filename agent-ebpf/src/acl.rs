@@ -18,5 +18,5 @@ pub fn lookup<const S: bool>(policy: PolicySet<S>, pkt: &Packet) -> Option<AclEn
         prefix_v4: policy.acl_v4(),
         prefix_v6: policy.acl_v6(),
     }
-    .lookup(pkt, has)
+    .lookup(pkt, has, true)
 }

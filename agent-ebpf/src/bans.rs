@@ -7,11 +7,13 @@
 //! count is kept with plain stores: bans are rare, and two CPUs racing only delay the
 //! wider ban by one.
 
-use agent_common::{BanEntry, BanGroup, BucketKey, EventAction, Mode, Reason, RuleConfig};
+use agent_common::{
+    BanEntry, BanGroup, BucketKey, EventAction, Mode, Reason, RuleConfig, maps::EMPTY_BANS,
+};
 use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::{
-    clock, counters, events,
+    clock, counters, empty, events,
     maps::{BAN_GROUPS, BANS_V4, BANS_V6},
     parse::Packet,
     policy_set::PolicySet,
@@ -26,6 +28,9 @@ pub struct ActiveBan {
 
 #[inline(always)]
 pub fn active<const S: bool>(policy: PolicySet<S>, pkt: &Packet) -> Option<ActiveBan> {
+    if empty::marked(EMPTY_BANS) {
+        return None;
+    }
     let ban = if pkt.v4 {
         *BANS_V4.get(Key::new(32, pkt.src[3]))?
     } else {
@@ -88,8 +93,11 @@ fn start(pkt: &Packet, rule: u32, cfg: &RuleConfig, now: u64) {
             BANS_V6.insert(Key::new(cfg.prefix_v6, group), ban, 0)
         }
     };
-    if stored.is_err() {
-        counters::bump(agent_common::maps::COUNTER_BANS_FAILED);
+    match stored {
+        // After the insert: the agent, which marks the ban maps empty, looks again after
+        // marking them, so one of the two always sees the other's write.
+        Ok(()) => empty::clear(EMPTY_BANS),
+        Err(_) => counters::bump(agent_common::maps::COUNTER_BANS_FAILED),
     }
 }
 

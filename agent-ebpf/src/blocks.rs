@@ -1,10 +1,11 @@
 //! Operator blocks (`portcullis block`): always enforced, in maps of their own, so an
 //! escalation ban (even a shadow one on a longer prefix) can neither hide nor crowd one out.
 
+use agent_common::maps::EMPTY_BLOCKS;
 use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::{
-    clock,
+    clock, empty,
     maps::{BLOCKS_V4, BLOCKS_V6},
     parse::Packet,
 };
@@ -13,6 +14,9 @@ use crate::{
 /// the agent's sweep, which knows its exact key.
 #[inline(always)]
 pub fn active(pkt: &Packet) -> bool {
+    if empty::marked(EMPTY_BLOCKS) {
+        return false;
+    }
     let block = if pkt.v4 {
         BLOCKS_V4.get(Key::new(32, pkt.src[3]))
     } else {

@@ -19,9 +19,9 @@ pub struct SourceMaps<V: 'static> {
 
 impl<V: Copy> SourceMaps<V> {
     /// The entry that covers `pkt`'s source; `has`: the `HAS_ADDRESSES` bits of these
-    /// maps' address hash maps.
+    /// maps' address hash maps; `prefixes`: false when the tries are known to be empty.
     #[inline(always)]
-    pub fn lookup(&self, pkt: &Packet, has: u32) -> Option<V> {
+    pub fn lookup(&self, pkt: &Packet, has: u32, prefixes: bool) -> Option<V> {
         // SAFETY: the values are copied out at once.
         if pkt.v4 {
             if has & HAS_V4 != 0
@@ -29,12 +29,18 @@ impl<V: Copy> SourceMaps<V> {
             {
                 return Some(*entry);
             }
+            if !prefixes {
+                return None;
+            }
             self.prefix_v4.get(Key::new(32, pkt.src[3])).copied()
         } else {
             if has & HAS_V6 != 0
                 && let Some(entry) = unsafe { self.address_v6.get(pkt.src) }
             {
                 return Some(*entry);
+            }
+            if !prefixes {
+                return None;
             }
             self.prefix_v6.get(Key::new(128, pkt.src)).copied()
         }

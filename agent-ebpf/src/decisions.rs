@@ -2,11 +2,11 @@
 //! keeps in step with the detector's Local API, checked after operator blocks: decisions
 //! on one address in hash maps, on wider prefixes in LPM tries.
 
-use agent_common::maps::DECISION_ADDRESSES;
+use agent_common::maps::{DECISION_ADDRESSES, EMPTY_DECISION_RANGES};
 
 use crate::{
     by_source::SourceMaps,
-    clock,
+    clock, empty,
     maps::{DECISION_IP_V4, DECISION_IP_V6, DECISIONS_V4, DECISIONS_V6, HAS_ADDRESSES},
     parse::Packet,
 };
@@ -22,7 +22,7 @@ pub fn active(pkt: &Packet) -> Option<u32> {
         prefix_v4: &DECISIONS_V4,
         prefix_v6: &DECISIONS_V6,
     }
-    .lookup(pkt, has)?;
+    .lookup(pkt, has, !empty::marked(EMPTY_DECISION_RANGES))?;
     // Decisions last minutes or more: the coarse clock (one tick behind at most) will do.
     (clock::coarse_ns() < decision.expires_ns).then_some(decision.origin)
 }

@@ -15,6 +15,7 @@ mod by_source;
 mod clock;
 mod counters;
 mod decisions;
+mod empty;
 mod evasion;
 mod events;
 mod frame;

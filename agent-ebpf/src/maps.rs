@@ -148,6 +148,9 @@ pub static IFACE_COUNTERS: PerCpuArray<IfaceCounters> =
 pub static HAS_ADDRESSES: Array<u32> =
     Array::with_max_entries(entries(spec::HAS_ADDRESSES), spec::HAS_ADDRESSES.flags);
 #[map]
+pub static EMPTY_TRIES: Array<u32> =
+    Array::with_max_entries(entries(spec::EMPTY_TRIES), spec::EMPTY_TRIES.flags);
+#[map]
 pub static SETTINGS: Array<Settings> =
     Array::with_max_entries(entries(spec::SETTINGS), spec::SETTINGS.flags);
 #[map]

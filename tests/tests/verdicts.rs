@@ -880,6 +880,105 @@ fn a_void_ban_never_removes_a_block() {
     assert_eq!(left[0].net.to_string(), "0.0.0.0/0");
 }
 
+/// The kernel skips the block, decision and ban tries while the agent has marked them
+/// empty (`EMPTY_TRIES`). Each way an entry arrives after a mark was set must clear it: a
+/// block, a detector's decision on a prefix, a ban the kernel makes itself.
+#[test]
+fn entries_are_enforced_after_their_maps_were_marked_empty() {
+    require_kernel!();
+    let policy = "rate_limits:\n  - {name: probe, protocol: udp, ports: [7], rate: 1/h, burst: 1, ban: {after: 1, within: 1h, for: 1h}}\n";
+    let mut h = Harness::new(policy).unwrap();
+    let net = |cidr: &str| cidr.parse::<ipnet::IpNet>().unwrap();
+    let other_port = FrameSpec::udp("203.0.113.9", 9).build();
+    check_xdp(&h, "nothing held", &other_port, Reason::NoMatch, &[]);
+    // Blocks: each block after the maps were found empty again (`unban`) is seen.
+    for round in ["first", "second"] {
+        h.bans.block(net("203.0.113.0/24"), u64::MAX).unwrap();
+        check_xdp(
+            &h,
+            &format!("{round} block"),
+            &other_port,
+            Reason::Banned,
+            &[],
+        );
+        assert!(h.bans.unban(net("203.0.113.0/24")).unwrap());
+        check_xdp(
+            &h,
+            &format!("{round} unblocked"),
+            &other_port,
+            Reason::NoMatch,
+            &[],
+        );
+    }
+    // Decisions on a prefix, the same.
+    let decision = DecisionEntry::new(u64::MAX, Origin::Cscli);
+    for round in ["first", "second"] {
+        h.decisions.set(net("203.0.113.0/24"), decision).unwrap();
+        check_xdp(
+            &h,
+            &format!("{round} decision"),
+            &other_port,
+            Reason::Decision,
+            &[],
+        );
+        assert!(h.decisions.remove(net("203.0.113.0/24")).unwrap());
+        h.decisions.refresh_marks().unwrap();
+        check_xdp(
+            &h,
+            &format!("{round} decision lifted"),
+            &other_port,
+            Reason::NoMatch,
+            &[],
+        );
+    }
+    // Bans the kernel makes: the sweep marks the ban maps empty once the ban has gone, and
+    // the next ban is seen all the same.
+    let probe = |src: &str| FrameSpec::udp(src, 7).build();
+    let rules = h.enforcer.rules_in_force();
+    for (round, source) in [("first", "203.0.113.9"), ("second", "203.0.113.10")] {
+        check_xdp(
+            &h,
+            &format!("{round} within"),
+            &probe(source),
+            Reason::WithinLimit,
+            &[],
+        );
+        check_xdp(
+            &h,
+            &format!("{round} over"),
+            &probe(source),
+            Reason::RateLimited,
+            &[],
+        );
+        let banned = FrameSpec::udp(source, 9).build();
+        check_xdp(&h, &format!("{round} banned"), &banned, Reason::Banned, &[]);
+        // A sweep while the ban lasts leaves it seen.
+        h.bans
+            .sweep(0, |rule, epoch| rules.ban_is_current(rule, epoch))
+            .unwrap();
+        check_xdp(
+            &h,
+            &format!("{round} still banned"),
+            &banned,
+            Reason::Banned,
+            &[],
+        );
+        // A sweep after its end removes it and marks the maps empty.
+        let swept = h
+            .bans
+            .sweep(u64::MAX, |rule, epoch| rules.ban_is_current(rule, epoch))
+            .unwrap();
+        assert_eq!(swept.bans, 1, "{round}: {swept:?}");
+        check_xdp(
+            &h,
+            &format!("{round} ban swept"),
+            &banned,
+            Reason::NoMatch,
+            &[],
+        );
+    }
+}
+
 #[test]
 fn bucket_refills_and_ban_expires_over_time() {
     require_kernel!();

@@ -208,7 +208,7 @@ pub async fn run(
         }
         if startup {
             // Addresses all lifted: the kernel stops looking for them.
-            if let Err(e) = sync.maps.refresh_has_addresses() {
+            if let Err(e) = sync.maps.refresh_marks() {
                 telemetry.count_runtime_error("crowdsec decisions");
                 tracing::error!(error = %e, "marking the decision maps failed");
             }
@@ -478,7 +478,7 @@ pub fn lift_all(maps: &mut DecisionMaps) -> Result<usize, MapsError> {
             lifted += 1;
         }
     }
-    maps.refresh_has_addresses()?;
+    maps.refresh_marks()?;
     Ok(lifted)
 }
 

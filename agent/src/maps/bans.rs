@@ -11,13 +11,19 @@ use aya::maps::{
 };
 use ipnet::IpNet;
 
-use super::{BPF_NOEXIST, MapsError, ctx, is_missing, lpm_entries, names};
+use super::{
+    BPF_NOEXIST, MapsError, ctx,
+    empty_mark::{EmptyMark, both_empty},
+    is_missing, lpm_entries, names,
+};
 
 pub struct BanMaps {
     pub(super) blocks_v4: LpmTrie<MapData, [u8; 4], BlockEntry>,
     pub(super) blocks_v6: LpmTrie<MapData, [u8; 16], BlockEntry>,
     pub(super) bans_v4: LpmTrie<MapData, [u8; 4], BanEntry>,
     pub(super) bans_v6: LpmTrie<MapData, [u8; 16], BanEntry>,
+    pub(super) blocks_empty: EmptyMark,
+    pub(super) bans_empty: EmptyMark,
 }
 
 /// What a sweep removed.
@@ -68,6 +74,7 @@ impl BanMaps {
     /// escalation ban of the same prefix does not stand in the way.
     pub fn block(&mut self, net: IpNet, expires_ns: u64) -> Result<(), MapsError> {
         let block = BlockEntry { expires_ns };
+        self.blocks_empty.clear()?;
         let result = match net {
             IpNet::V4(n) => self
                 .blocks_v4
@@ -92,10 +99,21 @@ impl BanMaps {
     /// Lifts the block on exactly `net`, or if there is none the escalation ban on exactly
     /// `net`; false if there was neither.
     pub fn unban(&mut self, net: IpNet) -> Result<bool, MapsError> {
-        Ok(
-            remove(&mut self.blocks_v4, &mut self.blocks_v6, BLOCKS, net)?
-                || remove(&mut self.bans_v4, &mut self.bans_v6, BANS, net)?,
-        )
+        let removed = remove(&mut self.blocks_v4, &mut self.blocks_v6, BLOCKS, net)?
+            || remove(&mut self.bans_v4, &mut self.bans_v6, BANS, net)?;
+        self.refresh_marks()?;
+        Ok(removed)
+    }
+
+    /// Marks the block maps and the ban maps empty for the kernel where they are (see
+    /// `EmptyMark`).
+    pub fn refresh_marks(&mut self) -> Result<(), MapsError> {
+        let (blocks_v4, blocks_v6) = (&self.blocks_v4, &self.blocks_v6);
+        self.blocks_empty
+            .refresh(|| both_empty(blocks_v4, blocks_v6, names::BLOCKS_V4.name))?;
+        let (bans_v4, bans_v6) = (&self.bans_v4, &self.bans_v6);
+        self.bans_empty
+            .refresh(|| both_empty(bans_v4, bans_v6, names::BANS_V4.name))
     }
 
     /// Removes blocks and bans that ended by `now_ns`, and bans `is_current` says no rule in
@@ -135,6 +153,7 @@ impl BanMaps {
             remove(&mut self.bans_v4, &mut self.bans_v6, BANS, net)?;
             swept.covered += 1;
         }
+        self.refresh_marks()?;
         Ok(swept)
     }
 }

@@ -10,7 +10,11 @@ use aya::maps::{
 };
 use ipnet::IpNet;
 
-use super::{MapsError, ctx, is_missing, lpm_entries, names, second_handle, typed};
+use super::{
+    MapsError, ctx,
+    empty_mark::{EmptyMark, both_empty},
+    is_missing, lpm_entries, names, second_handle, typed,
+};
 
 /// The four maps, by family and by whether they hold addresses or wider prefixes.
 pub struct DecisionTables {
@@ -82,6 +86,8 @@ pub struct DecisionMaps {
     /// kernel must look in, and what was last written there.
     pub(super) has_addresses: Array<MapData, u32>,
     pub(super) has: u32,
+    /// `EMPTY_TRIES`' mark of the tries (`DECISIONS_V4`, `DECISIONS_V6`).
+    pub(super) ranges_empty: EmptyMark,
 }
 
 impl DecisionMaps {
@@ -90,10 +96,13 @@ impl DecisionMaps {
         self.tables.entries()
     }
 
-    /// Tells the kernel which address maps hold decisions, from what they hold now. Marks
-    /// are set as addresses arrive (`set`) and cleared only here: a mark on an empty map
-    /// costs a lookup, never a decision.
-    pub fn refresh_has_addresses(&mut self) -> Result<(), MapsError> {
+    /// Tells the kernel which address maps and tries hold decisions, from what they hold
+    /// now. A map is marked as holding some as entries arrive (`set`), and as holding none
+    /// only here: a mark behind the maps' contents costs a lookup, never a decision.
+    pub fn refresh_marks(&mut self) -> Result<(), MapsError> {
+        let (ranges_v4, ranges_v6) = (&self.tables.ranges_v4, &self.tables.ranges_v6);
+        self.ranges_empty
+            .refresh(|| both_empty(ranges_v4, ranges_v6, names::DECISIONS_V4.name))?;
         let mut has = 0;
         if self.tables.ips_v4.keys().next().is_some() {
             has |= names::HAS_V4;
@@ -119,6 +128,9 @@ impl DecisionMaps {
             IpNet::V6(n) if n.prefix_len() == 128 => names::HAS_V6,
             _ => 0,
         };
+        if mark == 0 {
+            self.ranges_empty.clear()?;
+        }
         self.set_entry(net, entry)?;
         // After the entry: a packet that sees the mark finds what it marks.
         if self.has & mark != mark {

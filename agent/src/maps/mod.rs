@@ -6,6 +6,7 @@
 
 mod bans;
 mod decisions;
+mod empty_mark;
 mod policy;
 mod telemetry;
 
@@ -16,6 +17,7 @@ use aya::{
 
 pub use bans::{BanMaps, Swept};
 pub use decisions::DecisionMaps;
+use empty_mark::EmptyMark;
 pub use policy::PolicyMaps;
 pub use telemetry::{Ban, Counters, Origin, TelemetryMaps};
 
@@ -74,6 +76,10 @@ impl KernelMaps {
         let blocks_v6 = take(names::BLOCKS_V6.name)?;
         let decisions = decisions::DecisionMapsTaken::take(&mut take)?;
         let has_addresses = take(names::HAS_ADDRESSES.name)?;
+        let empty_tries = take(names::EMPTY_TRIES.name)?;
+        let mark = |entry, map| {
+            typed(names::EMPTY_TRIES.name, map).map(|marks| EmptyMark::new(marks, entry))
+        };
         let telemetry = TelemetryMaps {
             counters: typed(names::COUNTERS.name, take(names::COUNTERS.name)?)?,
             malformed: typed(names::MALFORMED.name, take(names::MALFORMED.name)?)?,
@@ -97,19 +103,24 @@ impl KernelMaps {
             rule_counters: typed(names::RULE_COUNTERS.name, rule_counters)?,
             cpus,
         };
-        let bans = BanMaps {
+        let mut bans = BanMaps {
             blocks_v4: typed(names::BLOCKS_V4.name, blocks_v4)?,
             blocks_v6: typed(names::BLOCKS_V6.name, blocks_v6)?,
             bans_v4: typed(names::BANS_V4.name, bans_v4)?,
             bans_v6: typed(names::BANS_V6.name, bans_v6)?,
+            blocks_empty: mark(names::EMPTY_BLOCKS, second_handle(&empty_tries)?)?,
+            bans_empty: mark(names::EMPTY_BANS, second_handle(&empty_tries)?)?,
         };
         let mut decisions = DecisionMaps {
             tables: decisions.typed()?,
             has_addresses: typed(names::HAS_ADDRESSES.name, has_addresses)?,
             has: 0,
+            ranges_empty: mark(names::EMPTY_DECISION_RANGES, empty_tries)?,
         };
-        // Pinned decisions an earlier agent left are enforced from the start.
-        decisions.refresh_has_addresses()?;
+        // Pinned blocks, bans and decisions an earlier agent left are enforced from the
+        // start, and the marks an agent that did not keep them left are redone.
+        bans.refresh_marks()?;
+        decisions.refresh_marks()?;
         Ok(Self {
             policy,
             bans,
