@@ -20,7 +20,7 @@ use super::{
     DEFAULT_LIST_REFRESH, DEFAULT_RULES, DEFAULT_SOURCES, DenyRule, Limit, ListAction, ListRule,
     ListSource, Policy, PolicyError, Protocol, RateLimit, UNNAMED_DENY,
     file::{
-        AggregateSection, BanSection, PolicyFile, RateLimitItem, ResponseItem, RouteItem,
+        AggregateSection, BanSection, Lined, PolicyFile, RateLimitItem, ResponseItem, RouteItem,
         StrictField, Target,
     },
     http::{
@@ -312,8 +312,33 @@ fn first_line(rendered: &str) -> String {
     }
 }
 
-fn line_of<T>(spanned: &Spanned<T>) -> u32 {
-    spanned.referenced.line() as u32
+/// The network of a CIDR entry, or why its text is not one.
+fn cidr_of(cidr: &Result<IpNet, Box<str>>) -> Result<IpNet, UnitError> {
+    match cidr {
+        Ok(net) => Ok(*net),
+        Err(text) => units::parse_cidr(text),
+    }
+}
+
+fn line_of(item: &impl OnLine) -> u32 {
+    item.line()
+}
+
+/// Where a parsed item starts, for errors.
+trait OnLine {
+    fn line(&self) -> u32;
+}
+
+impl<T> OnLine for Spanned<T> {
+    fn line(&self) -> u32 {
+        self.referenced.line() as u32
+    }
+}
+
+impl<T> OnLine for Lined<T> {
+    fn line(&self) -> u32 {
+        self.line
+    }
 }
 
 struct Validator<'a> {
@@ -339,18 +364,15 @@ impl Validator<'_> {
         self.check_names(&file, &capacity)?;
         self.check_overlaps(&file, &rate_limits)?;
         let allow: Vec<IpNet> = allow.into_iter().map(|(net, _)| net).collect();
-        let deny_nets: Vec<IpNet> = deny.iter().map(|d| d.net).collect();
-        for (list, nets) in [("allow", &allow), ("deny", &deny_nets)] {
-            for (family, count) in [
-                (
-                    "IPv4",
-                    nets.iter().filter(|n| matches!(n, IpNet::V4(_))).count(),
-                ),
-                (
-                    "IPv6",
-                    nets.iter().filter(|n| matches!(n, IpNet::V6(_))).count(),
-                ),
-            ] {
+        let ipv4 = |nets: &mut dyn Iterator<Item = &IpNet>| {
+            nets.filter(|n| matches!(n, IpNet::V4(_))).count()
+        };
+        let counts = [
+            ("allow", ipv4(&mut allow.iter()), allow.len()),
+            ("deny", ipv4(&mut deny.iter().map(|d| &d.net)), deny.len()),
+        ];
+        for (list, v4, all) in counts {
+            for (family, count) in [("IPv4", v4), ("IPv6", all - v4)] {
                 if count > capacity.cidrs as usize {
                     return Err(self.invalid(
                         1,
@@ -473,7 +495,7 @@ impl Validator<'_> {
             let Target::Cidr(cidr) = &item.value.target else {
                 continue;
             };
-            let net = units::parse_cidr(cidr).map_err(|e| self.invalid(line, e))?;
+            let net = cidr_of(cidr).map_err(|e| self.invalid(line, e))?;
             allow.push((net, line));
         }
         self.check_repeats("allow", allow.clone())?;
@@ -533,7 +555,7 @@ impl Validator<'_> {
             let Target::Cidr(cidr) = &item.value.target else {
                 continue;
             };
-            let net = units::parse_cidr(cidr).map_err(|e| self.invalid(line, e))?;
+            let net = cidr_of(cidr).map_err(|e| self.invalid(line, e))?;
             for (&len, allowed) in allow_by_len.range(..=net.prefix_len()) {
                 let Ok(supernet) = IpNet::new(net.addr(), len).map(|n| n.trunc()) else {
                     continue;
