@@ -54,12 +54,16 @@ pub enum Target {
     /// Parsed as it is read, sparing a million-entry list a `String` an entry; the text
     /// where it does not parse, for validation to say why, on its line.
     Cidr(Result<IpNet, Box<str>>),
-    List {
-        /// An absolute file path or an http(s) URL.
-        list: String,
-        /// How often a URL is fetched again (e.g. 1h).
-        refresh: Option<String>,
-    },
+    /// Boxed: rare, and the size of every entry is that of the largest kind.
+    List(Box<ListTarget>),
+}
+
+#[derive(Debug)]
+pub struct ListTarget {
+    /// An absolute file path or an http(s) URL.
+    pub list: String,
+    /// How often a URL is fetched again (e.g. 1h).
+    pub refresh: Option<String>,
 }
 
 impl Target {
@@ -86,10 +90,10 @@ impl EntryMap {
         let target = match (self.cidr, self.list) {
             (Some(cidr), None) if self.refresh.is_none() => Target::cidr(&cidr),
             (Some(_), None) => return Err(E::custom("refresh applies to a list, not a cidr")),
-            (None, Some(list)) => Target::List {
+            (None, Some(list)) => Target::List(Box::new(ListTarget {
                 list,
                 refresh: self.refresh,
-            },
+            })),
             _ => return Err(E::custom("give either cidr or list")),
         };
         Ok((target, self.mode, self.name))

@@ -20,8 +20,8 @@ use super::{
     DEFAULT_LIST_REFRESH, DEFAULT_RULES, DEFAULT_SOURCES, DenyRule, Limit, ListAction, ListRule,
     ListSource, Policy, PolicyError, Protocol, RateLimit, UNNAMED_DENY,
     file::{
-        AggregateSection, BanSection, Lined, PolicyFile, RateLimitItem, ResponseItem, RouteItem,
-        StrictField, Target,
+        AggregateSection, BanSection, Lined, ListTarget, PolicyFile, RateLimitItem, ResponseItem,
+        RouteItem, StrictField, Target,
     },
     http::{
         DEFAULT_STRICT, HTTP_EVASION, Http, MAX_RESPONSE_RULES, OverLimit, ResponseRule, Route,
@@ -426,9 +426,10 @@ impl Validator<'_> {
         let mut lines: HashMap<ListSource, u32> = HashMap::new();
         let mut lists = Vec::new();
         for (line, target, action) in entries {
-            let Target::List { list, refresh } = target else {
+            let Target::List(target) = target else {
                 continue;
             };
+            let ListTarget { list, refresh } = &**target;
             let rule = list_rule(list, refresh.as_deref(), action, line)
                 .map_err(|p| self.invalid(line, p))?;
             if let Some(&first_line) = lines.get(&rule.source) {
