@@ -320,8 +320,9 @@ fn cidr_of(cidr: &Result<IpNet, Box<str>>) -> Result<IpNet, UnitError> {
     }
 }
 
-fn line_of(item: &impl OnLine) -> u32 {
-    item.line()
+/// How many of `nets` are IPv4.
+fn ipv4_count<'a>(nets: impl Iterator<Item = &'a IpNet>) -> usize {
+    nets.filter(|n| matches!(n, IpNet::V4(_))).count()
 }
 
 /// Where a parsed item starts, for errors.
@@ -364,12 +365,9 @@ impl Validator<'_> {
         self.check_names(&file, &capacity)?;
         self.check_overlaps(&file, &rate_limits)?;
         let allow: Vec<IpNet> = allow.into_iter().map(|(net, _)| net).collect();
-        let ipv4 = |nets: &mut dyn Iterator<Item = &IpNet>| {
-            nets.filter(|n| matches!(n, IpNet::V4(_))).count()
-        };
         let counts = [
-            ("allow", ipv4(&mut allow.iter()), allow.len()),
-            ("deny", ipv4(&mut deny.iter().map(|d| &d.net)), deny.len()),
+            ("allow", ipv4_count(allow.iter()), allow.len()),
+            ("deny", ipv4_count(deny.iter().map(|d| &d.net)), deny.len()),
         ];
         for (list, v4, all) in counts {
             for (family, count) in [("IPv4", v4), ("IPv6", all - v4)] {
@@ -421,8 +419,8 @@ impl Validator<'_> {
             (item, &item.value.target, action)
         });
         let entries = allow
-            .map(|(item, target, action)| (line_of(item), target, action))
-            .chain(deny.map(|(item, target, action)| (line_of(item), target, action)));
+            .map(|(item, target, action)| (item.line(), target, action))
+            .chain(deny.map(|(item, target, action)| (item.line(), target, action)));
         let mut lines: HashMap<ListSource, u32> = HashMap::new();
         let mut lists = Vec::new();
         for (line, target, action) in entries {
@@ -453,7 +451,7 @@ impl Validator<'_> {
                 decisions: DEFAULT_DECISIONS,
             });
         };
-        let line = line_of(section);
+        let line = section.line();
         let field = |field: &'static str, value: Option<u32>, default: u32, max: u32| {
             let value = value.unwrap_or(default);
             if value == 0 || value > max {
@@ -492,7 +490,7 @@ impl Validator<'_> {
     fn allow(&self, file: &PolicyFile) -> Result<Vec<(IpNet, u32)>, PolicyError> {
         let mut allow = Vec::with_capacity(file.allow.len());
         for item in &file.allow {
-            let line = line_of(item);
+            let line = item.line();
             let Target::Cidr(cidr) = &item.value.target else {
                 continue;
             };
@@ -549,7 +547,7 @@ impl Validator<'_> {
         // Entries share their rule's name: a million deny entries are a few rules.
         let mut names: HashMap<&str, Arc<str>> = HashMap::new();
         for item in &file.deny {
-            let line = line_of(item);
+            let line = item.line();
             if let Some(name) = &item.value.name {
                 check_name(name).map_err(|p| self.invalid(line, p))?;
             }
@@ -590,7 +588,7 @@ impl Validator<'_> {
             .iter()
             .map(|item| {
                 self.rate_limit(&item.value)
-                    .map_err(|p| self.invalid(line_of(item), p))
+                    .map_err(|p| self.invalid(item.line(), p))
             })
             .collect()
     }
@@ -634,7 +632,7 @@ impl Validator<'_> {
         let Some(spanned) = &file.http else {
             return Ok(None);
         };
-        let line = line_of(spanned);
+        let line = spanned.line();
         let section = &spanned.value;
         let mut ports = Vec::new();
         for &value in &section.ports {
@@ -664,7 +662,7 @@ impl Validator<'_> {
         let mut routed: HashMap<(Option<Method>, &str), u32> = HashMap::new();
         let mut routes = Vec::with_capacity(section.routes.len());
         for item in &section.routes {
-            let line = line_of(item);
+            let line = item.line();
             let route = route(&item.value).map_err(|p| self.invalid(line, p))?;
             let methods: Vec<Option<Method>> = if route.methods.is_empty() {
                 vec![None]
@@ -687,7 +685,7 @@ impl Validator<'_> {
         }
         let mut responses: Vec<ResponseRule> = Vec::with_capacity(section.responses.len());
         for item in &section.responses {
-            let line = line_of(item);
+            let line = item.line();
             let rule = response(&item.value).map_err(|p| self.invalid(line, p))?;
             // The kernel keeps a few rule slots per status (`StatusRules`).
             for &status in &rule.statuses {
@@ -732,20 +730,20 @@ impl Validator<'_> {
         names.insert(HTTP_EVASION, 0);
         for item in &file.deny {
             if let Some(name) = &item.value.name {
-                names.entry(name).or_insert(line_of(item));
+                names.entry(name).or_insert(item.line());
             }
         }
         // Rate limits, routes and response rules: each name its own.
         let rate_limits = file
             .rate_limits
             .iter()
-            .map(|r| (r.value.name.as_str(), line_of(r)));
+            .map(|r| (r.value.name.as_str(), r.line()));
         let http = file.http.iter().flat_map(|http| {
             let routes = http.value.routes.iter();
             let responses = http.value.responses.iter();
             routes
-                .map(|r| (r.value.name.as_str(), line_of(r)))
-                .chain(responses.map(|r| (r.value.name.as_str(), line_of(r))))
+                .map(|r| (r.value.name.as_str(), r.line()))
+                .chain(responses.map(|r| (r.value.name.as_str(), r.line())))
         });
         for (name, line) in rate_limits.chain(http) {
             if let Some(&first_line) = names.get(name) {
@@ -769,7 +767,7 @@ impl Validator<'_> {
                 capacity: capacity.rules,
             };
             // The capacity section's line when there is one: that is what to change.
-            let line = file.capacity.as_ref().map_or(1, line_of);
+            let line = file.capacity.as_ref().map_or(1, |c| c.line());
             return Err(self.invalid(line, problem));
         }
         Ok(())
@@ -802,7 +800,7 @@ impl Validator<'_> {
                         (p, (a, b)) => format!("{} ports {a}-{b}", protocol_name(p)),
                     };
                     return Err(self.invalid(
-                        line_of(&file.rate_limits[index]),
+                        file.rate_limits[index].line(),
                         Problem::Overlap {
                             first: rules[other].name.clone(),
                             second: rule.name.clone(),
