@@ -31,6 +31,9 @@ pub struct LocalApi {
     child: Option<Child>,
 }
 
+/// Runs of a `cscli` command the database's lock refused.
+const CSCLI_TRIES: u32 = 5;
+
 impl LocalApi {
     /// Starts a Local API listening on `addr:port` in namespace `ns` (`0.0.0.0`: every
     /// address), with one machine for `cscli` already registered, and waits until it
@@ -154,24 +157,31 @@ prometheus:
     }
 
     /// Runs `cscli` with this configuration in the namespace; its stdout, or the error with
-    /// its stderr.
+    /// its stderr. A command the Local API refused because its SQLite database was busy
+    /// with its own writes ("database is locked", which changed nothing) is run again, a
+    /// few times.
     pub fn cscli(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns])
-            .arg(root().join("usr/bin/cscli"))
-            .arg("-c")
-            .arg(self.config())
-            .args(args)
-            .output()
-            .context("running cscli")?;
-        if !out.status.success() {
-            bail!(
-                "cscli {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+        let mut tries = 0;
+        loop {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &self.ns])
+                .arg(root().join("usr/bin/cscli"))
+                .arg("-c")
+                .arg(self.config())
+                .args(args)
+                .output()
+                .context("running cscli")?;
+            if out.status.success() {
+                return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+            }
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            tries += 1;
+            if tries < CSCLI_TRIES && stderr.contains("database is locked") {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                continue;
+            }
+            bail!("cscli {}: {}", args.join(" "), stderr.trim());
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Registers a bouncer and writes its API key into a file in the configuration's
