@@ -51,11 +51,11 @@ pub static ACL_V6_0: LpmTrie<[u32; 4], AclEntry> =
 pub static ACL_V6_1: LpmTrie<[u32; 4], AclEntry> =
     LpmTrie::with_max_entries(entries(SET_1.acl_v6), SET_1.acl_v6.flags);
 #[map]
-pub static PORT_RULES_0: HashMap<u32, PortRules> =
-    HashMap::with_max_entries(entries(SET_0.port_rules), SET_0.port_rules.flags);
+pub static PORT_RULES_0: Array<PortRules> =
+    Array::with_max_entries(entries(SET_0.port_rules), SET_0.port_rules.flags);
 #[map]
-pub static PORT_RULES_1: HashMap<u32, PortRules> =
-    HashMap::with_max_entries(entries(SET_1.port_rules), SET_1.port_rules.flags);
+pub static PORT_RULES_1: Array<PortRules> =
+    Array::with_max_entries(entries(SET_1.port_rules), SET_1.port_rules.flags);
 #[map]
 pub static CLASS_RULES_0: Array<PortRules> =
     Array::with_max_entries(entries(SET_0.class_rules), SET_0.class_rules.flags);

@@ -65,7 +65,7 @@ impl<const SECOND: bool> PolicySet<SECOND> {
     }
 
     #[inline(always)]
-    pub fn port_rules(&self) -> &'static HashMap<u32, PortRules> {
+    pub fn port_rules(&self) -> &'static Array<PortRules> {
         self.pick(&PORT_RULES_0, &PORT_RULES_1)
     }
 
@@ -84,21 +84,17 @@ impl<const SECOND: bool> PolicySet<SECOND> {
         self.pick(&STATUS_RULES_0, &STATUS_RULES_1)
     }
 
-    /// The rules for `port` of `class`: its port entry's, or else its class's (the agent
-    /// merges the two kinds, packets and connections, so one lookup gives both). `port`
-    /// `None`: a packet without ports, which only its class's rules cover.
+    /// The rules for `port` of `class` (the agent writes its class's rules into every
+    /// port that has none of its own, and merges the two kinds, packets and connections,
+    /// so one lookup gives both). `port` `None`: a packet without ports, which only its
+    /// class's rules cover.
     #[inline(always)]
     pub fn rules_for(&self, class: u8, port: Option<u16>) -> PortRules {
-        if let Some(port) = port
-            && let Some(rules) = self.port_rules().get_ptr(port_key(class, port))
-        {
-            // SAFETY: pointer from a successful lookup; the agent only replaces whole values.
-            return unsafe { *rules };
-        }
-        self.class_rules()
-            .get(u32::from(class))
-            .copied()
-            .unwrap_or_default()
+        let rules = match port {
+            Some(port) => self.port_rules().get(port_key(class, port)),
+            None => self.class_rules().get(u32::from(class)),
+        };
+        rules.copied().unwrap_or_default()
     }
 
     /// The configuration of rule `id`, if the id is in use.

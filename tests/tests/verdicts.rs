@@ -880,6 +880,104 @@ fn a_void_ban_never_removes_a_block() {
     assert_eq!(left[0].net.to_string(), "0.0.0.0/0");
 }
 
+/// Every TCP and UDP port has an entry in the port table (`PORT_RULES_*`): its own rules,
+/// else its class's. Applies that add, change and remove both kinds, landing in each of the
+/// two policy sets in turn, must leave every port with the right ones.
+#[test]
+fn ports_follow_their_own_rules_or_their_class_across_applies() {
+    require_kernel!();
+    // Burst 1: a fresh source's first packet passes, its second is over the limit. The
+    // port rule is in shadow mode, so which rule judged the second packet shows.
+    let class_tcp = "  - {name: class, protocol: tcp, rate: 1/h, burst: 1}\n";
+    let class_udp = "  - {name: class, protocol: udp, rate: 1/h, burst: 1}\n";
+    let web = "  - {name: web, protocol: tcp, ports: [8080], rate: 1/h, burst: 1, mode: shadow}\n";
+    let mut h = Harness::new(&format!("rate_limits:\n{class_tcp}{web}")).unwrap();
+    let mut sources = (1..=250u8).map(|n| format!("203.0.113.{n}"));
+    // The second packet's verdict from a fresh source, after its first passed.
+    let mut expect =
+        |h: &Harness, what: &str, tcp: bool, port: u16, want: Reason, shadow: &[Reason]| {
+            let src = sources.next().unwrap();
+            let frame = if tcp {
+                FrameSpec::tcp(&src, port, false, true).build()
+            } else {
+                FrameSpec::udp(&src, port).build()
+            };
+            let first = if want == Reason::NoMatch && shadow.is_empty() {
+                Reason::NoMatch
+            } else {
+                Reason::WithinLimit
+            };
+            check_xdp(h, &format!("{what}, first packet"), &frame, first, &[]);
+            check_xdp(h, what, &frame, want, shadow);
+        };
+    let limited = Reason::RateLimited;
+    expect(
+        &h,
+        "A: the port's own rule",
+        true,
+        8080,
+        Reason::WithinLimit,
+        &[limited],
+    );
+    expect(&h, "A: TCP port without a rule", true, 9, limited, &[]);
+    expect(&h, "A: the highest TCP port", true, 65535, limited, &[]);
+    expect(&h, "A: UDP, no rule", false, 9, Reason::NoMatch, &[]);
+    // B: the port rule gone, the class rule moved to UDP.
+    h.apply(&format!("rate_limits:\n{class_udp}")).unwrap();
+    expect(
+        &h,
+        "B: the port rule's port",
+        true,
+        8080,
+        Reason::NoMatch,
+        &[],
+    );
+    expect(
+        &h,
+        "B: TCP port without a rule",
+        true,
+        9,
+        Reason::NoMatch,
+        &[],
+    );
+    expect(&h, "B: UDP port", false, 8080, limited, &[]);
+    expect(&h, "B: the highest UDP port", false, 65535, limited, &[]);
+    // C: the port rule gone, the class's rules as in A, over the set A is in.
+    h.apply(&format!("rate_limits:\n{class_tcp}")).unwrap();
+    expect(&h, "C: the port rule's port", true, 8080, limited, &[]);
+    expect(&h, "C: TCP port without a rule", true, 9, limited, &[]);
+    // D: the port rule back and no class rule, over B.
+    h.apply(&format!("rate_limits:\n{web}")).unwrap();
+    expect(
+        &h,
+        "D: the port's own rule",
+        true,
+        8080,
+        Reason::WithinLimit,
+        &[limited],
+    );
+    expect(
+        &h,
+        "D: TCP port without a rule",
+        true,
+        9,
+        Reason::NoMatch,
+        &[],
+    );
+    expect(&h, "D: UDP port", false, 65535, Reason::NoMatch, &[]);
+    // E: nothing, over C.
+    h.apply("allow: []\n").unwrap();
+    expect(
+        &h,
+        "E: the port rule's port",
+        true,
+        8080,
+        Reason::NoMatch,
+        &[],
+    );
+    expect(&h, "E: TCP port", true, 65535, Reason::NoMatch, &[]);
+}
+
 /// The kernel skips the block, decision and ban tries while the agent has marked them
 /// empty (`EMPTY_TRIES`). Each way an entry arrives after a mark was set must clear it: a
 /// block, a detector's decision on a prefix, a ban the kernel makes itself.

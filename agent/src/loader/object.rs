@@ -37,16 +37,27 @@ pub fn check_pinned_maps(maps_dir: &Path, capacity: &Capacity) -> Result<Vec<&'s
         let info = MapData::from_pin(&path)
             .and_then(|map| map.info())
             .with_context(|| format!("{} is missing or unreadable", path.display()))?;
-        let pinned = (info.key_size(), info.value_size(), info.max_entries());
-        let wanted = (spec.key_size, spec.value_size, spec.max_entries(capacity));
+        let pinned = Layout {
+            kind: info.map_type().map_or(0, |kind| kind as u32),
+            flags: info.map_flags(),
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            entries: info.max_entries(),
+        };
+        let wanted = Layout {
+            kind: spec.kind as u32,
+            flags: spec.flags,
+            key_size: spec.key_size,
+            value_size: spec.value_size,
+            entries: spec.max_entries(capacity),
+        };
         if pinned == wanted {
             continue;
         }
         if spec.contents == Contents::State {
             bail!(
-                "pinned map {} has key/value sizes and capacity {pinned:?}, this agent needs \
-                 {wanted:?} (another version, or a changed `capacity`); run `portcullis detach` \
-                 to start afresh",
+                "pinned map {} is {pinned:?}, this agent needs {wanted:?} (another version, \
+                 or a changed `capacity`); run `portcullis detach` to start afresh",
                 spec.name
             );
         }
@@ -66,6 +77,17 @@ pub fn check_pinned_maps(maps_dir: &Path, capacity: &Capacity) -> Result<Vec<&'s
         }
     }
     Ok(replaced)
+}
+
+/// What must match for a pinned map to be taken over.
+#[derive(Debug, PartialEq, Eq)]
+struct Layout {
+    /// `BPF_MAP_TYPE_*`.
+    kind: u32,
+    flags: u32,
+    key_size: u32,
+    value_size: u32,
+    entries: u32,
 }
 
 /// Removes the pins of `names` in `maps_dir`, so the loader creates those maps afresh; the

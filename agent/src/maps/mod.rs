@@ -8,6 +8,7 @@ mod bans;
 mod decisions;
 mod empty_mark;
 mod policy;
+mod port_table;
 mod telemetry;
 
 use aya::{
@@ -34,6 +35,14 @@ pub enum MapsError {
     },
     #[error("cannot duplicate a map descriptor: {source}")]
     Duplicate {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("map {name} is not an array")]
+    NotAnArray { name: &'static str },
+    #[error("cannot map {name} into memory: {source}")]
+    Mmap {
+        name: &'static str,
         #[source]
         source: std::io::Error,
     },

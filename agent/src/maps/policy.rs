@@ -13,7 +13,7 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
 };
 
-use super::{MapsError, ctx, ignore_missing, typed};
+use super::{MapsError, ctx, ignore_missing, port_table::PortTable, typed};
 use crate::tables::Tables;
 
 /// One of the two sets of policy maps (see `agent_common::maps`).
@@ -24,7 +24,7 @@ pub(super) struct PolicySetMaps {
     acl_ip_v6: HashMap<MapData, [u8; 16], AclEntry>,
     acl_v4: LpmTrie<MapData, [u8; 4], AclEntry>,
     acl_v6: LpmTrie<MapData, [u8; 16], AclEntry>,
-    port_rules: HashMap<MapData, u32, PortRules>,
+    port_rules: PortTable,
     class_rules: Array<MapData, PortRules>,
     rules: Array<MapData, RuleConfig>,
     routes: LpmTrie<MapData, [u8; ROUTE_KEY_BYTES], RouteEntry>,
@@ -42,7 +42,7 @@ impl PolicySetMaps {
             acl_ip_v6: typed(specs.acl_ip_v6.name, take(specs.acl_ip_v6.name)?)?,
             acl_v4: typed(specs.acl_v4.name, take(specs.acl_v4.name)?)?,
             acl_v6: typed(specs.acl_v6.name, take(specs.acl_v6.name)?)?,
-            port_rules: typed(specs.port_rules.name, take(specs.port_rules.name)?)?,
+            port_rules: PortTable::new(specs.port_rules.name, take(specs.port_rules.name)?)?,
             class_rules: typed(specs.class_rules.name, take(specs.class_rules.name)?)?,
             rules: typed(specs.rules.name, take(specs.rules.name)?)?,
             routes: typed(specs.routes.name, take(specs.routes.name)?)?,
@@ -77,26 +77,13 @@ impl PolicySetMaps {
             &new.acl_v6,
             specs.acl_v6.name,
         )?;
-        for (port, rules) in &new.port_rules {
-            if old.port_rules.get(port) != Some(rules) {
-                self.port_rules
-                    .insert(port, rules, 0)
-                    .map_err(ctx(specs.port_rules.name))?;
-            }
-        }
+        self.port_rules.write(old, new);
         sync_lpm(
             &mut self.routes,
             &old.routes,
             &new.routes,
             specs.routes.name,
         )?;
-        for port in old
-            .port_rules
-            .keys()
-            .filter(|k| !new.port_rules.contains_key(k))
-        {
-            ignore_missing(self.port_rules.remove(port)).map_err(ctx(specs.port_rules.name))?;
-        }
         for (class, rules) in new.class_rules.iter().enumerate() {
             if old.class_rules[class] != *rules {
                 self.class_rules
@@ -150,7 +137,7 @@ impl PolicySetMaps {
         clear_keyed!(self.acl_ip_v6, specs.acl_ip_v6.name);
         clear_keyed!(self.acl_v4, specs.acl_v4.name);
         clear_keyed!(self.acl_v6, specs.acl_v6.name);
-        clear_keyed!(self.port_rules, specs.port_rules.name);
+        self.port_rules.fill_all(&Tables::default());
         clear_keyed!(self.routes, specs.routes.name);
         for class in 0..agent_common::CLASS_COUNT {
             self.class_rules
