@@ -1,9 +1,9 @@
 //! One policy set's port rules (`PORT_RULES_*`): an array with an entry for every port of
-//! TCP and UDP, written through a memory mapping of it. An apply writes the ports either
-//! policy names, and a whole class only when its class rules change: a pass over 1 MB of
-//! memory, where a system call for each of its 65,536 entries would take tens of
-//! milliseconds. Only the set not in force is written (see `policy`), so no packet reads
-//! an entry while it changes.
+//! TCP and UDP, written through a memory mapping made for each write. An apply writes the
+//! ports either policy names, and a whole class only when its class rules change: a pass
+//! over 1 MB of memory, where a system call for each of its 65,536 entries would take tens
+//! of milliseconds. Only the set not in force is written (see `policy`), so no packet
+//! reads an entry while it changes.
 
 use std::{
     ops::RangeInclusive,
@@ -21,9 +21,9 @@ use crate::tables::Tables;
 const STRIDE: usize = size_of::<PortRules>().next_multiple_of(8);
 
 pub(super) struct PortTable {
-    entries: MmapMut,
-    /// Kept for as long as the table is: the map the mapping shows.
-    _map: MapData,
+    /// For errors.
+    name: &'static str,
+    map: MapData,
 }
 
 impl PortTable {
@@ -31,47 +31,64 @@ impl PortTable {
         let Map::Array(map) = map else {
             return Err(MapsError::NotAnArray { name });
         };
-        let len = PORT_RULE_ENTRIES as usize * STRIDE;
-        // SAFETY: the mapping covers the array's values, which the kernel programs only
-        // read and only this table writes; `len` is the array's size (its entry count from
-        // the shared spec, which `tests/tests/object.rs` checks the object against).
-        let entries = unsafe {
-            MmapOptions::new()
-                .len(len)
-                .map_mut(map.fd().as_fd().as_raw_fd())
-        }
-        .map_err(|source| MapsError::Mmap { name, source })?;
-        Ok(Self { entries, _map: map })
+        Ok(Self { name, map })
     }
 
     /// Moves the table from what `old` gives each port to what `new` does: the ports
     /// either names, or the whole class where its rules changed.
-    pub(super) fn write(&mut self, old: &Tables, new: &Tables) {
+    pub(super) fn write(&self, old: &Tables, new: &Tables) -> Result<(), MapsError> {
+        let mut entries = self.entries()?;
         for class in [CLASS_TCP, CLASS_UDP] {
             let inherited = new.class_rules[usize::from(class)];
             if old.class_rules[usize::from(class)] != inherited {
-                self.fill(class, new);
+                entries.fill(class, new);
                 continue;
             }
             let named = old.port_rules.range(ports(class));
             for (key, _) in named.chain(new.port_rules.range(ports(class))) {
-                self.set(*key, new.port_rules.get(key).unwrap_or(&inherited));
+                entries.set(*key, new.port_rules.get(key).unwrap_or(&inherited));
             }
         }
+        Ok(())
     }
 
     /// Makes every entry what `tables` gives its port, whatever the table held.
-    pub(super) fn fill_all(&mut self, tables: &Tables) {
+    pub(super) fn fill_all(&self, tables: &Tables) -> Result<(), MapsError> {
+        let mut entries = self.entries()?;
         for class in [CLASS_TCP, CLASS_UDP] {
-            self.fill(class, tables);
+            entries.fill(class, tables);
         }
+        Ok(())
     }
 
+    /// The entries, mapped for one write: a mapping kept between applies would count the
+    /// 2 MB it has touched in the agent's resident memory.
+    fn entries(&self) -> Result<Entries, MapsError> {
+        let len = PORT_RULE_ENTRIES as usize * STRIDE;
+        // SAFETY: the mapping covers the array's values, which the kernel programs only
+        // read and only this table writes; `len` is the array's size (its entry count from
+        // the shared spec, which `tests/tests/object.rs` checks the object against).
+        let mapped = unsafe {
+            MmapOptions::new()
+                .len(len)
+                .map_mut(self.map.fd().as_fd().as_raw_fd())
+        };
+        mapped.map(Entries).map_err(|source| MapsError::Mmap {
+            name: self.name,
+            source,
+        })
+    }
+}
+
+/// The table's entries, mapped into this process.
+struct Entries(MmapMut);
+
+impl Entries {
     /// Makes every entry of `class` what `tables` gives its port.
     fn fill(&mut self, class: u8, tables: &Tables) {
         let inherited = encode(&tables.class_rules[usize::from(class)]);
         let first = port_key(class, 0) as usize * STRIDE;
-        let entries = &mut self.entries[first..][..PORTS * STRIDE];
+        let entries = &mut self.0[first..][..PORTS * STRIDE];
         for entry in entries.chunks_exact_mut(STRIDE) {
             if *entry != inherited {
                 entry.copy_from_slice(&inherited);
@@ -83,7 +100,7 @@ impl PortTable {
     }
 
     fn set(&mut self, key: u32, rules: &PortRules) {
-        self.entries[key as usize * STRIDE..][..STRIDE].copy_from_slice(&encode(rules));
+        self.0[key as usize * STRIDE..][..STRIDE].copy_from_slice(&encode(rules));
     }
 }
 
