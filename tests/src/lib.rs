@@ -8,6 +8,7 @@ pub mod crowdsec;
 pub mod flood;
 pub mod frames;
 pub mod harness;
+pub mod interrupt;
 pub mod kernel;
 pub mod kubernetes;
 pub mod model;

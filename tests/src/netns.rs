@@ -44,7 +44,20 @@ fn ip(args: &[&str]) -> Result<()> {
 /// limited to 15 characters.
 fn unique_tag() -> String {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("{}x{n}", std::process::id() % 100_000)
+    format!("{}{n}", process_tag())
+}
+
+/// The part of every tag that names this process.
+pub fn process_tag() -> String {
+    format!("{}x", std::process::id() % 100_000)
+}
+
+/// Whether namespace `ns` is one that the process with `process_tag` made.
+pub fn made_by(ns: &str, process_tag: &str) -> bool {
+    ns.starts_with("pc-")
+        && ns.rsplit_once(process_tag).is_some_and(|(_, counter)| {
+            !counter.is_empty() && counter.bytes().all(|b| b.is_ascii_digit())
+        })
 }
 
 impl NetnsPair {

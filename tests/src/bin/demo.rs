@@ -21,6 +21,7 @@ const FLOODER: &str = "10.77.0.99";
 const GUESSER: &str = "10.77.0.7";
 
 fn main() {
+    portcullis_tests::interrupt::clean_up_on_signal();
     if let Err(e) = run() {
         eprintln!("demo failed: {e:#}");
         std::process::exit(1);

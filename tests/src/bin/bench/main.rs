@@ -96,6 +96,7 @@ fn options() -> Result<Options> {
 }
 
 fn main() {
+    portcullis_tests::interrupt::clean_up_on_signal();
     if let Err(e) = run() {
         eprintln!("bench failed: {e:#}");
         std::process::exit(1);
