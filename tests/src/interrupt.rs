@@ -8,28 +8,33 @@
 
 use std::{fs, path::Path, process::Command};
 
-use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use signal_hook::{
+    consts::{SIGINT, SIGTERM},
+    iterator::Signals,
+};
 
 use crate::netns;
 
-/// Blocks SIGINT and SIGTERM in this thread, and so in every thread it starts from now on,
-/// and starts the thread that waits for them. Call it first in `main`.
+/// Starts the thread that waits for SIGINT and SIGTERM. Call it first in `main`. The
+/// signals are caught by a handler (signal-hook's), not blocked: a blocked signal stays
+/// blocked in every child process, which would then ignore the SIGTERM that stops it.
 pub fn clean_up_on_signal() {
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGTERM);
-    if let Err(e) = signals.thread_block() {
-        eprintln!(
-            "cannot block SIGINT and SIGTERM ({e}); an interrupted run leaves its namespaces behind"
-        );
-        return;
-    }
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!(
+                "cannot catch SIGINT and SIGTERM ({e}); an interrupted run leaves its namespaces behind"
+            );
+            return;
+        }
+    };
     std::thread::spawn(move || {
-        let Ok(signal) = signals.wait() else {
+        let Some(signal) = signals.forever().next() else {
             return;
         };
-        eprintln!("{signal}: removing this run's agents, namespaces and pins");
+        eprintln!("signal {signal}: removing this run's agents, namespaces and pins");
         remove_what_this_process_made();
         std::process::exit(130);
     });
