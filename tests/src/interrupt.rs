@@ -1,12 +1,12 @@
 //! Cleanup when a long run (the benchmarks, the demo) is interrupted. SIGINT and SIGTERM
 //! end a process without running its guards' `Drop`, which would leave agents running and
 //! the namespaces, veths and pins they made behind. A thread waits for either signal and
-//! removes what this process made, found by the tag in its names (`netns::unique_tag`):
+//! removes what this process made, found by the tag in their names (`netns`):
 //! it stops the process's child processes first (agents, servers, load generators), then
 //! deletes its namespaces (their veths, programs and rules go with them) and its agents'
 //! pin directories, and exits.
 
-use std::{fs, path::Path, process::Command};
+use std::{fs, path::Path};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -15,7 +15,7 @@ use signal_hook::{
     iterator::Signals,
 };
 
-use crate::netns;
+use crate::{agent, netns};
 
 /// Starts the thread that waits for SIGINT and SIGTERM. Call it first in `main`. The
 /// signals are caught by a handler (signal-hook's), not blocked: a blocked signal stays
@@ -41,37 +41,12 @@ pub fn clean_up_on_signal() {
 }
 
 fn remove_what_this_process_made() {
-    let tag = netns::process_tag();
     for child in children() {
         let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
     }
-    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
-        let list = String::from_utf8_lossy(&out.stdout);
-        for ns in list
-            .lines()
-            .filter_map(|line| line.split_whitespace().next())
-        {
-            if netns::made_by(ns, &tag) {
-                let _ = Command::new("ip").args(["netns", "del", ns]).status();
-            }
-        }
-    }
-    // Agents' pin directories, and their sockets and state directories (`agent`).
-    for dir in [Path::new("/sys/fs/bpf"), &std::env::temp_dir()] {
-        let Ok(entries) = fs::read_dir(dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix("pc-test-") else {
-                continue;
-            };
-            let ns = rest.trim_end_matches(".sock").trim_end_matches("-state");
-            if netns::made_by(ns, &tag) {
-                let path = entry.path();
-                let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
-            }
-        }
+    for ns in netns::remove_all_of_this_process() {
+        // An agent started in `ns` left its pins, socket and history.
+        drop(agent::Leftovers::of(&ns));
     }
 }
 

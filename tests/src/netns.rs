@@ -48,16 +48,36 @@ fn unique_tag() -> String {
 }
 
 /// The part of every tag that names this process.
-pub fn process_tag() -> String {
+fn process_tag() -> String {
     format!("{}x", std::process::id() % 100_000)
 }
 
 /// Whether namespace `ns` is one that the process with `process_tag` made.
-pub fn made_by(ns: &str, process_tag: &str) -> bool {
+fn made_by(ns: &str, process_tag: &str) -> bool {
     ns.starts_with("pc-")
         && ns.rsplit_once(process_tag).is_some_and(|(_, counter)| {
             !counter.is_empty() && counter.bytes().all(|b| b.is_ascii_digit())
         })
+}
+
+/// Deletes every namespace this process made, whatever holds it (for a run interrupted
+/// before its guards could drop): their names.
+pub fn remove_all_of_this_process() -> Vec<String> {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return Vec::new();
+    };
+    let tag = process_tag();
+    let list = String::from_utf8_lossy(&out.stdout);
+    let ours: Vec<String> = list
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|ns| made_by(ns, &tag))
+        .map(str::to_string)
+        .collect();
+    for ns in &ours {
+        let _ = ip(&["netns", "del", ns]);
+    }
+    ours
 }
 
 impl NetnsPair {

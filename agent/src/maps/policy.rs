@@ -137,7 +137,7 @@ impl PolicySetMaps {
         clear_keyed!(self.acl_ip_v6, specs.acl_ip_v6.name);
         clear_keyed!(self.acl_v4, specs.acl_v4.name);
         clear_keyed!(self.acl_v6, specs.acl_v6.name);
-        self.port_rules.fill_all(&Tables::default())?;
+        self.port_rules.clear()?;
         clear_keyed!(self.routes, specs.routes.name);
         for class in 0..agent_common::CLASS_COUNT {
             self.class_rules

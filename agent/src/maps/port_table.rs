@@ -52,11 +52,11 @@ impl PortTable {
         Ok(())
     }
 
-    /// Makes every entry what `tables` gives its port, whatever the table held.
-    pub(super) fn fill_all(&self, tables: &Tables) -> Result<(), MapsError> {
+    /// Empties every entry, whatever the table held.
+    pub(super) fn clear(&self) -> Result<(), MapsError> {
         let mut entries = self.entries()?;
         for class in [CLASS_TCP, CLASS_UDP] {
-            entries.fill(class, tables);
+            entries.fill(class, &Tables::default());
         }
         Ok(())
     }
