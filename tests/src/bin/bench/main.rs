@@ -75,8 +75,9 @@ impl Scale {
 struct Options {
     smoke: bool,
     out: PathBuf,
-    /// Run only this section (while working on one).
-    only: Option<String>,
+    /// Run only these sections, in the usual order (while working on one; several, to see
+    /// one run after another in the same process as in a full run).
+    only: Option<Vec<String>>,
 }
 
 fn options() -> Result<Options> {
@@ -86,9 +87,14 @@ fn options() -> Result<Options> {
         match arg.as_str() {
             "--smoke" => smoke = true,
             "--out" => out = PathBuf::from(args.next().context("--out needs a directory")?),
-            "--only" => only = Some(args.next().context("--only needs a section name")?),
+            "--only" => {
+                let names = args.next().context("--only needs section names")?;
+                only = Some(names.split(',').map(str::to_string).collect());
+            }
             other => {
-                bail!("unknown argument {other}; expected --smoke, --out DIR or --only SECTION")
+                bail!(
+                    "unknown argument {other}; expected --smoke, --out DIR or --only SECTION[,SECTION...]"
+                )
             }
         }
     }
@@ -150,17 +156,20 @@ fn run() -> Result<()> {
         ("control_plane", control_plane::run),
         ("crowdsec", crowdsec::run),
     ];
-    if let Some(only) = &only
-        && !sections.iter().any(|(name, _)| name == only)
-    {
-        let names: Vec<&str> = sections.iter().map(|(name, _)| *name).collect();
-        bail!("no section {only}; the sections are {}", names.join(", "));
+    for wanted in only.iter().flatten() {
+        if !sections.iter().any(|(name, _)| name == wanted) {
+            let names: Vec<&str> = sections.iter().map(|(name, _)| *name).collect();
+            bail!("no section {wanted}; the sections are {}", names.join(", "));
+        }
     }
     // A section that fails is reported and the others still run and are written: a
     // failure late in a long run must not lose what was measured before it.
     let mut failed = Vec::new();
     for (name, section) in sections {
-        if only.as_ref().is_some_and(|only| only != name) {
+        if only
+            .as_ref()
+            .is_some_and(|only| !only.iter().any(|o| o == name))
+        {
             continue;
         }
         eprintln!("bench: {name}");
