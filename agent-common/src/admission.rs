@@ -3,12 +3,10 @@
 //! of `ADMISSION`, a fixed array shared by every CPU, and passes (a new source's bucket is
 //! full anyway). A flood of one-packet sources (spoofed, or sprayed over an IPv6 /48) then
 //! writes slots of this array instead of inserting buckets, so it cannot push the buckets
-//! of established sources out of the LRU map, nor win a fresh burst by evicting its own.
+//! of established sources out of `BUCKETS`, nor win a fresh burst by evicting its own.
 //!
 //! The kernel and the reference model share these functions, so the model knows which
 //! groups share a slot.
-
-use crate::BucketKey;
 
 /// Slots of `ADMISSION`: 512 KiB. A power of two.
 pub const SLOTS: u32 = 1 << 16;
@@ -22,20 +20,11 @@ const TIME_SHIFT: u32 = 10;
 /// The longest window a slot can tell: half the time field's wrap.
 pub const MAX_WINDOW_NS: u64 = (TIME_MASK / 2) << TIME_SHIFT;
 
-/// The slot of `key`'s group and the tag that tells it from other groups sharing the slot.
+/// The slot of the group hashed to `hash` (`buckets::group_hash`) and the tag that tells
+/// it from other groups sharing the slot.
 #[inline(always)]
-pub fn slot(key: &BucketKey) -> (u32, u64) {
-    let [a, b, c, d] = key.addr;
-    let mut h = ((u64::from(a) << 32) | u64::from(b))
-        ^ ((u64::from(c) << 32) | u64::from(d)).rotate_left(29)
-        ^ u64::from(key.rule).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    // MurmurHash3's 64-bit finalizer: every input bit reaches the slot and the tag.
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^= h >> 33;
-    ((h as u32) & (SLOTS - 1), h >> TIME_BITS)
+pub fn slot(hash: u64) -> (u32, u64) {
+    ((hash as u32) & (SLOTS - 1), hash >> TIME_BITS)
 }
 
 /// The slot value remembering a packet of the group tagged `tag` at `now_ns`.
@@ -58,17 +47,18 @@ pub fn remembered(value: u64, tag: u64, window_ns: u64, now_ns: u64) -> Option<u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{BucketKey, buckets::group_hash};
 
-    fn key(rule: u32, last: u32) -> BucketKey {
-        BucketKey {
+    fn key(rule: u32, last: u32) -> u64 {
+        group_hash(&BucketKey {
             rule,
             addr: [0, 0, 0xffff_0000u32.to_be(), last],
-        }
+        })
     }
 
     #[test]
     fn a_remembered_packet_is_found_within_its_window_only() {
-        let (_, tag) = slot(&key(1, 7));
+        let (_, tag) = slot(key(1, 7));
         let then = 5_000_000_000;
         let value = entry(tag, then);
         let found = remembered(value, tag, 1_000_000, then + 999_000).unwrap();
@@ -83,7 +73,7 @@ mod tests {
         let mut used = std::collections::HashSet::new();
         for rule in 1..5 {
             for last in 0..10_000u32 {
-                used.insert(slot(&key(rule, last.to_be())).0);
+                used.insert(slot(key(rule, last.to_be())).0);
             }
         }
         // 40,000 keys into 65,536 slots: about 30,500 distinct if the hash is uniform.

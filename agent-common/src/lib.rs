@@ -6,6 +6,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod admission;
+pub mod buckets;
 pub mod decision;
 pub mod event;
 pub mod http;
@@ -156,7 +157,7 @@ pub struct BanEntry {
     pub epoch: u32,
 }
 
-/// Key of `BUCKETS`: one token bucket per rule and source group.
+/// A bucket's owner in `BUCKETS` (see `buckets`): one token bucket per rule and source group.
 /// IPv4 groups are stored as IPv4-mapped IPv6 (`::ffff:a.b.c.d`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -165,12 +166,8 @@ pub struct BucketKey {
     pub addr: [u32; 4],
 }
 
-/// Value of `BUCKETS`: a rule's limit for one source group, kept as a GCRA theoretical
-/// arrival time so that one compare-and-exchange of one word takes a token.
-///
-/// The layout keeps the 32 bytes and field offsets of the earlier token bucket (credit,
-/// last update, window, excess, epoch), so an upgraded agent takes the pinned map over: an
-/// old credit read as `tat_ns` lies in the past and only means a full bucket.
+/// A bucket of `BUCKETS` (see `buckets`): a rule's limit for one source group, kept as a
+/// GCRA theoretical arrival time so that one compare-and-exchange of one word takes a token.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Bucket {
@@ -224,7 +221,8 @@ pub struct IfaceCounters {
 pub struct Settings {
     /// Ring-buffer events each CPU may write per second; the rest are counted as suppressed.
     pub events_per_cpu_per_sec: u32,
-    pub _pad: u32,
+    /// `BUCKETS`' set count less one (`buckets::sets`).
+    pub bucket_set_mask: u32,
 }
 
 /// Per-CPU state of the event budget, entry 0 of `EVENT_BUDGET`.
@@ -270,6 +268,7 @@ mod pod {
     unsafe impl aya::Pod for DecisionEntry {}
     unsafe impl aya::Pod for BucketKey {}
     unsafe impl aya::Pod for Bucket {}
+    unsafe impl aya::Pod for crate::buckets::BucketSet {}
     unsafe impl aya::Pod for RuleCounters {}
     unsafe impl aya::Pod for IfaceCounters {}
     unsafe impl aya::Pod for Settings {}

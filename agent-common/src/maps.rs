@@ -8,9 +8,10 @@
 use core::mem::size_of;
 
 use crate::{
-    AclEntry, BanEntry, BanGroup, BlockEntry, Bucket, BucketKey, CLASS_COUNT, CLASS_TCP, CLASS_UDP,
+    AclEntry, BanEntry, BanGroup, BlockEntry, BucketKey, CLASS_COUNT, CLASS_TCP, CLASS_UDP,
     DecisionEntry, Event, EventBudget, IfaceCounters, PortRules, RuleConfig, RuleCounters,
     Settings,
+    buckets::BucketSet,
     http::{
         Charged, FlowKey, RESET_FLOWS_ENTRIES, ROUTE_KEY_BYTES, ROUTE_KEYS_PER_ROUTE, RouteEntry,
         RouteLookup, STATUS_CODES, StatusRules,
@@ -34,7 +35,8 @@ pub enum MapKind {
 /// change needs a restart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capacity {
-    /// Token buckets kept; the LRU map evicts the least recently used beyond this.
+    /// Token buckets kept (rounded up to whole sets; see `buckets`); a new source beyond
+    /// this replaces the fullest bucket of its set.
     pub sources: u32,
     /// Entries per address family in each of the allow and deny lists.
     pub cidrs: u32,
@@ -59,8 +61,8 @@ pub enum Entries {
     Bans,
     /// `capacity.blocks`.
     Blocks,
-    /// `capacity.sources`.
-    Sources,
+    /// Sets of `buckets::WAYS` buckets for `capacity.sources` (`buckets::sets`).
+    BucketSets,
     /// Rule ids: `capacity.rules` plus id 0 and the reserved ids (`rule_id_count`).
     Rules,
     /// HTTP route trie keys: `ROUTE_KEYS_PER_ROUTE` for each of `capacity.rules`.
@@ -79,7 +81,7 @@ impl Entries {
             Entries::Cidrs => capacity.cidrs.saturating_mul(2),
             Entries::Bans => capacity.bans,
             Entries::Blocks => capacity.blocks,
-            Entries::Sources => capacity.sources,
+            Entries::BucketSets => crate::buckets::sets(capacity.sources),
             Entries::Rules => rule_id_count(capacity.rules),
             Entries::RouteKeys => capacity.rules.saturating_mul(ROUTE_KEYS_PER_ROUTE),
             Entries::Decisions => capacity.decisions,
@@ -458,14 +460,18 @@ pub const BAN_GROUPS: MapSpec = spec(
     Entries::Bans,
 )
 .holding(Contents::Disposable);
-/// LRU hash, key `BucketKey`, value `Bucket`: per-source token buckets.
-pub const BUCKETS: MapSpec = spec(
-    "BUCKETS",
-    MapKind::LruHash,
-    size_of::<BucketKey>(),
-    size_of::<Bucket>(),
-    Entries::Sources,
-);
+/// Array of `BucketSet`: per-source token buckets (see `buckets`). Mappable, so that the
+/// agent counts them without a system call per set.
+pub const BUCKETS: MapSpec = MapSpec {
+    flags: BPF_F_MMAPABLE,
+    ..spec(
+        "BUCKETS",
+        MapKind::Array,
+        4,
+        size_of::<BucketSet>(),
+        Entries::BucketSets,
+    )
+};
 /// Array of `u64`, `admission::SLOTS` of them: first packets of source groups that have no
 /// bucket yet (see `admission`).
 pub const ADMISSION: MapSpec = spec(
@@ -716,7 +722,11 @@ mod tests {
             rules: 5000,
             decisions: 50,
         };
-        assert_eq!(BUCKETS.max_entries(&capacity), 10);
+        assert_eq!(
+            BUCKETS.max_entries(&capacity),
+            4,
+            "sets of 4 for 10 sources"
+        );
         assert_eq!(POLICY_SETS[1].acl_v6.max_entries(&capacity), 40);
         assert_eq!(BANS_V4.max_entries(&capacity), 30);
         assert_eq!(BLOCKS_V6.max_entries(&capacity), 40);

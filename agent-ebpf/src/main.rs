@@ -11,6 +11,7 @@ mod admission;
 mod atomic;
 mod bans;
 mod blocks;
+mod buckets;
 mod by_source;
 mod clock;
 mod counters;

@@ -4,8 +4,9 @@
 //! agent resizes the maps the policy sizes before loading.
 
 use agent_common::{
-    AclEntry, BanEntry, BanGroup, BlockEntry, Bucket, BucketKey, DecisionEntry, EventBudget,
-    IfaceCounters, PortRules, RuleConfig, RuleCounters, Settings,
+    AclEntry, BanEntry, BanGroup, BlockEntry, BucketKey, DecisionEntry, EventBudget, IfaceCounters,
+    PortRules, RuleConfig, RuleCounters, Settings,
+    buckets::BucketSet,
     http::{Charged, FlowKey, ROUTE_KEY_BYTES, RouteEntry, RouteLookup, StatusRules},
     maps::{self as spec, MapSpec, POLICY_SETS, PolicySetMaps},
 };
@@ -116,8 +117,8 @@ pub static BAN_GROUPS: LruHashMap<BucketKey, BanGroup> =
     LruHashMap::with_max_entries(entries(spec::BAN_GROUPS), spec::BAN_GROUPS.flags);
 
 #[map]
-pub static BUCKETS: LruHashMap<BucketKey, Bucket> =
-    LruHashMap::with_max_entries(entries(spec::BUCKETS), spec::BUCKETS.flags);
+pub static BUCKETS: Array<BucketSet> =
+    Array::with_max_entries(entries(spec::BUCKETS), spec::BUCKETS.flags);
 
 #[map]
 pub static ADMISSION: Array<u64> =

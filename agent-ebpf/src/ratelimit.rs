@@ -1,4 +1,5 @@
-//! Per-source token buckets, one per (rule, source group), in an LRU map.
+//! Per-source token buckets, one per (rule, source group), in `BUCKETS` (see
+//! `agent_common::buckets`).
 //!
 //! Each bucket is one word, a GCRA theoretical arrival time (TAT): the time at which the
 //! bucket is full again. A packet passes when moving the TAT on by its cost keeps it within
@@ -12,14 +13,15 @@
 //! a plain store, so two CPUs restarting the window at once can lose a few counts.
 //!
 //! A group gets a bucket only from its second packet within the burst window (see `admit`
-//! and `agent_common::admission`), so the LRU map holds sources that came back.
+//! and `agent_common::admission`), so the buckets are those of sources that came back.
 
 use agent_common::{
     Bucket, BucketKey, CLOCK_COARSE, RuleConfig,
+    buckets::{BucketSet, group_hash},
     maps::{COUNTER_BUCKETS_CREATED, COUNTER_UNADMITTED},
 };
 
-use crate::{admission, atomic, clock, counters, maps::BUCKETS, parse::Packet};
+use crate::{admission, atomic, buckets, clock, counters, parse::Packet};
 
 pub enum Outcome {
     /// The packet took a token.
@@ -73,8 +75,13 @@ fn group_key(rule: u32, cfg: &RuleConfig, pkt: &Packet) -> BucketKey {
 #[inline(always)]
 pub fn take(rule: u32, cfg: &RuleConfig, pkt: &Packet, coarse: u64) -> Outcome {
     let key = group_key(rule, cfg, pkt);
-    let Some(bucket) = BUCKETS.get_ptr_mut(key) else {
-        return admit(key, cfg, now(cfg, coarse));
+    let hash = group_hash(&key);
+    let Some(set) = buckets::set_of(hash) else {
+        return Outcome::Within;
+    };
+    // SAFETY: `set` comes from `set_of`.
+    let Some(bucket) = (unsafe { buckets::find(set, &key) }) else {
+        return admit(key, hash, set, cfg, now(cfg, coarse));
     };
     // SAFETY: the pointer comes from a successful lookup and stays valid for this program
     // run; the fields other CPUs write concurrently are only accessed atomically below.
@@ -130,16 +137,20 @@ fn surely_empty(tat: u64, cfg: &RuleConfig, coarse: u64) -> bool {
 #[inline(always)]
 pub fn count_toward_ban(rule: u32, cfg: &RuleConfig, pkt: &Packet, now: u64) -> bool {
     let key = group_key(rule, cfg, pkt);
-    let Some(bucket) = BUCKETS.get_ptr_mut(key) else {
+    let Some(set) = buckets::set_of(group_hash(&key)) else {
+        return false;
+    };
+    // SAFETY: `set` comes from `set_of`.
+    let Some(bucket) = (unsafe { buckets::find(set, &key) }) else {
         let escalate = cfg.ban_after <= 1;
         let bucket = Bucket {
             excess: u32::from(!escalate),
             ..fresh_bucket(cfg, now)
         };
         // Another CPU's insert meanwhile is replaced: one event's difference.
-        if BUCKETS.insert(key, bucket, 0).is_ok() {
-            counters::bump(COUNTER_BUCKETS_CREATED);
-        }
+        // SAFETY: `set` comes from `set_of`.
+        unsafe { buckets::insert(set, key, bucket) };
+        counters::bump(COUNTER_BUCKETS_CREATED);
         return escalate;
     };
     // SAFETY: as in `take`.
@@ -162,10 +173,11 @@ pub fn count_toward_ban(rule: u32, cfg: &RuleConfig, pkt: &Packet, now: u64) -> 
 /// A packet of a group without a bucket. Its first packet within the burst window only
 /// leaves a mark in the admission sketch and passes: a full bucket would have let it pass,
 /// and a one-packet source (a spoofed flood) so never takes a bucket's room. The second
-/// gets the bucket the first would have left, and its own turn at it.
+/// gets the bucket the first would have left, and its own turn at it. `hash` is the
+/// group's hash, `set` its set (`buckets::set_of`).
 #[inline(always)]
-fn admit(key: BucketKey, cfg: &RuleConfig, now: u64) -> Outcome {
-    let Some(first) = admission::previous_packet(&key, cfg.capacity_ns, now) else {
+fn admit(key: BucketKey, hash: u64, set: *mut BucketSet, cfg: &RuleConfig, now: u64) -> Outcome {
+    let Some(first) = admission::previous_packet(hash, cfg.capacity_ns, now) else {
         counters::bump(COUNTER_UNADMITTED);
         return Outcome::Within;
     };
@@ -180,11 +192,11 @@ fn admit(key: BucketKey, cfg: &RuleConfig, now: u64) -> Outcome {
         excess: u32::from(escalating && !escalate),
         ..fresh_bucket(cfg, now)
     };
-    // If another CPU inserted the bucket meanwhile, this one replaces it: one packet's
-    // difference, once per source.
-    if BUCKETS.insert(key, bucket, 0).is_ok() {
-        counters::bump(COUNTER_BUCKETS_CREATED);
-    }
+    // If another CPU inserted the bucket meanwhile, this one takes a second slot, the
+    // older bucket unused until it is replaced: one packet's difference, once per source.
+    // SAFETY: `set` comes from `set_of`, as the caller promises.
+    unsafe { buckets::insert(set, key, bucket) };
+    counters::bump(COUNTER_BUCKETS_CREATED);
     if within {
         Outcome::Within
     } else {

@@ -1,8 +1,7 @@
 //! How full the maps are, counted on a thread of its own and served from the last count.
-//! Counting the bucket map is one system call per key (a million keys take a second or
-//! two), and under a flood of new sources the kernel restarts the walk whenever its current
-//! key is evicted: no request waits on that. A walk has a time budget, and the next waits
-//! four times as long as the last took, so counting takes a fifth of a CPU at most.
+//! Listing the ban tries is a system call per entry (hundreds of milliseconds at a
+//! million): no request waits on that, and the next count waits four times as long as the
+//! last took, so counting takes a fifth of a CPU at most.
 
 use std::{
     sync::{Arc, Weak},
@@ -13,15 +12,11 @@ use crate::{maps::Origin, telemetry::Telemetry};
 
 /// How often the maps are counted, at the most.
 pub const INTERVAL: Duration = Duration::from_secs(1);
-/// The longest a bucket count may take.
-const BUCKET_BUDGET: Duration = Duration::from_secs(3);
 
 /// The last count.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Census {
     pub buckets: usize,
-    /// False when the bucket count ran out of time: `buckets` is the previous count.
-    pub buckets_complete: bool,
     pub bans: usize,
     pub blocks: usize,
     /// How long this count took.
@@ -30,14 +25,14 @@ pub struct Census {
     pub at: Option<Instant>,
 }
 
-/// Counts the maps of `telemetry`; the previous bucket count stands if this one runs out
-/// of time.
+/// Counts the maps of `telemetry`; a previous count stands where this one fails.
 pub fn take(telemetry: &Telemetry, previous: &Census) -> Census {
     let started = Instant::now();
-    let limit = telemetry.in_force().capacity.sources as usize;
-    let counted = telemetry
-        .maps()
-        .count_buckets(Instant::now() + BUCKET_BUDGET, limit);
+    let buckets = telemetry.maps().count_buckets().unwrap_or_else(|e| {
+        telemetry.count_runtime_error("map census");
+        tracing::warn!(error = %e, "counting buckets failed; the previous count stands");
+        previous.buckets
+    });
     let (bans, blocks) = match telemetry.maps().blocks_and_bans() {
         Ok(all) => (
             all.iter()
@@ -52,8 +47,7 @@ pub fn take(telemetry: &Telemetry, previous: &Census) -> Census {
         }
     };
     Census {
-        buckets: counted.unwrap_or(previous.buckets),
-        buckets_complete: counted.is_some(),
+        buckets,
         bans,
         blocks,
         took: started.elapsed(),

@@ -82,6 +82,11 @@ fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Label
     family
 }
 
+/// Buckets `BUCKETS` has room for: `capacity.sources` rounded up to whole sets.
+fn bucket_room(sources: u32) -> u32 {
+    agent_common::buckets::sets(sources) * agent_common::buckets::WAYS as u32
+}
+
 fn gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
     let gauge = Gauge::<i64>::default();
     gauge.set(value as i64);
@@ -340,7 +345,7 @@ pub fn render(s: &Snapshot) -> String {
         ("deny", s.deny_entries, s.capacity.cidrs),
         ("bans", s.bans_active, s.capacity.bans),
         ("blocks", s.blocks_active, s.capacity.blocks),
-        ("buckets", s.buckets, s.capacity.sources),
+        ("buckets", s.buckets, bucket_room(s.capacity.sources)),
         ("rules", s.named_rules, s.capacity.rules),
     ] {
         entries
@@ -353,7 +358,7 @@ pub fn render(s: &Snapshot) -> String {
     counter(
         &mut registry,
         "bucket_evictions",
-        "Token buckets the LRU map evicted to make room (created minus present)",
+        "Token buckets replaced by a new source's in a full set (created minus present)",
         s.counters.buckets_created.saturating_sub(s.buckets as u64),
     );
     gauge(
@@ -514,7 +519,7 @@ mod tests {
             "portcullis_interface_packets_total{interface=\"eth0\",verdict=\"drop\"} 7",
             "portcullis_events_total{outcome=\"suppressed\"} 5",
             "portcullis_map_entries{map=\"deny\"} 4",
-            "portcullis_map_capacity{map=\"buckets\"} 100",
+            "portcullis_map_capacity{map=\"buckets\"} 128",
             "portcullis_map_entries{map=\"blocks\"} 2",
             "portcullis_map_capacity{map=\"blocks\"} 20",
             "portcullis_map_entries{map=\"rules\"} 7",

@@ -313,7 +313,7 @@ pub fn build(policy: &Policy, ids: &mut RuleIds, cpus: u32) -> Tables {
     }
     tables.settings = Settings {
         events_per_cpu_per_sec: policy.events_per_second.div_ceil(cpus.max(1)),
-        _pad: 0,
+        bucket_set_mask: agent_common::buckets::sets(policy.capacity.sources) - 1,
     };
     tables
 }

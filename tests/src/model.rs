@@ -40,6 +40,7 @@ use std::{
 
 use agent_common::{
     Action, BucketKey, MalformedCause, Reason, admission,
+    buckets::group_hash,
     http::{Method, TARGET_WINDOW},
 };
 use etherparse::{
@@ -751,7 +752,10 @@ impl Model {
         };
         let key = (limited.owner, IpNet::new(pkt.src, prefix).unwrap().trunc());
         if !self.used.contains_key(&key) {
-            let (slot, tag) = admission::slot(&bucket_key(self.rule_ids[limited.owner], &key.1));
+            let (slot, tag) = admission::slot(group_hash(&bucket_key(
+                self.rule_ids[limited.owner],
+                &key.1,
+            )));
             if self.admission.get(&slot) != Some(&tag) {
                 // The group's first packet: a mark in the sketch, and it passes.
                 self.admission.insert(slot, tag);

@@ -121,3 +121,74 @@ fn one_source_from_two_cpus_gets_its_rate_once() {
         "only {passed} packets passed, less than 90% of the rate over the overlap ({floor:.0})"
     );
 }
+
+/// Four sources fill the one set of `capacity: {sources: 4}`, an offender among them with
+/// its burst spent. A fifth source's bucket replaces the fullest of the four, not the
+/// offender's (an LRU map would have evicted the offender, the least recently seen, and
+/// handed it a fresh burst): the offender stays limited, and the source whose bucket went
+/// starts over through admission.
+#[test]
+fn a_new_source_replaces_the_fullest_bucket_not_an_offenders() {
+    require_kernel!();
+    let h = Harness::new(
+        "rate_limits:\n  - {name: api, protocol: udp, ports: [9000], rate: 1/h, burst: 3}\n\
+         capacity: {sources: 4}\n",
+    )
+    .unwrap();
+    let verdict = |source: &str| {
+        let before = h.counters().unwrap();
+        let action = h.xdp(&FrameSpec::udp(source, 9000).build()).unwrap();
+        let after = h.counters().unwrap();
+        let limited = after.verdict(Reason::RateLimited) - before.verdict(Reason::RateLimited);
+        let unadmitted = after.unadmitted - before.unadmitted;
+        assert_eq!(
+            action == Reason::RateLimited.action(),
+            limited == 1,
+            "{source}"
+        );
+        (limited == 1, unadmitted == 1)
+    };
+    let (offender, others, newcomer) = (
+        "198.51.100.1",
+        ["198.51.100.2", "198.51.100.3", "198.51.100.4"],
+        "198.51.100.5",
+    );
+
+    // The offender's first packet is only remembered; the next two spend its burst.
+    assert_eq!(verdict(offender), (false, true), "offender, first packet");
+    assert_eq!(verdict(offender), (false, false));
+    assert_eq!(verdict(offender), (false, false));
+    assert_eq!(verdict(offender), (true, false), "offender over its burst");
+    // Each of the others takes a bucket with two of its three tokens spent.
+    for source in others {
+        assert_eq!(verdict(source), (false, true), "{source}, first packet");
+        assert_eq!(verdict(source), (false, false), "{source}, takes a bucket");
+    }
+    assert_eq!(h.telemetry.count_buckets().unwrap(), 4, "the set is full");
+
+    assert_eq!(verdict(newcomer), (false, true), "newcomer, first packet");
+    assert_eq!(verdict(newcomer), (false, false), "newcomer takes a bucket");
+    assert_eq!(h.telemetry.count_buckets().unwrap(), 4);
+    assert_eq!(h.counters().unwrap().buckets_created, 5);
+
+    assert_eq!(
+        verdict(offender),
+        (true, false),
+        "the offender is still limited"
+    );
+    // The first of the others had the fullest bucket (the earliest to refill): it is gone,
+    // and its next packet is a first packet again.
+    assert_eq!(
+        verdict(others[0]),
+        (false, true),
+        "{}: bucket replaced",
+        others[0]
+    );
+    assert_eq!(
+        verdict(others[1]),
+        (false, false),
+        "{}: bucket kept",
+        others[1]
+    );
+    assert_eq!(verdict(newcomer), (false, false), "newcomer: bucket kept");
+}

@@ -5,6 +5,7 @@
 //! occupancy). Nothing else reaches a map.
 
 mod bans;
+mod bucket_count;
 mod decisions;
 mod empty_mark;
 mod policy;
@@ -97,7 +98,7 @@ impl KernelMaps {
                 names::IFACE_COUNTERS.name,
                 take(names::IFACE_COUNTERS.name)?,
             )?,
-            buckets: typed(names::BUCKETS.name, take(names::BUCKETS.name)?)?,
+            buckets: bucket_count::BucketCount::new(take(names::BUCKETS.name)?)?,
             bans_v4: typed(names::BANS_V4.name, second_handle(&bans_v4)?)?,
             bans_v6: typed(names::BANS_V6.name, second_handle(&bans_v6)?)?,
             blocks_v4: typed(names::BLOCKS_V4.name, second_handle(&blocks_v4)?)?,

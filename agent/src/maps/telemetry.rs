@@ -2,13 +2,11 @@
 //! the ban listing, occupancy. Read-only: shared by `stats`, `/metrics`, readiness and the
 //! summaries without going through the agent's main loop.
 
-use std::time::Instant;
-
 use agent_common::{
-    BLOCK_EPOCH, BLOCK_RULE, BanEntry, BlockEntry, Bucket, BucketKey, IfaceCounters,
-    MALFORMED_SLOTS, MalformedCause, REASON_SLOTS, Reason, RuleCounters,
+    BLOCK_EPOCH, BLOCK_RULE, BanEntry, BlockEntry, IfaceCounters, MALFORMED_SLOTS, MalformedCause,
+    REASON_SLOTS, Reason, RuleCounters,
 };
-use aya::maps::{HashMap, MapData, PerCpuArray, lpm_trie::LpmTrie};
+use aya::maps::{MapData, PerCpuArray, lpm_trie::LpmTrie};
 use ipnet::IpNet;
 
 use super::{MapsError, ctx, decisions::DecisionTables, lpm_entries, names};
@@ -73,7 +71,7 @@ pub struct TelemetryMaps {
     pub(super) malformed: PerCpuArray<MapData, u64>,
     pub(super) rule_counters: PerCpuArray<MapData, RuleCounters>,
     pub(super) iface_counters: PerCpuArray<MapData, IfaceCounters>,
-    pub(super) buckets: HashMap<MapData, BucketKey, Bucket>,
+    pub(super) buckets: super::bucket_count::BucketCount,
     pub(super) bans_v4: LpmTrie<MapData, [u8; 4], BanEntry>,
     pub(super) bans_v6: LpmTrie<MapData, [u8; 16], BanEntry>,
     pub(super) blocks_v4: LpmTrie<MapData, [u8; 4], BlockEntry>,
@@ -152,24 +150,9 @@ impl TelemetryMaps {
             }))
     }
 
-    /// Token buckets in the LRU map, counted key by key until `deadline`, at most `limit`
-    /// (a walk the kernel restarts because its current key was evicted can count some
-    /// twice); `None` when the deadline came first. For the census only: a walk under a
-    /// flood of new sources can take long.
-    pub fn count_buckets(&self, deadline: Instant, limit: usize) -> Option<usize> {
-        let mut count = 0;
-        for key in self.buckets.keys() {
-            if key.is_ok() {
-                count += 1;
-            }
-            if count >= limit {
-                return Some(limit);
-            }
-            if count % 256 == 0 && Instant::now() >= deadline {
-                return None;
-            }
-        }
-        Some(count)
+    /// Token buckets in `BUCKETS`.
+    pub fn count_buckets(&self) -> Result<usize, MapsError> {
+        self.buckets.count()
     }
 
     /// Every block, ban and decision in the maps, ended or not.

@@ -23,7 +23,8 @@ pub use validate::Problem;
 /// Default for `events.per_second`: enough to see what an attack looks like, far too few
 /// to cost the drop path anything.
 pub const DEFAULT_EVENTS_PER_SECOND: u32 = 1000;
-/// Default for `capacity.sources`: token buckets kept (an LRU map evicts the oldest).
+/// Default for `capacity.sources`: token buckets kept (a new source beyond them replaces
+/// the fullest bucket of its set; see `agent_common::buckets`).
 pub const DEFAULT_SOURCES: u32 = 131_072;
 /// Default for `capacity.cidrs`: entries per address family in each of allow and deny.
 pub const DEFAULT_CIDRS: u32 = 1_048_576;
