@@ -58,7 +58,7 @@ pub fn make(pkt: &Packet, rule: u32, cfg: &RuleConfig, now: u64, ifindex: u32) {
     } else {
         EventAction::WouldBan
     };
-    events::report(pkt, Reason::Banned, rule, action, ifindex);
+    events::report(pkt, Reason::Banned, rule, action, ifindex, now);
 }
 
 /// Bans the source group of `pkt` under `rule` for the rule's ban time, or its wider group

@@ -9,7 +9,6 @@ use agent_common::{
 };
 
 use crate::{
-    clock,
     counters::bump,
     maps::{EVENT_BUDGET, EVENTS, ROUTE_SCRATCH, SETTINGS},
     parse::Packet,
@@ -40,10 +39,18 @@ fn within_budget(now: u64) -> bool {
     true
 }
 
+/// Reports a packet judged at `now`, the coarse clock's time (a one-second budget window
+/// and log timestamps do not need the precise one), which the caller has read already
+/// where it judged the packet by time.
 #[inline(always)]
-pub fn report(pkt: &Packet, reason: Reason, rule: u32, action: EventAction, ifindex: u32) {
-    // A one-second budget window and log timestamps do not need the precise clock.
-    let now = clock::coarse_ns();
+pub fn report(
+    pkt: &Packet,
+    reason: Reason,
+    rule: u32,
+    action: EventAction,
+    ifindex: u32,
+    now: u64,
+) {
     if !within_budget(now) {
         bump(COUNTER_EVENTS_SUPPRESSED);
         return;

@@ -166,9 +166,18 @@ fn finish(reason: Reason) -> Action {
 
 /// Applies a refusal of `rule`, whose mode code is `mode`: true (refuse the packet: drop
 /// it, or reset its connection when `reset`) when it is enforced, false (go on to the next
-/// step) in shadow mode, with the counters and the event either way.
+/// step) in shadow mode, with the counters and the event (at `now`, the coarse clock's
+/// time) either way.
 #[inline(always)]
-fn enforce(pkt: &Packet, reason: Reason, rule: u32, mode: u32, ifindex: u32, reset: bool) -> bool {
+fn enforce(
+    pkt: &Packet,
+    reason: Reason,
+    rule: u32,
+    mode: u32,
+    ifindex: u32,
+    reset: bool,
+    now: u64,
+) -> bool {
     if mode == Mode::Enforce.code() {
         counters::rule(rule, RuleOutcome::Dropped);
         let action = if reset {
@@ -176,12 +185,12 @@ fn enforce(pkt: &Packet, reason: Reason, rule: u32, mode: u32, ifindex: u32, res
         } else {
             EventAction::Dropped
         };
-        events::report(pkt, reason, rule, action, ifindex);
+        events::report(pkt, reason, rule, action, ifindex, now);
         true
     } else {
         counters::rule(rule, RuleOutcome::Shadowed);
         counters::shadow(reason);
-        events::report(pkt, reason, rule, EventAction::WouldDrop, ifindex);
+        events::report(pkt, reason, rule, EventAction::WouldDrop, ifindex, now);
         false
     }
 }
@@ -197,7 +206,15 @@ fn judge_ip<F: Frame, const S: bool>(
         if entry.mode == ACL_ALLOW {
             return finish(Reason::Allowed);
         }
-        if enforce(pkt, Reason::Denied, entry.rule, entry.mode, ifindex, false) {
+        if enforce(
+            pkt,
+            Reason::Denied,
+            entry.rule,
+            entry.mode,
+            ifindex,
+            false,
+            clock::coarse_ns(),
+        ) {
             return finish(Reason::Denied);
         }
     }
@@ -229,7 +246,17 @@ fn judge_ip<F: Frame, const S: bool>(
     if let Some((rule, mode)) = ban {
         let refusal = Refusal::of(frame, policy, pkt);
         let reset = refusal == Refusal::Reset;
-        if refusal != Refusal::Spare && enforce(pkt, Reason::Banned, rule, mode, ifindex, reset) {
+        if refusal != Refusal::Spare
+            && enforce(
+                pkt,
+                Reason::Banned,
+                rule,
+                mode,
+                ifindex,
+                reset,
+                clock::coarse_ns(),
+            )
+        {
             return refuse(Reason::Banned, reset);
         }
     }
@@ -314,7 +341,14 @@ fn report_decision(pkt: &Packet, origin: u32, ifindex: u32, reset: bool) {
     } else {
         EventAction::Dropped
     };
-    events::report(pkt, Reason::Decision, origin, action, ifindex);
+    events::report(
+        pkt,
+        Reason::Decision,
+        origin,
+        action,
+        ifindex,
+        clock::coarse_ns(),
+    );
 }
 
 /// Applies `http.strict` to an evasive request (`evasion`), counted and reported under the
@@ -324,7 +358,15 @@ fn evaded<const S: bool>(policy: PolicySet<S>, pkt: &Packet, ifindex: u32, reset
     let mode = policy
         .rule(EVASION_RULE)
         .map_or(Mode::Enforce.code(), |cfg| cfg.mode);
-    enforce(pkt, Reason::HttpEvasion, EVASION_RULE, mode, ifindex, reset)
+    enforce(
+        pkt,
+        Reason::HttpEvasion,
+        EVASION_RULE,
+        mode,
+        ifindex,
+        reset,
+        clock::coarse_ns(),
+    )
 }
 
 /// A request for `route`: the reason it is refused for, or `None` when it goes on.
@@ -339,8 +381,16 @@ fn judge_route<F: Frame, const S: bool>(
 ) -> Option<Reason> {
     if route.kind == ROUTE_DENY {
         let mode = policy.rule(route.rule)?.mode;
-        return enforce(pkt, Reason::RouteDenied, route.rule, mode, ifindex, reset)
-            .then_some(Reason::RouteDenied);
+        return enforce(
+            pkt,
+            Reason::RouteDenied,
+            route.rule,
+            mode,
+            ifindex,
+            reset,
+            clock::coarse_ns(),
+        )
+        .then_some(Reason::RouteDenied);
     }
     // One request, charged once: the client's retransmission of a request this route
     // refused (its connection reset since) is refused again, and that of a request it
@@ -349,8 +399,16 @@ fn judge_route<F: Frame, const S: bool>(
     if let Some((flow, seq)) = &connection {
         if Segment::recently_reset(flow) {
             let mode = policy.rule(route.rule)?.mode;
-            return enforce(pkt, Reason::RouteLimited, route.rule, mode, ifindex, reset)
-                .then_some(Reason::RouteLimited);
+            return enforce(
+                pkt,
+                Reason::RouteLimited,
+                route.rule,
+                mode,
+                ifindex,
+                reset,
+                clock::coarse_ns(),
+            )
+            .then_some(Reason::RouteLimited);
         }
         if Segment::already_charged(flow, *seq) {
             return None;
@@ -446,7 +504,7 @@ fn limit<const S: bool>(
             if escalate {
                 bans::make(pkt, rule, cfg, coarse, ifindex);
             }
-            enforce(pkt, reason, rule, cfg.mode, ifindex, reset)
+            enforce(pkt, reason, rule, cfg.mode, ifindex, reset, coarse)
         }
     }
 }
