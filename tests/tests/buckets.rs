@@ -192,3 +192,26 @@ fn a_new_source_replaces_the_fullest_bucket_not_an_offenders() {
     );
     assert_eq!(verdict(newcomer), (false, false), "newcomer: bucket kept");
 }
+
+/// The bucket count reads the array a window at a time: 2,000 sources spread over the
+/// 16,384 sets of `capacity: {sources: 65536}` (four windows) are each counted once.
+#[test]
+fn every_bucket_is_counted_across_the_whole_array() {
+    require_kernel!();
+    let h = Harness::new(
+        "rate_limits:\n  - {name: api, protocol: udp, ports: [9000], rate: 10/s, burst: 10}\n\
+         capacity: {sources: 65536}\n",
+    )
+    .unwrap();
+    const SOURCES: u32 = 2000;
+    for i in 0..SOURCES {
+        let source = std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string();
+        let frame = FrameSpec::udp(&source, 9000).build();
+        // The first packet is only remembered; the second takes a bucket.
+        for _ in 0..2 {
+            assert_eq!(h.xdp(&frame).unwrap(), Reason::WithinLimit.action());
+        }
+    }
+    assert_eq!(h.counters().unwrap().buckets_created, u64::from(SOURCES));
+    assert_eq!(h.telemetry.count_buckets().unwrap(), SOURCES as usize);
+}
