@@ -690,7 +690,7 @@ pub const COUNTER_EVENTS_SUPPRESSED: u32 = COUNTER_EVENTS_WRITTEN + 1;
 pub const COUNTER_EVENTS_LOST: u32 = COUNTER_EVENTS_WRITTEN + 2;
 /// Escalation bans that could not be stored because `BANS_*` was full.
 pub const COUNTER_BANS_FAILED: u32 = COUNTER_EVENTS_WRITTEN + 3;
-/// Token buckets created; minus the buckets in the LRU map, the number it evicted.
+/// Token buckets created; minus the buckets present, the number replaced by newer ones.
 pub const COUNTER_BUCKETS_CREATED: u32 = COUNTER_EVENTS_WRITTEN + 4;
 /// Packets of sources not given a bucket yet: first packets within a rule's burst window,
 /// which is every packet of a flood of one-packet (spoofed) sources.
