@@ -106,14 +106,17 @@ pub struct MapSpec {
 /// layout (an upgrade changed it, or the policy's `capacity`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Contents {
-    /// State the agent cannot rebuild (blocks, bans, buckets): the start is refused, as
-    /// replacing the map would lift what it holds.
+    /// State the agent cannot rebuild (blocks, bans): the start is refused, as replacing the
+    /// map would lift what it holds.
     State,
     /// Derived from the policy (the two policy sets and `GENERATION`): all of them are
     /// replaced together and filled before the new programs attach, while the old programs
     /// keep reading their own maps until then.
     Policy,
-    /// Counters, settings and buffers: replaced on their own (counters start from zero).
+    /// Counters, settings, buffers and token buckets: replaced on their own (counters start
+    /// from zero; each source starts again with a full bucket, which costs a limited source
+    /// one burst, where refusing the start would hold back the policy until `portcullis
+    /// detach` dropped the bans too).
     Disposable,
 }
 
@@ -471,6 +474,7 @@ pub const BUCKETS: MapSpec = MapSpec {
         size_of::<BucketSet>(),
         Entries::BucketSets,
     )
+    .holding(Contents::Disposable)
 };
 /// Array of `u64`, `admission::SLOTS` of them: first packets of source groups that have no
 /// bucket yet (see `admission`).

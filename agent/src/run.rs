@@ -222,7 +222,7 @@ async fn start_and_serve(
             maps = %replaced.join(", "),
             "pinned maps of another layout (another version, or a changed capacity) are \
              replaced by fresh ones; the running programs keep theirs until ours replace them \
-             (counters in them start from zero)"
+             (counters in them start from zero, token buckets full)"
         );
         loader::unpin_replaced(&maps_dir, &replaced)?;
     }

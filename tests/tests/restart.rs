@@ -260,10 +260,10 @@ fn keep_on_exit_then_take_over_then_detach() {
 }
 
 /// An upgrade or a new `capacity` can change a map's layout. A starting agent replaces
-/// pinned policy maps (all of them, with GENERATION) and counters of another layout, with
-/// the old programs enforcing the old policy until the new ones replace them, and keeps
-/// the maps holding state; a changed layout of one of those refuses the start, and the
-/// previous programs go on enforcing.
+/// pinned policy maps (all of them, with GENERATION), counters and token buckets of another
+/// layout, with the old programs enforcing the old policy until the new ones replace them,
+/// and keeps the maps holding bans and blocks; a changed layout of one of those refuses the
+/// start, and the previous programs go on enforcing.
 #[test]
 fn maps_of_another_layout_are_replaced_unless_they_hold_state() {
     require_kernel!();
@@ -282,8 +282,9 @@ fn maps_of_another_layout_are_replaced_unless_they_hold_state() {
     assert!(first.stop().unwrap().success(), "{:?}", first.stderr());
     drop(first);
 
-    // Twice the CIDR room: ten policy maps and GENERATION are replaced.
-    replace_file(&policy, &policy_with("cidrs: 2000")).unwrap();
+    // Twice the CIDR room and another bucket room: ten policy maps, GENERATION and the
+    // buckets are replaced.
+    replace_file(&policy, &policy_with("cidrs: 2000, sources: 8192")).unwrap();
     let denied_sink = UdpCounter::bind(&pair, "0.0.0.0", 9100).unwrap();
     let blocked_sink = UdpCounter::bind(&pair, "0.0.0.0", 9101).unwrap();
     let (mut second, sent) = while_sending(&pair, || {
@@ -300,8 +301,14 @@ fn maps_of_another_layout_are_replaced_unless_they_hold_state() {
     });
     let sent: u64 = sent.iter().sum();
     assert!(sent > 1000, "senders too slow: {sent}");
+    let replaced = second
+        .stderr()
+        .into_iter()
+        .find(|line| line.contains("replaced by fresh ones"));
     assert!(
-        second.stderr_contains("replaced by fresh ones"),
+        replaced
+            .as_ref()
+            .is_some_and(|line| line.contains("BUCKETS")),
         "{:?}",
         second.stderr()
     );
@@ -333,7 +340,11 @@ fn maps_of_another_layout_are_replaced_unless_they_hold_state() {
     );
 
     // Another ban room would drop the bans: refused, and the programs keep enforcing.
-    replace_file(&policy, &policy_with("cidrs: 2000, bans: 777")).unwrap();
+    replace_file(
+        &policy,
+        &policy_with("cidrs: 2000, sources: 8192, bans: 777"),
+    )
+    .unwrap();
     let refused = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]);
     let error = format!("{:#}", refused.err().expect("the start was refused"));
     assert!(

@@ -24,7 +24,7 @@ pub const TC_EGRESS_PROGRAM: &str = "portcullis_tc_egress";
 /// Checks the maps pinned in `maps_dir` against the ones this agent would create, so they
 /// can be taken over. A map not pinned there is one this version added: the loader creates
 /// it. A pinned map of another layout (another version, or a changed `capacity`) holding
-/// state (blocks, bans, buckets) refuses the start, with how to start afresh; the others
+/// state (blocks, bans) refuses the start, with how to start afresh; the others
 /// are listed for `unpin_replaced`: counters and buffers alone, the policy maps all
 /// together (see `maps::Contents`).
 pub fn check_pinned_maps(maps_dir: &Path, capacity: &Capacity) -> Result<Vec<&'static str>> {
