@@ -45,6 +45,11 @@ pub const fn sets(sources: u32) -> u32 {
     }
 }
 
+/// Buckets there is room for at `sources`: whole sets of them.
+pub const fn room(sources: u32) -> u32 {
+    sets(sources) * WAYS as u32
+}
+
 /// The hash of a source group under a rule, which picks its set here and its slot in the
 /// admission sketch (`admission`).
 #[inline(always)]
@@ -110,6 +115,7 @@ mod tests {
         assert_eq!(sets(5), 2);
         assert_eq!(sets(100_000), 32_768);
         assert_eq!(sets(1 << 20), 1 << 18);
+        assert_eq!(room(100), 128, "100 sources: 32 sets of 4");
     }
 
     #[test]

@@ -5,9 +5,10 @@ use agent_common::admission;
 
 use crate::maps::ADMISSION;
 
-/// When the group hashed to `hash` (`buckets::group_hash`) sent its previous bucketless packet, if that is remembered and less
-/// than `window_ns` ago; the slot is then cleared for the bucket to take over. Otherwise
-/// this packet is remembered (over whichever group held the slot) and the answer is `None`.
+/// When the group hashed to `hash` (`buckets::group_hash`) sent its previous bucketless
+/// packet, if that is remembered and less than `window_ns` ago; the slot is then cleared for
+/// the bucket to take over. Otherwise this packet is remembered (over whichever group held
+/// the slot) and the answer is `None`.
 #[inline(always)]
 pub fn previous_packet(hash: u64, window_ns: u64, now: u64) -> Option<u64> {
     let (index, tag) = admission::slot(hash);

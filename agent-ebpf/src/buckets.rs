@@ -4,9 +4,13 @@
 use agent_common::{
     Bucket, BucketKey,
     buckets::{self, BucketSet, BucketSlot, WAYS},
+    maps::COUNTER_BUCKETS_CREATED,
 };
 
-use crate::maps::{BUCKETS, SETTINGS};
+use crate::{
+    counters,
+    maps::{BUCKETS, SETTINGS},
+};
 
 /// The set of the group hashed to `hash`; `None` only if the maps disagree with the
 /// settings (which the agent writes from the same capacity).
@@ -64,7 +68,8 @@ fn same_group(a: &BucketKey, b: &BucketKey) -> bool {
         == 0
 }
 
-/// Gives `key` the slot of `set` that `buckets::victim` picks, holding `bucket`.
+/// Gives `key` the slot of `set` that `buckets::victim` picks, holding `bucket`, and counts
+/// the bucket created.
 ///
 /// Another CPU may pick the same slot at the same time, or still be judging a packet of
 /// the group it replaces: the bucket is written before the key, so a packet that finds
@@ -82,4 +87,5 @@ pub unsafe fn insert(set: *mut BucketSet, key: BucketKey, bucket: Bucket) {
         core::ptr::write_volatile(&raw mut (*slot).bucket, bucket);
         core::ptr::write_volatile(&raw mut (*slot).key, key);
     }
+    counters::bump(COUNTER_BUCKETS_CREATED);
 }

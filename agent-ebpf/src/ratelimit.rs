@@ -18,7 +18,7 @@
 use agent_common::{
     Bucket, BucketKey, CLOCK_COARSE, RuleConfig,
     buckets::{BucketSet, group_hash},
-    maps::{COUNTER_BUCKETS_CREATED, COUNTER_UNADMITTED},
+    maps::COUNTER_UNADMITTED,
 };
 
 use crate::{admission, atomic, buckets, clock, counters, parse::Packet};
@@ -147,10 +147,9 @@ pub fn count_toward_ban(rule: u32, cfg: &RuleConfig, pkt: &Packet, now: u64) -> 
             excess: u32::from(!escalate),
             ..fresh_bucket(cfg, now)
         };
-        // Another CPU's insert meanwhile is replaced: one event's difference.
+        // Another CPU's insert meanwhile takes a second slot: one event's difference.
         // SAFETY: `set` comes from `set_of`.
         unsafe { buckets::insert(set, key, bucket) };
-        counters::bump(COUNTER_BUCKETS_CREATED);
         return escalate;
     };
     // SAFETY: as in `take`.
@@ -196,7 +195,6 @@ fn admit(key: BucketKey, hash: u64, set: *mut BucketSet, cfg: &RuleConfig, now: 
     // older bucket unused until it is replaced: one packet's difference, once per source.
     // SAFETY: `set` comes from `set_of`, as the caller promises.
     unsafe { buckets::insert(set, key, bucket) };
-    counters::bump(COUNTER_BUCKETS_CREATED);
     if within {
         Outcome::Within
     } else {

@@ -82,11 +82,6 @@ fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Label
     family
 }
 
-/// Buckets `BUCKETS` has room for: `capacity.sources` rounded up to whole sets.
-fn bucket_room(sources: u32) -> u32 {
-    agent_common::buckets::sets(sources) * agent_common::buckets::WAYS as u32
-}
-
 fn gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
     let gauge = Gauge::<i64>::default();
     gauge.set(value as i64);
@@ -345,7 +340,11 @@ pub fn render(s: &Snapshot) -> String {
         ("deny", s.deny_entries, s.capacity.cidrs),
         ("bans", s.bans_active, s.capacity.bans),
         ("blocks", s.blocks_active, s.capacity.blocks),
-        ("buckets", s.buckets, bucket_room(s.capacity.sources)),
+        (
+            "buckets",
+            s.buckets,
+            agent_common::buckets::room(s.capacity.sources),
+        ),
         ("rules", s.named_rules, s.capacity.rules),
     ] {
         entries
