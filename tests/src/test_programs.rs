@@ -14,12 +14,12 @@ pub const FLOOR: &str = "portcullis_floor";
 pub const DROP_ALL: &str = "portcullis_drop_all";
 /// The ceiling with a known amount of work added: the flood benchmark's calibration.
 pub const DROP_ALL_BUSY: &str = "portcullis_drop_all_busy";
-/// The flood generator (run with BPF_F_TEST_XDP_LIVE_FRAMES): sends its frame as given.
+/// The flood generator's fan-out: sends each frame on as `FANOUT_COPIES` frames.
 pub const FLOOD: &str = "portcullis_flood";
-/// The flood generator with a random source in the frame's /12.
+/// The fan-out's entry program for a random source in the frame's /12 for each frame.
 pub const FLOOD_SPOOFED: &str = "portcullis_flood_spoofed";
 
-/// The flood generator with each frame from the next source of the frame's /12.
+/// The fan-out's entry program for each frame from the next source of the frame's /12.
 pub const FLOOD_SEQUENTIAL: &str = "portcullis_flood_sequential";
 
 /// Every program of the object.
@@ -34,9 +34,7 @@ pub const ALL: [&str; 6] = [
 
 /// The object with the XDP programs `names` loaded.
 pub fn load(names: &[&str]) -> Result<Ebpf> {
-    let mut ebpf = EbpfLoader::new()
-        .load(OBJECT)
-        .context("loading the test programs' object")?;
+    let mut ebpf = object()?;
     for name in names {
         let program: &mut Xdp = ebpf
             .program_mut(name)
@@ -47,4 +45,10 @@ pub fn load(names: &[&str]) -> Result<Ebpf> {
             .with_context(|| format!("the verifier rejected {name}"))?;
     }
     Ok(ebpf)
+}
+
+fn object() -> Result<Ebpf> {
+    EbpfLoader::new()
+        .load(OBJECT)
+        .context("loading the test programs' object")
 }

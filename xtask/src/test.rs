@@ -3,10 +3,13 @@
 //! and the manifests). All tiers run by default, and CI runs them all; `--tier` picks some
 //! for a quick local run. Kernel tests need root; here they are required, so a machine that
 //! cannot run them fails instead of skipping.
+//!
+//! Every step and every test file runs even when an earlier one failed, so that one failure
+//! never hides another; the run ends with the list of what failed.
 
 use std::process::Command;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
 use crate::{cmd, image, setup};
 
@@ -68,15 +71,43 @@ pub fn run(options: &Options) -> Result<()> {
         );
     }
     setup::run(&setup::Options {})?;
-    lint()?;
+    let mut failures = Failures::default();
+    failures.step("lints", lint());
     for tier in tiers {
         match tier {
-            Tier::Unit => unit(options)?,
-            Tier::Kernel => kernel(options)?,
-            Tier::Kubernetes => kubernetes(options)?,
+            Tier::Unit => failures.step("unit tests", unit(options)),
+            Tier::Kernel => kernel(options, &mut failures),
+            Tier::Kubernetes => kubernetes(options, &mut failures),
         }
     }
-    Ok(())
+    failures.into_result()
+}
+
+/// What failed so far in a run that goes on after a failure.
+#[derive(Default)]
+struct Failures(Vec<String>);
+
+impl Failures {
+    /// Notes `result` of the step `name`, printing its error now so that it sits next to the
+    /// step's output.
+    fn step(&mut self, name: &str, result: Result<()>) {
+        if let Err(e) = result {
+            eprintln!("error: {name}: {e:#}");
+            self.0.push(format!("{name}: {e:#}"));
+        }
+    }
+
+    /// Ok if nothing failed; else an error listing every failure.
+    fn into_result(self) -> Result<()> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        eprintln!("\n{} step(s) failed:", self.0.len());
+        for failure in &self.0 {
+            eprintln!("  - {failure}");
+        }
+        bail!("{} step(s) failed: {}", self.0.len(), self.0.join("; "))
+    }
 }
 
 /// `cargo COMMAND --workspace` without the eBPF crates.
@@ -117,19 +148,17 @@ fn unit(options: &Options) -> Result<()> {
     )
 }
 
-/// Runs the integration tests `names`, one test at a time if `serial`.
-fn integration(
-    names: &[&str],
-    serial: bool,
-    options: &Options,
-    env: &[(&str, String)],
-) -> Result<()> {
+/// Runs the integration test file `name`, one test at a time if `serial`.
+fn integration(name: &str, serial: bool, options: &Options, env: &[(&str, String)]) -> Result<()> {
     let mut cargo = Command::new("cargo");
-    cargo.args(["test", "--package", "portcullis-tests"]);
-    for name in names {
-        cargo.args(["--test", name]);
-    }
-    cargo.arg("--");
+    cargo.args([
+        "test",
+        "--package",
+        "portcullis-tests",
+        "--test",
+        name,
+        "--",
+    ]);
     if serial {
         cargo.arg("--test-threads=1");
     }
@@ -140,6 +169,23 @@ fn integration(
     cmd::run(&mut cargo)
 }
 
+/// Runs each of the test files `names` of `tier`, whatever happened to the ones before.
+fn integration_files(
+    tier: &str,
+    names: &[&str],
+    serial: bool,
+    options: &Options,
+    env: &[(&str, String)],
+    failures: &mut Failures,
+) {
+    for name in names {
+        failures.step(
+            &format!("{tier} tests/{name}.rs"),
+            integration(name, serial, options, env),
+        );
+    }
+}
+
 /// The agent binary the namespace and CLI tests run: `cargo test` alone does not build it,
 /// because the agent package has no integration tests of its own.
 fn agent_binary() -> Result<(&'static str, String)> {
@@ -148,8 +194,22 @@ fn agent_binary() -> Result<(&'static str, String)> {
     Ok(("PORTCULLIS_BIN", binary.display().to_string()))
 }
 
-fn kernel(options: &Options) -> Result<()> {
-    let env = [
+fn kernel(options: &Options, failures: &mut Failures) {
+    let env = match kernel_env() {
+        Ok(env) => env,
+        Err(e) => return failures.step("kernel tests", Err(e)),
+    };
+    // Built once here, so that the test files do not each wait on the first one's build.
+    failures.step(
+        "building the kernel tests",
+        build_tests(&[KERNEL_TESTS, KERNEL_TESTS_SERIAL].concat()),
+    );
+    integration_files("kernel", KERNEL_TESTS, false, options, &env, failures);
+    integration_files("kernel", KERNEL_TESTS_SERIAL, true, options, &env, failures);
+}
+
+fn kernel_env() -> Result<[(&'static str, String); 4]> {
+    Ok([
         agent_binary()?,
         // Debian's nginx, for the benchmark's smoke run and as the list server.
         (
@@ -165,26 +225,47 @@ fn kernel(options: &Options) -> Result<()> {
             "PORTCULLIS_CROWDSEC_BOUNCER",
             setup::crowdsec_bouncer_root().display().to_string(),
         ),
-    ];
-    integration(KERNEL_TESTS, false, options, &env)?;
-    integration(KERNEL_TESTS_SERIAL, true, options, &env)
+    ])
 }
 
-fn kubernetes(options: &Options) -> Result<()> {
-    let env = [
-        agent_binary()?,
-        // The image tests take the image `cargo xtask image` builds.
-        ("PORTCULLIS_IMAGE", image::build()?.display().to_string()),
-        // kubectl, kubernetes-validate and checkov for the manifest tests.
-        (
-            "PORTCULLIS_TOOLS",
-            setup::kubernetes_tools_venv()
-                .join("bin")
-                .display()
-                .to_string(),
+/// Builds the test binaries of the integration tests crate without running them.
+fn build_tests(names: &[&str]) -> Result<()> {
+    let mut cargo = Command::new("cargo");
+    cargo.args(["test", "--package", "portcullis-tests", "--no-run"]);
+    for name in names {
+        cargo.args(["--test", name]);
+    }
+    cmd::run(&mut cargo)
+}
+
+fn kubernetes(options: &Options, failures: &mut Failures) {
+    let env = (|| -> Result<_> {
+        Ok([
+            agent_binary()?,
+            // The image tests take the image `cargo xtask image` builds.
+            ("PORTCULLIS_IMAGE", image::build()?.display().to_string()),
+            // kubectl, kubernetes-validate and checkov for the manifest tests.
+            (
+                "PORTCULLIS_TOOLS",
+                setup::kubernetes_tools_venv()
+                    .join("bin")
+                    .display()
+                    .to_string(),
+            ),
+        ])
+    })()
+    .context("preparing the kubernetes tier");
+    match env {
+        Ok(env) => integration_files(
+            "kubernetes",
+            KUBERNETES_TESTS,
+            false,
+            options,
+            &env,
+            failures,
         ),
-    ];
-    integration(KUBERNETES_TESTS, false, options, &env)
+        Err(e) => failures.step("kubernetes tests", Err(e)),
+    }
 }
 
 #[cfg(test)]

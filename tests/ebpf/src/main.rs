@@ -4,12 +4,13 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{BPF_F_BROADCAST, xdp_action},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::{map, xdp},
-    maps::Array,
+    maps::{Array, DevMap},
     programs::XdpContext,
 };
+use portcullis_test_ebpf::FANOUT_COPIES;
 
 /// The floor: an XDP program that only passes. The benchmark reports the real program's
 /// cost next to this one's.
@@ -61,11 +62,50 @@ pub fn portcullis_drop_all_busy(ctx: XdpContext) -> u32 {
     read_source_and_drop(&ctx)
 }
 
-/// The flood generator: run with BPF_F_TEST_XDP_LIVE_FRAMES on one end of a veth pair, it
-/// sends every frame out of that interface, to the filter on the other end.
+/// Where the fan-out sends each frame: `FANOUT_COPIES` entries, each the client's veth (and,
+/// for the spoofing floods, a program that gives the copy its source).
+#[map]
+static FANOUT: DevMap = DevMap::with_max_entries(FANOUT_COPIES, 0);
+
+/// The flood generator's fan-out, on the generator's own veth in the client namespace: each
+/// frame the generator's socket sends leaves the client's veth as `FANOUT_COPIES` frames
+/// (a broadcast redirect to every entry of `FANOUT`), which the server end receives as XDP
+/// frames, as it would from a NIC. One system call and one socket buffer make many frames,
+/// so the generator offers more than any receiving side here takes.
 #[xdp]
 pub fn portcullis_flood(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_TX
+    match FANOUT.redirect(0, u64::from(BPF_F_BROADCAST)) {
+        Ok(action) | Err(action) => action,
+    }
+}
+
+/// A `FANOUT` entry's program for the spoofed flood: each copy gets a random source address
+/// in the /12 of the frame's own source.
+#[xdp(map = "devmap")]
+pub fn portcullis_flood_spoofed(ctx: XdpContext) -> u32 {
+    // SAFETY: a helper without arguments.
+    set_source_bits(&ctx, unsafe { bpf_get_prandom_u32() })
+}
+
+/// Copies the sequential flood has sent, the next source's low bits.
+#[map]
+static SEQUENCE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// A `FANOUT` entry's program for the sequential flood: the sources follow each other through
+/// the /12, so each of its 1,048,576 addresses sends one frame before any sends a second.
+#[xdp(map = "devmap")]
+pub fn portcullis_flood_sequential(ctx: XdpContext) -> u32 {
+    let Some(next) = SEQUENCE.get_ptr_mut(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: a pointer from a successful lookup; one generator thread runs at a time, and
+    // its copies are sent one after another on its CPU.
+    let n = unsafe {
+        let n = *next;
+        *next = n.wrapping_add(1);
+        n
+    };
+    set_source_bits(&ctx, n)
 }
 
 /// Offset of the IPv4 header checksum and source address in the generator's frames
@@ -75,36 +115,8 @@ const IPV4_SOURCE: usize = 14 + 12;
 /// Bits of the source address drawn at random: 2^20 = 1,048,576 sources.
 const SPOOFED_BITS: u32 = 0x000f_ffff;
 
-/// The flood generator with spoofed sources: as `portcullis_flood`, but each frame gets a
-/// random source address in the /12 of the frame's own source, with its header checksum
-/// fixed so that the kernel's IP stack (iptables, nftables) accepts it too.
-#[xdp]
-pub fn portcullis_flood_spoofed(ctx: XdpContext) -> u32 {
-    // SAFETY: a helper without arguments.
-    set_source_bits(&ctx, unsafe { bpf_get_prandom_u32() })
-}
-
-/// Frames the sequential generator has sent, the next source's low bits.
-#[map]
-static SEQUENCE: Array<u32> = Array::with_max_entries(1, 0);
-
-/// As `portcullis_flood_spoofed`, but the sources follow each other through the /12: each
-/// of its 1,048,576 addresses sends one frame before any sends a second.
-#[xdp]
-pub fn portcullis_flood_sequential(ctx: XdpContext) -> u32 {
-    let Some(next) = SEQUENCE.get_ptr_mut(0) else {
-        return xdp_action::XDP_ABORTED;
-    };
-    // SAFETY: a pointer from a successful lookup; one generator thread runs at a time.
-    let n = unsafe {
-        let n = *next;
-        *next = n.wrapping_add(1);
-        n
-    };
-    set_source_bits(&ctx, n)
-}
-
-/// Puts `bits` in the low bits of the frame's IPv4 source, fixes its checksum and sends it.
+/// Puts `bits` in the low bits of the copy's IPv4 source and fixes its header checksum, so
+/// that the kernel's IP stack (iptables, nftables) accepts it too; then lets it go.
 #[inline(always)]
 fn set_source_bits(ctx: &XdpContext, bits: u32) -> u32 {
     let data = ctx.data();
@@ -121,7 +133,7 @@ fn set_source_bits(ctx: &XdpContext, bits: u32) -> u32 {
         let sum = u16::from_be(checksum.read_unaligned());
         checksum.write_unaligned(checksum_update(sum, old, new).to_be());
     }
-    xdp_action::XDP_TX
+    xdp_action::XDP_PASS
 }
 
 /// RFC 1624 incremental update of a ones' complement checksum when one 32-bit word of the

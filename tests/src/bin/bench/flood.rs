@@ -1,10 +1,13 @@
-//! Flood throughput over a veth pair: 64-byte UDP frames from the live-frames generator
-//! into each filter in turn, from one source and from 1,048,576 spoofed ones.
+//! Flood throughput over a veth pair: 64-byte UDP frames from the generator
+//! (`portcullis_tests::flood`) into each filter in turn, from one source and from 1,048,576
+//! spoofed ones.
 //!
 //! The receiving interface runs threaded NAPI, so the receiving side works in its own
-//! kernel thread as it would behind a NIC, and the generator, on the other CPU, offers more
-//! than any filter here takes (what overflows the veth's ring is dropped there, like a NIC
-//! ring's overflow). Frames per second received is what the receiving side handles.
+//! kernel thread as it would behind a NIC, and the generator runs on the other CPU. What
+//! overflows the veth's ring is dropped there, like a NIC ring's overflow. Frames per second
+//! received is what the receiving side handled; next to it, what the generator offered and
+//! the share the ring dropped. A row whose ring dropped nothing was limited by the
+//! generator, not by the filter: its rate is a lower bound of what the filter takes.
 
 use std::{fmt::Write as _, net::Ipv4Addr, time::Duration};
 
@@ -29,14 +32,26 @@ pub const FLOOD_PORT: u16 = 9;
 
 /// Packets the server interface received (`ip -s link`: XDP drops included).
 pub fn rx_packets(pair: &NetnsPair) -> Result<u64> {
+    link_stats(pair)?["rx"]["packets"]
+        .as_u64()
+        .context("no rx packets in ip -s -j link")
+}
+
+/// Frames the server interface's ring dropped because the receiving side was behind (`ip -s
+/// link`: veth counts its peer's failed deliveries there).
+pub fn rx_dropped(pair: &NetnsPair) -> Result<u64> {
+    link_stats(pair)?["rx"]["dropped"]
+        .as_u64()
+        .context("no rx dropped in ip -s -j link")
+}
+
+fn link_stats(pair: &NetnsPair) -> Result<Value> {
     let out = std::process::Command::new("ip")
         .args(["-n", &pair.server_ns, "-s", "-j", "link", "show", "dev"])
         .arg(&pair.server_if)
         .output()?;
     let links: Value = serde_json::from_slice(&out.stdout).context("ip -s -j link")?;
-    links[0]["stats64"]["rx"]["packets"]
-        .as_u64()
-        .context("no rx packets in ip -s -j link")
+    Ok(links[0]["stats64"].clone())
 }
 
 /// UDP datagrams that reached the server's stack with no socket: what no filter dropped.
@@ -66,6 +81,11 @@ pub struct Outcome {
     pub program_ns_per_run: Option<f64>,
     /// Share of received frames that did not reach the stack.
     pub dropped: f64,
+    /// Frames per second the generator offered (median over rounds).
+    pub offered: f64,
+    /// Share of offered frames the receiving ring dropped (median over rounds): above zero
+    /// when the receiving side, not the generator, set the rate.
+    pub overflow: f64,
     /// The agent's largest RSS while flooded, for Portcullis.
     pub agent_rss_kib: Option<u64>,
     /// The agent's event counters after the flood (written, suppressed, lost), for Portcullis.
@@ -81,6 +101,8 @@ struct Case {
     rss: Option<RssSampler>,
     rates: Vec<f64>,
     dropped: Vec<f64>,
+    offered: Vec<f64>,
+    overflow: Vec<f64>,
 }
 
 impl Case {
@@ -106,6 +128,8 @@ impl Case {
             rss,
             rates: Vec::new(),
             dropped: Vec::new(),
+            offered: Vec::new(),
+            overflow: Vec::new(),
         })
     }
 
@@ -127,13 +151,18 @@ impl Case {
     /// One measured flood.
     fn measure(&mut self, generator: &Generator, sources: Sources, scale: &Scale) -> Result<()> {
         let (rx, passed) = (rx_packets(&self.pair)?, udp_no_ports(&self.pair)?);
+        let ring = rx_dropped(&self.pair)?;
         let sent = self.flood(generator, sources, scale.flood_time)?;
         let received = rx_packets(&self.pair)? - rx;
         let passed = udp_no_ports(&self.pair)? - passed;
-        self.rates
-            .push(received as f64 / sent.elapsed.as_secs_f64());
+        let overflowed = rx_dropped(&self.pair)? - ring;
+        let seconds = sent.elapsed.as_secs_f64();
+        self.rates.push(received as f64 / seconds);
         self.dropped
             .push(1.0 - passed as f64 / received.max(1) as f64);
+        self.offered.push(sent.frames as f64 / seconds);
+        self.overflow
+            .push(overflowed as f64 / sent.frames.max(1) as f64);
         Ok(())
     }
 
@@ -183,6 +212,8 @@ impl Case {
             rates: self.rates,
             program_ns_per_run,
             dropped: median(self.dropped),
+            offered: median(self.offered),
+            overflow: median(self.overflow),
             agent_rss_kib: self.rss.map(RssSampler::stop),
             events,
         })
@@ -283,7 +314,10 @@ pub fn run(scale: &Scale) -> Result<(String, Value)> {
              Added per packet: the median over rounds of 1/rate minus 1/rate of the ceiling \
              program in the same round, what the filter costs on top of what the bed costs. \
              Program per run: the kernel's BPF statistics over one more flood.\n\n\
-             | receiving side | packets/s | min - max | added per packet | program per run | vs iptables hashlimit | dropped before the stack | agent RSS (largest) |\n|---|---|---|---|---|---|---|---|",
+             Offered: frames per second the generator sent; ring overflow: the share of them \
+             the receiving veth's ring dropped. A row with no overflow was held back by the \
+             generator: its rate is a lower bound of what that receiving side takes.\n\n\
+             | receiving side | packets/s | min - max | added per packet | program per run | vs iptables hashlimit | dropped before the stack | offered | ring overflow | agent RSS (largest) |\n|---|---|---|---|---|---|---|---|---|---|",
             scale.flood_rounds
         );
         let outcomes = measure_all(&generator, filters, sources, scale)?;
@@ -309,12 +343,14 @@ pub fn run(scale: &Scale) -> Result<(String, Value)> {
                 .map_or("-".to_string(), |ns| format!("{ns:.0} ns"));
             let _ = writeln!(
                 md,
-                "| {} | {:.2} M | {:.2} - {:.2} M | {added_ns:.0} ns | {program} | {ratio:.2}x | {:.1}% | {rss} |",
+                "| {} | {:.2} M | {:.2} - {:.2} M | {added_ns:.0} ns | {program} | {ratio:.2}x | {:.1}% | {:.2} M | {:.1}% | {rss} |",
                 filter.label(),
                 outcome.packets_per_second / 1e6,
                 min / 1e6,
                 max / 1e6,
-                outcome.dropped * 100.0
+                outcome.dropped * 100.0,
+                outcome.offered / 1e6,
+                outcome.overflow * 100.0
             );
             results.push(json!({
                 "sources": title,
@@ -325,6 +361,8 @@ pub fn run(scale: &Scale) -> Result<(String, Value)> {
                 "program_ns_per_run": outcome.program_ns_per_run,
                 "ratio_to_iptables_hashlimit": ratio,
                 "dropped_share": outcome.dropped,
+                "offered_packets_per_second": outcome.offered,
+                "ring_overflow_share": outcome.overflow,
                 "agent_rss_kib": outcome.agent_rss_kib,
                 "agent_events": outcome.events,
             }));

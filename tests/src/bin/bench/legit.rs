@@ -1,6 +1,6 @@
 //! Legitimate traffic under attack: wrk in the client namespace measures HTTP requests per
 //! second and latency to a server behind each filter, alone and during a one-source UDP
-//! flood from the live-frames generator.
+//! flood from the generator (`portcullis_tests::flood`).
 //!
 //! The flood comes in on its own interface (as on another NIC queue) at a fixed rate, the
 //! same for every filter. Its receiving side runs inside the generator's system calls, on a
