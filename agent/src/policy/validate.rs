@@ -2,6 +2,7 @@
 //! every contradiction reported with the line it is on.
 
 use std::{
+    cell::OnceCell,
     collections::{BTreeMap, HashMap},
     path::Path,
     sync::Arc,
@@ -20,8 +21,8 @@ use super::{
     DEFAULT_LIST_REFRESH, DEFAULT_RULES, DEFAULT_SOURCES, DenyRule, Limit, ListAction, ListRule,
     ListSource, Policy, PolicyError, Protocol, RateLimit, UNNAMED_DENY,
     file::{
-        AggregateSection, BanSection, Lined, ListTarget, PolicyFile, RateLimitItem, ResponseItem,
-        RouteItem, StrictField, Target,
+        AggregateSection, BanSection, EntryLines, ListTarget, PolicyFile, RateLimitItem,
+        ResponseItem, RouteItem, StrictField, Target,
     },
     http::{
         DEFAULT_STRICT, HTTP_EVASION, Http, MAX_RESPONSE_RULES, OverLimit, ResponseRule, Route,
@@ -272,21 +273,7 @@ fn aggregate(
 }
 
 pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
-    let options = serde_saphyr::options! {
-        // Large deny lists (a million CIDRs) are legitimate; the default budget is
-        // sized for small configuration files.
-        budget: serde_saphyr::budget! {
-            max_nodes: 50_000_000,
-            max_events: 100_000_000,
-        },
-    };
-    let file: PolicyFile = if text.trim().is_empty() {
-        // An empty file is a valid, empty policy: nothing denied, nothing limited.
-        serde_saphyr::from_str_with_options("{}", options)
-    } else {
-        serde_saphyr::from_str_with_options(text, options)
-    }
-    .map_err(|e| {
+    let file: PolicyFile = from_yaml(text).map_err(|e| {
         let (line, column) = e
             .location()
             .map(|l| (l.line(), l.column()))
@@ -298,7 +285,30 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
             message: first_line(&e.to_string()),
         }
     })?;
-    Validator { path }.validate(file)
+    Validator {
+        path,
+        text,
+        entry_lines: OnceCell::new(),
+    }
+    .validate(file)
+}
+
+/// `text` parsed as YAML into `T`; an empty file is an empty map.
+fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, serde_saphyr::Error> {
+    let options = serde_saphyr::options! {
+        // Large deny lists (a million CIDRs) are legitimate; the default budget is
+        // sized for small configuration files.
+        budget: serde_saphyr::budget! {
+            max_nodes: 50_000_000,
+            max_events: 100_000_000,
+        },
+    };
+    if text.trim().is_empty() {
+        // An empty file is a valid, empty policy: nothing denied, nothing limited.
+        serde_saphyr::from_str_with_options("{}", options)
+    } else {
+        serde_saphyr::from_str_with_options(text, options)
+    }
 }
 
 /// serde-saphyr renders errors as "error: line L column C: message" followed by a source
@@ -336,17 +346,40 @@ impl<T> OnLine for Spanned<T> {
     }
 }
 
-impl<T> OnLine for Lined<T> {
-    fn line(&self) -> u32 {
-        self.line
-    }
+/// Where an item of the file is: its line, or for an allow or deny entry, which keeps no
+/// line (see `EntryLines`), its list and index.
+#[derive(Clone, Copy, Debug)]
+enum Place {
+    Line(u32),
+    Allow(usize),
+    Deny(usize),
 }
 
 struct Validator<'a> {
     path: &'a Path,
+    text: &'a str,
+    /// The entries' lines, parsed on the first error that names an entry.
+    entry_lines: OnceCell<EntryLines>,
 }
 
 impl Validator<'_> {
+    /// The line `place` is on (0 if the file cannot be read again, which cannot happen: it
+    /// parsed once already).
+    fn line(&self, place: Place) -> u32 {
+        let lines = || {
+            self.entry_lines
+                .get_or_init(|| from_yaml(self.text).unwrap_or_default())
+        };
+        let entry = |entries: &[Spanned<_>], index: usize| {
+            entries.get(index).map_or(0, |entry| entry.line())
+        };
+        match place {
+            Place::Line(line) => line,
+            Place::Allow(index) => entry(&lines().allow, index),
+            Place::Deny(index) => entry(&lines().deny, index),
+        }
+    }
+
     fn invalid(&self, line: u32, problem: impl Into<Problem>) -> PolicyError {
         PolicyError::Invalid {
             path: self.path.to_path_buf(),
@@ -406,35 +439,34 @@ impl Validator<'_> {
         let allow = file
             .allow
             .iter()
-            .map(|item| (item, &item.value.target, ListAction::Allow));
-        let deny = file.deny.iter().map(|item| {
+            .enumerate()
+            .map(|(index, item)| (Place::Allow(index), &item.target, ListAction::Allow));
+        let deny = file.deny.iter().enumerate().map(|(index, item)| {
             let action = ListAction::Deny {
                 name: item
-                    .value
                     .name
                     .clone()
                     .unwrap_or_else(|| UNNAMED_DENY.to_string()),
-                mode: item.value.mode,
+                mode: item.mode,
             };
-            (item, &item.value.target, action)
+            (Place::Deny(index), &item.target, action)
         });
-        let entries = allow
-            .map(|(item, target, action)| (item.line(), target, action))
-            .chain(deny.map(|(item, target, action)| (item.line(), target, action)));
-        let mut lines: HashMap<ListSource, u32> = HashMap::new();
+        let mut places: HashMap<ListSource, Place> = HashMap::new();
         let mut lists = Vec::new();
-        for (line, target, action) in entries {
+        for (place, target, action) in allow.chain(deny) {
             let Target::List(target) = target else {
                 continue;
             };
+            let line = self.line(place);
             let ListTarget { list, refresh } = &**target;
             let rule = list_rule(list, refresh.as_deref(), action, line)
                 .map_err(|p| self.invalid(line, p))?;
-            if let Some(&first_line) = lines.get(&rule.source) {
+            if let Some(&first) = places.get(&rule.source) {
                 let list = rule.source.to_string();
+                let first_line = self.line(first);
                 return Err(self.invalid(line, Problem::ListTwice { list, first_line }));
             }
-            lines.insert(rule.source.clone(), line);
+            places.insert(rule.source.clone(), place);
             lists.push(rule);
         }
         Ok(lists)
@@ -487,17 +519,17 @@ impl Validator<'_> {
         })
     }
 
-    fn allow(&self, file: &PolicyFile) -> Result<Vec<(IpNet, u32)>, PolicyError> {
+    /// The allow entries' networks, with their indexes.
+    fn allow(&self, file: &PolicyFile) -> Result<Vec<(IpNet, usize)>, PolicyError> {
         let mut allow = Vec::with_capacity(file.allow.len());
-        for item in &file.allow {
-            let line = item.line();
-            let Target::Cidr(cidr) = &item.value.target else {
+        for (index, item) in file.allow.iter().enumerate() {
+            let Target::Cidr(cidr) = &item.target else {
                 continue;
             };
-            let net = cidr_of(cidr).map_err(|e| self.invalid(line, e))?;
-            allow.push((net, line));
+            let net = cidr_of(cidr).map_err(|e| self.invalid(self.line(Place::Allow(index)), e))?;
+            allow.push((net, index));
         }
-        self.check_repeats("allow", allow.clone())?;
+        self.check_repeats("allow", Place::Allow, allow.clone())?;
         Ok(allow)
     }
 
@@ -507,21 +539,22 @@ impl Validator<'_> {
     fn check_repeats(
         &self,
         list: &'static str,
-        mut entries: Vec<(IpNet, u32)>,
+        place: fn(usize) -> Place,
+        mut entries: Vec<(IpNet, usize)>,
     ) -> Result<(), PolicyError> {
         entries.sort_unstable();
         let repeat = entries
             .chunk_by(|a, b| a.0 == b.0)
             .filter(|same| same.len() > 1)
             .map(|same| (same[0], same[1].1))
-            .min_by_key(|&(_, line)| line);
+            .min_by_key(|&(_, index)| index);
         match repeat {
-            Some(((net, first_line), line)) => Err(self.invalid(
-                line,
+            Some(((net, first), index)) => Err(self.invalid(
+                self.line(place(index)),
                 Problem::Duplicate {
                     net,
                     list,
-                    first_line,
+                    first_line: self.line(place(first)),
                 },
             )),
             None => Ok(()),
@@ -531,55 +564,52 @@ impl Validator<'_> {
     fn deny(
         &self,
         file: &PolicyFile,
-        allow: &[(IpNet, u32)],
+        allow: &[(IpNet, usize)],
     ) -> Result<Vec<DenyRule>, PolicyError> {
         let mut deny = Vec::with_capacity(file.deny.len());
-        let mut lines = Vec::with_capacity(file.deny.len());
+        let mut indexed = Vec::with_capacity(file.deny.len());
         // Allow entries by prefix length, so "is this deny entry inside an allow entry" is
         // one hash lookup per length the allow list uses rather than a scan of the list.
-        let mut allow_by_len: BTreeMap<u8, HashMap<IpNet, u32>> = BTreeMap::new();
-        for (net, line) in allow {
+        let mut allow_by_len: BTreeMap<u8, HashMap<IpNet, usize>> = BTreeMap::new();
+        for (net, index) in allow {
             allow_by_len
                 .entry(net.prefix_len())
                 .or_default()
-                .insert(*net, *line);
+                .insert(*net, *index);
         }
         // Entries share their rule's name: a million deny entries are a few rules.
         let mut names: HashMap<&str, Arc<str>> = HashMap::new();
-        for item in &file.deny {
-            let line = item.line();
-            if let Some(name) = &item.value.name {
-                check_name(name).map_err(|p| self.invalid(line, p))?;
+        for (index, item) in file.deny.iter().enumerate() {
+            let invalid = |problem: Problem| self.invalid(self.line(Place::Deny(index)), problem);
+            if let Some(name) = &item.name {
+                check_name(name).map_err(invalid)?;
             }
-            let Target::Cidr(cidr) = &item.value.target else {
+            let Target::Cidr(cidr) = &item.target else {
                 continue;
             };
-            let net = cidr_of(cidr).map_err(|e| self.invalid(line, e))?;
+            let net = cidr_of(cidr).map_err(|e| invalid(e.into()))?;
             for (&len, allowed) in allow_by_len.range(..=net.prefix_len()) {
                 let Ok(supernet) = IpNet::new(net.addr(), len).map(|n| n.trunc()) else {
                     continue;
                 };
-                if let Some(&allow_line) = allowed.get(&supernet) {
-                    return Err(self.invalid(
-                        line,
-                        Problem::DenyCoveredByAllow {
-                            deny: net,
-                            allow: supernet,
-                            allow_line,
-                        },
-                    ));
+                if let Some(&allow_index) = allowed.get(&supernet) {
+                    return Err(invalid(Problem::DenyCoveredByAllow {
+                        deny: net,
+                        allow: supernet,
+                        allow_line: self.line(Place::Allow(allow_index)),
+                    }));
                 }
             }
-            let name = item.value.name.as_deref().unwrap_or(UNNAMED_DENY);
+            let name = item.name.as_deref().unwrap_or(UNNAMED_DENY);
             let name = Arc::clone(names.entry(name).or_insert_with(|| Arc::from(name)));
             deny.push(DenyRule {
                 net,
-                mode: item.value.mode,
+                mode: item.mode,
                 name,
             });
-            lines.push((net, line));
+            indexed.push((net, index));
         }
-        self.check_repeats("deny", lines)?;
+        self.check_repeats("deny", Place::Deny, indexed)?;
         Ok(deny)
     }
 
@@ -724,13 +754,13 @@ impl Validator<'_> {
     /// Rule names and deny names share one namespace: they label counters and events.
     /// Deny entries may share a name (a group); a rate limit's name must be its own.
     fn check_names(&self, file: &PolicyFile, capacity: &Capacity) -> Result<(), PolicyError> {
-        let mut names: HashMap<&str, u32> = HashMap::new();
-        names.insert(UNNAMED_DENY, 0);
-        names.insert(CLI_BLOCK, 0);
-        names.insert(HTTP_EVASION, 0);
-        for item in &file.deny {
-            if let Some(name) = &item.value.name {
-                names.entry(name).or_insert(item.line());
+        let mut names: HashMap<&str, Place> = HashMap::new();
+        names.insert(UNNAMED_DENY, Place::Line(0));
+        names.insert(CLI_BLOCK, Place::Line(0));
+        names.insert(HTTP_EVASION, Place::Line(0));
+        for (index, item) in file.deny.iter().enumerate() {
+            if let Some(name) = &item.name {
+                names.entry(name).or_insert(Place::Deny(index));
             }
         }
         // Rate limits, routes and response rules: each name its own.
@@ -746,20 +776,20 @@ impl Validator<'_> {
                 .chain(responses.map(|r| (r.value.name.as_str(), r.line())))
         });
         for (name, line) in rate_limits.chain(http) {
-            if let Some(&first_line) = names.get(name) {
+            if let Some(&first) = names.get(name) {
                 return Err(self.invalid(
                     line,
                     Problem::DuplicateName {
                         name: name.to_string(),
-                        first_line,
+                        first_line: self.line(first),
                     },
                 ));
             }
-            names.insert(name, line);
+            names.insert(name, Place::Line(line));
         }
         // Every name takes a rule id but `http-evasion` and `portcullis block`, whose ids
         // are reserved, and the unnamed deny group when no deny entry is in it.
-        let unnamed_deny = file.deny.iter().any(|item| item.value.name.is_none());
+        let unnamed_deny = file.deny.iter().any(|item| item.name.is_none());
         let count = names.len() - 3 + usize::from(unnamed_deny);
         if count > capacity.rules as usize {
             let problem = Problem::TooManyRules {
