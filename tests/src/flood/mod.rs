@@ -3,8 +3,9 @@
 //! generator's own; an XDP program on its other end (`portcullis_flood` in tests/ebpf)
 //! redirects the frame to every entry of a device map, `FANOUT_COPIES` entries that all name
 //! the client's interface, so the frame leaves there `FANOUT_COPIES` times. The server end
-//! receives XDP frames, as it would from a NIC, and more of them than any receiving side here
-//! takes. Spoofing floods give each copy its source in a program of the map's entries.
+//! receives XDP frames, as it would from a NIC, and more of them than the benchmark's
+//! ceiling program takes (its ring overflows; BENCHMARKS.md). Spoofing floods give each copy
+//! its source in a program of the map's entries.
 //!
 //! BPF_F_TEST_XDP_LIVE_FRAMES (BPF_PROG_TEST_RUN transmitting an XDP program's frames)
 //! generated the floods before; some kernel builds refuse it with EPERM. A raw socket alone
@@ -67,7 +68,8 @@ pub fn udp_frame(to: [u8; 6], source: Ipv4Addr, dport: u16) -> Result<Vec<u8>> {
 pub struct Flood<'a> {
     pub frame: &'a [u8],
     pub sources: Sources,
-    /// Stop after this many frames, or when `limit` has passed.
+    /// Stop after this many frames (rounded up to whole fan-outs of `FANOUT_COPIES`), or
+    /// when `limit` has passed.
     pub frames: u64,
     pub limit: Duration,
     /// Frames per second, in 50 ms chunks; `None` sends as fast as the kernel takes them.
