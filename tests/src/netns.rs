@@ -24,7 +24,8 @@ pub struct NetnsPair {
     pub server_if: String,
 }
 
-fn ip(args: &[&str]) -> Result<()> {
+/// Runs `ip ARGS` (in the calling thread's namespace), failing with its error text.
+pub(crate) fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip")
         .args(args)
         .output()

@@ -16,13 +16,12 @@ mod socket;
 
 use std::{
     net::Ipv4Addr,
-    process::Command,
     sync::Mutex,
     time::{Duration, Instant},
 };
 
 use crate::{
-    netns::{NetnsPair, SERVER_V4},
+    netns::{NetnsPair, SERVER_V4, ip},
     test_programs::{self, FLOOD, FLOOD_SEQUENTIAL, FLOOD_SPOOFED},
 };
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -180,22 +179,6 @@ struct FanOut {
     /// Where the generator's socket sends.
     entry: String,
     _link: XdpLink,
-}
-
-/// `ip ARGS` in the calling thread's namespace.
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 impl FanOut {
