@@ -13,13 +13,9 @@ pub struct PacketSocket {
     socket: OwnedFd,
 }
 
-/// What went wrong, with the system call and errno.
+/// What went wrong: what was being done, and the errno (io::Error shows it as "os error N").
 fn os_error(what: &str) -> anyhow::Error {
-    let error = io::Error::last_os_error();
-    anyhow::anyhow!(
-        "{what}: {error} (errno {})",
-        error.raw_os_error().unwrap_or(0)
-    )
+    anyhow::anyhow!("{what}: {}", io::Error::last_os_error())
 }
 
 impl PacketSocket {
