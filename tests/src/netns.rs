@@ -24,6 +24,23 @@ pub struct NetnsPair {
     pub server_if: String,
 }
 
+/// Runs a command inside namespace `ns` and returns its standard output.
+pub fn in_ns(ns: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", args[0]))?;
+    if !out.status.success() {
+        bail!(
+            "{} (in {ns}): {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Runs `ip ARGS` (in the calling thread's namespace), failing with its error text.
 pub(crate) fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip")
@@ -183,6 +200,49 @@ impl NetnsPair {
             "via",
             CLIENT_V4,
         ])
+    }
+
+    /// Frames the server interface received (`ip -s link`: XDP drops included).
+    pub fn server_rx_packets(&self) -> Result<u64> {
+        self.server_link_stats()?["rx"]["packets"]
+            .as_u64()
+            .context("no rx packets in ip -s -j link")
+    }
+
+    /// Frames the server interface's ring dropped because the receiving side was behind
+    /// (`ip -s link`: veth counts its peer's failed deliveries there).
+    pub fn server_rx_dropped(&self) -> Result<u64> {
+        self.server_link_stats()?["rx"]["dropped"]
+            .as_u64()
+            .context("no rx dropped in ip -s -j link")
+    }
+
+    fn server_link_stats(&self) -> Result<serde_json::Value> {
+        let out = Command::new("ip")
+            .args(["-n", &self.server_ns, "-s", "-j", "link", "show", "dev"])
+            .arg(&self.server_if)
+            .output()
+            .context("running ip -s -j link")?;
+        let links: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("ip -s -j link")?;
+        Ok(links[0]["stats64"].clone())
+    }
+
+    /// UDP datagrams that reached the server's stack with no socket (`Udp: NoPorts`): what
+    /// no filter dropped of a flood to a port nobody listens on.
+    pub fn server_udp_no_ports(&self) -> Result<u64> {
+        let snmp = in_ns(&self.server_ns, &["cat", "/proc/net/snmp"])?;
+        let mut udp = snmp.lines().filter(|line| line.starts_with("Udp: "));
+        let (names, values) = udp
+            .next()
+            .zip(udp.next())
+            .context("no Udp lines in /proc/net/snmp")?;
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(name, _)| *name == "NoPorts")
+            .and_then(|(_, value)| value.parse().ok())
+            .context("no Udp NoPorts in /proc/net/snmp")
     }
 
     /// The server interface's MAC address.

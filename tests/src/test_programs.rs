@@ -34,7 +34,9 @@ pub const ALL: [&str; 6] = [
 
 /// The object with the XDP programs `names` loaded.
 pub fn load(names: &[&str]) -> Result<Ebpf> {
-    let mut ebpf = object()?;
+    let mut ebpf = EbpfLoader::new()
+        .load(OBJECT)
+        .context("loading the test programs' object")?;
     for name in names {
         let program: &mut Xdp = ebpf
             .program_mut(name)
@@ -45,10 +47,4 @@ pub fn load(names: &[&str]) -> Result<Ebpf> {
             .with_context(|| format!("the verifier rejected {name}"))?;
     }
     Ok(ebpf)
-}
-
-fn object() -> Result<Ebpf> {
-    EbpfLoader::new()
-        .load(OBJECT)
-        .context("loading the test programs' object")
 }

@@ -11,7 +11,7 @@ use std::{
 use portcullis_tests::{
     agent::{Agent, Leftovers},
     flood::{FANOUT_COPIES, Flood, Generator, Sources, udp_frame},
-    netns::{NetnsPair, SERVER_V4},
+    netns::{NetnsPair, SERVER_V4, in_ns},
     output_text, require_kernel,
     traffic::{UdpCounter, http_fetch, udp_send},
 };
@@ -224,39 +224,8 @@ fn the_control_plane_answers_during_a_spoofed_flood() {
     );
 }
 
-/// What `in_ns` ran printed, for the counters below.
-fn in_ns(ns: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{args:?}: {}", output_text(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Frames the server interface's ring dropped (veth counts them as its rx drops).
-fn ring_dropped(pair: &NetnsPair) -> u64 {
-    let out = in_ns(
-        &pair.server_ns,
-        &["ip", "-s", "-j", "link", "show", "dev", &pair.server_if],
-    );
-    let links: serde_json::Value = serde_json::from_str(&out).unwrap();
-    links[0]["stats64"]["rx"]["dropped"].as_u64().unwrap()
-}
-
-/// A counter of the server namespace's /proc/net/snmp, e.g. ("Udp:", "NoPorts").
-fn snmp(ns: &str, group: &str, name: &str) -> u64 {
-    let snmp = in_ns(ns, &["cat", "/proc/net/snmp"]);
-    let mut lines = snmp.lines().filter(|line| line.starts_with(group));
-    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == name)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {group} {name} in /proc/net/snmp"))
-}
+/// Frames of each paced flood below: whole fan-outs.
+const COUNTED_FRAMES: u64 = 1_000 * FANOUT_COPIES as u64;
 
 /// The generator delivers the frames it counts, each a valid datagram: of a paced flood,
 /// every frame reaches the server's UDP stack or is one the receiving ring dropped (a paced
@@ -270,12 +239,13 @@ fn the_generator_delivers_every_frame_it_counts_as_valid_udp() {
     in_ns(
         &pair.server_ns,
         &["ethtool", "-K", &pair.server_if, "gro", "on"],
-    );
+    )
+    .unwrap();
     let generator = Generator::new().unwrap();
     for sources in [Sources::One, Sources::Spoofed, Sources::Sequential] {
         let frame = udp_frame(pair.server_mac().unwrap(), SPOOFED_BASE, 9).unwrap();
-        let before = snmp(&pair.server_ns, "Udp:", "NoPorts");
-        let ring_before = ring_dropped(&pair);
+        let before = pair.server_udp_no_ports().unwrap();
+        let ring_before = pair.server_rx_dropped().unwrap();
         let sent = generator
             .send(
                 &pair.client_ns,
@@ -283,7 +253,7 @@ fn the_generator_delivers_every_frame_it_counts_as_valid_udp() {
                 &Flood {
                     frame: &frame,
                     sources,
-                    frames: 20 * u64::from(FANOUT_COPIES) * 50,
+                    frames: COUNTED_FRAMES,
                     limit: Duration::from_secs(10),
                     per_second: Some(100_000),
                     realtime: false,
@@ -291,13 +261,13 @@ fn the_generator_delivers_every_frame_it_counts_as_valid_udp() {
             )
             .unwrap();
         std::thread::sleep(Duration::from_millis(200));
-        let arrived = snmp(&pair.server_ns, "Udp:", "NoPorts") - before;
-        let overflowed = ring_dropped(&pair) - ring_before;
+        let arrived = pair.server_udp_no_ports().unwrap() - before;
+        let overflowed = pair.server_rx_dropped().unwrap() - ring_before;
         println!(
             "{sources:?}: sent {} in {:?}, {arrived} arrived, the ring dropped {overflowed}",
             sent.frames, sent.elapsed
         );
-        assert_eq!(sent.frames, 32_000, "{sources:?}");
+        assert_eq!(sent.frames, COUNTED_FRAMES, "{sources:?}");
         assert_eq!(
             arrived + overflowed,
             sent.frames,

@@ -9,7 +9,7 @@
 
 use std::process::Command;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::{cmd, image, setup};
 
@@ -239,23 +239,7 @@ fn build_tests(names: &[&str]) -> Result<()> {
 }
 
 fn kubernetes(options: &Options, failures: &mut Failures) {
-    let env = (|| -> Result<_> {
-        Ok([
-            agent_binary()?,
-            // The image tests take the image `cargo xtask image` builds.
-            ("PORTCULLIS_IMAGE", image::build()?.display().to_string()),
-            // kubectl, kubernetes-validate and checkov for the manifest tests.
-            (
-                "PORTCULLIS_TOOLS",
-                setup::kubernetes_tools_venv()
-                    .join("bin")
-                    .display()
-                    .to_string(),
-            ),
-        ])
-    })()
-    .context("preparing the kubernetes tier");
-    match env {
+    match kubernetes_env() {
         Ok(env) => integration_files(
             "kubernetes",
             KUBERNETES_TESTS,
@@ -266,6 +250,22 @@ fn kubernetes(options: &Options, failures: &mut Failures) {
         ),
         Err(e) => failures.step("kubernetes tests", Err(e)),
     }
+}
+
+fn kubernetes_env() -> Result<[(&'static str, String); 3]> {
+    Ok([
+        agent_binary()?,
+        // The image tests take the image `cargo xtask image` builds.
+        ("PORTCULLIS_IMAGE", image::build()?.display().to_string()),
+        // kubectl, kubernetes-validate and checkov for the manifest tests.
+        (
+            "PORTCULLIS_TOOLS",
+            setup::kubernetes_tools_venv()
+                .join("bin")
+                .display()
+                .to_string(),
+        ),
+    ])
 }
 
 #[cfg(test)]

@@ -13,16 +13,11 @@ use portcullis_tests::{
     agent::{Agent, rss_kib},
     crowdsec::{FirewallBouncer, LocalApi},
     flood::{Flood, Generator, Sources, udp_frame},
-    netns::NetnsPair,
+    netns::{NetnsPair, in_ns},
 };
 use serde_json::{Value, json};
 
-use crate::{
-    Scale,
-    filters::in_ns,
-    flood::{FLOOD_PORT, rx_packets, udp_no_ports},
-    median,
-};
+use crate::{Scale, flood::FLOOD_PORT, median};
 
 /// Decisions imported at once (a smoke run imports fewer).
 const DECISIONS: usize = 100_000;
@@ -96,10 +91,10 @@ fn banned_flood(
     flood(scale.flood_time / 4)?;
     let (mut rates, mut passed_shares) = (Vec::new(), Vec::new());
     for _ in 0..scale.flood_rounds {
-        let (rx, no_ports) = (rx_packets(pair)?, udp_no_ports(pair)?);
+        let (rx, no_ports) = (pair.server_rx_packets()?, pair.server_udp_no_ports()?);
         let sent = flood(scale.flood_time)?;
-        let received = rx_packets(pair)? - rx;
-        let passed = udp_no_ports(pair)? - no_ports;
+        let received = pair.server_rx_packets()? - rx;
+        let passed = pair.server_udp_no_ports()? - no_ports;
         rates.push(received as f64 / sent.elapsed.as_secs_f64());
         passed_shares.push(passed as f64 / received.max(1) as f64);
     }

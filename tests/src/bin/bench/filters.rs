@@ -10,7 +10,7 @@ use aya::{
 };
 use portcullis_tests::{
     agent::Agent,
-    netns::NetnsPair,
+    netns::{NetnsPair, in_ns},
     test_programs::{self, DROP_ALL, DROP_ALL_BUSY, FLOOR},
 };
 use tempfile::TempDir;
@@ -220,21 +220,4 @@ fn test_program(pair: &NetnsPair, ifaces: &[&str], name: &'static str) -> Result
         _object: Some((object, name)),
         ..Default::default()
     })
-}
-
-/// Runs a command inside namespace `ns` and returns its standard output.
-pub fn in_ns(ns: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
-        .output()
-        .with_context(|| format!("running {}", args[0]))?;
-    if !out.status.success() {
-        bail!(
-            "{} (in {ns}): {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -15,13 +15,13 @@ use anyhow::{Context as _, Result};
 use portcullis_tests::{
     agent,
     flood::{Flood, Generator, Sent, Sources, udp_frame},
-    netns::NetnsPair,
+    netns::{NetnsPair, in_ns},
 };
 use serde_json::{Value, json};
 
 use crate::{
     Scale,
-    filters::{Filter, Installed, in_ns},
+    filters::{Filter, Installed},
     median,
 };
 
@@ -29,46 +29,6 @@ use crate::{
 pub const FLOOD_SOURCE: Ipv4Addr = Ipv4Addr::new(100, 64, 1, 1);
 /// Nobody listens there: what passes every filter ends as the stack's "no port".
 pub const FLOOD_PORT: u16 = 9;
-
-/// Packets the server interface received (`ip -s link`: XDP drops included).
-pub fn rx_packets(pair: &NetnsPair) -> Result<u64> {
-    link_stats(pair)?["rx"]["packets"]
-        .as_u64()
-        .context("no rx packets in ip -s -j link")
-}
-
-/// Frames the server interface's ring dropped because the receiving side was behind (`ip -s
-/// link`: veth counts its peer's failed deliveries there).
-pub fn rx_dropped(pair: &NetnsPair) -> Result<u64> {
-    link_stats(pair)?["rx"]["dropped"]
-        .as_u64()
-        .context("no rx dropped in ip -s -j link")
-}
-
-fn link_stats(pair: &NetnsPair) -> Result<Value> {
-    let out = std::process::Command::new("ip")
-        .args(["-n", &pair.server_ns, "-s", "-j", "link", "show", "dev"])
-        .arg(&pair.server_if)
-        .output()?;
-    let links: Value = serde_json::from_slice(&out.stdout).context("ip -s -j link")?;
-    Ok(links[0]["stats64"].clone())
-}
-
-/// UDP datagrams that reached the server's stack with no socket: what no filter dropped.
-pub fn udp_no_ports(pair: &NetnsPair) -> Result<u64> {
-    let snmp = in_ns(&pair.server_ns, &["cat", "/proc/net/snmp"])?;
-    let mut udp = snmp.lines().filter(|line| line.starts_with("Udp: "));
-    let (names, values) = (udp.next(), udp.next());
-    let (names, values) = names
-        .zip(values)
-        .context("no Udp lines in /proc/net/snmp")?;
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(name, _)| *name == "NoPorts")
-        .and_then(|(_, value)| value.parse().ok())
-        .context("no Udp NoPorts in /proc/net/snmp")
-}
 
 /// What one filter did with a flood.
 pub struct Outcome {
@@ -150,12 +110,13 @@ impl Case {
 
     /// One measured flood.
     fn measure(&mut self, generator: &Generator, sources: Sources, scale: &Scale) -> Result<()> {
-        let (rx, passed) = (rx_packets(&self.pair)?, udp_no_ports(&self.pair)?);
-        let ring = rx_dropped(&self.pair)?;
+        let pair = &self.pair;
+        let (rx, passed) = (pair.server_rx_packets()?, pair.server_udp_no_ports()?);
+        let ring = pair.server_rx_dropped()?;
         let sent = self.flood(generator, sources, scale.flood_time)?;
-        let received = rx_packets(&self.pair)? - rx;
-        let passed = udp_no_ports(&self.pair)? - passed;
-        let overflowed = rx_dropped(&self.pair)? - ring;
+        let received = pair.server_rx_packets()? - rx;
+        let passed = pair.server_udp_no_ports()? - passed;
+        let overflowed = pair.server_rx_dropped()? - ring;
         let seconds = sent.elapsed.as_secs_f64();
         self.rates.push(received as f64 / seconds);
         self.dropped
