@@ -202,6 +202,29 @@ impl NetnsPair {
         ])
     }
 
+    /// Makes the client's entry for `SERVER_V4` permanent. A flood that overflows the
+    /// server's receive ring drops ARP with the rest, and an unanswered ARP holds every
+    /// packet the client sends meanwhile; a pinned entry keeps the test about the filter.
+    pub fn pin_server_neighbour(&self) -> Result<()> {
+        let mac = self
+            .server_mac()?
+            .map(|byte| format!("{byte:02x}"))
+            .join(":");
+        ip(&[
+            "-n",
+            &self.client_ns,
+            "neigh",
+            "replace",
+            SERVER_V4,
+            "lladdr",
+            &mac,
+            "dev",
+            &self.client_if,
+            "nud",
+            "permanent",
+        ])
+    }
+
     /// Frames the server interface received (`ip -s link`: XDP drops included).
     pub fn server_rx_packets(&self) -> Result<u64> {
         self.server_link_stats()?["rx"]["packets"]

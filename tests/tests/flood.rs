@@ -47,6 +47,7 @@ struct Bed {
 fn bed(policy_text: &str, extra: &[&str]) -> Bed {
     let pair = NetnsPair::new().unwrap();
     pair.add_client_addr(OFFENDER).unwrap();
+    pair.pin_server_neighbour().unwrap();
     let leftovers = Leftovers::of(&pair.server_ns);
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.yaml");
