@@ -4,19 +4,26 @@
 //! whole, a server that fails leaving the last good copy in force, and a restart enforcing
 //! the cached copy before any fetch.
 
-use std::time::{Duration, Instant};
+use std::{
+    os::unix::fs::PermissionsExt,
+    time::{Duration, Instant},
+};
 
 use portcullis_tests::{
-    agent::{Agent, Leftovers},
+    agent::{Agent, AgentPaths, Leftovers},
     netns::{CLIENT_V4, NetnsPair, SERVER_V4},
     nginx::Nginx,
     output_text, replace_file, require_kernel,
-    traffic::Probe,
+    traffic::{Probe, http_fetch},
 };
 use serde_json::Value;
 
 const PROBE_PORT: u16 = 7002;
 const LIST_SERVER: &str = "127.0.0.1:8089";
+const METRICS: &str = "127.0.0.1:9479";
+/// The list URL's password and query key: never shown, logged or written in a name.
+const SECRET: &str = "s3cr3t-T0KEN";
+const KEY: &str = "k3y-0f-the-feed";
 /// A list URL refreshed every second: a change is in force within 2 s.
 const WITHIN: Duration = Duration::from_secs(2);
 
@@ -60,7 +67,9 @@ fn lists_from_a_file_and_a_url_are_enforced_refreshed_and_cached() {
     let drop_txt = served.join("drop.txt");
     std::fs::write(&drop_txt, "; Spamhaus DROP List\n198.51.100.0/24 ; SBL1\n").unwrap();
     let nginx = Nginx::serve_files(&pair.server_ns, LIST_SERVER, &served).unwrap();
-    let url = format!("http://{LIST_SERVER}/drop.txt");
+    // Authenticated as feeds are, in the URL: fetched whole, shown without the secrets.
+    let fetched_url = format!("http://feed:{SECRET}@{LIST_SERVER}/drop.txt?key={KEY}");
+    let url = format!("http://***@{LIST_SERVER}/drop.txt?***");
 
     let lists_dir = dir.path().join("lists");
     std::fs::create_dir(&lists_dir).unwrap();
@@ -70,12 +79,18 @@ fn lists_from_a_file_and_a_url_are_enforced_refreshed_and_cached() {
     std::fs::write(
         &policy,
         format!(
-            "deny:\n  - {{list: {}, name: local-drop}}\n  - {{list: '{url}', name: spamhaus, refresh: 1s}}\n",
+            "deny:\n  - {{list: {}, name: local-drop}}\n  - {{list: '{fetched_url}', name: spamhaus, refresh: 1s}}\n",
             local.display()
         ),
     )
     .unwrap();
-    let mut agent = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]).unwrap();
+    let mut agent = Agent::start(
+        &pair.server_ns,
+        &pair.server_if,
+        &policy,
+        &["--metrics", METRICS],
+    )
+    .unwrap();
     let probe = Probe::start(&pair, CLIENT_V4, SERVER_V4, PROBE_PORT).unwrap();
     probe
         .wait_through(Instant::now(), Duration::from_secs(5))
@@ -83,6 +98,11 @@ fn lists_from_a_file_and_a_url_are_enforced_refreshed_and_cached() {
     let fetched = wait_list(&agent, &url, "first fetch", |l| l["entries"] == 1);
     assert_eq!(fetched["name"], "spamhaus");
     assert_eq!(fetched["from_cache"], false);
+    assert_eq!(
+        nginx.access_log()[0],
+        format!("/drop.txt?key={KEY} 200"),
+        "fetched with its query"
+    );
     let file = wait_list(&agent, &local.display().to_string(), "file read", |l| {
         l["entries"] == 1
     });
@@ -185,12 +205,19 @@ fn lists_from_a_file_and_a_url_are_enforced_refreshed_and_cached() {
     );
 
     // A restart with the server still gone: the cached copy is enforced from the start.
+    let earlier_logs = [agent.stdout(), agent.stderr()].concat().join("\n");
     agent.keep_state();
     agent.stop().unwrap();
     probe
         .wait_through(Instant::now(), Duration::from_secs(5))
         .unwrap();
-    let agent = Agent::start(&pair.server_ns, &pair.server_if, &policy, &[]).unwrap();
+    let agent = Agent::start(
+        &pair.server_ns,
+        &pair.server_if,
+        &policy,
+        &["--metrics", METRICS],
+    )
+    .unwrap();
     let ready = Instant::now();
     let took = probe.wait_blocked(ready, Duration::from_secs(2)).unwrap();
     assert!(
@@ -199,6 +226,32 @@ fn lists_from_a_file_and_a_url_are_enforced_refreshed_and_cached() {
     );
     let cached = wait_list(&agent, &url, "cached copy", |l| l["entries"] == 2);
     assert_eq!(cached["from_cache"], true, "{cached:#}");
+
+    // Nothing the agent shows or keeps holds the URL's secrets.
+    let (_, metrics) = http_fetch(&pair.server_ns, METRICS, "/metrics").unwrap();
+    assert!(metrics.contains(&format!("list=\"{url}\"")), "{metrics}");
+    let state_dir = AgentPaths::of(&pair.server_ns).state_dir;
+    let mut shown = vec![
+        metrics,
+        output_text(&agent.cli(&["status", "--json"])),
+        output_text(&agent.cli(&["status"])),
+        agent.stdout().join("\n"),
+        agent.stderr().join("\n"),
+        earlier_logs,
+    ];
+    for entry in std::fs::read_dir(state_dir.join("lists")).unwrap() {
+        let entry = entry.unwrap();
+        shown.push(entry.file_name().to_string_lossy().into_owned());
+        shown.push(std::fs::read_to_string(entry.path()).unwrap());
+        let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{:?}", entry.path());
+    }
+    for text in shown {
+        assert!(
+            !text.contains(SECRET) && !text.contains(KEY),
+            "a secret of the list URL shows: {text}"
+        );
+    }
 }
 
 #[test]

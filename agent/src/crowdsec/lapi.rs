@@ -89,7 +89,7 @@ impl Lapi {
             .header("X-Api-Key", &self.key)
             .send()
             .await
-            .map_err(|e| LapiError::Transport(describe(&e)))?;
+            .map_err(|e| LapiError::Transport(describe(e)))?;
         answer(response).await
     }
 }
@@ -111,7 +111,7 @@ pub(super) async fn answer<T: serde::de::DeserializeOwned>(
     let body = response
         .bytes()
         .await
-        .map_err(|e| LapiError::Transport(describe(&e)))?;
+        .map_err(|e| LapiError::Transport(describe(e)))?;
     if !status.is_success() {
         let body = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
         return Err(LapiError::Status {

@@ -141,7 +141,7 @@ impl Watcher {
             .json(&body)
             .send()
             .await
-            .map_err(|e| LapiError::Transport(describe(&e)))?;
+            .map_err(|e| LapiError::Transport(describe(e)))?;
         let login: Login = super::lapi::answer(response).await?;
         let life = humantime::parse_rfc3339_weak(login.expire.trim_end_matches('Z'))
             .ok()
@@ -165,7 +165,7 @@ impl Watcher {
                 .json(&alerts)
                 .send()
                 .await
-                .map_err(|e| LapiError::Transport(describe(&e)))?;
+                .map_err(|e| LapiError::Transport(describe(e)))?;
             if response.status() == reqwest::StatusCode::UNAUTHORIZED && attempt == 0 {
                 self.token = None;
                 continue;

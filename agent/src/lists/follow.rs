@@ -25,7 +25,7 @@ use super::{
 };
 use crate::{
     http_client::describe,
-    policy::{ListRule, ListSource},
+    policy::{ListRule, ListSource, ListUrl},
 };
 
 /// A fetch that takes longer than this failed.
@@ -81,8 +81,8 @@ impl Update {
     }
 
     /// The cached copy of `url`, dated when it was fetched.
-    pub fn cached(url: &str, cached: Cached) -> Self {
-        let mut update = Self::parsed(ListSource::Url(url.to_string()), &cached.text, true);
+    pub fn cached(url: &ListUrl, cached: Cached) -> Self {
+        let mut update = Self::parsed(ListSource::Url(url.clone()), &cached.text, true);
         update.at_unix = cached.fetched_unix;
         update
     }
@@ -151,12 +151,12 @@ pub async fn follow(
             return;
         }
     };
-    let mut fetchers: HashMap<String, (Duration, JoinHandle<()>)> = HashMap::new();
+    let mut fetchers: HashMap<ListUrl, (Duration, JoinHandle<()>)> = HashMap::new();
     let (file_events_tx, mut file_events) = mpsc::channel::<()>(16);
     let mut files: HashMap<PathBuf, u64> = HashMap::new();
     loop {
         let lists = wanted.borrow_and_update().clone();
-        let urls: HashMap<String, Duration> = lists
+        let urls: HashMap<ListUrl, Duration> = lists
             .iter()
             .filter_map(|rule| match &rule.source {
                 ListSource::Url(url) => Some((url.clone(), rule.refresh)),
@@ -256,7 +256,7 @@ fn watch_dirs(paths: &HashSet<PathBuf>, events: mpsc::Sender<()>) -> Option<Reco
 /// Fetches `url` now and every `refresh`, sooner after a failure.
 async fn fetch_every(
     client: reqwest::Client,
-    url: String,
+    url: ListUrl,
     refresh: Duration,
     state_dir: PathBuf,
     updates: mpsc::Sender<Update>,
@@ -265,7 +265,7 @@ async fn fetch_every(
     let mut validators = cache::load(&state_dir, &url).map(|c| (c.etag, c.last_modified));
     let mut retry = FIRST_RETRY;
     loop {
-        let outcome = match fetch(&client, &url, validators.as_ref()).await {
+        let outcome = match fetch(&client, url.to_fetch(), validators.as_ref()).await {
             Ok(Fetched::NotModified) => Ok(Outcome::Unchanged),
             Ok(Fetched::Body {
                 text,
@@ -274,14 +274,14 @@ async fn fetch_every(
             }) => match parse_aside(text).await {
                 Ok((copy, text)) => {
                     let cached = Cached {
-                        url: url.clone(),
+                        list: url.shown(),
                         etag: etag.clone(),
                         last_modified: last_modified.clone(),
                         fetched_unix: now_unix(),
                         text,
                     };
-                    if let Err(e) = cache::save(&state_dir, &cached) {
-                        tracing::warn!(url, error = %e, "the list's copy was not cached; a restart will wait for its fetch");
+                    if let Err(e) = cache::save(&state_dir, &url, &cached) {
+                        tracing::warn!(list = %url, error = %e, "the list's copy was not cached; a restart will wait for its fetch");
                     }
                     validators = Some((etag, last_modified));
                     Ok(Outcome::Copy {
@@ -341,10 +341,10 @@ type Validators = (Option<String>, Option<String>);
 /// One conditional GET.
 async fn fetch(
     client: &reqwest::Client,
-    url: &str,
+    url: &reqwest::Url,
     validators: Option<&Validators>,
 ) -> Result<Fetched, String> {
-    let mut request = client.get(url);
+    let mut request = client.get(url.clone());
     if let Some((etag, last_modified)) = validators {
         if let Some(etag) = etag {
             request = request.header(header::IF_NONE_MATCH, etag);
@@ -353,7 +353,7 @@ async fn fetch(
             request = request.header(header::IF_MODIFIED_SINCE, last_modified);
         }
     }
-    let mut response = request.send().await.map_err(|e| describe(&e))?;
+    let mut response = request.send().await.map_err(describe)?;
     match response.status() {
         StatusCode::NOT_MODIFIED => return Ok(Fetched::NotModified),
         StatusCode::OK => {}
@@ -369,7 +369,7 @@ async fn fetch(
     let etag = header_text(header::ETAG);
     let last_modified = header_text(header::LAST_MODIFIED);
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e))? {
+    while let Some(chunk) = response.chunk().await.map_err(describe)? {
         if body.len() + chunk.len() > MAX_BODY {
             return Err(format!("the body is over {} MiB", MAX_BODY >> 20));
         }

@@ -19,7 +19,7 @@ fn copies(lists: &[(&str, &str)]) -> Copies {
         let source = if source.starts_with('/') {
             ListSource::File(source.into())
         } else {
-            ListSource::Url(source.to_string())
+            ListSource::Url(crate::policy::ListUrl::parse(source).unwrap())
         };
         copies.update(Update {
             source,

@@ -4,6 +4,7 @@
 pub mod diff;
 mod file;
 pub mod http;
+mod list_url;
 pub mod units;
 mod validate;
 
@@ -18,6 +19,7 @@ use ipnet::IpNet;
 /// Map sizes (the `capacity` section), defined with the map table that uses them.
 pub use agent_common::{Capacity, Mode};
 pub use file::{Count, Protocol};
+pub use list_url::ListUrl;
 pub use validate::Problem;
 
 /// Default for `events.per_second`: enough to see what an attack looks like, far too few
@@ -85,14 +87,14 @@ pub struct ListRule {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ListSource {
     File(PathBuf),
-    Url(String),
+    Url(ListUrl),
 }
 
 impl std::fmt::Display for ListSource {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         match self {
             ListSource::File(path) => write!(f, "{}", path.display()),
-            ListSource::Url(url) => f.write_str(url),
+            ListSource::Url(url) => write!(f, "{url}"),
         }
     }
 }

@@ -144,6 +144,19 @@ fn list_entries_parse_with_their_sources_and_refresh() {
     assert!(policy.listed.is_empty());
 }
 
+/// Feeds authenticate in the URL: an error about a list never repeats what it hides.
+#[test]
+fn list_errors_do_not_show_credentials() {
+    for yaml in [
+        "deny:\n  - {list: 'https://u:T0KEN@lists.example/d.txt?key=K3Y'}\n  - {list: 'https://v:OTHER@lists.example/d.txt?key=other'}",
+        "deny:\n  - {list: 'https://u:T0KEN@[lists.example/d.txt?key=K3Y'}",
+        "deny:\n  - {list: 'https://u:T0KEN@lists.example/d.txt?key=K3Y', refresh: 1ms}",
+    ] {
+        let text = check(yaml).unwrap_err().to_string();
+        assert!(!text.contains("T0KEN") && !text.contains("K3Y"), "{text}");
+    }
+}
+
 #[test]
 fn empty_file_is_an_empty_policy() {
     for text in ["", "\n", "# nothing yet\n", "{}"] {
@@ -213,6 +226,16 @@ fn invalid_policies_name_the_line_and_the_problem() {
             "deny:\n  - {list: 'ftp://lists.example/drop.txt'}",
             2,
             |p| matches!(p, Problem::ListSource(_)),
+        ),
+        (
+            "deny:\n  - {list: 'https://u:T0KEN@lists.example/d.txt?k=1'}\n  - {list: 'https://v:OTHER@lists.example/d.txt?k=2'}",
+            3,
+            |p| matches!(p, Problem::ListsShownAlike { first_line: 2, .. }),
+        ),
+        (
+            "deny:\n  - {list: 'https://u:T0KEN@[lists.example/d.txt'}",
+            2,
+            |p| matches!(p, Problem::ListUrl),
         ),
         (
             "allow:\n  - {list: /etc/drop.txt}\ndeny:\n  - {list: /etc/drop.txt}",

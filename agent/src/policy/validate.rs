@@ -19,7 +19,7 @@ use super::{
     Aggregate, Ban, CLI_BLOCK, Capacity, Count, DEFAULT_BAN_WINDOW_NS, DEFAULT_BANS,
     DEFAULT_BLOCKS, DEFAULT_CIDRS, DEFAULT_DECISIONS, DEFAULT_EVENTS_PER_SECOND,
     DEFAULT_LIST_REFRESH, DEFAULT_RULES, DEFAULT_SOURCES, DenyRule, Limit, ListAction, ListRule,
-    ListSource, Policy, PolicyError, Protocol, RateLimit, UNNAMED_DENY,
+    ListSource, ListUrl, Policy, PolicyError, Protocol, RateLimit, UNNAMED_DENY,
     file::{
         AggregateSection, BanSection, EntryLines, ListTarget, PolicyFile, RateLimitItem,
         ResponseItem, RouteItem, StrictField, Target,
@@ -164,6 +164,14 @@ pub enum Problem {
     TooManyRules { count: usize, capacity: u32 },
     #[error("list '{0}': name an absolute file path or an http:// or https:// URL")]
     ListSource(String),
+    #[error("the list URL does not parse as an http(s) URL (not shown: it may hold credentials)")]
+    ListUrl,
+    #[error(
+        "lists {list} (line {first_line}) and this one differ only in credentials or query, \
+         which metrics, logs and status never show; add a #fragment to one to tell them apart \
+         (it is not sent)"
+    )]
+    ListsShownAlike { list: String, first_line: u32 },
     #[error("list {list} is named twice (first on line {first_line}); one entry per list")]
     ListTwice { list: String, first_line: u32 },
     #[error("list {list}: refresh applies to URLs; files are watched and read when they change")]
@@ -199,9 +207,10 @@ fn list_rule(
     line: u32,
 ) -> Result<ListRule, Problem> {
     let is_url = list.starts_with("http://") || list.starts_with("https://");
-    let source = if is_url && reqwest::Url::parse(list).is_ok() {
-        ListSource::Url(list.to_string())
-    } else if !is_url && Path::new(list).is_absolute() {
+    let source = if is_url {
+        // The text may hold credentials: an error names the line, not the text.
+        ListSource::Url(ListUrl::parse(list).ok_or(Problem::ListUrl)?)
+    } else if Path::new(list).is_absolute() {
         ListSource::File(list.into())
     } else {
         return Err(Problem::ListSource(list.to_string()));
@@ -452,6 +461,8 @@ impl Validator<'_> {
             (Place::Deny(index), &item.target, action)
         });
         let mut places: HashMap<ListSource, Place> = HashMap::new();
+        // Two lists that show alike would share their metrics and status rows.
+        let mut shown: HashMap<String, Place> = HashMap::new();
         let mut lists = Vec::new();
         for (place, target, action) in allow.chain(deny) {
             let Target::List(target) = target else {
@@ -466,6 +477,12 @@ impl Validator<'_> {
                 let first_line = self.line(first);
                 return Err(self.invalid(line, Problem::ListTwice { list, first_line }));
             }
+            let list = rule.source.to_string();
+            if let Some(&first) = shown.get(&list) {
+                let first_line = self.line(first);
+                return Err(self.invalid(line, Problem::ListsShownAlike { list, first_line }));
+            }
+            shown.insert(list, place);
             places.insert(rule.source.clone(), place);
             lists.push(rule);
         }
