@@ -64,16 +64,32 @@ pub fn parse(text: &str) -> Result<ListCopy, NotAList> {
     Ok(copy)
 }
 
+/// The widest entry a list may hold. A feed's line with a short prefix is a mistake
+/// (`10.77.0.5/0` for `/32`) or an attack on the node, never a network to allow or deny:
+/// in an allow list it would switch off enforcement, in a deny list blackhole the node.
+const MIN_PREFIX_V4: u8 = 8;
+const MIN_PREFIX_V6: u8 = 16;
+
 /// One entry: the first word (FireHOL and Spamhaus put nothing else on the line, others a
 /// comment without a marker). Host bits are cleared, as ipset does: lists are written by
-/// programs that mean the network.
+/// programs that mean the network. An entry wider than the bounds above is a bad line.
 fn entry_net(entry: &str) -> Result<IpNet, String> {
     let word = entry.split_whitespace().next().unwrap_or_default();
-    match units::parse_cidr(word) {
-        Ok(net) => Ok(net),
-        Err(units::UnitError::CidrHostBits { network, .. }) => Ok(network),
-        Err(e) => Err(e.to_string()),
+    let net = match units::parse_cidr(word) {
+        Ok(net) => net,
+        Err(units::UnitError::CidrHostBits { network, .. }) => network,
+        Err(e) => return Err(e.to_string()),
+    };
+    let widest = match net {
+        IpNet::V4(_) => MIN_PREFIX_V4,
+        IpNet::V6(_) => MIN_PREFIX_V6,
+    };
+    if net.prefix_len() < widest {
+        return Err(format!(
+            "'{word}' is wider than /{widest}; a list entry is never that wide (write it in the policy file if you mean it)"
+        ));
     }
+    Ok(net)
 }
 
 #[cfg(test)]
@@ -119,6 +135,39 @@ mod tests {
             "{bad:?}"
         );
         assert!(bad[1].contains("write 1.2.3.4/32"), "{bad:?}");
+    }
+
+    #[test]
+    fn an_entry_wider_than_a_slash_8_is_a_bad_line_never_widened() {
+        let copy = parse(
+            "10.77.0.5/0\n10.77.0.5/7\n0.0.0.0/0\n::/0\n2001:db8::1/15\n\
+             10.0.0.0/8\n2001::/16\n10.1.2.3/8\n1.2.3.4\n5.6.7.8\n6.7.8.9\n7.8.9.10\n",
+        )
+        .unwrap();
+        assert_eq!(
+            copy.nets,
+            nets(&[
+                "10.0.0.0/8",
+                "2001::/16",
+                "10.0.0.0/8",
+                "1.2.3.4/32",
+                "5.6.7.8/32",
+                "6.7.8.9/32",
+                "7.8.9.10/32"
+            ])
+        );
+        let bad: Vec<String> = copy.bad.iter().map(ToString::to_string).collect();
+        assert_eq!(bad.len(), 5, "{bad:?}");
+        assert_eq!(
+            bad[0],
+            "line 1: '10.77.0.5/0' is wider than /8; a list entry is never that wide \
+             (write it in the policy file if you mean it)"
+        );
+        assert!(
+            bad[3].starts_with("line 4: '::/0' is wider than /16"),
+            "{bad:?}"
+        );
+        assert!(bad[4].starts_with("line 5: '2001:db8::1/15'"), "{bad:?}");
     }
 
     #[test]
