@@ -694,12 +694,14 @@ pub const COUNTER_EVENTS_SUPPRESSED: u32 = COUNTER_EVENTS_WRITTEN + 1;
 pub const COUNTER_EVENTS_LOST: u32 = COUNTER_EVENTS_WRITTEN + 2;
 /// Escalation bans that could not be stored because `BANS_*` was full.
 pub const COUNTER_BANS_FAILED: u32 = COUNTER_EVENTS_WRITTEN + 3;
-/// Token buckets created; minus the buckets present, the number replaced by newer ones.
+/// Token buckets created.
 pub const COUNTER_BUCKETS_CREATED: u32 = COUNTER_EVENTS_WRITTEN + 4;
 /// Packets of sources not given a bucket yet: first packets within a rule's burst window,
 /// which is every packet of a flood of one-packet (spoofed) sources.
 pub const COUNTER_UNADMITTED: u32 = COUNTER_EVENTS_WRITTEN + 5;
-pub const COUNTER_SLOTS: u32 = COUNTER_EVENTS_WRITTEN + 6;
+/// Token buckets a new one replaced in a full set, counted as it happens.
+pub const COUNTER_BUCKET_EVICTIONS: u32 = COUNTER_EVENTS_WRITTEN + 6;
+pub const COUNTER_SLOTS: u32 = COUNTER_EVENTS_WRITTEN + 7;
 /// Slots of `MALFORMED`, one per `MalformedCause` code.
 pub const MALFORMED_SLOTS: u32 = 32;
 

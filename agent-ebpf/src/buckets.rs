@@ -4,7 +4,7 @@
 use agent_common::{
     Bucket, BucketKey,
     buckets::{self, BucketSet, BucketSlot, WAYS},
-    maps::COUNTER_BUCKETS_CREATED,
+    maps::{COUNTER_BUCKET_EVICTIONS, COUNTER_BUCKETS_CREATED},
 };
 
 use crate::{
@@ -69,7 +69,7 @@ fn same_group(a: &BucketKey, b: &BucketKey) -> bool {
 }
 
 /// Gives `key` the slot of `set` that `buckets::victim` picks, holding `bucket`, and counts
-/// the bucket created.
+/// the bucket created, and the one it replaced if the slot held one (rule id 0: empty).
 ///
 /// Another CPU may pick the same slot at the same time, or still be judging a packet of
 /// the group it replaces: the bucket is written before the key, so a packet that finds
@@ -84,6 +84,9 @@ pub unsafe fn insert(set: *mut BucketSet, key: BucketKey, bucket: Bucket) {
     unsafe {
         let way = buckets::victim(&(*set).slots);
         let slot = &raw mut (*set).slots[way & (WAYS - 1)];
+        if core::ptr::read_volatile(&raw const (*slot).key.rule) != 0 {
+            counters::bump(COUNTER_BUCKET_EVICTIONS);
+        }
         core::ptr::write_volatile(&raw mut (*slot).bucket, bucket);
         core::ptr::write_volatile(&raw mut (*slot).key, key);
     }

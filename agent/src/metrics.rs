@@ -357,8 +357,8 @@ pub fn render(s: &Snapshot) -> String {
     counter(
         &mut registry,
         "bucket_evictions",
-        "Token buckets replaced by a new source's in a full set (created minus present)",
-        s.counters.buckets_created.saturating_sub(s.buckets as u64),
+        "Token buckets replaced by a new source's in a full set",
+        s.counters.bucket_evictions,
     );
     gauge(
         &mut registry,
@@ -430,6 +430,7 @@ mod tests {
         counters.shadow[Reason::RateLimited as usize] = 2;
         counters.events_suppressed = 5;
         counters.buckets_created = 10;
+        counters.bucket_evictions = 4;
         counters.unadmitted = 3;
         let text = render(&Snapshot {
             counters,

@@ -182,11 +182,21 @@ fn a_new_source_replaces_the_fullest_bucket_not_an_offenders() {
         assert_eq!(verdict(source), (false, false), "{source}, takes a bucket");
     }
     assert_eq!(h.telemetry.count_buckets().unwrap(), 4, "the set is full");
+    assert_eq!(
+        h.counters().unwrap().bucket_evictions,
+        0,
+        "empty slots taken"
+    );
 
     assert_eq!(verdict(newcomer), (false, true), "newcomer, first packet");
     assert_eq!(verdict(newcomer), (false, false), "newcomer takes a bucket");
     assert_eq!(h.telemetry.count_buckets().unwrap(), 4);
     assert_eq!(h.counters().unwrap().buckets_created, 5);
+    assert_eq!(
+        h.counters().unwrap().bucket_evictions,
+        1,
+        "one bucket replaced"
+    );
 
     assert_eq!(
         verdict(offender),
@@ -231,4 +241,5 @@ fn every_bucket_is_counted_across_the_whole_array() {
     }
     assert_eq!(h.counters().unwrap().buckets_created, u64::from(SOURCES));
     assert_eq!(h.telemetry.count_buckets().unwrap(), SOURCES as usize);
+    assert_eq!(h.counters().unwrap().bucket_evictions, 0);
 }

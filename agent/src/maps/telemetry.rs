@@ -48,6 +48,8 @@ pub struct Counters {
     pub events_lost: u64,
     pub bans_failed: u64,
     pub buckets_created: u64,
+    /// Buckets a new one replaced in a full set.
+    pub bucket_evictions: u64,
     /// Packets of sources without a bucket (see `agent_common::admission`).
     pub unadmitted: u64,
 }
@@ -105,6 +107,7 @@ impl TelemetryMaps {
         counters.events_lost = total(names::COUNTER_EVENTS_LOST)?;
         counters.bans_failed = total(names::COUNTER_BANS_FAILED)?;
         counters.buckets_created = total(names::COUNTER_BUCKETS_CREATED)?;
+        counters.bucket_evictions = total(names::COUNTER_BUCKET_EVICTIONS)?;
         counters.unadmitted = total(names::COUNTER_UNADMITTED)?;
         Ok(counters)
     }
