@@ -2,7 +2,9 @@
 //! Dropping the guard stops it and removes its pins, also when a test fails.
 
 use std::{
+    ffi::CString,
     io::{BufRead as _, BufReader},
+    os::unix::{ffi::OsStringExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex},
@@ -10,6 +12,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+
+use crate::cgroup::MemoryCgroup;
 
 /// The agent binary: `PORTCULLIS_BIN`, or `portcullis` in the target directory these tests
 /// were built into.
@@ -108,7 +112,24 @@ impl Agent {
     /// Starts `portcullis run` in namespace `ns` with `args` (which choose the interfaces)
     /// and waits until it is attached.
     pub fn start_run(ns: &str, policy: &Path, args: &[&str]) -> Result<Self> {
-        Self::spawn(ns, policy, args, None)
+        Self::spawn(ns, policy, args, None, None)
+    }
+
+    /// As `start`, in `cgroup` from its first instruction: under its memory limit.
+    pub fn start_in_cgroup(
+        ns: &str,
+        iface: &str,
+        policy: &Path,
+        extra: &[&str],
+        cgroup: &MemoryCgroup,
+    ) -> Result<Self> {
+        Self::spawn(
+            ns,
+            policy,
+            &[&["--iface", iface], extra].concat(),
+            None,
+            Some(cgroup),
+        )
     }
 
     /// As `start`, with the agent's stdout going to `stdout` instead of being collected.
@@ -124,16 +145,39 @@ impl Agent {
             policy,
             &[&["--iface", iface], extra].concat(),
             Some(stdout),
+            None,
         )
     }
 
-    fn spawn(ns: &str, policy: &Path, args: &[&str], stdout: Option<Stdio>) -> Result<Self> {
+    fn spawn(
+        ns: &str,
+        policy: &Path,
+        args: &[&str],
+        stdout: Option<Stdio>,
+        cgroup: Option<&MemoryCgroup>,
+    ) -> Result<Self> {
         let AgentPaths {
             pin_dir,
             socket,
             state_dir,
         } = AgentPaths::of(ns);
-        let mut child = Command::new("nsenter")
+        let mut command = Command::new("nsenter");
+        if let Some(cgroup) = cgroup {
+            let procs = CString::new(cgroup.procs().into_os_string().into_vec())?;
+            // SAFETY: between fork and exec only async-signal-safe calls (open, write,
+            // close) on memory prepared before the fork. Writing "0" moves the writer.
+            unsafe {
+                command.pre_exec(move || {
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                    if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(fd);
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .arg(format!("--net=/run/netns/{ns}"))
             .arg(binary())
             .args(["run", "--policy"])
@@ -290,6 +334,12 @@ impl Agent {
         rss_kib(pid)
     }
 
+    /// The most memory the agent has held (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> Result<u64> {
+        let pid = self.child.as_ref().context("agent stopped")?.id();
+        status_kib(pid, "VmHWM")
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn stop(&mut self) -> Result<ExitStatus> {
         let mut child = self.child.take().context("agent already stopped")?;
@@ -310,13 +360,18 @@ impl Agent {
 
 /// Resident memory (VmRSS) of process `pid`, in KiB.
 pub fn rss_kib(pid: u32) -> Result<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// A memory figure of `/proc/PID/status`, in KiB.
+fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
 fn signal(child: &Child, sig: i32) {

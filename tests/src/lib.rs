@@ -3,6 +3,7 @@
 //! clean up after themselves.
 
 pub mod agent;
+pub mod cgroup;
 pub mod configmap;
 pub mod crowdsec;
 pub mod flood;

@@ -11,6 +11,7 @@ use std::{
 
 use portcullis_tests::{
     agent::{Agent, AgentPaths, Leftovers},
+    cgroup::MemoryCgroup,
     netns::{CLIENT_V4, NetnsPair, SERVER_V4},
     nginx::Nginx,
     output_text, replace_file, require_kernel,
@@ -397,4 +398,61 @@ fn watched_files_are_read_again_when_they_change_not_when_they_are_read() {
         read < 256 * 1024,
         "the agent read {read} bytes in 2 s of nothing changing"
     );
+}
+
+/// `n` distinct IPv6 addresses, one a line, in their shortest text (about 10 bytes a line:
+/// the most entries per byte a feed can send).
+fn ipv6_list(n: u32) -> String {
+    (0..n)
+        .map(|i| format!("{:x}::{:x}\n", i >> 16, i & 0xffff))
+        .collect()
+}
+
+/// Under a pod's memory limit, a list with more entries than the limit leaves room for
+/// is refused as it is read, with the reason, and the agent lives (read whole, these 1.5
+/// million entries took some 150 MB beside the maps' 64 MiB: killed at the 128 MiB limit);
+/// a list within the bound then applies.
+#[test]
+fn a_list_larger_than_the_memory_limit_allows_is_refused_and_the_agent_lives() {
+    require_kernel!();
+    let pair = NetnsPair::new().unwrap();
+    let _leftovers = Leftovers::of(&pair.server_ns);
+    let cgroup = MemoryCgroup::new(128 << 20).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("feed.txt");
+    std::fs::write(&list, ipv6_list(1_500_000)).unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "deny:\n  - {{list: {}, name: feed}}\n\
+             capacity: {{cidrs: 250000, sources: 1024, decisions: 1024, bans: 1024, blocks: 1024}}\n",
+            list.display()
+        ),
+    )
+    .unwrap();
+    let mut agent =
+        Agent::start_in_cgroup(&pair.server_ns, &pair.server_if, &policy, &[], &cgroup).unwrap();
+    let shown = list.display().to_string();
+    let refused = wait_list(&agent, &shown, "refused", |l| l["error"].is_string());
+    let error = refused["error"].as_str().unwrap();
+    let max: u32 = error
+        .strip_prefix("more than ")
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{error}"));
+    assert!(
+        (100_000..1_500_000).contains(&max)
+            && error.contains("(what the agent's memory limit of 128 MiB leaves room for, ")
+            && error.ends_with(&format!("read up to line {} and refused", max + 1)),
+        "{error}"
+    );
+    assert_eq!(refused["entries"], 0, "{refused:#}");
+    assert!(agent.is_running(), "{}", agent.stderr().join("\n"));
+
+    replace_file(&list, &ipv6_list(150_000)).unwrap();
+    let applied = wait_list(&agent, &shown, "applied", |l| l["entries"] == 150_000);
+    assert!(applied["error"].is_null(), "{applied:#}");
+    assert!(agent.is_running(), "{}", agent.stderr().join("\n"));
+    let peak = agent.peak_rss_kib().unwrap();
+    println!("peak RSS {} MiB under the 128 MiB limit", peak >> 10);
 }

@@ -1,7 +1,8 @@
 //! The last good copy of each list URL, in `STATE_DIR/lists/`: the body as fetched and its
 //! validators (ETag, Last-Modified) for the next conditional request. A restarted agent
 //! enforces it before its first fetch, and a node that cannot reach the list's server keeps
-//! it.
+//! it. A copy's file is one line of `Meta` as JSON, then the body: written and read as a
+//! stream, never whole in memory.
 //!
 //! A URL may hold credentials, so a copy's file is named by the URL's SHA-256, holds the
 //! URL only as shown (`ListUrl::shown`), and is written 0600 in a 0700 directory without
@@ -9,24 +10,28 @@
 
 use std::{
     fs::{self, DirBuilder, File, OpenOptions},
-    io::{self, Read, Write},
+    io::{self, BufRead, BufReader, Read, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
 use serde::{Deserialize, Serialize};
 
+use super::format::{EntryBound, ListCopy, Reader, Refused};
 use crate::policy::ListUrl;
 
+/// What is kept with a copy's body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Cached {
+pub struct Meta {
     /// The URL as shown, for a person reading the directory; the file name is the key.
     #[serde(default)]
     pub list: String,
     pub etag: Option<String>,
     pub last_modified: Option<String>,
     pub fetched_unix: u64,
-    pub text: String,
+    /// The body, in the one-JSON files earlier versions wrote; never written now.
+    #[serde(default, skip_serializing)]
+    pub text: Option<String>,
 }
 
 fn dir(state_dir: &Path) -> PathBuf {
@@ -59,19 +64,54 @@ fn legacy_file_name(url: &ListUrl) -> String {
     name
 }
 
-/// The cached copy of `url`, if there is a readable one.
-pub fn load(state_dir: &Path, url: &ListUrl) -> Option<Cached> {
+/// The validators of the cached copy of `url`, if there is a readable one.
+pub fn meta(state_dir: &Path, url: &ListUrl) -> Option<Meta> {
     let dir = dir(state_dir);
-    if let Some(cached) = read(&dir.join(file_name(url))) {
-        return Some(cached);
+    [file_name(url), legacy_file_name(url)]
+        .iter()
+        .find_map(|name| open(&dir.join(name)))
+        .map(|(meta, _)| Meta { text: None, ..meta })
+}
+
+/// The cached copy of `url`, read under `bound`, if there is a readable one.
+pub fn read(
+    state_dir: &Path,
+    url: &ListUrl,
+    bound: EntryBound,
+) -> Option<(Meta, Result<ListCopy, Refused>)> {
+    let dir = dir(state_dir);
+    let path = dir.join(file_name(url));
+    if let Some((meta, mut body)) = open(&path) {
+        let mut reader = Reader::new(bound);
+        let mut chunk = vec![0; 64 * 1024];
+        loop {
+            match body.read(&mut chunk) {
+                Ok(0) => return Some((meta, reader.finish())),
+                Ok(n) => {
+                    if let Err(refused) = reader.feed(&chunk[..n]) {
+                        return Some((meta, Err(refused)));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "a cached list copy is not readable; it is ignored");
+                    return None;
+                }
+            }
+        }
     }
     let legacy = dir.join(legacy_file_name(url));
-    let cached = read(&legacy)?;
-    let moved = Cached {
+    let (meta, _) = open(&legacy)?;
+    let text = meta.text.clone().unwrap_or_default();
+    let meta = Meta {
         list: url.shown(),
-        ..cached
+        text: None,
+        ..meta
     };
-    match save(state_dir, url, &moved) {
+    let moved = Writer::create(state_dir, url, &meta).and_then(|mut writer| {
+        writer.write(text.as_bytes())?;
+        writer.commit()
+    });
+    match moved {
         Ok(()) => {
             let _ = fs::remove_file(&legacy);
         }
@@ -79,20 +119,22 @@ pub fn load(state_dir: &Path, url: &ListUrl) -> Option<Cached> {
             tracing::warn!(list = %url, error = %e, "a cached list copy was not moved to its new name")
         }
     }
-    Some(moved)
+    let copy = super::format::parse(&text, bound);
+    Some((meta, copy))
 }
 
-fn read(path: &Path) -> Option<Cached> {
-    let mut text = String::new();
-    OpenOptions::new()
+/// The file at `path`: its `Meta` line, and the body after it.
+fn open(path: &Path) -> Option<(Meta, BufReader<File>)> {
+    let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .ok()?
-        .read_to_string(&mut text)
         .ok()?;
-    match serde_json::from_str::<Cached>(&text) {
-        Ok(cached) => Some(cached),
+    let mut body = BufReader::new(file);
+    let mut line = String::new();
+    body.read_line(&mut line).ok()?;
+    match serde_json::from_str::<Meta>(&line) {
+        Ok(meta) => Some((meta, body)),
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "a cached list copy is not readable; it is ignored");
             None
@@ -100,27 +142,62 @@ fn read(path: &Path) -> Option<Cached> {
     }
 }
 
-/// Replaces the cached copy of `url`: written aside (a fresh file, 0600, never through a
-/// link left at that name), then renamed over the old.
-pub fn save(state_dir: &Path, url: &ListUrl, cached: &Cached) -> io::Result<()> {
-    let dir = dir(state_dir);
-    private_dir(&dir)?;
-    let path = dir.join(file_name(url));
-    let aside = path.with_extension("json.new");
-    // A leftover (or a link someone left) goes; `create_new` then refuses anything there.
-    match fs::remove_file(&aside) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        _ => {}
+/// A copy being written aside: a fresh file, 0600, never through a link left at that name.
+/// `commit` renames it over the old copy; dropped before, it is removed.
+pub struct Writer {
+    file: File,
+    aside: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Writer {
+    pub fn create(state_dir: &Path, url: &ListUrl, meta: &Meta) -> io::Result<Self> {
+        let dir = dir(state_dir);
+        private_dir(&dir)?;
+        let path = dir.join(file_name(url));
+        let aside = path.with_extension("json.new");
+        // A leftover (or a link someone left) goes; `create_new` then refuses anything there.
+        match fs::remove_file(&aside) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&aside)?;
+        let mut writer = Self {
+            file,
+            aside,
+            path,
+            committed: false,
+        };
+        let mut line = serde_json::to_vec(meta)?;
+        line.push(b'\n');
+        writer.write(&line)?;
+        Ok(writer)
     }
-    let mut file: File = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&aside)?;
-    file.write_all(&serde_json::to_vec(cached)?)?;
-    file.sync_all()?;
-    fs::rename(&aside, &path)
+
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)
+    }
+
+    pub fn commit(mut self) -> io::Result<()> {
+        self.file.sync_all()?;
+        fs::rename(&self.aside, &self.path)?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.aside);
+        }
+    }
 }
 
 /// `dir`, made 0700 (created so, or tightened): a real directory, not a link to one.
@@ -155,14 +232,27 @@ mod tests {
         ListUrl::parse(text).unwrap()
     }
 
-    fn copy(list: &ListUrl) -> Cached {
-        Cached {
+    fn meta(list: &ListUrl) -> Meta {
+        Meta {
             list: list.shown(),
             etag: Some("\"abc\"".to_string()),
             last_modified: None,
             fetched_unix: 1_700_000_000,
-            text: "1.2.3.0/24\n".to_string(),
+            text: None,
         }
+    }
+
+    fn save(state: &Path, list: &ListUrl, body: &str) {
+        let mut writer = Writer::create(state, list, &meta(list)).unwrap();
+        writer.write(body.as_bytes()).unwrap();
+        writer.commit().unwrap();
+    }
+
+    /// The copy's meta and entries as text.
+    fn load(state: &Path, list: &ListUrl) -> Option<(Meta, Vec<String>)> {
+        let (meta, copy) = read(state, list, EntryBound::none())?;
+        let nets = copy.unwrap().nets.iter().map(ToString::to_string).collect();
+        Some((meta, nets))
     }
 
     fn names(dir: &Path) -> Vec<String> {
@@ -179,14 +269,12 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let a = url("https://lists.example/drop.txt?v=1");
         let b = url("https://lists.example/drop.txt?v=2");
-        save(state.path(), &a, &copy(&a)).unwrap();
-        let other = Cached {
-            text: "5.6.7.0/24\n".to_string(),
-            ..copy(&b)
-        };
-        save(state.path(), &b, &other).unwrap();
-        assert_eq!(load(state.path(), &a), Some(copy(&a)));
-        assert_eq!(load(state.path(), &b), Some(other));
+        save(state.path(), &a, "1.2.3.0/24\n");
+        save(state.path(), &b, "5.6.7.0/24\n");
+        let a_copy = (meta(&a), vec!["1.2.3.0/24".to_string()]);
+        assert_eq!(load(state.path(), &a), Some(a_copy));
+        assert_eq!(load(state.path(), &b).unwrap().1, ["5.6.7.0/24"]);
+        assert_eq!(super::meta(state.path(), &a), Some(meta(&a)));
         assert_eq!(
             load(state.path(), &url("https://lists.example/other.txt")),
             None
@@ -194,10 +282,22 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_not_committed_leaves_nothing_behind() {
+        let state = tempfile::tempdir().unwrap();
+        let list = url("https://lists.example/drop.txt");
+        save(state.path(), &list, "1.2.3.0/24\n");
+        let mut writer = Writer::create(state.path(), &list, &meta(&list)).unwrap();
+        writer.write(b"<html>").unwrap();
+        drop(writer);
+        assert_eq!(names(&dir(state.path())), [file_name(&list)]);
+        assert_eq!(load(state.path(), &list).unwrap().1, ["1.2.3.0/24"]);
+    }
+
+    #[test]
     fn credentials_stay_out_of_names_and_the_copy_is_private() {
         let state = tempfile::tempdir().unwrap();
         let list = url("https://user:s3cr3t@feeds.example/drop.txt?key=k3y");
-        save(state.path(), &list, &copy(&list)).unwrap();
+        save(state.path(), &list, "1.2.3.0/24\n");
         let dir = dir(state.path());
         let names = names(&dir);
         assert_eq!(names.len(), 1);
@@ -228,9 +328,9 @@ mod tests {
             dir.join(file_name(&list)).with_extension("json.new"),
         )
         .unwrap();
-        save(state.path(), &list, &copy(&list)).unwrap();
+        save(state.path(), &list, "1.2.3.0/24\n");
         assert_eq!(fs::read_to_string(&victim).unwrap(), "untouched");
-        assert_eq!(load(state.path(), &list), Some(copy(&list)));
+        assert_eq!(load(state.path(), &list).unwrap().1, ["1.2.3.0/24"]);
     }
 
     #[test]
@@ -239,7 +339,9 @@ mod tests {
         let elsewhere = tempfile::tempdir().unwrap();
         symlink(elsewhere.path(), dir(state.path())).unwrap();
         let list = url("https://feeds.example/drop.txt");
-        let refused = save(state.path(), &list, &copy(&list)).unwrap_err();
+        let Err(refused) = Writer::create(state.path(), &list, &meta(&list)) else {
+            panic!("written through a link");
+        };
         assert!(
             refused.to_string().contains("is not a directory"),
             "{refused}"
@@ -253,7 +355,7 @@ mod tests {
         let list = url("https://user:s3cr3t@feeds.example/drop.txt");
         let dir = dir(state.path());
         fs::create_dir_all(&dir).unwrap();
-        // As earlier versions wrote it.
+        // As earlier versions wrote it: one JSON object, the URL whole, the body inside.
         let old = serde_json::json!({
             "url": list.to_fetch().as_str(),
             "etag": "\"abc\"",
@@ -262,8 +364,13 @@ mod tests {
             "text": "1.2.3.0/24\n",
         });
         fs::write(dir.join(legacy_file_name(&list)), old.to_string()).unwrap();
-        assert_eq!(load(state.path(), &list), Some(copy(&list)));
+        assert_eq!(
+            super::meta(state.path(), &list).unwrap().etag,
+            meta(&list).etag
+        );
+        let copy = (meta(&list), vec!["1.2.3.0/24".to_string()]);
+        assert_eq!(load(state.path(), &list), Some(copy.clone()));
         assert_eq!(names(&dir), vec![file_name(&list)]);
-        assert_eq!(load(state.path(), &list), Some(copy(&list)));
+        assert_eq!(load(state.path(), &list), Some(copy));
     }
 }

@@ -7,6 +7,7 @@
 use std::{
     collections::{HashMap, HashSet},
     hash::{DefaultHasher, Hash, Hasher},
+    io::Read,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -20,8 +21,9 @@ use tokio::{
 };
 
 use super::{
-    cache::{self, Cached},
-    format::{self, ListCopy},
+    cache::{self, Meta},
+    format::{EntryBound, ListCopy, Reader, Refused},
+    memory,
 };
 use crate::{
     http_client::describe,
@@ -33,6 +35,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// First retry after a failed fetch; doubled each time, up to the list's `refresh`.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// A body above this is refused: no IP list is that large, a runaway response could be.
+/// It bounds the cached copy on disk; what a list holds in memory is bounded by its
+/// entries (`memory`).
 const MAX_BODY: usize = 256 * 1024 * 1024;
 
 /// One read of one list.
@@ -69,8 +73,8 @@ impl Update {
         }
     }
 
-    fn parsed(source: ListSource, text: &str, from_cache: bool) -> Self {
-        let outcome = match format::parse(text) {
+    fn read(source: ListSource, copy: Result<ListCopy, Refused>, from_cache: bool) -> Self {
+        let outcome = match copy {
             Ok(copy) => Outcome::Copy {
                 copy: Arc::new(copy),
                 from_cache,
@@ -80,46 +84,63 @@ impl Update {
         Self::new(source, outcome)
     }
 
-    /// The cached copy of `url`, dated when it was fetched.
-    pub fn cached(url: &ListUrl, cached: Cached) -> Self {
-        let mut update = Self::parsed(ListSource::Url(url.clone()), &cached.text, true);
-        update.at_unix = cached.fetched_unix;
+    /// The cached copy of `url` as read, dated when it was fetched.
+    pub fn cached(url: &ListUrl, meta: &Meta, copy: Result<ListCopy, Refused>) -> Self {
+        let mut update = Self::read(ListSource::Url(url.clone()), copy, true);
+        update.at_unix = meta.fetched_unix;
         update
     }
 }
 
 /// Reads a list file now.
-pub fn read_file(path: &Path) -> Update {
-    file_update(path, std::fs::read_to_string(path))
+pub fn read_file(path: &Path, bound: EntryBound) -> Update {
+    read_file_hashed(path, bound).0
 }
 
-fn file_update(path: &Path, text: std::io::Result<String>) -> Update {
+/// Reads a list file as a stream, under `bound`; with the hash of its bytes (or of its
+/// error), which tells whether it changed since an earlier read.
+fn read_file_hashed(path: &Path, bound: EntryBound) -> (Update, u64) {
     let source = ListSource::File(path.to_path_buf());
-    match text {
-        Ok(text) => Update::parsed(source, &text, false),
-        Err(e) => Update::new(source, Outcome::Failed(format!("cannot read: {e}"))),
+    let mut hasher = DefaultHasher::new();
+    let read = (|| -> std::io::Result<Result<ListCopy, Refused>> {
+        let mut file = std::fs::File::open(path)?;
+        let mut reader = Reader::new(bound);
+        let mut chunk = vec![0; 64 * 1024];
+        loop {
+            let n = file.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(reader.finish());
+            }
+            hasher.write(&chunk[..n]);
+            if let Err(refused) = reader.feed(&chunk[..n]) {
+                return Ok(Err(refused));
+            }
+        }
+    })();
+    match read {
+        Ok(copy) => (Update::read(source, copy, false), hasher.finish()),
+        Err(e) => {
+            let error = format!("cannot read: {e}");
+            error.hash(&mut hasher);
+            (Update::new(source, Outcome::Failed(error)), hasher.finish())
+        }
     }
 }
 
-/// Reads the list files again and sends a read of each whose text (or error) changed since
-/// its last read; `hashes` holds those texts' hashes. Fails when the daemon is gone.
+/// Reads the list files again and sends a read of each whose bytes (or error) changed
+/// since its last read; `hashes` holds those hashes. Fails when the daemon is gone.
 async fn read_changed(
-    paths: &HashSet<PathBuf>,
+    paths: &HashMap<PathBuf, u32>,
     hashes: &mut HashMap<PathBuf, u64>,
     updates: &mpsc::Sender<Update>,
 ) -> Result<(), ()> {
-    for path in paths {
+    for (path, &capacity_cidrs) in paths {
         let known = hashes.get(path).copied();
         let path = path.clone();
         // Off the runtime's threads: a list may have a million lines.
         let read = tokio::task::spawn_blocking(move || {
-            let text = std::fs::read_to_string(&path);
-            let hash = match &text {
-                Ok(text) => text_hash(text),
-                Err(e) => text_hash(&e.to_string()),
-            };
-            let update = (known != Some(hash)).then(|| file_update(&path, text));
-            (path, hash, update)
+            let (update, hash) = read_file_hashed(&path, memory::entry_bound(capacity_cidrs));
+            (path, hash, (known != Some(hash)).then_some(update))
         })
         .await;
         let Ok((path, hash, update)) = read else {
@@ -151,15 +172,15 @@ pub async fn follow(
             return;
         }
     };
-    let mut fetchers: HashMap<ListUrl, (Duration, JoinHandle<()>)> = HashMap::new();
+    let mut fetchers: HashMap<ListUrl, ((Duration, u32), JoinHandle<()>)> = HashMap::new();
     let (file_events_tx, mut file_events) = mpsc::channel::<()>(16);
     let mut files: HashMap<PathBuf, u64> = HashMap::new();
     loop {
         let lists = wanted.borrow_and_update().clone();
-        let urls: HashMap<ListUrl, Duration> = lists
+        let urls: HashMap<ListUrl, (Duration, u32)> = lists
             .iter()
             .filter_map(|rule| match &rule.source {
-                ListSource::Url(url) => Some((url.clone(), rule.refresh)),
+                ListSource::Url(url) => Some((url.clone(), (rule.refresh, rule.capacity_cidrs))),
                 ListSource::File(_) => None,
             })
             .collect();
@@ -170,26 +191,27 @@ pub async fn follow(
             }
             keep
         });
-        for (url, refresh) in urls {
+        for (url, (refresh, capacity_cidrs)) in urls {
             fetchers.entry(url.clone()).or_insert_with(|| {
                 let task = fetch_every(
                     client.clone(),
                     url,
                     refresh,
+                    capacity_cidrs,
                     state_dir.clone(),
                     updates.clone(),
                 );
-                (refresh, tokio::spawn(task))
+                ((refresh, capacity_cidrs), tokio::spawn(task))
             });
         }
-        let paths: HashSet<PathBuf> = lists
+        let paths: HashMap<PathBuf, u32> = lists
             .iter()
             .filter_map(|rule| match &rule.source {
-                ListSource::File(path) => Some(path.clone()),
+                ListSource::File(path) => Some((path.clone(), rule.capacity_cidrs)),
                 ListSource::Url(_) => None,
             })
             .collect();
-        files.retain(|path, _| paths.contains(path));
+        files.retain(|path, _| paths.contains_key(path));
         // Lives until the lists change, when it is replaced.
         let _watcher = watch_dirs(&paths, file_events_tx.clone());
         // What changed between the daemon's read and the watch's start is seen now.
@@ -220,15 +242,12 @@ pub async fn follow(
     }
 }
 
-fn text_hash(text: &str) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    text.hash(&mut hasher);
-    hasher.finish()
-}
-
 /// Watches the directories of `paths`; a failure is logged (the files are still read at
 /// every apply).
-fn watch_dirs(paths: &HashSet<PathBuf>, events: mpsc::Sender<()>) -> Option<RecommendedWatcher> {
+fn watch_dirs(
+    paths: &HashMap<PathBuf, u32>,
+    events: mpsc::Sender<()>,
+) -> Option<RecommendedWatcher> {
     if paths.is_empty() {
         return None;
     }
@@ -244,7 +263,7 @@ fn watch_dirs(paths: &HashSet<PathBuf>, events: mpsc::Sender<()>) -> Option<Reco
                 return None;
             }
         };
-    let dirs: HashSet<&Path> = paths.iter().filter_map(|p| p.parent()).collect();
+    let dirs: HashSet<&Path> = paths.keys().filter_map(|p| p.parent()).collect();
     for dir in dirs {
         if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
             tracing::error!(dir = %dir.display(), error = %e, "a list file's directory is not watched");
@@ -258,41 +277,16 @@ async fn fetch_every(
     client: reqwest::Client,
     url: ListUrl,
     refresh: Duration,
+    capacity_cidrs: u32,
     state_dir: PathBuf,
     updates: mpsc::Sender<Update>,
 ) {
     let source = ListSource::Url(url.clone());
-    let mut validators = cache::load(&state_dir, &url).map(|c| (c.etag, c.last_modified));
+    let mut validators = cache::meta(&state_dir, &url).map(|m| (m.etag, m.last_modified));
     let mut retry = FIRST_RETRY;
     loop {
-        let outcome = match fetch(&client, url.to_fetch(), validators.as_ref()).await {
-            Ok(Fetched::NotModified) => Ok(Outcome::Unchanged),
-            Ok(Fetched::Body {
-                text,
-                etag,
-                last_modified,
-            }) => match parse_aside(text).await {
-                Ok((copy, text)) => {
-                    let cached = Cached {
-                        list: url.shown(),
-                        etag: etag.clone(),
-                        last_modified: last_modified.clone(),
-                        fetched_unix: now_unix(),
-                        text,
-                    };
-                    if let Err(e) = cache::save(&state_dir, &url, &cached) {
-                        tracing::warn!(list = %url, error = %e, "the list's copy was not cached; a restart will wait for its fetch");
-                    }
-                    validators = Some((etag, last_modified));
-                    Ok(Outcome::Copy {
-                        copy: Arc::new(copy),
-                        from_cache: false,
-                    })
-                }
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
+        let bound = memory::entry_bound(capacity_cidrs);
+        let outcome = fetch(&client, &url, validators.as_ref(), bound, &state_dir).await;
         let wait = match &outcome {
             Ok(_) => {
                 retry = FIRST_RETRY;
@@ -304,7 +298,17 @@ async fn fetch_every(
                 wait
             }
         };
-        let outcome = outcome.unwrap_or_else(Outcome::Failed);
+        let outcome = match outcome {
+            Ok(Fetched::NotModified) => Outcome::Unchanged,
+            Ok(Fetched::Copy { copy, meta }) => {
+                validators = Some((meta.etag, meta.last_modified));
+                Outcome::Copy {
+                    copy: Arc::new(copy),
+                    from_cache: false,
+                }
+            }
+            Err(e) => Outcome::Failed(e),
+        };
         if updates
             .send(Update::new(source.clone(), outcome))
             .await
@@ -316,35 +320,23 @@ async fn fetch_every(
     }
 }
 
-/// Parses a fetched body off the runtime's threads; gives the text back for the cache.
-async fn parse_aside(text: String) -> Result<(ListCopy, String), String> {
-    tokio::task::spawn_blocking(move || {
-        format::parse(&text)
-            .map(|copy| (copy, text))
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| format!("parsing the list failed: {e}"))?
-}
-
 enum Fetched {
     NotModified,
-    Body {
-        text: String,
-        etag: Option<String>,
-        last_modified: Option<String>,
-    },
+    Copy { copy: ListCopy, meta: Meta },
 }
 
 type Validators = (Option<String>, Option<String>);
 
-/// One conditional GET.
+/// One conditional GET. The body is read as it arrives, under `bound`, and written to the
+/// cache beside; the cached copy is replaced only by a body that is a list.
 async fn fetch(
     client: &reqwest::Client,
-    url: &reqwest::Url,
+    url: &ListUrl,
     validators: Option<&Validators>,
+    bound: EntryBound,
+    state_dir: &Path,
 ) -> Result<Fetched, String> {
-    let mut request = client.get(url.clone());
+    let mut request = client.get(url.to_fetch().clone());
     if let Some((etag, last_modified)) = validators {
         if let Some(etag) = etag {
             request = request.header(header::IF_NONE_MATCH, etag);
@@ -366,19 +358,40 @@ async fn fetch(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    let etag = header_text(header::ETAG);
-    let last_modified = header_text(header::LAST_MODIFIED);
-    let mut body = Vec::new();
+    let meta = Meta {
+        list: url.shown(),
+        etag: header_text(header::ETAG),
+        last_modified: header_text(header::LAST_MODIFIED),
+        fetched_unix: now_unix(),
+        text: None,
+    };
+    let mut cached = match cache::Writer::create(state_dir, url, &meta) {
+        Ok(writer) => Some(writer),
+        Err(e) => {
+            tracing::warn!(list = %url, error = %e, "the list's copy is not cached; a restart will wait for its fetch");
+            None
+        }
+    };
+    let mut reader = Reader::new(bound);
+    let mut size = 0;
     while let Some(chunk) = response.chunk().await.map_err(describe)? {
-        if body.len() + chunk.len() > MAX_BODY {
+        size += chunk.len();
+        if size > MAX_BODY {
             return Err(format!("the body is over {} MiB", MAX_BODY >> 20));
         }
-        body.extend_from_slice(&chunk);
+        reader.feed(&chunk).map_err(|e| e.to_string())?;
+        if let Some(writer) = &mut cached
+            && let Err(e) = writer.write(&chunk)
+        {
+            tracing::warn!(list = %url, error = %e, "the list's copy is not cached; a restart will wait for its fetch");
+            cached = None;
+        }
     }
-    let text = String::from_utf8(body).map_err(|_| "the body is not UTF-8 text".to_string())?;
-    Ok(Fetched::Body {
-        text,
-        etag,
-        last_modified,
-    })
+    let copy = reader.finish().map_err(|e| e.to_string())?;
+    if let Some(writer) = cached
+        && let Err(e) = writer.commit()
+    {
+        tracing::warn!(list = %url, error = %e, "the list's copy is not cached; a restart will wait for its fetch");
+    }
+    Ok(Fetched::Copy { copy, meta })
 }

@@ -8,6 +8,7 @@
 mod cache;
 mod follow;
 pub mod format;
+mod memory;
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -24,9 +25,6 @@ use crate::{
     control::protocol::ListStatus,
     policy::{DenyRule, ListAction, ListRule, ListSource, Policy},
 };
-
-/// Bad lines shown in `status` and logs; the rest are counted.
-const BAD_LINES_SHOWN: usize = 5;
 
 /// What is known of each list: its copy in force, and how its last read went.
 #[derive(Debug, Default, Clone)]
@@ -72,10 +70,11 @@ impl Copies {
             {
                 continue;
             }
+            let bound = memory::entry_bound(rule.capacity_cidrs);
             let update = match &rule.source {
-                ListSource::File(path) => follow::read_file(path),
-                ListSource::Url(url) => match cache::load(state_dir, url) {
-                    Some(cached) => Update::cached(url, cached),
+                ListSource::File(path) => follow::read_file(path, bound),
+                ListSource::Url(url) => match cache::read(state_dir, url, bound) {
+                    Some((meta, copy)) => Update::cached(url, &meta, copy),
                     None => continue,
                 },
             };
@@ -135,7 +134,10 @@ impl Copies {
             )
             .map(|(rule, in_force)| {
                 let state = self.lists.get(&rule.source).cloned().unwrap_or_default();
-                let bad = state.copy.as_ref().map(|c| c.bad.as_slice()).unwrap_or(&[]);
+                let (bad, bad_lines) = state
+                    .copy
+                    .as_ref()
+                    .map_or((&[][..], 0), |c| (c.bad.as_slice(), c.bad_lines));
                 ListStatus {
                     list: rule.source.to_string(),
                     rule: rule.describe(),
@@ -147,12 +149,8 @@ impl Copies {
                     duplicates: in_force.duplicates,
                     covered_by_allow: in_force.covered_by_allow,
                     not_applied: in_force.not_applied.clone(),
-                    bad_lines: bad.len(),
-                    bad_lines_shown: bad
-                        .iter()
-                        .take(BAD_LINES_SHOWN)
-                        .map(ToString::to_string)
-                        .collect(),
+                    bad_lines,
+                    bad_lines_shown: bad.iter().map(ToString::to_string).collect(),
                     read_unix: state.read_unix,
                     from_cache: state.from_cache,
                     checked_unix: state.checked_unix,
@@ -174,22 +172,17 @@ pub fn check(rule: &ListRule) -> String {
             humantime::format_duration(rule.refresh)
         );
     };
-    let update = follow::read_file(path);
+    let update = follow::read_file(path, memory::entry_bound(rule.capacity_cidrs));
     match update.outcome {
         Outcome::Copy { copy, .. } if copy.bad.is_empty() => {
             format!("{describe}: {} entries", copy.nets.len())
         }
         Outcome::Copy { copy, .. } => {
-            let shown: Vec<String> = copy
-                .bad
-                .iter()
-                .take(BAD_LINES_SHOWN)
-                .map(ToString::to_string)
-                .collect();
+            let shown: Vec<String> = copy.bad.iter().map(ToString::to_string).collect();
             format!(
                 "{describe}: {} entries; {} bad lines skipped: {}",
                 copy.nets.len(),
-                copy.bad.len(),
+                copy.bad_lines,
                 shown.join("; ")
             )
         }

@@ -25,7 +25,7 @@ fn copies(lists: &[(&str, &str)]) -> Copies {
             source,
             at_unix: 1_700_000_000,
             outcome: Outcome::Copy {
-                copy: Arc::new(format::parse(text).unwrap()),
+                copy: Arc::new(format::parse(text, format::EntryBound::none()).unwrap()),
                 from_cache: false,
             },
         });

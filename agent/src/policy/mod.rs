@@ -79,6 +79,8 @@ pub struct ListRule {
     pub action: ListAction,
     /// How often a URL is fetched again; files are watched instead.
     pub refresh: Duration,
+    /// The policy's `capacity.cidrs`, which bounds the list's entries.
+    pub capacity_cidrs: u32,
     /// The entry's line in the policy file.
     pub line: u32,
 }

@@ -204,6 +204,7 @@ fn list_rule(
     list: &str,
     refresh: Option<&str>,
     action: ListAction,
+    capacity_cidrs: u32,
     line: u32,
 ) -> Result<ListRule, Problem> {
     let is_url = list.starts_with("http://") || list.starts_with("https://");
@@ -236,6 +237,7 @@ fn list_rule(
         source,
         action,
         refresh,
+        capacity_cidrs,
         line,
     })
 }
@@ -401,7 +403,7 @@ impl Validator<'_> {
         let capacity = self.capacity(&file)?;
         let allow = self.allow(&file)?;
         let deny = self.deny(&file, &allow)?;
-        let lists = self.lists(&file)?;
+        let lists = self.lists(&file, capacity.cidrs)?;
         let rate_limits = self.rate_limits(&file)?;
         let http = self.http(&file)?;
         self.check_names(&file, &capacity)?;
@@ -444,7 +446,7 @@ impl Validator<'_> {
     }
 
     /// The allow and deny entries that name a list: allow lists first, each source once.
-    fn lists(&self, file: &PolicyFile) -> Result<Vec<ListRule>, PolicyError> {
+    fn lists(&self, file: &PolicyFile, capacity_cidrs: u32) -> Result<Vec<ListRule>, PolicyError> {
         let allow = file
             .allow
             .iter()
@@ -470,7 +472,7 @@ impl Validator<'_> {
             };
             let line = self.line(place);
             let ListTarget { list, refresh } = &**target;
-            let rule = list_rule(list, refresh.as_deref(), action, line)
+            let rule = list_rule(list, refresh.as_deref(), action, capacity_cidrs, line)
                 .map_err(|p| self.invalid(line, p))?;
             if let Some(&first) = places.get(&rule.source) {
                 let list = rule.source.to_string();
