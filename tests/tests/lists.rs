@@ -409,9 +409,9 @@ fn ipv6_list(n: u32) -> String {
 }
 
 /// Under a pod's memory limit, a list with more entries than the limit leaves room for
-/// is refused as it is read, with the reason, and the agent lives (read whole, these 1.5
-/// million entries took some 150 MB beside the maps' 64 MiB: killed at the 128 MiB limit);
-/// a list within the bound then applies.
+/// is refused as it is read, with the reason, and the agent lives (the agent at 1b06c1d,
+/// which read lists whole, was OOM-killed here before it was ready); a list within the
+/// bound then applies.
 #[test]
 fn a_list_larger_than_the_memory_limit_allows_is_refused_and_the_agent_lives() {
     require_kernel!();
