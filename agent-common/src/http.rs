@@ -89,6 +89,20 @@ pub struct Charged {
     pub at_ns: u64,
 }
 
+/// Value of `ACCEPTED`: a connection to an HTTP port whose SYN-ACK the server sent, that is
+/// one it accepted (a passive open), with where the server's byte stream starts (its
+/// initial sequence number + 1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Accepted {
+    pub server_start: u32,
+    pub _pad: u32,
+}
+
+/// Accepted connections remembered at most: the newest, and those whose responses were
+/// counted lately (an LRU map keeps what it reads).
+pub const ACCEPTED_ENTRIES: u32 = 131_072;
+
 /// How long a reset connection is remembered: its client's retransmissions of the refused
 /// request within this time are answered by the server's RST (see the kernel's `reset`).
 pub const RESET_MEMORY_NS: u64 = 60_000_000_000;

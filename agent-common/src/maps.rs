@@ -13,8 +13,8 @@ use crate::{
     Settings,
     buckets::BucketSet,
     http::{
-        Charged, FlowKey, RESET_FLOWS_ENTRIES, ROUTE_KEY_BYTES, ROUTE_KEYS_PER_ROUTE, RouteEntry,
-        RouteLookup, STATUS_CODES, StatusRules,
+        ACCEPTED_ENTRIES, Accepted, Charged, FlowKey, RESET_FLOWS_ENTRIES, ROUTE_KEY_BYTES,
+        ROUTE_KEYS_PER_ROUTE, RouteEntry, RouteLookup, STATUS_CODES, StatusRules,
     },
     port_key,
 };
@@ -506,6 +506,18 @@ pub const RESET_FLOWS: MapSpec = spec(
     Entries::Fixed(RESET_FLOWS_ENTRIES),
 )
 .holding(Contents::Disposable);
+/// LRU hash, key `FlowKey` (the client's side first, as its requests carry it), value
+/// `Accepted`: the connections to HTTP ports the server accepted. Only their responses
+/// count toward response rules, so bytes a local process writes from an HTTP port's number
+/// on a connection it opened ban nobody.
+pub const ACCEPTED: MapSpec = spec(
+    "ACCEPTED",
+    MapKind::LruHash,
+    size_of::<FlowKey>(),
+    size_of::<Accepted>(),
+    Entries::Fixed(ACCEPTED_ENTRIES),
+)
+.holding(Contents::Disposable);
 /// LRU hash, key `FlowKey`, value `Charged`: the request a rate-limited route last took a
 /// token for on each connection, so that its retransmission takes none.
 pub const CHARGED: MapSpec = spec(
@@ -607,7 +619,7 @@ pub const EVENTS: MapSpec = spec(
 .holding(Contents::Disposable);
 
 /// Every map of the agent's object.
-pub const ALL: [MapSpec; 42] = [
+pub const ALL: [MapSpec; 43] = [
     POLICY_SETS[0].acl_ip_v4,
     POLICY_SETS[0].acl_ip_v6,
     POLICY_SETS[0].acl_v4,
@@ -641,6 +653,7 @@ pub const ALL: [MapSpec; 42] = [
     ROUTE_SCRATCH,
     RESET_FLOWS,
     CHARGED,
+    ACCEPTED,
     COUNTERS,
     RULE_COUNTERS,
     IFACE_COUNTERS,

@@ -6,6 +6,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod accepted;
 mod acl;
 mod admission;
 mod atomic;

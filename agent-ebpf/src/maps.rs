@@ -7,7 +7,7 @@ use agent_common::{
     AclEntry, BanEntry, BanGroup, BlockEntry, BucketKey, DecisionEntry, EventBudget, IfaceCounters,
     PortRules, RuleConfig, RuleCounters, Settings,
     buckets::BucketSet,
-    http::{Charged, FlowKey, ROUTE_KEY_BYTES, RouteEntry, RouteLookup, StatusRules},
+    http::{Accepted, Charged, FlowKey, ROUTE_KEY_BYTES, RouteEntry, RouteLookup, StatusRules},
     maps::{self as spec, MapSpec, POLICY_SETS, PolicySetMaps},
 };
 use aya_ebpf::{
@@ -135,6 +135,10 @@ pub static RESET_FLOWS: LruHashMap<FlowKey, u64> =
 #[map]
 pub static CHARGED: LruHashMap<FlowKey, Charged> =
     LruHashMap::with_max_entries(entries(spec::CHARGED), spec::CHARGED.flags);
+
+#[map]
+pub static ACCEPTED: LruHashMap<FlowKey, Accepted> =
+    LruHashMap::with_max_entries(entries(spec::ACCEPTED), spec::ACCEPTED.flags);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> =

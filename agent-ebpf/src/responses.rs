@@ -1,6 +1,7 @@
 //! Response rules, on TC egress: a TCP segment leaving from an HTTP port whose payload
-//! starts a status line ("HTTP/1.x NNN") is counted for each response rule of its status,
-//! per client source group (the segment's destination). The response that completes a
+//! starts a status line ("HTTP/1.x NNN"), on a connection the server accepted
+//! (`accepted`), is counted for each response rule of its status, per client source group
+//! (the segment's destination). The response that completes a
 //! rule's `ban.after` within `ban.within` bans the group in the kernel's ban map, where XDP
 //! and TC ingress find it from the client's next packet: no round trip through the agent.
 //!
@@ -14,7 +15,7 @@ use agent_common::{
 };
 
 use crate::{
-    bans, clock, counters,
+    accepted, bans, clock, counters,
     counters::RuleOutcome,
     frame::Frame,
     parse::{Packet, ip::V4_MAPPED_WORD, l4::IPPROTO_TCP},
@@ -31,7 +32,7 @@ const STATUS_LINE_BYTES: usize = 12;
 /// Counts the response `pkt`, leaving on `ifindex`, toward its status's response rules.
 #[inline(always)]
 pub fn count<F: Frame>(frame: &F, pkt: &Packet, ifindex: u32) {
-    if pkt.protocol != IPPROTO_TCP || pkt.payload_off == 0 || pkt.malformed.is_some() {
+    if pkt.protocol != IPPROTO_TCP || pkt.l4_off == 0 || pkt.malformed.is_some() {
         return;
     }
     let Some(sport) = source_port(frame, pkt) else {
@@ -53,7 +54,10 @@ fn count_by<F: Frame, const S: bool>(
     sport: u16,
     ifindex: u32,
 ) {
-    if policy.rules_for(CLASS_TCP, Some(sport)).http == HTTP_NONE {
+    if policy.rules_for(CLASS_TCP, Some(sport)).http == HTTP_NONE
+        || accepted::note_syn_ack(frame, pkt)
+        || pkt.payload_off == 0
+    {
         return;
     }
     let Some(status) = status(frame, pkt) else {
@@ -63,7 +67,7 @@ fn count_by<F: Frame, const S: bool>(
         return;
     };
     let rules = rules.rules;
-    if rules[0] == 0 {
+    if rules[0] == 0 || !accepted::was_accepted(frame, pkt) {
         return;
     }
     let Some(client) = client(frame, pkt, sport) else {

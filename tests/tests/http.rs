@@ -2,13 +2,15 @@
 //! What a refused client sees, and that no connection is left behind on the server.
 
 use std::{
+    io::Read as _,
+    net::TcpListener,
     process::Command,
     time::{Duration, Instant},
 };
 
 use portcullis_tests::{
     agent::{Agent, Leftovers},
-    netns::{CLIENT_V4, NetnsPair, SERVER_V4},
+    netns::{CLIENT_V4, NetnsPair, SERVER_V4, in_ns},
     require_kernel,
     traffic::{Answer, HttpServer, KeepAlive, http_request},
 };
@@ -94,6 +96,11 @@ enum App {
 
 impl Site {
     fn new(policy: &str, clients: &[&str], app: App) -> Self {
+        Self::new_on(policy, clients, app, "0.0.0.0")
+    }
+
+    /// As `new`, with the server listening on `listen` only.
+    fn new_on(policy: &str, clients: &[&str], app: App, listen: &str) -> Self {
         let pair = NetnsPair::new().unwrap();
         let leftovers = Leftovers::of(&pair.server_ns);
         for client in clients {
@@ -104,8 +111,8 @@ impl Site {
         std::fs::write(&path, policy).unwrap();
         let agent = Agent::start(&pair.server_ns, &pair.server_if, &path, &[]).unwrap();
         let server = match app {
-            App::Files => HttpServer::start(&pair, "0.0.0.0", 8080),
-            App::Login => HttpServer::start_login_app(&pair, "0.0.0.0", 8080),
+            App::Files => HttpServer::start(&pair, listen, 8080),
+            App::Login => HttpServer::start_login_app(&pair, listen, 8080),
         }
         .unwrap();
         Self {
@@ -481,4 +488,87 @@ fn the_login_is_cut_to_its_rate_while_other_routes_and_allowed_sources_keep_goin
         "/admin reaches the application for the allow list"
     );
     assert_eq!(ask(CLIENT_V4, ("GET", "/admin", None)), Answer::Reset);
+}
+
+/// A local process (any pod on the node) bound to the HTTP port's number, on an address of
+/// the node the server does not listen on, connects to a bystander and writes 401s at it: what leaves is no
+/// response of the server's (no SYN-ACK opened that connection), so the bystander is not
+/// banned, and logs in; the server's own 401s to a guesser still ban the guesser.
+#[test]
+fn a_local_process_writing_401s_from_the_http_port_bans_nobody() {
+    require_kernel!();
+    let framer_addr = "10.77.0.5";
+    let site = Site::new_on(RESPONSE_POLICY, &["10.77.0.3"], App::Login, SERVER_V4);
+    let pair = &site.pair;
+    in_ns(
+        &pair.server_ns,
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{framer_addr}/24"),
+            "dev",
+            &pair.server_if,
+        ],
+    )
+    .unwrap();
+    let listener = pair
+        .client(|| TcpListener::bind((CLIENT_V4, 9100)))
+        .unwrap();
+    let bystander = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut heard = Vec::new();
+        stream.read_to_end(&mut heard).unwrap();
+        heard
+    });
+    // Twenty 401s, each its own segment.
+    let script = format!(
+        "import socket, time\n\
+         s = socket.socket()\n\
+         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n\
+         s.bind(('{framer_addr}', 8080))\n\
+         s.connect(('{CLIENT_V4}', 9100))\n\
+         for _ in range(20):\n    \
+             s.send(b'HTTP/1.1 401 Unauthorized\\r\\nContent-Length: 0\\r\\n\\r\\n')\n    \
+             time.sleep(0.02)\n\
+         s.close()\n"
+    );
+    in_ns(&pair.server_ns, &["python3", "-c", &script]).unwrap();
+    let heard = String::from_utf8(bystander.join().unwrap()).unwrap();
+    assert_eq!(heard.matches("HTTP/1.1 401").count(), 20, "{heard}");
+
+    let login = |from: &str, password: &str| {
+        curl_from(
+            pair,
+            from,
+            "POST",
+            "/api/login",
+            Some(&format!("user=admin&password={password}")),
+        )
+    };
+    assert_eq!(
+        login(CLIENT_V4, "right").status,
+        200,
+        "the bystander logs in"
+    );
+    let stats: serde_json::Value =
+        serde_json::from_slice(&site.agent.cli(&["stats", "--json"]).stdout).unwrap();
+    let counted = stats["rules"]["auth-failures"]["responses"].as_u64();
+    assert_eq!(counted.unwrap_or(0), 0, "{stats}");
+    let bans = String::from_utf8_lossy(&site.agent.cli(&["bans"]).stdout).into_owned();
+    assert!(!bans.contains(CLIENT_V4), "{bans}");
+
+    // The server's own 401s still count: the guesser is banned after five.
+    for n in 1..=5 {
+        assert_eq!(
+            login("10.77.0.3", "guess").status,
+            401,
+            "wrong password {n}"
+        );
+    }
+    assert_eq!(
+        login("10.77.0.3", "guess").exit,
+        28,
+        "the guesser is banned"
+    );
 }

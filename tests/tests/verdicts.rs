@@ -7,7 +7,7 @@ use std::time::Duration;
 use agent_common::{Action, DecisionEntry, MalformedCause, Reason, decision::Origin};
 use portcullis::maps::Counters;
 use portcullis_tests::{
-    frames::{ETH_P_8021AD, ETH_P_8021Q, Ext, FrameSpec, non_ip},
+    frames::{ETH_P_8021AD, ETH_P_8021Q, Ext, FrameSpec, L4, non_ip},
     harness::Harness,
     require_kernel,
 };
@@ -1577,22 +1577,44 @@ fn refused_requests_reset_their_connection() {
 
 const RESPONSE_RULES: &str = "http:\n  ports: [80]\n  responses:\n    - {name: auth-failures, status: [401, 403], ban: {after: 3, within: 1m, for: 15m}}\n    - {name: scanners, status: [404], ban: {after: 2, within: 1m, for: 1h}, mode: shadow}\n";
 
-/// A response from port `sport` of the server to `client`, starting with `payload`.
+/// A response from port `sport` of the server to port 40000 of `client`, starting with
+/// `payload`.
 fn response(sport: u16, client: &str, payload: &str) -> Vec<u8> {
-    let server = if client.contains(':') {
+    response_to(sport, client, 40000, payload)
+}
+
+fn response_to(sport: u16, client: &str, cport: u16, payload: &str) -> Vec<u8> {
+    FrameSpec::reply(server_of(client), sport, client, cport)
+        .content(payload.as_bytes())
+        .build()
+}
+
+fn server_of(client: &str) -> &'static str {
+    if client.contains(':') {
         "fd00::2"
     } else {
         "10.0.0.2"
+    }
+}
+
+/// The server's SYN-ACK from port `sport` to port `cport` of `client`: the server accepts
+/// the connection.
+fn syn_ack(sport: u16, client: &str, cport: u16) -> Vec<u8> {
+    let mut spec = FrameSpec::reply(server_of(client), sport, client, cport);
+    spec.l4 = L4::Tcp {
+        dport: cport,
+        syn: true,
+        ack: true,
     };
-    FrameSpec::reply(server, sport, client, 40000)
-        .content(payload.as_bytes())
-        .build()
+    spec.payload = 0;
+    spec.build()
 }
 
 /// The server's responses leaving through TC egress count toward the response rules of
 /// their status, per client; the response that completes `after` bans the client in the
 /// kernel, so XDP refuses its next packet: a request is reset, other packets dropped. What
-/// is not a status line from an HTTP port counts nothing; a shadow rule's ban only counts.
+/// is not a status line from an HTTP port counts nothing, nor does a status line on a
+/// connection whose SYN-ACK the server did not send; a shadow rule's ban only counts.
 #[test]
 fn responses_ban_the_client_in_the_kernel() {
     require_kernel!();
@@ -1605,6 +1627,15 @@ fn responses_ban_the_client_in_the_kernel() {
         let request = FrameSpec::tcp(client, 80, false, true)
             .content(b"POST /login HTTP/1.1\r\nHost: shop\r\n\r\nuser=a&password=b")
             .build();
+        // The server accepts the client's connection (port 40000), and the neighbour's.
+        h.egress(&syn_ack(80, client, 40000)).unwrap();
+        h.egress(&syn_ack(80, neighbour, 40000)).unwrap();
+        // A local process bound to port 80 that connected to the client (port 40001: its
+        // SYN left, no SYN-ACK) writes 401s: no response of the server's.
+        for _ in 0..3 {
+            let forged = response_to(80, client, 40001, "HTTP/1.1 401 Unauthorized\r\n\r\n");
+            h.egress(&forged).unwrap();
+        }
         let not_counted = [
             (80, "HTTP/1.1 200 OK\r\n\r\n"),
             (8080, "HTTP/1.1 401 Unauthorized\r\n\r\n"),
