@@ -96,7 +96,10 @@ pub struct Charged {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Accepted {
     pub server_start: u32,
-    pub _pad: u32,
+    /// 1 once a request of the client's acknowledged exactly `server_start` (the server had
+    /// sent nothing yet): the client completed the handshake, which a spoofer, who never
+    /// sees the SYN-ACK, cannot.
+    pub client_verified: u32,
 }
 
 /// Accepted connections remembered at most: the newest, and those whose responses were

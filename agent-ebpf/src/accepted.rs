@@ -1,7 +1,11 @@
 //! Connections to HTTP ports the server accepted, seen on TC egress: the server's SYN-ACK
 //! marks a passive open (`ACCEPTED`). A local process that binds an HTTP port's number and
 //! connects out sends a SYN, never a SYN-ACK, so what it writes on that connection is no
-//! response of the server's and counts toward nothing.
+//! response of the server's and counts toward nothing. The client's first request then
+//! acknowledges the server's first byte, which only a client that saw the SYN-ACK knows:
+//! requests on connections so verified charge their source's route bucket; others (spoofed
+//! segments, connections older than the agent's notes) charge a pool shared by all of them
+//! (`judge`).
 
 use agent_common::http::{Accepted, FlowKey};
 
@@ -32,11 +36,36 @@ pub fn note_syn_ack<F: Frame>(frame: &F, pkt: &Packet) -> bool {
     if let Some(flow) = client_first(frame, pkt) {
         let accepted = Accepted {
             server_start: u32::from_be_bytes(seq).wrapping_add(1),
-            _pad: 0,
+            client_verified: 0,
         };
         // A full map forgets its least used: at worst an old connection's responses stop
         // counting.
         let _ = ACCEPTED.insert(flow, accepted, 0);
+    }
+    true
+}
+
+/// True when `flow`, the connection of `pkt`, a request from a client to an HTTP port, is
+/// one the server accepted and the client completed: a request on it acknowledged the
+/// server's first byte (this one, or an earlier one). Asked at every request, so that the
+/// first one, which acknowledges exactly that, marks the connection for those after it.
+#[inline(always)]
+pub fn client_verified<F: Frame>(frame: &F, pkt: &Packet, flow: &FlowKey) -> bool {
+    let Some(accepted) = ACCEPTED.get_ptr_mut(flow) else {
+        return false;
+    };
+    // SAFETY: a pointer from a successful lookup; the flag only ever goes from 0 to 1.
+    unsafe {
+        if (*accepted).client_verified != 0 {
+            return true;
+        }
+        let mut ack = [0u8; 4];
+        if !frame.load(u32::from(pkt.l4_off) + 8, ack.as_mut_ptr(), 4)
+            || u32::from_be_bytes(ack) != (*accepted).server_start
+        {
+            return false;
+        }
+        (*accepted).client_verified = 1;
     }
     true
 }

@@ -7,7 +7,7 @@
 //! then the packet goes on to the next step as if the entry did not exist.
 
 use crate::{
-    acl, bans, blocks, clock,
+    accepted, acl, bans, blocks, clock,
     counters::{self, RuleOutcome},
     decisions, evasion, events,
     frame::{Frame, Tc, Xdp},
@@ -20,7 +20,7 @@ use crate::{
 use agent_common::{
     ACL_ALLOW, Action, BLOCK_RULE, EVASION_RULE, EventAction, MalformedCause, Mode, PortRules,
     Reason,
-    http::{HTTP_NONE, HTTP_STRICT, ROUTE_DENY, ROUTE_LIMIT_DROP, RouteEntry},
+    http::{FlowKey, HTTP_NONE, HTTP_STRICT, ROUTE_DENY, ROUTE_LIMIT_DROP, RouteEntry},
 };
 use aya_ebpf::{
     bindings::{__sk_buff, xdp_md},
@@ -303,6 +303,12 @@ fn judge_ip<F: Frame, const S: bool>(
         let reset = !pkt.more_fragments;
         match http::read(frame, policy, pkt) {
             Start::Request { route, target_len } => {
+                // Every request asks, so that the connection's first marks it (see
+                // `accepted`); a segment cut before its TCP header's end is no one's.
+                let connection = frame.connection(pkt);
+                let verified = connection
+                    .as_ref()
+                    .is_some_and(|(flow, _)| accepted::client_verified(frame, pkt, flow));
                 if strict
                     && evasion::portcullis_evasive_target(target_len) != 0
                     && evaded(policy, pkt, ifindex, reset)
@@ -310,8 +316,15 @@ fn judge_ip<F: Frame, const S: bool>(
                     return refuse(Reason::HttpEvasion, reset);
                 }
                 if let Some(route) = route {
-                    let reset = reset && route.kind != ROUTE_LIMIT_DROP;
-                    if let Some(reason) = judge_route(frame, policy, pkt, (route, reset), ifindex) {
+                    // A request on a connection not verified as its client's is dropped
+                    // when a limit refuses it: a reset would act on a connection that may
+                    // be someone else's.
+                    let reset = reset
+                        && route.kind != ROUTE_LIMIT_DROP
+                        && (verified || route.kind == ROUTE_DENY);
+                    let charged = if verified { connection } else { None };
+                    if let Some(reason) = judge_route(policy, pkt, (route, reset), charged, ifindex)
+                    {
                         return refuse(reason, reset);
                     }
                     // As for rate limits, a request its route's bucket took counts as within
@@ -370,13 +383,15 @@ fn evaded<const S: bool>(policy: PolicySet<S>, pkt: &Packet, ifindex: u32, reset
 }
 
 /// A request for `route`: the reason it is refused for, or `None` when it goes on.
-/// `reset`: a refusal resets the connection (else it drops the segment).
+/// `reset`: a refusal resets the connection (else it drops the segment). `connection`:
+/// the request's connection and sequence number if the client is verified (`accepted`);
+/// its source's bucket is charged then, and the pool of unverified requests otherwise.
 #[inline(always)]
-fn judge_route<F: Frame, const S: bool>(
-    frame: &F,
+fn judge_route<const S: bool>(
     policy: PolicySet<S>,
     pkt: &Packet,
     (route, reset): (RouteEntry, bool),
+    connection: Option<(FlowKey, u32)>,
     ifindex: u32,
 ) -> Option<Reason> {
     if route.kind == ROUTE_DENY {
@@ -392,27 +407,44 @@ fn judge_route<F: Frame, const S: bool>(
         )
         .then_some(Reason::RouteDenied);
     }
+    let Some((flow, seq)) = &connection else {
+        // Spoofed segments, or a connection opened before the agent noted it: they share
+        // one bucket, so they cost no source its own and still pass no more than the
+        // route's rate together. Never a ban: the source may be anyone.
+        let pool = Packet {
+            src: UNVERIFIED_POOL,
+            v4: false,
+            ..*pkt
+        };
+        return limit_as(
+            policy,
+            pkt,
+            &pool,
+            route.rule,
+            Reason::RouteLimited,
+            ifindex,
+            false,
+        )
+        .then_some(Reason::RouteLimited);
+    };
     // One request, charged once: the client's retransmission of a request this route
     // refused (its connection reset since) is refused again, and that of a request it
     // took a token for passes, neither taking another token.
-    let connection = frame.connection(pkt);
-    if let Some((flow, seq)) = &connection {
-        if Segment::recently_reset(flow) {
-            let mode = policy.rule(route.rule)?.mode;
-            return enforce(
-                pkt,
-                Reason::RouteLimited,
-                route.rule,
-                mode,
-                ifindex,
-                reset,
-                clock::coarse_ns(),
-            )
-            .then_some(Reason::RouteLimited);
-        }
-        if Segment::already_charged(flow, *seq) {
-            return None;
-        }
+    if Segment::recently_reset(flow) {
+        let mode = policy.rule(route.rule)?.mode;
+        return enforce(
+            pkt,
+            Reason::RouteLimited,
+            route.rule,
+            mode,
+            ifindex,
+            reset,
+            clock::coarse_ns(),
+        )
+        .then_some(Reason::RouteLimited);
+    }
+    if Segment::already_charged(flow, *seq) {
+        return None;
     }
     let refused = limit(
         policy,
@@ -422,7 +454,7 @@ fn judge_route<F: Frame, const S: bool>(
         ifindex,
         reset,
     );
-    if !refused && let Some((flow, seq)) = &connection {
+    if !refused {
         Segment::charged(flow, *seq);
     }
     refused.then_some(Reason::RouteLimited)
@@ -487,6 +519,25 @@ fn limit<const S: bool>(
     ifindex: u32,
     reset: bool,
 ) -> bool {
+    limit_as(policy, pkt, pkt, rule, reason, ifindex, reset)
+}
+
+/// The source of the pool that requests on unverified connections share (`judge_route`):
+/// an address no packet comes from (ff00::/8 is multicast).
+const UNVERIFIED_POOL: [u32; 4] = [u32::MAX; 4];
+
+/// `limit`, charging the bucket of `charged`'s source group: `pkt`'s own, or the pool's,
+/// which never escalates to a ban.
+#[inline(always)]
+fn limit_as<const S: bool>(
+    policy: PolicySet<S>,
+    pkt: &Packet,
+    charged: &Packet,
+    rule: u32,
+    reason: Reason,
+    ifindex: u32,
+    reset: bool,
+) -> bool {
     let Some(cfg) = policy.rule(rule) else {
         return false;
     };
@@ -495,13 +546,13 @@ fn limit<const S: bool>(
     }
     // The bucket reads the precise clock only where its rule needs it (see `take`).
     let coarse = clock::coarse_ns();
-    match ratelimit::take(rule, cfg, pkt, coarse) {
+    match ratelimit::take(rule, cfg, charged, coarse) {
         Outcome::Within => {
             counters::rule(rule, RuleOutcome::Passed);
             false
         }
         Outcome::Over { escalate } => {
-            if escalate {
+            if escalate && charged.src != UNVERIFIED_POOL {
                 bans::make(pkt, rule, cfg, coarse, ifindex);
             }
             enforce(pkt, reason, rule, cfg.mode, ifindex, reset, coarse)

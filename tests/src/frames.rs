@@ -55,6 +55,8 @@ pub struct FrameSpec {
     pub sport: u16,
     /// TCP sequence number.
     pub seq: u32,
+    /// TCP acknowledgment number.
+    pub ack_number: u32,
     pub l4: L4,
     /// IPv4 option bytes (a multiple of 4, at most 40).
     pub ipv4_options: usize,
@@ -74,6 +76,7 @@ impl FrameSpec {
             dst: None,
             sport: 40000,
             seq: 1,
+            ack_number: 0,
             l4,
             ipv4_options: 0,
             ipv4_fragment: (0, false),
@@ -96,6 +99,39 @@ impl FrameSpec {
         spec.sport = sport;
         spec.dst = Some(dst.parse().expect("test destination address"));
         spec
+    }
+
+    /// The server's SYN-ACK to this client segment's connection, with initial sequence
+    /// number `isn` (TC egress then notes the connection as accepted).
+    pub fn syn_ack(&self, isn: u32) -> Vec<u8> {
+        let L4::Tcp { dport, .. } = self.l4 else {
+            panic!("a SYN-ACK answers a TCP segment");
+        };
+        let server = match self.src {
+            IpAddr::V4(_) => IpAddr::V4(self.dst_v4().into()),
+            IpAddr::V6(_) => IpAddr::V6(self.dst_v6().into()),
+        };
+        let mut spec = Self::new(
+            &server.to_string(),
+            L4::Tcp {
+                dport: self.sport,
+                syn: true,
+                ack: true,
+            },
+        );
+        spec.sport = dport;
+        spec.dst = Some(self.src);
+        spec.seq = isn;
+        spec.ack_number = self.seq;
+        spec.payload = 0;
+        spec.build()
+    }
+
+    /// As a segment of a client that completed the handshake with a server whose initial
+    /// sequence number was `isn`, before the server sent anything: it acknowledges `isn + 1`.
+    pub fn acking(mut self, isn: u32) -> Self {
+        self.ack_number = isn.wrapping_add(1);
+        self
     }
 
     pub fn udp(src: &str, dport: u16) -> Self {
@@ -122,6 +158,7 @@ impl FrameSpec {
                 let mut tcp = TcpHeader::new(self.sport, *dport, self.seq, 64240);
                 tcp.syn = *syn;
                 tcp.ack = *ack;
+                tcp.acknowledgment_number = self.ack_number;
                 tcp.write(&mut transport).unwrap();
                 IpNumber::TCP
             }

@@ -32,10 +32,14 @@
 //! reads: not through the agent's route compiler. `http.strict` judges the README's evasive
 //! shapes (`evasive_target`, written from that list, by segments rather than a byte scan).
 //! A refusal that would reset a connection drops a fragment instead.
+//!
+//! The model sees no TC egress, so no connection is one the server accepted (the kernel's
+//! `accepted`): every request a route limits charges the route's pool of unverified
+//! requests, one bucket for all sources, is dropped when refused, and bans no one.
 
 use std::{
-    collections::{HashMap, HashSet},
-    net::IpAddr,
+    collections::HashMap,
+    net::{IpAddr, Ipv6Addr},
 };
 
 use agent_common::{
@@ -49,10 +53,7 @@ use etherparse::{
     SingleVlanSlice, TcpHeaderSlice, UdpHeaderSlice, err,
 };
 use ipnet::IpNet;
-use portcullis::policy::{
-    Count, Limit, Mode, Policy, Protocol,
-    http::{OverLimit, Route, RouteAction},
-};
+use portcullis::policy::{Count, Limit, Mode, Policy, Protocol, http::RouteAction};
 
 const HOUR_NS: u64 = 3_600_000_000_000;
 /// Difference 1.
@@ -374,10 +375,6 @@ pub struct Model {
     bans: HashMap<IpNet, usize>,
     /// Detector decisions (the kernel's DECISIONS maps), none ending during a test.
     decisions: Vec<IpNet>,
-    reset_flows: HashSet<(IpAddr, IpAddr, u16, u16)>,
-    /// The request (sequence number) a rate-limited route last took a token for, by
-    /// connection (the kernel's CHARGED).
-    charged: HashMap<(IpAddr, IpAddr, u16, u16), u32>,
     pub verdicts: HashMap<Reason, u64>,
     pub shadow: HashMap<Reason, u64>,
     pub malformed: HashMap<MalformedCause, u64>,
@@ -440,8 +437,6 @@ impl Model {
             rule_ids,
             bans: HashMap::new(),
             decisions: Vec::new(),
-            reset_flows: HashSet::new(),
-            charged: HashMap::new(),
             verdicts: HashMap::new(),
             shadow: HashMap::new(),
             malformed: HashMap::new(),
@@ -480,15 +475,7 @@ impl Model {
             Parsed::Malformed(cause) => return self.malformed(cause),
             Parsed::Ip(pkt) => pkt,
         };
-        let verdict = self.judge_ip(&pkt);
-        // A reset connection is remembered (the kernel's RESET_FLOWS, for longer than any
-        // test runs): a route does not charge its retransmissions again.
-        if verdict.0 == Action::Reset
-            && let Some(flow) = pkt.flow
-        {
-            self.reset_flows.insert(flow);
-        }
-        verdict
+        self.judge_ip(&pkt)
     }
 
     fn judge_ip(&mut self, pkt: &Packet) -> (Action, Reason) {
@@ -558,36 +545,25 @@ impl Model {
                         return self.refuse(&pkt, Reason::RouteDenied);
                     }
                 }
-                RouteAction::Limit(_)
-                    if pkt.flow.is_some_and(|f| self.reset_flows.contains(&f)) =>
-                {
-                    // A retransmission of a refused request: refused again, not charged.
-                    matched = true;
-                    if self.decide(Reason::RouteLimited, route.mode) {
-                        return self.refuse_over_limit(&pkt, &route);
-                    }
-                }
-                RouteAction::Limit(_)
-                    if pkt
-                        .flow
-                        .is_some_and(|f| self.charged.get(&f) == Some(&pkt.seq)) =>
-                {
-                    // A retransmission of a request the route took a token for.
-                    matched = true;
-                }
                 RouteAction::Limit(limit) => {
+                    // No connection is verified here (see the module): the pool's bucket.
                     matched = true;
                     let limited = Limited {
                         owner: self.policy.rate_limits.len() + index,
-                        limit: *limit,
+                        limit: Limit {
+                            ban: None,
+                            ..*limit
+                        },
                         mode: route.mode,
                         reason: Reason::RouteLimited,
                     };
-                    if self.take(limited, &pkt) {
-                        return self.refuse_over_limit(&pkt, &route);
-                    }
-                    if let Some(flow) = pkt.flow {
-                        self.charged.insert(flow, pkt.seq);
+                    let pool = Packet {
+                        src: IpAddr::V6(Ipv6Addr::from([0xff; 16])),
+                        ..pkt.clone()
+                    };
+                    if self.take(limited, &pool) {
+                        let (_, reason) = self.finish(Reason::RouteLimited);
+                        return (Action::Drop, reason);
                     }
                 }
             }
@@ -606,16 +582,6 @@ impl Model {
             (Action::Drop, reason)
         } else {
             (action, reason)
-        }
-    }
-
-    /// A request over `route`'s rate: its connection reset, or its segment dropped
-    /// (`over_limit: drop`).
-    fn refuse_over_limit(&mut self, pkt: &Packet, route: &Route) -> (Action, Reason) {
-        let (action, reason) = self.refuse(pkt, Reason::RouteLimited);
-        match route.over_limit {
-            OverLimit::Reset => (action, reason),
-            OverLimit::Drop => (Action::Drop, reason),
         }
     }
 

@@ -3,13 +3,15 @@
 
 use std::{
     io::Read as _,
-    net::TcpListener,
+    net::{Ipv4Addr, TcpListener},
     process::Command,
     time::{Duration, Instant},
 };
 
+use etherparse::PacketBuilder;
 use portcullis_tests::{
     agent::{Agent, Leftovers},
+    flood::PacketSocket,
     netns::{CLIENT_V4, NetnsPair, SERVER_V4, in_ns},
     require_kernel,
     traffic::{Answer, HttpServer, KeepAlive, http_request},
@@ -571,4 +573,59 @@ fn a_local_process_writing_401s_from_the_http_port_bans_nobody() {
         28,
         "the guesser is banned"
     );
+}
+
+/// Request segments spoofed with a bystander's address, with no handshake behind them
+/// (as from an off-path attacker, who never sees the server's SYN-ACK), charge the
+/// bystander's bucket nothing: after forty of them, its own two logins (the route's burst)
+/// pass.
+#[test]
+fn spoofed_requests_cost_the_bystander_nothing() {
+    require_kernel!();
+    let site = Site::new(POLICY, &[], App::Login);
+    let pair = &site.pair;
+    let server_mac = pair.server_mac().unwrap();
+    let body = "POST /api/login HTTP/1.1\r\nHost: shop\r\nContent-Length: 26\r\n\r\nuser=admin&password=right\n";
+    let frames: Vec<Vec<u8>> = (0..40u16)
+        .map(|n| {
+            let bystander: Ipv4Addr = CLIENT_V4.parse().unwrap();
+            let server: Ipv4Addr = SERVER_V4.parse().unwrap();
+            let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], server_mac)
+                .ipv4(bystander.octets(), server.octets(), 64)
+                .tcp(30000 + n, 8080, 1_000_000 + u32::from(n), 64240)
+                .ack(0x5eed_0000 + u32::from(n))
+                .psh();
+            let mut frame = Vec::with_capacity(builder.size(body.len()));
+            builder.write(&mut frame, body.as_bytes()).unwrap();
+            frame
+        })
+        .collect();
+    pair.client(|| {
+        let ifindex = portcullis::loader::ifindex(&pair.client_if).unwrap();
+        let socket = PacketSocket::open(ifindex).unwrap();
+        for frame in &frames {
+            assert!(socket.send(frame).unwrap(), "the veth ring was full");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    let login = || {
+        curl_from(
+            pair,
+            CLIENT_V4,
+            "POST",
+            "/api/login",
+            Some("user=admin&password=right"),
+        )
+    };
+    for n in 1..=2 {
+        let seen = login();
+        assert_eq!(
+            (seen.exit, seen.status),
+            (0, 200),
+            "the bystander's login {n}"
+        );
+    }
+    let stats: serde_json::Value =
+        serde_json::from_slice(&site.agent.cli(&["stats", "--json"]).stdout).unwrap();
+    println!("{}", stats["rules"]["login"]);
 }

@@ -1349,6 +1349,16 @@ http:
 "#;
 
 /// A TCP segment from 203.0.113.50 to port `port` carrying `payload`.
+/// The server's initial sequence number in the handshakes below.
+const SERVER_ISN: u32 = 7000;
+
+/// `client`'s segment, on a connection the server accepted (its SYN-ACK through TC
+/// egress) and that the client completed: its request charges its own bucket.
+fn accepted(h: &Harness, client: FrameSpec) -> FrameSpec {
+    h.egress(&client.syn_ack(SERVER_ISN)).unwrap();
+    client.acking(SERVER_ISN)
+}
+
 fn http_segment(port: u16, payload: &str) -> Vec<u8> {
     FrameSpec::tcp("203.0.113.50", port, false, true)
         .content(payload.as_bytes())
@@ -1362,7 +1372,12 @@ fn http_segment(port: u16, payload: &str) -> Vec<u8> {
 fn http_requests_are_judged_by_their_route() {
     require_kernel!();
     let h = Harness::new(HTTP_ROUTES).unwrap();
-    let login = http_segment(80, "POST /api/login HTTP/1.1\r\nHost: shop\r\n\r\nuser=a");
+    let login = accepted(
+        &h,
+        FrameSpec::tcp("203.0.113.50", 80, false, true)
+            .content(b"POST /api/login HTTP/1.1\r\nHost: shop\r\n\r\nuser=a"),
+    )
+    .build();
     check_xdp(&h, "login, first", &login, Reason::WithinLimit, &[]);
     // The same segment again is its retransmission: no second token, no shadow hit.
     check_xdp(&h, "login, retransmitted", &login, Reason::WithinLimit, &[]);
@@ -1522,13 +1537,9 @@ fn refused_requests_reset_their_connection() {
     for (n, src) in ["203.0.113.60", "2001:db8:77::60"].into_iter().enumerate() {
         // Each hook's requests on a connection of their own (a source port each).
         let request = |text: &str, sport: u16| {
-            let mut frame = FrameSpec::tcp(src, 80, false, true)
-                .content(text.as_bytes())
-                .build();
-            let tcp = frame.len() - text.len() - 20;
-            // (The kernel reads no TCP checksum; the RST's is checked on its own.)
-            frame[tcp..tcp + 2].copy_from_slice(&sport.to_be_bytes());
-            frame
+            let mut spec = FrameSpec::tcp(src, 80, false, true).content(text.as_bytes());
+            spec.sport = sport;
+            accepted(&h, spec).build()
         };
         let admin_text = "GET /admin HTTP/1.1\r\nHost: shop\r\nCookie: x\r\n\r\n";
         for (hook, run, sport) in [
@@ -1879,7 +1890,7 @@ fn a_refused_requests_retransmission_is_not_charged_again() {
         let mut spec = FrameSpec::tcp("203.0.113.70", 80, false, true)
             .content(b"POST /login HTTP/1.1\r\nHost: shop\r\n\r\nuser=a&pw=b");
         spec.sport = sport;
-        spec.build()
+        accepted(&h, spec).build()
     };
     check_xdp(
         &h,
@@ -1924,7 +1935,7 @@ fn a_passed_requests_retransmission_is_not_charged_again() {
         let mut spec = FrameSpec::tcp("203.0.113.71", 80, false, true)
             .content(b"POST /login HTTP/1.1\r\nHost: shop\r\n\r\nuser=a&pw=b");
         spec.seq = seq;
-        spec.build()
+        accepted(&h, spec).build()
     };
     check_xdp(&h, "first request", &login(1), Reason::WithinLimit, &[]);
     for n in 0..3 {
@@ -2122,4 +2133,52 @@ fn detector_decisions_refuse_after_allow_and_blocks() {
         Reason::NoMatch,
         &[],
     );
+}
+
+/// Requests on connections not verified as their client's (no SYN-ACK noted, or a first
+/// request that did not acknowledge the server's first byte: spoofed segments) charge one
+/// pool for the route, never their source's bucket: spoofing a bystander's address costs
+/// the bystander nothing, its own verified login still passes. The pool refuses past the
+/// route's rate, by a drop (the connection may be someone else's), and bans no one.
+#[test]
+fn unverified_requests_share_a_pool_and_frame_no_one() {
+    require_kernel!();
+    let policy = "http:\n  ports: [80]\n  routes:\n    - {name: login, methods: [POST], path: /login, rate: 1/h, burst: 2, ban: {after: 1, within: 1m, for: 1h}}\n";
+    let h = Harness::new(policy).unwrap();
+    let bystander = "203.0.113.80";
+    let login = |src: &str, sport: u16| {
+        let mut spec = FrameSpec::tcp(src, 80, false, true)
+            .content(b"POST /login HTTP/1.1\r\nHost: shop\r\n\r\nuser=a&pw=b");
+        spec.sport = sport;
+        spec
+    };
+    // Spoofed as the bystander, with no handshake; then with a SYN-ACK noted but a wrong
+    // acknowledgment (a spoofer never sees the server's sequence number).
+    let mut spoofed: Vec<Vec<u8>> = (0..6)
+        .map(|n| login(bystander, 50000 + n).build())
+        .collect();
+    let guessed = login(bystander, 50100);
+    h.egress(&guessed.syn_ack(SERVER_ISN)).unwrap();
+    spoofed.push(guessed.acking(SERVER_ISN + 1).build());
+    // And from anyone else: the same pool.
+    spoofed.push(login("198.51.100.81", 50200).build());
+    let mut verdicts = Vec::new();
+    for frame in &spoofed {
+        verdicts.push(h.xdp_out(frame).unwrap().0);
+    }
+    // A burst of 2 for all of them together (the first only marks the pool's admission
+    // slot, the second takes the bucket it would have left); the rest are dropped.
+    let mut want = vec![Action::Pass; 2];
+    want.extend([Action::Drop; 6]);
+    assert_eq!(verdicts, want);
+    assert!(
+        h.telemetry.bans().unwrap().is_empty(),
+        "the pool bans no one"
+    );
+
+    // The bystander's own login, on a connection it completed: its own bucket, full.
+    let own = accepted(&h, login(bystander, 51000)).build();
+    check_xdp(&h, "the bystander's login", &own, Reason::WithinLimit, &[]);
+    let counters = h.counters().unwrap();
+    assert_eq!(counters.verdict(Reason::RouteLimited), 6);
 }

@@ -127,10 +127,23 @@ pub fn run(scale: &Scale) -> Result<(String, Value)> {
 const ROUTE_COUNTS: [usize; 3] = [10, 1_000, 10_000];
 
 /// A TCP segment to port 80 carrying `payload`.
+/// The server's initial sequence number on the connection `to_http_port` segments are on.
+const SERVER_ISN: u32 = 7000;
+
+/// A segment to HTTP port 80 on a connection the server accepted (`accept` it first) and
+/// the client completed, carrying `payload`.
 fn to_http_port(payload: &str) -> Vec<u8> {
     FrameSpec::tcp("203.0.113.9", 80, false, true)
         .content(payload.as_bytes())
+        .acking(SERVER_ISN)
         .build()
+}
+
+/// Notes the connection of `to_http_port`'s segments as accepted, as the server's SYN-ACK
+/// through TC egress would: their requests are then verified, the common case.
+fn accept(harness: &Harness) -> Result<()> {
+    let client = FrameSpec::tcp("203.0.113.9", 80, false, true);
+    harness.egress(&client.syn_ack(SERVER_ISN))
 }
 
 /// CrowdSec decisions held, for the decision table: none, one (a /15 over the hit's
@@ -337,6 +350,7 @@ fn http_paths(scale: &Scale) -> Result<(String, Vec<Value>)> {
             );
         }
         let harness = Harness::new(&policy)?;
+        accept(&harness)?;
         for (row, (name, frame)) in cases.iter().enumerate() {
             let ns = ns_per_packet(&harness, XDP_PROGRAM, frame, scale)?;
             let floor = ns_per_packet(&harness, FLOOR, frame, scale)?;
