@@ -9,37 +9,26 @@
 
 use agent_common::http::{Accepted, FlowKey};
 
-use crate::{
-    frame::Frame,
-    maps::ACCEPTED,
-    parse::{Packet, ip::V4_MAPPED_WORD},
-};
-
-const TCP_FLAG_SYN: u8 = 0x02;
-const TCP_FLAG_ACK: u8 = 0x10;
+use crate::{frame::Frame, maps::ACCEPTED, parse::Packet};
 
 /// Remembers the connection of `pkt`, a segment leaving from an HTTP port, if it is the
 /// server's SYN-ACK; true if it was one.
 #[inline(always)]
 pub fn note_syn_ack<F: Frame>(frame: &F, pkt: &Packet) -> bool {
-    let l4 = u32::from(pkt.l4_off);
-    let mut flags = 0u8;
-    if !frame.load(l4 + 13, &mut flags, 1)
-        || flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN | TCP_FLAG_ACK
-    {
+    if !pkt.syn_ack {
         return false;
     }
     let mut seq = [0u8; 4];
-    if !frame.load(l4 + 4, seq.as_mut_ptr(), 4) {
+    if !frame.load(u32::from(pkt.l4_off) + 4, seq.as_mut_ptr(), 4) {
         return true;
     }
-    if let Some(flow) = client_first(frame, pkt) {
+    if let Some(flow) = frame.reply_connection(pkt) {
         let accepted = Accepted {
             server_start: u32::from_be_bytes(seq).wrapping_add(1),
             client_verified: 0,
         };
         // A full map forgets its least used: at worst an old connection's responses stop
-        // counting.
+        // counting and its requests charge the pool.
         let _ = ACCEPTED.insert(flow, accepted, 0);
     }
     true
@@ -74,38 +63,7 @@ pub fn client_verified<F: Frame>(frame: &F, pkt: &Packet, flow: &FlowKey) -> boo
 /// accepted.
 #[inline(always)]
 pub fn was_accepted<F: Frame>(frame: &F, pkt: &Packet) -> bool {
-    client_first(frame, pkt).is_some_and(|flow| ACCEPTED.get_ptr(flow).is_some())
-}
-
-/// The connection of the server's segment `pkt` as the client's segments name it: the
-/// client's address and port first (the kernel's `reset::Segment` key).
-#[inline(always)]
-fn client_first<F: Frame>(frame: &F, pkt: &Packet) -> Option<FlowKey> {
-    let mut flow = FlowKey::default();
-    let l3 = u32::from(pkt.l3_off);
-    if pkt.ip6 {
-        // Source at 8, destination at 24 bytes into the IPv6 header.
-        let (client, server) = flow.addrs.split_at_mut(4);
-        if !frame.load(l3 + 24, client.as_mut_ptr().cast(), 16)
-            || !frame.load(l3 + 8, server.as_mut_ptr().cast(), 16)
-        {
-            return None;
-        }
-    } else {
-        flow.addrs[2] = V4_MAPPED_WORD;
-        flow.addrs[6] = V4_MAPPED_WORD;
-        // Source at 12, destination at 16 bytes into the IPv4 header.
-        if !frame.load(l3 + 16, flow.addrs[3..].as_mut_ptr().cast(), 4)
-            || !frame.load(l3 + 12, flow.addrs[7..].as_mut_ptr().cast(), 4)
-        {
-            return None;
-        }
-    }
-    let mut ports = [0u8; 4];
-    if !frame.load(u32::from(pkt.l4_off), ports.as_mut_ptr(), 4) {
-        return None;
-    }
-    // The server's (source) port, then the client's: swapped, as the client sends them.
-    flow.ports = u32::from_ne_bytes([ports[2], ports[3], ports[0], ports[1]]);
-    Some(flow)
+    frame
+        .reply_connection(pkt)
+        .is_some_and(|flow| ACCEPTED.get_ptr(flow).is_some())
 }

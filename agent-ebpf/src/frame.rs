@@ -51,6 +51,9 @@ pub trait Frame {
     }
     /// `pkt`'s connection and sequence number (see `reset::Segment::connection`).
     fn connection(&self, pkt: &Packet) -> Option<(FlowKey, u32)>;
+    /// The connection of `pkt`, a server's segment, as its client names it (see
+    /// `reset::Segment::reply_connection`).
+    fn reply_connection(&self, pkt: &Packet) -> Option<FlowKey>;
     /// The judge's verdict on the IP packet `pkt` of this frame, arrived on `ifindex`
     /// (`judge::judge_ip`, through the global function of the hook and the policy set in
     /// force).
@@ -95,6 +98,11 @@ impl Frame for Xdp<'_> {
     #[inline(always)]
     fn connection(&self, pkt: &Packet) -> Option<(FlowKey, u32)> {
         reset::Segment::connection(self.0.data(), self.0.data_end(), pkt)
+    }
+
+    #[inline(always)]
+    fn reply_connection(&self, pkt: &Packet) -> Option<FlowKey> {
+        reset::Segment::reply_connection(self.0.data(), self.0.data_end(), pkt)
     }
 }
 
@@ -150,6 +158,11 @@ impl Frame for Tc<'_> {
     #[inline(always)]
     fn connection(&self, pkt: &Packet) -> Option<(FlowKey, u32)> {
         reset::Segment::connection(self.0.data(), self.0.data_end(), pkt)
+    }
+
+    #[inline(always)]
+    fn reply_connection(&self, pkt: &Packet) -> Option<FlowKey> {
+        reset::Segment::reply_connection(self.0.data(), self.0.data_end(), pkt)
     }
 }
 

@@ -98,6 +98,22 @@ impl Segment {
         Some((flow, seq))
     }
 
+    /// The connection of the server's TCP segment `pkt` (in the frame at `[data,
+    /// data_end)`) as its client's segments name it (`connection`): addresses and ports
+    /// swapped.
+    #[inline(always)]
+    pub fn reply_connection(data: usize, data_end: usize, pkt: &Packet) -> Option<FlowKey> {
+        let segment = Segment::at(pkt);
+        if segment.l4_off == 0 {
+            return None;
+        }
+        let mut flow = segment.flow(data, data_end)?;
+        flow.addrs.rotate_left(4);
+        // The two ports, as they lie in memory, swapped.
+        flow.ports = flow.ports.rotate_left(16);
+        Some(flow)
+    }
+
     /// True when `flow` was reset by a refusal within `RESET_MEMORY_NS`: a segment on it
     /// is the client's retransmission of what was refused (the server has no connection).
     #[inline(always)]

@@ -82,7 +82,7 @@ fn packet(src: [u32; 4], v4: bool, protocol: u8) -> Packet {
         l4_off: 0,
         ip6: false,
         more_fragments: false,
-        _pad: 0,
+        syn_ack: false,
     }
 }
 

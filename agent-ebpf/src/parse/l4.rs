@@ -71,6 +71,7 @@ pub fn parse(cursor: &mut Cursor, pkt: &mut Packet, first_fragment: bool) {
             pkt.has_port = true;
             pkt.dport = u16::from_be(tcp.dport);
             pkt.syn = tcp.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+            pkt.syn_ack = tcp.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN | TCP_FLAG_ACK;
             // At most MAX_HEADER_BYTES + 60: fits a u16.
             pkt.payload_off = (header_off + usize::from(tcp.doff_reserved >> 4) * 4) as u16;
             pkt.l4_off = header_off as u16;

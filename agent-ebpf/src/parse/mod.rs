@@ -44,7 +44,8 @@ pub struct Packet {
     /// The first fragment of a fragmented packet (more follow): a refused request in it is
     /// dropped, since rewritten into a RST it would still claim more fragments.
     pub more_fragments: bool,
-    pub _pad: u8,
+    /// TCP SYN and ACK: a server accepting a connection (TC egress notes it).
+    pub syn_ack: bool,
 }
 
 const _: () = assert!(core::mem::size_of::<Option<MalformedCause>>() == 4);
