@@ -96,10 +96,14 @@ pub struct Charged {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Accepted {
     pub server_start: u32,
+    /// Where the client's byte stream starts (what the SYN-ACK acknowledges): its first
+    /// request starts there.
+    pub client_start: u32,
     /// 1 once a request of the client's acknowledged exactly `server_start` (the server had
     /// sent nothing yet): the client completed the handshake, which a spoofer, who never
     /// sees the SYN-ACK, cannot.
     pub client_verified: u32,
+    pub _pad: u32,
 }
 
 /// Accepted connections remembered at most: the newest, and those whose responses were

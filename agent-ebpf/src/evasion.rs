@@ -4,11 +4,13 @@
 //! trie compares raw bytes; and a path whose end the kernel does not see (cut by the
 //! segment, or longer than the window) may hide such a shape past what was read.
 //!
-//! Evasive, within the path (up to the first space, `?` or `#`):
+//! Evasive, within the path (up to the first space or `?`):
 //! - a target that does not start with `/` (absolute form, `http://host/path`), except `*`;
 //! - an empty or dot segment: `//`, `/./`, `/../`, or a path ending in `/.` or `/..`;
 //! - a percent-encoded unreserved byte (`A-Z a-z 0-9 - . _ ~`) or `/`, in either case of
 //!   hex digit, or a `%` not followed by two hex digits;
+//! - a `#`: a fragment is never sent, and servers end the path there while the route
+//!   lookup reads on;
 //! - no end of the path within the bytes read.
 //!
 //! Other percent-encodings (`%20`) are ordinary. The query is not read.
@@ -66,8 +68,11 @@ fn evasive(target: &[u8], len: usize) -> bool {
         let (p1, p2, p3) = (seen(&history, 0), seen(&history, 1), seen(&history, 2));
         let dot_segment_ends =
             (p1 == b'.' && p2 == b'/') || (p1 == b'.' && p2 == b'.' && p3 == b'/');
-        if c == b' ' || c == b'?' || c == b'#' {
+        if c == b' ' || c == b'?' {
             return dot_segment_ends;
+        }
+        if c == b'#' {
+            return true;
         }
         if c == b'/' && (p1 == b'/' || dot_segment_ends) {
             return true;

@@ -335,6 +335,15 @@ fn judge_ip<F: Frame, const S: bool>(
             Start::H2cPreface if strict && evaded(policy, pkt, ifindex, reset) => {
                 return refuse(Reason::HttpEvasion, reset);
             }
+            // The connection's first bytes, where its first request must start.
+            Start::Other
+                if strict
+                    && frame.carries_data(pkt)
+                    && accepted::opens_without_a_request(frame, pkt)
+                    && evaded(policy, pkt, ifindex, reset) =>
+            {
+                return refuse(Reason::HttpEvasion, reset);
+            }
             Start::H2cPreface | Start::Other => {}
         }
     }

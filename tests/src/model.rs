@@ -759,18 +759,21 @@ struct Limited {
 
 /// The README's evasive targets, on the `window` of target bytes the kernel reads: not
 /// origin-form (except `*`), an empty or dot segment in the path, a percent-encoded
-/// unreserved byte or `/` (or a `%` without two hex digits after it), or no end of the path
-/// (a space, `?` or `#`) within the window.
+/// unreserved byte or `/` (or a `%` without two hex digits after it), a `#`, or no end of
+/// the path (a space or `?`) within the window.
 pub fn evasive_target(window: &[u8]) -> bool {
     match window.first() {
         Some(b'/') => {}
         Some(b'*') => return window.get(1) != Some(&b' '),
         _ => return true,
     }
-    let Some(end) = window.iter().position(|b| matches!(b, b' ' | b'?' | b'#')) else {
+    let Some(end) = window.iter().position(|b| matches!(b, b' ' | b'?')) else {
         return true;
     };
     let path = &window[..end];
+    if path.contains(&b'#') {
+        return true;
+    }
     if path.windows(2).any(|w| w == b"//") {
         return true;
     }

@@ -62,7 +62,7 @@ fn bench_smoke_run_writes_its_tables_and_numbers() {
     assert_eq!(decisions.len(), 3, "three decision counts");
     assert!(positive(&decisions[2]["hit_ns"]), "{decisions:?}");
     let responses = json["per_packet"]["responses"].as_array().unwrap();
-    assert_eq!(responses.len(), 4, "four response paths");
+    assert_eq!(responses.len(), 5, "five response paths");
     for row in responses {
         assert!(positive(&row["ns_per_packet"]), "{row}");
     }

@@ -11,10 +11,9 @@ use std::{
 use etherparse::PacketBuilder;
 use portcullis_tests::{
     agent::{Agent, Leftovers},
-    flood::PacketSocket,
     netns::{CLIENT_V4, NetnsPair, SERVER_V4, in_ns},
     require_kernel,
-    traffic::{Answer, HttpServer, KeepAlive, http_request},
+    traffic::{Answer, HttpServer, KeepAlive, http_request, send_raw_frame},
 };
 
 const POLICY: &str = r#"
@@ -600,14 +599,9 @@ fn spoofed_requests_cost_the_bystander_nothing() {
             frame
         })
         .collect();
-    pair.client(|| {
-        let ifindex = portcullis::loader::ifindex(&pair.client_if).unwrap();
-        let socket = PacketSocket::open(ifindex).unwrap();
-        for frame in &frames {
-            assert!(socket.send(frame).unwrap(), "the veth ring was full");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    });
+    for frame in &frames {
+        send_raw_frame(pair, &pair.client_if, frame).unwrap();
+    }
     let login = || {
         curl_from(
             pair,
@@ -628,4 +622,44 @@ fn spoofed_requests_cost_the_bystander_nothing() {
     let stats: serde_json::Value =
         serde_json::from_slice(&site.agent.cli(&["stats", "--json"]).stdout).unwrap();
     println!("{}", stats["rules"]["login"]);
+}
+
+/// The shapes a connection's first request can take that Python's server (and nginx for
+/// some) reads as a request while the kernel reads none, over real connections: each is
+/// reset under `strict`; an ordinary request, and a second request on a kept-alive
+/// connection (whose bytes are not the connection's first), are served.
+#[test]
+fn first_requests_the_server_reads_otherwise_are_reset() {
+    require_kernel!();
+    let site = Site::new(EVASION_POLICY, &[], App::Login);
+    let pair = &site.pair;
+    let connect = || KeepAlive::connect(pair, CLIENT_V4, SERVER_V4, 8080, Duration::from_secs(2));
+    let line = |start: &str| [start.as_bytes(), b" HTTP/1.1\r\nHost: api\r\n\r\n"].concat();
+    let split = [b"GE".to_vec(), line("T /admin")];
+    let shapes: [(&str, Vec<Vec<u8>>); 5] = [
+        ("split after two bytes", split.to_vec()),
+        ("CR LF before the method", vec![line("\r\nGET /admin")]),
+        ("a TAB after the method", vec![line("GET\t/admin")]),
+        ("a fragment after the path", vec![line("GET /admin#top")]),
+        ("an unknown method", vec![line("FETCH /admin")]),
+    ];
+    for (what, parts) in shapes {
+        let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        assert_eq!(connect().send(&parts), Answer::Reset, "{what}");
+    }
+    let items = line("GET /api/items");
+    assert_eq!(
+        connect().send(&[&items]),
+        Answer::Status(200),
+        "an ordinary request"
+    );
+    let mut kept = connect();
+    assert_eq!(kept.send(&[&items]), Answer::Status(200));
+    assert_eq!(
+        kept.send(&[&items]),
+        Answer::Status(200),
+        "a second request on the connection"
+    );
+    drop(kept);
+    assert_eq!(site.connections_left(), 0, "connections left on the server");
 }

@@ -1760,6 +1760,7 @@ fn http_evasion_shapes_are_caught_or_judged() {
         ("encoded slash", "GET /public%2F..%2Fadmin HTTP/1.1\r\n\r\n"),
         ("a % without hex digits", "GET /admin%zz HTTP/1.1\r\n\r\n"),
         ("absolute form", "GET http://shop/admin HTTP/1.1\r\n\r\n"),
+        ("a fragment in the target", "GET /admin#x HTTP/1.1\r\n\r\n"),
         ("request line split over segments", "POST /adm"),
         (
             "HTTP/2 cleartext preface",
@@ -2181,4 +2182,74 @@ fn unverified_requests_share_a_pool_and_frame_no_one() {
     check_xdp(&h, "the bystander's login", &own, Reason::WithinLimit, &[]);
     let counters = h.counters().unwrap();
     assert_eq!(counters.verdict(Reason::RouteLimited), 6);
+}
+
+/// Where a connection's first request must start (the first byte of the client's stream,
+/// on a connection the client completed), a segment that does not start with a request
+/// line the kernel reads is one the server reads otherwise: `http_evasion` under `strict`.
+/// The same bytes later in the stream (a body), or on a connection with no SYN-ACK noted,
+/// or with `strict: false`, pass.
+#[test]
+fn a_connection_that_opens_without_a_request_line_is_refused() {
+    require_kernel!();
+    let strict = Harness::new(STRICT_ROUTES).unwrap();
+    let lenient = Harness::new(&format!("{STRICT_ROUTES}  strict: false\n")).unwrap();
+    let shapes = [
+        ("a request line split after two bytes", "GE"),
+        ("CR LF before the method", "\r\nGET /admin HTTP/1.1\r\n\r\n"),
+        ("a TAB after the method", "GET\t/admin HTTP/1.1\r\n\r\n"),
+        (
+            "a method the kernel does not know",
+            "PROPFIND /admin HTTP/1.1\r\n\r\n",
+        ),
+        ("lowercase method", "get /admin HTTP/1.1\r\n\r\n"),
+    ];
+    for (n, (what, text)) in shapes.into_iter().enumerate() {
+        let opening = |h: &Harness, sport: u16| {
+            let mut spec = FrameSpec::tcp("203.0.113.90", 80, false, true).content(text.as_bytes());
+            spec.sport = sport;
+            accepted(h, spec)
+        };
+        let sport = 45000 + n as u16;
+        check_both(
+            &strict,
+            what,
+            &opening(&strict, sport).build(),
+            Reason::HttpEvasion,
+            &[],
+        );
+        check_both(
+            &lenient,
+            &format!("{what}, strict: false"),
+            &opening(&lenient, sport).build(),
+            Reason::NoMatch,
+            &[],
+        );
+        // Later in the stream: the body of a request, say.
+        let mut later = opening(&strict, sport + 100);
+        later.seq += 500;
+        check_both(
+            &strict,
+            &format!("{what}, later in the stream"),
+            &later.build(),
+            Reason::NoMatch,
+            &[],
+        );
+        // No SYN-ACK noted for this connection.
+        let mut unknown = FrameSpec::tcp("203.0.113.90", 80, false, true).content(text.as_bytes());
+        unknown.sport = sport + 200;
+        check_both(
+            &strict,
+            &format!("{what}, connection not noted"),
+            &unknown.build(),
+            Reason::NoMatch,
+            &[],
+        );
+    }
+    // An ordinary first request is judged by its route.
+    let mut admin =
+        FrameSpec::tcp("203.0.113.90", 80, false, true).content(b"GET /admin HTTP/1.1\r\n\r\n");
+    admin.sport = 46000;
+    let admin = accepted(&strict, admin).build();
+    check_both(&strict, "a request line", &admin, Reason::RouteDenied, &[]);
 }

@@ -14,8 +14,6 @@
 
 mod socket;
 
-pub use socket::PacketSocket;
-
 use std::{
     net::Ipv4Addr,
     sync::Mutex,
@@ -34,6 +32,7 @@ use aya::{
 };
 use etherparse::PacketBuilder;
 pub use portcullis_test_ebpf::FANOUT_COPIES;
+use socket::PacketSocket;
 
 /// Where the generator's frames come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -139,6 +139,15 @@ fn to_http_port(payload: &str) -> Vec<u8> {
         .build()
 }
 
+/// As `to_http_port`, later in the client's stream: a request's body, say.
+fn body_segment(payload: &str) -> Vec<u8> {
+    let mut spec = FrameSpec::tcp("203.0.113.9", 80, false, true)
+        .content(payload.as_bytes())
+        .acking(SERVER_ISN);
+    spec.seq = 1000;
+    spec.build()
+}
+
 /// Notes the connection of `to_http_port`'s segments as accepted, as the server's SYN-ACK
 /// through TC egress would: their requests are then verified, the common case.
 fn accept(harness: &Harness) -> Result<()> {
@@ -323,7 +332,7 @@ fn http_paths(scale: &Scale) -> Result<(String, Vec<Value>)> {
         ),
         (
             "segment that starts no request",
-            to_http_port("user=alice&password=secret"),
+            body_segment("user=alice&password=secret"),
         ),
         (
             "TCP, other port",
