@@ -66,6 +66,17 @@ fn curl_from(pair: &NetnsPair, from: &str, method: &str, path: &str, form: Optio
     }
 }
 
+/// A login to the login app from address `from` of the client namespace.
+fn login(pair: &NetnsPair, from: &str, password: &str) -> Seen {
+    curl_from(
+        pair,
+        from,
+        "POST",
+        "/api/login",
+        Some(&format!("user=admin&password={password}")),
+    )
+}
+
 /// Established TCP connections on the server's port 8080, as `ss` lists them.
 fn server_connections(pair: &NetnsPair) -> usize {
     let out = Command::new("nsenter")
@@ -238,15 +249,7 @@ fn wrong_passwords_ban_the_client_from_its_401s() {
     require_kernel!();
     let site = Site::new(RESPONSE_POLICY, &["10.77.0.3", "10.77.0.4"], App::Login);
     let (pair, agent) = (&site.pair, &site.agent);
-    let login = |from: &str, password: &str| {
-        curl_from(
-            pair,
-            from,
-            "POST",
-            "/api/login",
-            Some(&format!("user=admin&password={password}")),
-        )
-    };
+    let login = |from: &str, password: &str| login(pair, from, password);
 
     // New connections: five 401s, then the sixth attempt cannot connect.
     let guesser = "10.77.0.3";
@@ -538,15 +541,7 @@ fn a_local_process_writing_401s_from_the_http_port_bans_nobody() {
     let heard = String::from_utf8(bystander.join().unwrap()).unwrap();
     assert_eq!(heard.matches("HTTP/1.1 401").count(), 20, "{heard}");
 
-    let login = |from: &str, password: &str| {
-        curl_from(
-            pair,
-            from,
-            "POST",
-            "/api/login",
-            Some(&format!("user=admin&password={password}")),
-        )
-    };
+    let login = |from: &str, password: &str| login(pair, from, password);
     assert_eq!(
         login(CLIENT_V4, "right").status,
         200,
@@ -602,17 +597,8 @@ fn spoofed_requests_cost_the_bystander_nothing() {
     for frame in &frames {
         send_raw_frame(pair, &pair.client_if, frame).unwrap();
     }
-    let login = || {
-        curl_from(
-            pair,
-            CLIENT_V4,
-            "POST",
-            "/api/login",
-            Some("user=admin&password=right"),
-        )
-    };
     for n in 1..=2 {
-        let seen = login();
+        let seen = login(pair, CLIENT_V4, "right");
         assert_eq!(
             (seen.exit, seen.status),
             (0, 200),
