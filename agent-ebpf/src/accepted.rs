@@ -7,9 +7,9 @@
 //! segments, connections older than the agent's notes) charge a pool shared by all of them
 //! (`judge`).
 
-use agent_common::http::{Accepted, FlowKey};
+use agent_common::http::Accepted;
 
-use crate::{frame::Frame, maps::ACCEPTED, parse::Packet};
+use crate::{frame::Frame, maps::ACCEPTED, parse::Packet, reset::Connection};
 
 /// Remembers the connection of `pkt`, a segment leaving from an HTTP port, if it is the
 /// server's SYN-ACK; true if it was one.
@@ -18,33 +18,27 @@ pub fn note_syn_ack<F: Frame>(frame: &F, pkt: &Packet) -> bool {
     if !pkt.syn_ack {
         return false;
     }
-    // The sequence and acknowledgment numbers, 4 bytes into the TCP header.
-    let mut numbers = [0u8; 8];
-    if !frame.load(u32::from(pkt.l4_off) + 4, numbers.as_mut_ptr(), 8) {
-        return true;
-    }
-    if let Some(flow) = frame.reply_connection(pkt) {
-        let [s0, s1, s2, s3, a0, a1, a2, a3] = numbers;
+    if let Some(connection) = frame.reply_connection(pkt) {
         let accepted = Accepted {
-            server_start: u32::from_be_bytes([s0, s1, s2, s3]).wrapping_add(1),
-            client_start: u32::from_be_bytes([a0, a1, a2, a3]),
+            server_start: connection.seq.wrapping_add(1),
+            client_start: connection.ack,
             client_verified: 0,
             _pad: 0,
         };
         // A full map forgets its least used: at worst an old connection's responses stop
         // counting and its requests charge the pool.
-        let _ = ACCEPTED.insert(flow, accepted, 0);
+        let _ = ACCEPTED.insert(connection.flow, accepted, 0);
     }
     true
 }
 
-/// True when `flow`, the connection of `pkt`, a request from a client to an HTTP port, is
-/// one the server accepted and the client completed: a request on it acknowledged the
-/// server's first byte (this one, or an earlier one). Asked at every request, so that the
-/// first one, which acknowledges exactly that, marks the connection for those after it.
+/// True when `connection`, a client's request to an HTTP port, is on one the server
+/// accepted and the client completed: a request on it acknowledged the server's first
+/// byte (this one, or an earlier one). Asked at every request, so that the first one,
+/// which acknowledges exactly that, marks the connection for those after it.
 #[inline(always)]
-pub fn client_verified<F: Frame>(frame: &F, pkt: &Packet, flow: &FlowKey) -> bool {
-    let Some(accepted) = ACCEPTED.get_ptr_mut(flow) else {
+pub fn client_verified(connection: &Connection) -> bool {
+    let Some(accepted) = ACCEPTED.get_ptr_mut(connection.flow) else {
         return false;
     };
     // SAFETY: a pointer from a successful lookup; the flag only ever goes from 0 to 1.
@@ -52,10 +46,7 @@ pub fn client_verified<F: Frame>(frame: &F, pkt: &Packet, flow: &FlowKey) -> boo
         if (*accepted).client_verified != 0 {
             return true;
         }
-        let mut ack = [0u8; 4];
-        if !frame.load(u32::from(pkt.l4_off) + 8, ack.as_mut_ptr(), 4)
-            || u32::from_be_bytes(ack) != (*accepted).server_start
-        {
+        if connection.ack != (*accepted).server_start {
             return false;
         }
         (*accepted).client_verified = 1;
@@ -71,19 +62,16 @@ pub fn client_verified<F: Frame>(frame: &F, pkt: &Packet, flow: &FlowKey) -> boo
 /// space).
 #[inline(always)]
 pub fn opens_without_a_request<F: Frame>(frame: &F, pkt: &Packet) -> bool {
-    let Some((flow, seq)) = frame.connection(pkt) else {
+    let Some(connection) = frame.connection(pkt) else {
         return false;
     };
-    let Some(accepted) = ACCEPTED.get_ptr(flow) else {
+    let Some(accepted) = ACCEPTED.get_ptr(connection.flow) else {
         return false;
     };
-    let mut ack = [0u8; 4];
-    // SAFETY: a pointer from a successful lookup; reading two words another CPU only
-    // writes whole.
+    // SAFETY: a pointer from a successful lookup; reading words another CPU only writes
+    // whole.
     unsafe {
-        seq == (*accepted).client_start
-            && frame.load(u32::from(pkt.l4_off) + 8, ack.as_mut_ptr(), 4)
-            && u32::from_be_bytes(ack) == (*accepted).server_start
+        connection.seq == (*accepted).client_start && connection.ack == (*accepted).server_start
     }
 }
 
@@ -93,5 +81,5 @@ pub fn opens_without_a_request<F: Frame>(frame: &F, pkt: &Packet) -> bool {
 pub fn was_accepted<F: Frame>(frame: &F, pkt: &Packet) -> bool {
     frame
         .reply_connection(pkt)
-        .is_some_and(|flow| ACCEPTED.get_ptr(flow).is_some())
+        .is_some_and(|connection| ACCEPTED.get_ptr(connection.flow).is_some())
 }

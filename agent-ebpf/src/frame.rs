@@ -11,9 +11,14 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
-use agent_common::{Action, http::FlowKey};
+use agent_common::Action;
 
-use crate::{judge, parse::Packet, policy_set, reset};
+use crate::{
+    judge,
+    parse::Packet,
+    policy_set,
+    reset::{self, Connection},
+};
 
 pub trait Frame {
     /// Copies `len` bytes at `offset` to `dst`; false when the frame has fewer.
@@ -49,11 +54,12 @@ pub trait Frame {
         };
         end > u32::from(pkt.payload_off)
     }
-    /// `pkt`'s connection and sequence number (see `reset::Segment::connection`).
-    fn connection(&self, pkt: &Packet) -> Option<(FlowKey, u32)>;
-    /// The connection of `pkt`, a server's segment, as its client names it (see
-    /// `reset::Segment::reply_connection`).
-    fn reply_connection(&self, pkt: &Packet) -> Option<FlowKey>;
+    /// `pkt`'s connection, sequence and acknowledgment numbers (see
+    /// `reset::Segment::connection`).
+    fn connection(&self, pkt: &Packet) -> Option<Connection>;
+    /// As `connection`, for a server's segment: its connection as its client names it
+    /// (see `reset::Segment::reply_connection`).
+    fn reply_connection(&self, pkt: &Packet) -> Option<Connection>;
     /// The judge's verdict on the IP packet `pkt` of this frame, arrived on `ifindex`
     /// (`judge::judge_ip`, through the global function of the hook and the policy set in
     /// force).
@@ -96,12 +102,12 @@ impl Frame for Xdp<'_> {
     }
 
     #[inline(always)]
-    fn connection(&self, pkt: &Packet) -> Option<(FlowKey, u32)> {
+    fn connection(&self, pkt: &Packet) -> Option<Connection> {
         reset::Segment::connection(self.0.data(), self.0.data_end(), pkt)
     }
 
     #[inline(always)]
-    fn reply_connection(&self, pkt: &Packet) -> Option<FlowKey> {
+    fn reply_connection(&self, pkt: &Packet) -> Option<Connection> {
         reset::Segment::reply_connection(self.0.data(), self.0.data_end(), pkt)
     }
 }
@@ -156,12 +162,12 @@ impl Frame for Tc<'_> {
     }
 
     #[inline(always)]
-    fn connection(&self, pkt: &Packet) -> Option<(FlowKey, u32)> {
+    fn connection(&self, pkt: &Packet) -> Option<Connection> {
         reset::Segment::connection(self.0.data(), self.0.data_end(), pkt)
     }
 
     #[inline(always)]
-    fn reply_connection(&self, pkt: &Packet) -> Option<FlowKey> {
+    fn reply_connection(&self, pkt: &Packet) -> Option<Connection> {
         reset::Segment::reply_connection(self.0.data(), self.0.data_end(), pkt)
     }
 }

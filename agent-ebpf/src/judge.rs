@@ -15,12 +15,12 @@ use crate::{
     parse::{Packet, Parsed, l4::IPPROTO_TCP},
     policy_set::PolicySet,
     ratelimit::{self, Outcome},
-    reset::Segment,
+    reset::{Connection, Segment},
 };
 use agent_common::{
     ACL_ALLOW, Action, BLOCK_RULE, EVASION_RULE, EventAction, MalformedCause, Mode, PortRules,
     Reason,
-    http::{FlowKey, HTTP_NONE, HTTP_STRICT, ROUTE_DENY, ROUTE_LIMIT_DROP, RouteEntry},
+    http::{HTTP_NONE, HTTP_STRICT, ROUTE_DENY, ROUTE_LIMIT_DROP, RouteEntry},
 };
 use aya_ebpf::{
     bindings::{__sk_buff, xdp_md},
@@ -306,9 +306,7 @@ fn judge_ip<F: Frame, const S: bool>(
                 // Every request asks, so that the connection's first marks it (see
                 // `accepted`); a segment cut before its TCP header's end is no one's.
                 let connection = frame.connection(pkt);
-                let verified = connection
-                    .as_ref()
-                    .is_some_and(|(flow, _)| accepted::client_verified(frame, pkt, flow));
+                let verified = connection.as_ref().is_some_and(accepted::client_verified);
                 if strict
                     && evasion::portcullis_evasive_target(target_len) != 0
                     && evaded(policy, pkt, ifindex, reset)
@@ -400,35 +398,20 @@ fn judge_route<const S: bool>(
     policy: PolicySet<S>,
     pkt: &Packet,
     (route, reset): (RouteEntry, bool),
-    connection: Option<(FlowKey, u32)>,
+    connection: Option<Connection>,
     ifindex: u32,
 ) -> Option<Reason> {
     if route.kind == ROUTE_DENY {
-        let mode = policy.rule(route.rule)?.mode;
-        return enforce(
-            pkt,
-            Reason::RouteDenied,
-            route.rule,
-            mode,
-            ifindex,
-            reset,
-            clock::coarse_ns(),
-        )
-        .then_some(Reason::RouteDenied);
+        return refused_by(policy, pkt, Reason::RouteDenied, route.rule, ifindex, reset);
     }
-    let Some((flow, seq)) = &connection else {
+    let Some(Connection { flow, seq, .. }) = &connection else {
         // Spoofed segments, or a connection opened before the agent noted it: they share
         // one bucket, so they cost no source its own and still pass no more than the
-        // route's rate together. Never a ban: the source may be anyone.
-        let pool = Packet {
-            src: UNVERIFIED_POOL,
-            v4: false,
-            ..*pkt
-        };
-        return limit_as(
+        // route's rate together.
+        return limit_in(
             policy,
             pkt,
-            &pool,
+            Charge::Pool,
             route.rule,
             Reason::RouteLimited,
             ifindex,
@@ -440,17 +423,14 @@ fn judge_route<const S: bool>(
     // refused (its connection reset since) is refused again, and that of a request it
     // took a token for passes, neither taking another token.
     if Segment::recently_reset(flow) {
-        let mode = policy.rule(route.rule)?.mode;
-        return enforce(
+        return refused_by(
+            policy,
             pkt,
             Reason::RouteLimited,
             route.rule,
-            mode,
             ifindex,
             reset,
-            clock::coarse_ns(),
-        )
-        .then_some(Reason::RouteLimited);
+        );
     }
     if Segment::already_charged(flow, *seq) {
         return None;
@@ -467,6 +447,21 @@ fn judge_route<const S: bool>(
         Segment::charged(flow, *seq);
     }
     refused.then_some(Reason::RouteLimited)
+}
+
+/// A refusal of `pkt` for `reason` under `rule`, in the rule's mode: `Some(reason)` when
+/// it is enforced, `None` in shadow mode (see `enforce`).
+#[inline(always)]
+fn refused_by<const S: bool>(
+    policy: PolicySet<S>,
+    pkt: &Packet,
+    reason: Reason,
+    rule: u32,
+    ifindex: u32,
+    reset: bool,
+) -> Option<Reason> {
+    let mode = policy.rule(rule)?.mode;
+    enforce(pkt, reason, rule, mode, ifindex, reset, clock::coarse_ns()).then_some(reason)
 }
 
 /// The verdict on a packet refused for `reason`: a reset for a request or a banned
@@ -528,20 +523,28 @@ fn limit<const S: bool>(
     ifindex: u32,
     reset: bool,
 ) -> bool {
-    limit_as(policy, pkt, pkt, rule, reason, ifindex, reset)
+    limit_in(policy, pkt, Charge::Own, rule, reason, ifindex, reset)
 }
 
-/// The source of the pool that requests on unverified connections share (`judge_route`):
-/// an address no packet comes from (ff00::/8 is multicast).
-const UNVERIFIED_POOL: [u32; 4] = [u32::MAX; 4];
+/// Whose bucket a packet takes a token from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Charge {
+    /// Its source group's.
+    Own,
+    /// The pool that requests on connections not verified as their client's share
+    /// (`judge_route`): never a ban, since the source may be anyone.
+    Pool,
+}
 
-/// `limit`, charging the bucket of `charged`'s source group: `pkt`'s own, or the pool's,
-/// which never escalates to a ban.
+/// The pool's source: an address no packet comes from (ff00::/8 is multicast).
+const POOL_SOURCE: [u32; 4] = [u32::MAX; 4];
+
+/// `limit`, charging the bucket `charge` names.
 #[inline(always)]
-fn limit_as<const S: bool>(
+fn limit_in<const S: bool>(
     policy: PolicySet<S>,
     pkt: &Packet,
-    charged: &Packet,
+    charge: Charge,
     rule: u32,
     reason: Reason,
     ifindex: u32,
@@ -553,6 +556,18 @@ fn limit_as<const S: bool>(
     if cfg.interval_ns == 0 {
         return false;
     }
+    let pool;
+    let charged = match charge {
+        Charge::Own => pkt,
+        Charge::Pool => {
+            pool = Packet {
+                src: POOL_SOURCE,
+                v4: false,
+                ..*pkt
+            };
+            &pool
+        }
+    };
     // The bucket reads the precise clock only where its rule needs it (see `take`).
     let coarse = clock::coarse_ns();
     match ratelimit::take(rule, cfg, charged, coarse) {
@@ -561,7 +576,7 @@ fn limit_as<const S: bool>(
             false
         }
         Outcome::Over { escalate } => {
-            if escalate && charged.src != UNVERIFIED_POOL {
+            if escalate && charge == Charge::Own {
                 bans::make(pkt, rule, cfg, coarse, ifindex);
             }
             enforce(pkt, reason, rule, cfg.mode, ifindex, reset, coarse)

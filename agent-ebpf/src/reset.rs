@@ -33,6 +33,13 @@ const TCP_FLAG_RST: u8 = 0x04;
 const MAX_L3_OFF: usize = 0x7f;
 const MAX_L4_OFF: usize = 0x7fff;
 
+/// A TCP segment's connection and its sequence and acknowledgment numbers.
+pub struct Connection {
+    pub flow: FlowKey,
+    pub seq: u32,
+    pub ack: u32,
+}
+
 /// Where a segment's headers are, and whether it is the first refusal on its connection.
 pub struct Segment {
     l3_off: usize,
@@ -81,37 +88,37 @@ impl Segment {
     }
 
     /// The connection of the TCP segment `pkt` (in the frame at `[data, data_end)`) and
-    /// the segment's sequence number.
+    /// the segment's sequence and acknowledgment numbers.
     #[inline(always)]
-    pub fn connection(data: usize, data_end: usize, pkt: &Packet) -> Option<(FlowKey, u32)> {
+    pub fn connection(data: usize, data_end: usize, pkt: &Packet) -> Option<Connection> {
         let segment = Segment::at(pkt);
         if segment.l4_off == 0 {
             return None;
         }
         let flow = segment.flow(data, data_end)?;
         let tcp = data + segment.l4_off;
-        if tcp + 8 > data_end {
+        if tcp + 12 > data_end {
             return None;
         }
         // SAFETY: inside the bounds just checked.
-        let seq = u32::from_be(unsafe { ((tcp + 4) as *const u32).read_unaligned() });
-        Some((flow, seq))
+        let (seq, ack) = unsafe {
+            (
+                u32::from_be(((tcp + 4) as *const u32).read_unaligned()),
+                u32::from_be(((tcp + 8) as *const u32).read_unaligned()),
+            )
+        };
+        Some(Connection { flow, seq, ack })
     }
 
-    /// The connection of the server's TCP segment `pkt` (in the frame at `[data,
-    /// data_end)`) as its client's segments name it (`connection`): addresses and ports
-    /// swapped.
+    /// As `connection`, for a server's segment: its connection as the client's segments
+    /// name it (addresses and ports swapped).
     #[inline(always)]
-    pub fn reply_connection(data: usize, data_end: usize, pkt: &Packet) -> Option<FlowKey> {
-        let segment = Segment::at(pkt);
-        if segment.l4_off == 0 {
-            return None;
-        }
-        let mut flow = segment.flow(data, data_end)?;
-        flow.addrs.rotate_left(4);
+    pub fn reply_connection(data: usize, data_end: usize, pkt: &Packet) -> Option<Connection> {
+        let mut connection = Self::connection(data, data_end, pkt)?;
+        connection.flow.addrs.rotate_left(4);
         // The two ports, as they lie in memory, swapped.
-        flow.ports = flow.ports.rotate_left(16);
-        Some(flow)
+        connection.flow.ports = connection.flow.ports.rotate_left(16);
+        Some(connection)
     }
 
     /// True when `flow` was reset by a refusal within `RESET_MEMORY_NS`: a segment on it

@@ -7,7 +7,7 @@ use std::time::Duration;
 use agent_common::{Action, DecisionEntry, MalformedCause, Reason, decision::Origin};
 use portcullis::maps::Counters;
 use portcullis_tests::{
-    frames::{ETH_P_8021AD, ETH_P_8021Q, Ext, FrameSpec, L4, non_ip},
+    frames::{ETH_P_8021AD, ETH_P_8021Q, Ext, FrameSpec, non_ip},
     harness::Harness,
     require_kernel,
 };
@@ -1608,19 +1608,6 @@ fn server_of(client: &str) -> &'static str {
     }
 }
 
-/// The server's SYN-ACK from port `sport` to port `cport` of `client`: the server accepts
-/// the connection.
-fn syn_ack(sport: u16, client: &str, cport: u16) -> Vec<u8> {
-    let mut spec = FrameSpec::reply(server_of(client), sport, client, cport);
-    spec.l4 = L4::Tcp {
-        dport: cport,
-        syn: true,
-        ack: true,
-    };
-    spec.payload = 0;
-    spec.build()
-}
-
 /// The server's responses leaving through TC egress count toward the response rules of
 /// their status, per client; the response that completes `after` bans the client in the
 /// kernel, so XDP refuses its next packet: a request is reset, other packets dropped. What
@@ -1639,8 +1626,10 @@ fn responses_ban_the_client_in_the_kernel() {
             .content(b"POST /login HTTP/1.1\r\nHost: shop\r\n\r\nuser=a&password=b")
             .build();
         // The server accepts the client's connection (port 40000), and the neighbour's.
-        h.egress(&syn_ack(80, client, 40000)).unwrap();
-        h.egress(&syn_ack(80, neighbour, 40000)).unwrap();
+        for source in [client, neighbour] {
+            let request = FrameSpec::tcp(source, 80, false, true);
+            h.egress(&request.syn_ack(SERVER_ISN)).unwrap();
+        }
         // A local process bound to port 80 that connected to the client (port 40001: its
         // SYN left, no SYN-ACK) writes 401s: no response of the server's.
         for _ in 0..3 {

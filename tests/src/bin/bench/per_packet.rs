@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use portcullis::loader::XDP_PROGRAM;
 use portcullis_tests::test_programs::FLOOR;
 use portcullis_tests::{
-    frames::{ETH_P_8021Q, FrameSpec, L4, non_ip},
+    frames::{ETH_P_8021Q, FrameSpec, non_ip},
     harness::Harness,
 };
 use serde_json::{Value, json};
@@ -269,16 +269,9 @@ fn from_port(port: u16, payload: &str) -> Vec<u8> {
 fn response_paths(scale: &Scale) -> Result<(String, Vec<Value>)> {
     let policy = "http:\n  ports: [80]\n  responses:\n    - {name: auth-failures, status: [401, 403], ban: {after: 1000000000, within: 1m, for: 1m}}\n";
     let harness = Harness::new(policy)?;
-    let mut syn_ack = FrameSpec::reply("10.0.0.2", 80, "203.0.113.9", 40000);
-    syn_ack.l4 = L4::Tcp {
-        dport: 40000,
-        syn: true,
-        ack: true,
-    };
-    syn_ack.payload = 0;
-    let syn_ack = syn_ack.build();
     // The server accepts the connection the responses below go out on.
-    harness.egress(&syn_ack)?;
+    accept(&harness)?;
+    let syn_ack = FrameSpec::tcp("203.0.113.9", 80, false, true).syn_ack(SERVER_ISN);
     let cases = [
         ("SYN-ACK from an HTTP port, noted", syn_ack),
         (
