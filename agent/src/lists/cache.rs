@@ -10,7 +10,7 @@
 
 use std::{
     fs::{self, DirBuilder, File, OpenOptions},
-    io::{self, BufRead, BufReader, Read, Write},
+    io::{self, BufRead, BufReader, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
@@ -82,22 +82,13 @@ pub fn read(
     let dir = dir(state_dir);
     let path = dir.join(file_name(url));
     if let Some((meta, mut body)) = open(&path) {
-        let mut reader = Reader::new(bound);
-        let mut chunk = vec![0; 64 * 1024];
-        loop {
-            match body.read(&mut chunk) {
-                Ok(0) => return Some((meta, reader.finish())),
-                Ok(n) => {
-                    if let Err(refused) = reader.feed(&chunk[..n]) {
-                        return Some((meta, Err(refused)));
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "a cached list copy is not readable; it is ignored");
-                    return None;
-                }
+        return match Reader::new(bound).read_all(&mut body, |_| {}) {
+            Ok(copy) => Some((meta, copy)),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "a cached list copy is not readable; it is ignored");
+                None
             }
-        }
+        };
     }
     let legacy = dir.join(legacy_file_name(url));
     let (meta, _) = open(&legacy)?;

@@ -7,7 +7,6 @@
 use std::{
     collections::{HashMap, HashSet},
     hash::{DefaultHasher, Hash, Hasher},
-    io::Read,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -102,21 +101,8 @@ pub fn read_file(path: &Path, bound: EntryBound) -> Update {
 fn read_file_hashed(path: &Path, bound: EntryBound) -> (Update, u64) {
     let source = ListSource::File(path.to_path_buf());
     let mut hasher = DefaultHasher::new();
-    let read = (|| -> std::io::Result<Result<ListCopy, Refused>> {
-        let mut file = std::fs::File::open(path)?;
-        let mut reader = Reader::new(bound);
-        let mut chunk = vec![0; 64 * 1024];
-        loop {
-            let n = file.read(&mut chunk)?;
-            if n == 0 {
-                return Ok(reader.finish());
-            }
-            hasher.write(&chunk[..n]);
-            if let Err(refused) = reader.feed(&chunk[..n]) {
-                return Ok(Err(refused));
-            }
-        }
-    })();
+    let read = std::fs::File::open(path)
+        .and_then(|mut file| Reader::new(bound).read_all(&mut file, |bytes| hasher.write(bytes)));
     match read {
         Ok(copy) => (Update::read(source, copy, false), hasher.finish()),
         Err(e) => {

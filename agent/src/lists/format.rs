@@ -109,6 +109,26 @@ impl Reader {
         Ok(())
     }
 
+    /// Reads all of `source`, passing each chunk to `seen` too (a hash, say): the copy, or
+    /// why it is refused; an error if `source` could not be read.
+    pub fn read_all(
+        mut self,
+        source: &mut impl std::io::Read,
+        mut seen: impl FnMut(&[u8]),
+    ) -> std::io::Result<Result<ListCopy, Refused>> {
+        let mut chunk = vec![0; 64 * 1024];
+        loop {
+            let n = source.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(self.finish());
+            }
+            seen(&chunk[..n]);
+            if let Err(refused) = self.feed(&chunk[..n]) {
+                return Ok(Err(refused));
+            }
+        }
+    }
+
     /// The copy, once the text has ended.
     pub fn finish(mut self) -> Result<ListCopy, Refused> {
         if !self.partial.is_empty() || self.too_long {
